@@ -1,0 +1,42 @@
+# Two entry points (see README): `make demo` and `make test`. Everything installs into ./.venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+MODEL  := build/default/fashion_lenet.xml
+
+.PHONY: demo test install-demo install-test dataset model benchmarks clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip >/dev/null
+
+install-demo: $(BIN)/python
+	$(BIN)/pip install -e '.[train,plots]'
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -e '.[test,bench,plots]'
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package (no download at run time).
+dataset:
+	@test -f $(FMNIST) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)); \
+	  else echo "error: Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 1; fi; }
+
+model: dataset
+	$(BIN)/python -m scripts.build_default_model --out build
+
+demo: install-demo model
+	$(BIN)/ovrange protect --config configs/fashion_lenet.json --force
+	$(BIN)/ovrange evaluate $(MODEL) results/fashion_lenet_RangeSupervision/fashion_lenet.xml \
+	    --data build/default/test.npz
+
+test: install-test model
+	$(BIN)/python -m pytest
+
+benchmarks: install-test model
+	$(BIN)/python benchmarks/bench_protect.py
+
+clean:
+	rm -rf build results

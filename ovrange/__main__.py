@@ -1,0 +1,3 @@
+from ovrange.cli import main
+
+main()

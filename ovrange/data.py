@@ -1,0 +1,299 @@
+"""Datasets: what feeds a model during calibration, evaluation and fault injection.
+
+A *sample* is one item of a dataset after its transform: a numpy array (single-input model), a tuple/list of
+arrays (inputs in order) or a dict ``{input name: array}``. An array whose rank is one less than the model input's
+gets a batch axis; an array of full rank is taken as a batch already (nncf.Dataset items usually are).
+
+Sources: an image folder (POT's "simplified" engine: decode, resize to the model input, NCHW/NHWC, BGR order
+as cv2 gave POT), ``.npy``/``.npz`` files, any Python iterable, and an ``nncf.Dataset`` (duck-typed through
+``get_inference_data``, so nncf is never imported here).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from ovrange.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+INPUT_KEYS = ("x", "images", "inputs", "data")
+LABEL_KEYS = ("y", "labels", "targets")
+
+
+class Dataset:
+    """A data source plus an optional transform, in the shape of ``nncf.Dataset``.
+
+    ``Dataset(source, transform_fn)`` wraps any iterable; indexed access is used when the source supports it, so a
+    seeded random subset does not have to read the whole source.
+    """
+
+    def __init__(self, source: Iterable[Any], transform_fn: Callable[[Any], Any] | None = None):
+        self.source = source
+        self.transform_fn = transform_fn
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def has_len(self) -> bool:
+        return hasattr(self.source, "__len__")
+
+    def get_inference_data(self, indices: Sequence[int] | None = None) -> Iterator[Any]:
+        if indices is None:
+            items: Iterable[Any] = self.source
+        elif hasattr(self.source, "__getitem__"):
+            items = (self.source[int(i)] for i in indices)  # type: ignore[index]
+        else:
+            wanted = set(int(i) for i in indices)
+            chosen = {i: item for i, item in enumerate(self.source) if i in wanted}
+            items = (chosen[int(i)] for i in indices if int(i) in chosen)
+        for item in items:
+            yield self.transform_fn(item) if self.transform_fn else item
+
+
+def as_dataset(data: Any) -> Dataset:
+    """Accept an ovrange.Dataset, an nncf.Dataset, a numpy array (samples along axis 0) or any iterable."""
+    if isinstance(data, Dataset):
+        return data
+    if hasattr(data, "get_inference_data") and hasattr(data, "get_data"):  # nncf.Dataset
+        return _NncfAdapter(data)
+    if isinstance(data, (str, os.PathLike)):
+        raise DataError("a path needs a model to decode against: use ovrange.data.load(path, model)")
+    if isinstance(data, Iterable):
+        return Dataset(data)
+    raise DataError(f"unsupported dataset type {type(data).__name__}; pass an iterable, numpy array or nncf.Dataset")
+
+
+class _NncfAdapter(Dataset):
+    def __init__(self, nncf_dataset: Any):
+        super().__init__(nncf_dataset)
+
+    def __len__(self) -> int:
+        length = self.source.get_length()
+        if length is None:
+            raise TypeError("nncf.Dataset without length")
+        return int(length)
+
+    def has_len(self) -> bool:
+        return self.source.get_length() is not None
+
+    def get_inference_data(self, indices: Sequence[int] | None = None) -> Iterator[Any]:
+        return iter(self.source.get_inference_data(None if indices is None else [int(i) for i in indices]))
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """A dataset read from a path, with labels when the source has them (``y``/``labels`` in an .npz)."""
+
+    dataset: Dataset
+    labels: np.ndarray | None
+    source: str
+
+
+def select_indices(total: int, subset_size: int | None, shuffle: bool = False, seed: int = 0) -> np.ndarray:
+    """POT's subset rule: the first ``subset_size`` samples, or a seeded random subset when ``shuffle``."""
+    size = total if subset_size is None else min(subset_size, total)
+    if shuffle:
+        return np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
+    return np.arange(size)
+
+
+def subset(data: Any, subset_size: int | None, shuffle: bool = False, seed: int = 0) -> tuple[Iterator[Any], int]:
+    """Iterate over the calibration subset of ``data``; returns the iterator and its length."""
+    dataset = as_dataset(data)
+    if dataset.has_len():
+        indices = select_indices(len(dataset), subset_size, shuffle, seed)
+        return dataset.get_inference_data(indices), len(indices)
+    items = list(dataset.get_inference_data())
+    indices = select_indices(len(items), subset_size, shuffle, seed)
+    return (items[i] for i in indices), len(indices)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Samples -> model inputs
+
+
+def sample_arrays(sample: Any, model: ov.Model) -> list[np.ndarray]:
+    """Arrange one sample as a list of arrays in model-input order."""
+    inputs = model.inputs
+    if isinstance(sample, dict):
+        arrays = []
+        for index, port in enumerate(inputs):
+            key = next((name for name in port.get_names() if name in sample), None)
+            if key is None and index in sample:
+                key = index
+            if key is None:
+                raise DataError(f"sample has no value for model input {port.get_any_name()!r}; keys: {list(sample)}")
+            arrays.append(np.asarray(sample[key]))
+    elif isinstance(sample, (tuple, list)):
+        arrays = [np.asarray(a) for a in sample]
+    else:
+        arrays = [np.asarray(sample)]
+    if len(arrays) != len(inputs):
+        raise DataError(f"sample has {len(arrays)} array(s) but the model has {len(inputs)} input(s)")
+    return [_with_batch_axis(array, port) for array, port in zip(arrays, inputs)]
+
+
+def _with_batch_axis(array: np.ndarray, port: ov.Output) -> np.ndarray:
+    shape = port.get_partial_shape()
+    if shape.rank.is_static and array.ndim == shape.rank.get_length() - 1:
+        array = array[np.newaxis]
+    if port.get_element_type() == ov.Type.f32 and array.dtype != np.float32:
+        array = array.astype(np.float32)  # uint8 images, float64 arrays
+    check_fits(array, port)
+    return array
+
+
+def check_fits(array: np.ndarray, port: ov.Output, batch_free: bool = True) -> None:
+    """Raise DataError when ``array`` cannot feed ``port`` (rank or a static dimension differs)."""
+    shape = port.get_partial_shape()
+    name = port.get_any_name()
+    if shape.rank.is_dynamic:
+        return
+    if array.ndim != shape.rank.get_length():
+        raise DataError(f"data of shape {tuple(array.shape)} does not fit model input {name!r} of shape {shape}")
+    for axis, (have, want) in enumerate(zip(array.shape, shape)):
+        if axis == 0 and batch_free:
+            continue
+        if want.is_static and have != want.get_length():
+            raise DataError(f"data of shape {tuple(array.shape)} does not fit model input {name!r} of shape {shape}")
+
+
+def batches(samples: Iterable[Any], model: ov.Model, batch_size: int) -> Iterator[tuple[list[np.ndarray], int]]:
+    """Group samples into batches of ``batch_size`` (the last may be smaller); yields (arrays, n_samples)."""
+    pending: list[list[np.ndarray]] = []
+    count = 0
+    for sample in samples:
+        arrays = sample_arrays(sample, model)
+        pending.append(arrays)
+        count += arrays[0].shape[0] if arrays[0].ndim else 1
+        if count >= batch_size:
+            yield _concat(pending), count
+            pending, count = [], 0
+    if pending:
+        yield _concat(pending), count
+
+
+def _concat(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return [np.concatenate(column, axis=0) for column in zip(*parts)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paths -> datasets
+
+
+def load(path: str | os.PathLike, model: ov.Model, layout: str | None = None) -> LabelledData:
+    """Open an image folder or an ``.npy``/``.npz`` file as a dataset that fits ``model``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data not found: {path}")
+    if path.is_dir():
+        return LabelledData(image_folder(path, model, layout), None, str(path))
+    if path.suffix == ".npy":
+        return LabelledData(Dataset(_load_npy(path)), None, str(path))
+    if path.suffix == ".npz":
+        return _load_npz(path, model)
+    raise DataError(f"unsupported data file {path.name}: use an image folder, .npy or .npz")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    if array.ndim == 0 or len(array) == 0:
+        raise DataError(f"no samples in {path}")
+    return array
+
+
+def _load_npz(path: Path, model: ov.Model) -> LabelledData:
+    try:
+        archive = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    labels = next((archive[k] for k in LABEL_KEYS if k in archive), None)
+    input_names = [port.get_any_name() for port in model.inputs]
+    if all(name in archive for name in input_names) and len(input_names) > 1:
+        columns = [archive[name] for name in input_names]
+        samples: Sequence[Any] = _Columns(columns)
+    else:
+        key = next((k for k in (*INPUT_KEYS, *input_names) if k in archive), None)
+        if key is None:
+            raise DataError(f"{path.name} has no input array; expected one of {', '.join(INPUT_KEYS)} (keys: "
+                            f"{', '.join(archive) or 'none'})")
+        samples = archive[key]
+    if len(samples) == 0:
+        raise DataError(f"no samples in {path}")
+    if labels is not None and len(labels) != len(samples):
+        raise DataError(f"{path.name}: {len(labels)} labels for {len(samples)} samples")
+    return LabelledData(Dataset(samples), labels, str(path))
+
+
+class _Columns(Sequence):
+    """Several same-length arrays seen as one sequence of tuples (multi-input .npz)."""
+
+    def __init__(self, columns: list[np.ndarray]):
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return tuple(column[index] for column in self.columns)
+
+
+def image_folder(path: str | os.PathLike, model: ov.Model, layout: str | None = None) -> Dataset:
+    """POT's simplified engine: every image in ``path`` (sorted), resized to the model input, float32."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in data directory {path}")
+    if len(model.inputs) != 1:
+        raise DataError(f"an image folder can feed a single-input model; this model has {len(model.inputs)} inputs")
+    height, width, channels, layout = image_geometry(model.inputs[0], layout)
+    return Dataset(files, lambda file: decode_image(file, height, width, channels, layout))
+
+
+def image_geometry(port: ov.Output, layout: str | None) -> tuple[int, int, int, str]:
+    """(height, width, channels, layout) of a 4-D image input; layout guessed from the channel axis if not given."""
+    shape = port.get_partial_shape()
+    name = port.get_any_name()
+    if shape.rank.is_dynamic or shape.rank.get_length() != 4:
+        raise DataError(f"image data needs a 4-D model input; {name!r} has shape {shape}")
+    dims = [d.get_length() if d.is_static else None for d in shape]
+    if layout is None:
+        layout = "NHWC" if dims[3] in (1, 3, 4) and dims[1] not in (1, 3, 4) else "NCHW"
+    layout = layout.upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise DataError(f"unsupported layout {layout!r}: use NCHW or NHWC")
+    c, h, w = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
+    if None in (c, h, w):
+        raise DataError(f"model input {name!r} has dynamic spatial or channel dimensions ({shape}); "
+                        "image folders need static ones, use .npy/.npz data instead")
+    if c not in (1, 3, 4):
+        raise DataError(f"model input {name!r} has {c} channels; images give 1 or 3")
+    return h, w, c, layout
+
+
+def decode_image(file: Path, height: int, width: int, channels: int, layout: str) -> np.ndarray:
+    """Decode one image as POT did with cv2: BGR channel order, bilinear resize, raw 0..255 float32 values."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.BILINEAR)
+            array = np.asarray(image, dtype=np.float32)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot decode image {file}: {exc}") from exc
+    array = array[..., np.newaxis] if channels == 1 else array[..., ::-1]
+    return np.ascontiguousarray(array.transpose(2, 0, 1) if layout == "NCHW" else array)

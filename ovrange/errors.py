@@ -1,0 +1,45 @@
+"""One error family. The library raises these; the CLI turns them into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+
+class OvrangeError(Exception):
+    """Base class of every error ovrange reports to a user. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class ConfigError(OvrangeError):
+    """The configuration (file or options) is invalid: unknown key, wrong type, bad value."""
+
+    exit_code = 2
+
+
+class ModelError(OvrangeError):
+    """The model cannot be read, or has nothing this operation can work on."""
+
+    exit_code = 3
+
+
+class DataError(OvrangeError):
+    """The dataset is missing, empty, unreadable, or does not fit the model."""
+
+    exit_code = 4
+
+
+class OutputError(OvrangeError):
+    """The output location exists (without --force) or cannot be written."""
+
+    exit_code = 5
+
+
+class DeviceError(OvrangeError):
+    """The requested OpenVINO device is absent or failed to compile the model."""
+
+    exit_code = 6
+
+
+class CheckFailed(OvrangeError):
+    """A CI gate threshold was not met (``ovrange check``)."""
+
+    exit_code = 10

@@ -1,0 +1,198 @@
+"""Activation statistics collected through the OpenVINO runtime, in f32, streaming over the calibration subset.
+
+Min/max (global or per channel) are reduced inside the graph: a clone of the model gets, for every watched
+output, ``ReduceMin``/``ReduceMax -> Result``, so only a few numbers per node travel to the host. Percentiles
+need the value distribution: a second pass fills fixed-range histograms (range = the first pass's min/max) one
+batch at a time, so no activation tensor is kept beyond its batch. Inference is f32: the CPU plugin here defaults
+to bf16, whose rounding would give bounds the f32 model does not respect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+
+from ovrange import data as data_mod
+from ovrange.errors import ConfigError, DataError
+from ovrange.graph import node_by_name, with_dynamic_batch
+from ovrange.runtime import compile_model, last_line
+
+ProgressFn = Callable[[int, int], None]
+CHANNEL_AXIS = 1
+
+
+@dataclass(frozen=True)
+class ActivationStats:
+    """Min and max of one node's output over the calibration subset: floats, or arrays ``[C]`` per channel.
+
+    ``histogram`` (when collected) counts values in ``histogram_bins`` equal bins spanning ``[min, max]``
+    (per channel: one row per channel, each spanning that channel's range).
+    """
+
+    node: str
+    type: str
+    min: float | np.ndarray
+    max: float | np.ndarray
+    samples: int
+    histogram: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Statistics per watched node, plus how they were gathered."""
+
+    nodes: dict[str, ActivationStats]
+    samples: int
+    batch_size: int
+    precision: str
+    per_channel: bool = False
+
+
+def _reduce_axes(output: ov.Output, per_channel: bool) -> ov.Node:
+    """Axes to reduce: all of them, or all but the channel axis (a Constant; rank must be static)."""
+    rank = output.get_partial_shape().rank
+    name = output.get_node().get_friendly_name()
+    if rank.is_dynamic:
+        raise ConfigError(f"node {name!r} has an output of dynamic rank; cannot collect statistics on it")
+    if per_channel and rank.get_length() < 2:
+        raise ConfigError(f"per-channel bounds need a channel axis, but {name!r} has a {rank.get_length()}-D output")
+    axes = [a for a in range(rank.get_length()) if not (per_channel and a == CHANNEL_AXIS)]
+    return ops.constant(np.array(axes, dtype=np.int64))
+
+
+def statistics_model(model: ov.Model, node_names: Iterable[str], per_channel: bool = False,
+                     raw: bool = False) -> tuple[ov.Model, list[str]]:
+    """A clone of ``model`` whose outputs are (min, max) of output 0 of each named node, in that order.
+
+    With ``raw``, the outputs are the watched tensors themselves (one per node), for histogram passes.
+    """
+    clone = model.clone()
+    names = list(node_names)
+    results = []
+    for name in names:
+        out = node_by_name(clone, name).output(0)
+        if raw:
+            results.append(ops.result(out))
+            continue
+        if out.get_partial_shape().rank.is_static and out.get_partial_shape().rank.get_length() == 0:
+            out = ops.reshape(out, ops.constant(np.array([1], np.int64)), special_zero=False).output(0)
+        axes = _reduce_axes(out, per_channel)
+        results.append(ops.result(ops.reduce_min(out, axes, keep_dims=False)))
+        results.append(ops.result(ops.reduce_max(out, axes, keep_dims=False)))
+    return ov.Model(results, clone.get_parameters(), f"{model.get_friendly_name()}_stats"), names
+
+
+def collect_statistics(
+    model: ov.Model,
+    dataset: object,
+    node_names: Iterable[str],
+    *,
+    subset_size: int | None = 300,
+    batch_size: int = 1,
+    shuffle: bool = False,
+    seed: int = 0,
+    device: str = "CPU",
+    progress: ProgressFn | None = None,
+    per_channel: bool = False,
+    histogram_bins: int | None = None,
+) -> Statistics:
+    """Run the calibration subset of ``dataset`` through ``model``; min/max (and histograms) of each named node."""
+    if subset_size is not None and subset_size <= 0:
+        raise ConfigError(f"stat_subset_size must be > 0, got {subset_size}")
+    if batch_size <= 0:
+        raise ConfigError(f"stat_batch_size must be > 0, got {batch_size}")
+    names = list(node_names)
+    samples, total = data_mod.subset(dataset, subset_size, shuffle, seed)
+    if histogram_bins:
+        samples = list(samples)  # two passes over the inputs (not the activations)
+    passes = 2 if histogram_bins else 1
+    report = (lambda done, _: progress(done, passes * total)) if progress else None
+    if total == 0:
+        raise DataError("the calibration dataset is empty")
+    low, high, seen = _min_max_pass(model, samples, names, batch_size, device, per_channel, report)
+    histograms: list[np.ndarray | None] = [None] * len(names)
+    if histogram_bins:
+        report2 = (lambda done, _: progress(total + done, passes * total)) if progress else None
+        histograms = _histogram_pass(model, samples, names, batch_size, device, per_channel, low, high,
+                                     histogram_bins, report2)
+    types = {name: node_by_name(model, name).get_type_name() for name in names}
+    nodes = {}
+    for index, name in enumerate(names):
+        lo, hi = low[index], high[index]
+        if not per_channel:
+            lo, hi = float(lo), float(hi)
+        nodes[name] = ActivationStats(name, types[name], lo, hi, seen, histograms[index])
+    return Statistics(nodes, seen, batch_size, "f32", per_channel)
+
+
+def _compiled_request(stats_model: ov.Model, batch_size: int, device: str) -> ov.InferRequest:
+    if batch_size > 1:
+        try:
+            with_dynamic_batch(stats_model)
+        except ValueError as exc:
+            raise ConfigError(f"stat_batch_size={batch_size} needs a batchable model; reshape failed: {exc}") from exc
+    return compile_model(stats_model, device, precision="f32").create_infer_request()
+
+
+def _run_batches(model: ov.Model, request: ov.InferRequest, samples: Iterable, batch_size: int,
+                 progress: ProgressFn | None):
+    """Yield (outputs as a list of arrays, samples in batch) for each batch; data errors become DataErrors."""
+    seen = 0
+    for arrays, count in data_mod.batches(samples, model, batch_size):
+        try:
+            outputs = request.infer(arrays)
+        except RuntimeError as exc:
+            shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
+            raise DataError(f"data of shape {shapes} cannot feed the model: {last_line(exc)}") from exc
+        seen += count
+        yield [outputs[i] for i in range(len(outputs))], count
+        if progress:
+            progress(seen, seen)
+
+
+def _min_max_pass(model, samples, names, batch_size, device, per_channel, progress):
+    stats_model, _ = statistics_model(model, names, per_channel)
+    request = _compiled_request(stats_model, batch_size, device)
+    low: list = [None] * len(names)
+    high: list = [None] * len(names)
+    seen = 0
+    for values, count in _run_batches(model, request, samples, batch_size, progress):
+        for i in range(len(names)):
+            lo, hi = values[2 * i].astype(np.float64), values[2 * i + 1].astype(np.float64)
+            low[i] = lo if low[i] is None else np.minimum(low[i], lo)
+            high[i] = hi if high[i] is None else np.maximum(high[i], hi)
+        seen += count
+    # Bounds are float32 values: the Clamp compares in f32, so round-tripping keeps them exact.
+    low = [np.asarray(v, dtype=np.float32).astype(np.float64) for v in low]
+    high = [np.asarray(v, dtype=np.float32).astype(np.float64) for v in high]
+    return low, high, seen
+
+
+def _histogram_pass(model, samples, names, batch_size, device, per_channel, low, high, bins, progress):
+    stats_model, _ = statistics_model(model, names, raw=True)
+    request = _compiled_request(stats_model, batch_size, device)
+    counts = [np.zeros((np.size(lo), bins), dtype=np.int64) for lo in low]
+    for values, _ in _run_batches(model, request, samples, batch_size, progress):
+        for i, tensor in enumerate(values):
+            counts[i] += _histogram(tensor, low[i], high[i], bins, per_channel)
+    return [c if per_channel else c[0] for c in counts]
+
+
+def _histogram(tensor: np.ndarray, low, high, bins: int, per_channel: bool) -> np.ndarray:
+    """Counts of ``tensor`` values in ``bins`` equal bins over [low, high] (per channel: one row per channel)."""
+    if per_channel:
+        channels = tensor.shape[CHANNEL_AXIS]
+        values = np.moveaxis(tensor, CHANNEL_AXIS, 0).reshape(channels, -1).astype(np.float64)
+        lo, hi = np.asarray(low).reshape(-1, 1), np.asarray(high).reshape(-1, 1)
+    else:
+        channels = 1
+        values = tensor.reshape(1, -1).astype(np.float64)
+        lo, hi = np.float64(low), np.float64(high)
+    width = np.where(hi > lo, hi - lo, 1.0)
+    index = np.clip(((values - lo) / width * bins).astype(np.int64), 0, bins - 1)
+    flat = (index + np.arange(channels).reshape(-1, 1) * bins).ravel()
+    return np.bincount(flat, minlength=channels * bins).reshape(channels, bins)
