@@ -57,7 +57,7 @@ def set_rt_json(model: ov.Model, key: str, value: Any) -> None:
     Node names may contain characters that are not valid XML tags, so structured data is stored as JSON text.
     Node-level rt_info is not serialized to IR; model-level is.
     """
-    model.set_rt_info(json.dumps(value, sort_keys=True), [RT_INFO_ROOT, key])
+    model.set_rt_info(json.dumps(value), [RT_INFO_ROOT, key])  # insertion order = topological order
 
 
 def get_rt_json(model: ov.Model, key: str) -> Any | None:

@@ -60,30 +60,37 @@ def _reduce_axes(output: ov.Output, per_channel: bool) -> ov.Node:
         raise ConfigError(f"node {name!r} has an output of dynamic rank; cannot collect statistics on it")
     if per_channel and rank.get_length() < 2:
         raise ConfigError(f"per-channel bounds need a channel axis, but {name!r} has a {rank.get_length()}-D output")
+    if per_channel and output.get_partial_shape()[CHANNEL_AXIS].is_dynamic:
+        raise ConfigError(f"per-channel bounds need a static channel count, but {name!r} has shape "
+                          f"{output.get_partial_shape()}")
     axes = [a for a in range(rank.get_length()) if not (per_channel and a == CHANNEL_AXIS)]
     return ops.constant(np.array(axes, dtype=np.int64))
 
 
 def statistics_model(model: ov.Model, node_names: Iterable[str], per_channel: bool = False,
                      raw: bool = False) -> tuple[ov.Model, list[str]]:
-    """A clone of ``model`` whose outputs are (min, max) of output 0 of each named node, in that order.
+    """A clone of ``model`` with one output: ``[min_1..., max_1..., min_2..., max_2..., ...]`` (1-D, float32) for
+    output 0 of each named node, per tensor (one value each) or per channel (C values each).
 
-    With ``raw``, the outputs are the watched tensors themselves (one per node), for histogram passes.
+    One concatenated output instead of two per node: on small models the per-output cost of fetching results
+    dominates. With ``raw``, the outputs are the watched tensors themselves (one per node), for histogram passes.
     """
     clone = model.clone()
     names = list(node_names)
-    results = []
+    if raw:
+        results = [ops.result(node_by_name(clone, name).output(0)) for name in names]
+        return ov.Model(results, clone.get_parameters(), f"{model.get_friendly_name()}_values"), names
+    flat = ops.constant(np.array([-1], np.int64))
+    parts = []
     for name in names:
         out = node_by_name(clone, name).output(0)
-        if raw:
-            results.append(ops.result(out))
-            continue
-        if out.get_partial_shape().rank.is_static and out.get_partial_shape().rank.get_length() == 0:
-            out = ops.reshape(out, ops.constant(np.array([1], np.int64)), special_zero=False).output(0)
+        if out.get_element_type() != ov.Type.f32:
+            out = ops.convert(out, ov.Type.f32).output(0)
         axes = _reduce_axes(out, per_channel)
-        results.append(ops.result(ops.reduce_min(out, axes, keep_dims=False)))
-        results.append(ops.result(ops.reduce_max(out, axes, keep_dims=False)))
-    return ov.Model(results, clone.get_parameters(), f"{model.get_friendly_name()}_stats"), names
+        for reduce in (ops.reduce_min, ops.reduce_max):
+            parts.append(ops.reshape(reduce(out, axes, keep_dims=False), flat, special_zero=False))
+    result = ops.result(ops.concat(parts, 0) if len(parts) > 1 else parts[0])
+    return ov.Model([result], clone.get_parameters(), f"{model.get_friendly_name()}_stats"), names
 
 
 def collect_statistics(
@@ -144,12 +151,12 @@ def _run_batches(model: ov.Model, request: ov.InferRequest, samples: Iterable, b
     seen = 0
     for arrays, count in data_mod.batches(samples, model, batch_size):
         try:
-            outputs = request.infer(arrays)
+            outputs = request.infer(arrays, share_outputs=True)  # no copy: consumed before the next infer
         except RuntimeError as exc:
             shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
             raise DataError(f"data of shape {shapes} cannot feed the model: {last_line(exc)}") from exc
         seen += count
-        yield [outputs[i] for i in range(len(outputs))], count
+        yield outputs.to_tuple(), count
         if progress:
             progress(seen, seen)
 
@@ -157,19 +164,27 @@ def _run_batches(model: ov.Model, request: ov.InferRequest, samples: Iterable, b
 def _min_max_pass(model, samples, names, batch_size, device, per_channel, progress):
     stats_model, _ = statistics_model(model, names, per_channel)
     request = _compiled_request(stats_model, batch_size, device)
-    low: list = [None] * len(names)
-    high: list = [None] * len(names)
+    width = [_channels(model, name) if per_channel else 1 for name in names]
+    ends = np.cumsum([w for w in width for _ in range(2)])  # [min_1, max_1, min_2, max_2, ...] segment ends
+    low = high = None
     seen = 0
     for values, count in _run_batches(model, request, samples, batch_size, progress):
-        for i in range(len(names)):
-            lo, hi = values[2 * i].astype(np.float64), values[2 * i + 1].astype(np.float64)
-            low[i] = lo if low[i] is None else np.minimum(low[i], lo)
-            high[i] = hi if high[i] is None else np.maximum(high[i], hi)
+        parts = np.split(values[0], ends[:-1])
+        lo, hi = np.concatenate(parts[0::2]), np.concatenate(parts[1::2])
+        low = lo if low is None else np.minimum(low, lo)
+        high = hi if high is None else np.maximum(high, hi)
         seen += count
-    # Bounds are float32 values: the Clamp compares in f32, so round-tripping keeps them exact.
-    low = [np.asarray(v, dtype=np.float32).astype(np.float64) for v in low]
-    high = [np.asarray(v, dtype=np.float32).astype(np.float64) for v in high]
+    # Values are float32 (what the Clamp compares in), kept as float64 Python numbers for JSON.
+    splits = np.cumsum(width)[:-1]
+    low = [v.astype(np.float64) for v in np.split(low, splits)]
+    high = [v.astype(np.float64) for v in np.split(high, splits)]
+    if not per_channel:
+        low, high = [v[0] for v in low], [v[0] for v in high]
     return low, high, seen
+
+
+def _channels(model: ov.Model, name: str) -> int:
+    return node_by_name(model, name).get_output_partial_shape(0)[CHANNEL_AXIS].get_length()
 
 
 def _histogram_pass(model, samples, names, batch_size, device, per_channel, low, high, bins, progress):
