@@ -41,7 +41,7 @@ def test_protect_writes_result_and_summary(workspace: Path):
     assert sorted(p.name for p in out.iterdir()) == ["bounds.json", "m.bin", "m.xml"]
     bounds = json.loads((out / "bounds.json").read_text())
     assert len(bounds["nodes"]) == 7 and bounds["samples"] == 12
-    assert "7 Clamp(s) inserted" in result.stdout and str(out / "m.xml") in result.stdout
+    assert "7 node(s) protected" in result.stdout and str(out / "m.xml") in result.stdout
 
 
 def test_image_folder_and_yaml_config(workspace: Path):

@@ -1,0 +1,246 @@
+"""The campaign runner: plan once, then per model: fault-free references, injection in batches, outcomes.
+
+Every model replays the same fault list (sites matched by node name). Progress goes through a callback; the
+per-trial outcomes are appended to a JSON-lines checkpoint, so an interrupted campaign resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from ovrange import data as data_mod
+from ovrange.errors import ConfigError, DataError, OutputError
+from ovrange.faults.execute import make_engine
+from ovrange.faults.faultlist import FaultList
+from ovrange.faults.inputs import InputStore, select_inputs
+from ovrange.faults.model import parse_format
+from ovrange.faults.outcomes import Judge
+from ovrange.faults.result import CampaignResult, ModelRun
+from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults
+from ovrange.faults.spec import CampaignSpec
+from ovrange.modelio import read_model
+
+ProgressFn = Callable[[int, int], None]
+FAULTS_FILE = "faults.jsonl"
+CHECKPOINT_FILE = "checkpoint.jsonl"
+
+
+ModelLike = ov.Model | str | os.PathLike
+
+
+def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLike] | None = None,
+           labels: np.ndarray | None = None, target: str = "activations", trials: int = 1000, seed: int = 0,
+           replay: FaultList | str | os.PathLike | None = None, checkpoint_dir: str | os.PathLike | None = None,
+           resume: bool = False, progress: ProgressFn | None = None, **settings: Any) -> CampaignResult:
+    """Run a fault-injection campaign on ``model`` (and the same faults on each ``compare`` model); see CampaignSpec.
+
+    ``dataset`` is a path (image folder, .npy, .npz with labels ``y``), an array, or any ovrange/nncf dataset;
+    ``labels`` gives labels for non-path datasets. ``settings`` are the other CampaignSpec fields (bits,
+    number_format, ber, inputs, batch_size, sites, exclude, weighting, sdc, output, device, weight_mode).
+    """
+    spec = CampaignSpec.create(target=target, trials=trials, seed=seed, **settings)
+    others = [] if compare is None else list(compare) if isinstance(compare, (list, tuple)) else [compare]
+    models = [_as_model(m) for m in [model, *others]]
+    source = str(dataset) if isinstance(dataset, (str, os.PathLike)) else type(dataset).__name__
+    if isinstance(dataset, (str, os.PathLike)):
+        loaded = data_mod.load(dataset, models[0][1])
+        dataset, labels = loaded.dataset, loaded.labels if labels is None else labels
+    if resume and replay is None and checkpoint_dir is not None:
+        replay = Path(checkpoint_dir) / FAULTS_FILE  # resuming replays the plan the interrupted run saved
+    plan = FaultList.load(replay) if isinstance(replay, (str, os.PathLike)) else replay
+    return run_campaign(models, data_mod.as_dataset(dataset), spec, labels=labels, plan=plan, data=source,
+                        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None, resume=resume,
+                        progress=progress)
+
+
+def _as_model(model: ModelLike) -> tuple[str, ov.Model]:
+    if isinstance(model, ov.Model):
+        return model.get_friendly_name(), model
+    return str(model), read_model(model)
+
+
+def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, spec: CampaignSpec, *,
+                 labels: np.ndarray | None = None, plan: FaultList | None = None, data: str = "",
+                 checkpoint_dir: Path | None = None, resume: bool = False,
+                 progress: ProgressFn | None = None) -> CampaignResult:
+    """Plan (or take ``plan``), then run every trial on every model; returns the (possibly partial) result."""
+    names = [name for name, _ in models]
+    if len(set(names)) != len(names):
+        names = [f"{name} [{i}]" for i, name in enumerate(names)]
+    reference = models[0][1]
+    judge = Judge.for_model(reference, spec.sdc, spec.output)
+    spec = replace(spec, sdc=judge.criterion)
+    store = InputStore(dataset, reference)
+    fmt = parse_format(plan.number_format if plan else spec.number_format)
+    checked: list[tuple[int, int]] = [(0, 0)] * len(models)
+    if plan is None:
+        shapes = store.sample_shapes(0)
+        sites = _sites(models, spec, shapes)
+    else:
+        spec = spec.with_overrides(target=plan.target, number_format=plan.number_format, trials=plan.trials,
+                                   ber=plan.ber, seed=plan.seed if plan.seed is not None else spec.seed)
+        shapes = store.sample_shapes(plan.inputs[0] if plan.inputs else plan.faults[0].input)
+        for name, model in models:
+            plan.check_sites(find_sites(model, plan.target, shapes), name)
+        sites = list(plan.sites)
+    engines, setup = [], []
+    for _, model in models:  # compiling is part of a campaign's cost: it counts in each model's seconds
+        started = time.perf_counter()
+        engines.append(make_engine(model, spec.target, sites, shapes, spec, judge, fmt))
+        setup.append(time.perf_counter() - started)
+    if plan is None:
+        inputs, checked = select_inputs([e.reference for e in engines], store, labels, judge.criterion.metric == "top1",
+                                        spec.inputs, spec.seed, max(e.batch for e in engines))
+        faults, trial_inputs = plan_faults(sites, np.array(inputs), spec.trials, spec.bits, spec.seed,
+                                           spec.weighting, spec.ber)
+        plan = FaultList(spec.target, spec.number_format, tuple(sites), tuple(inputs), tuple(faults), spec.trials,
+                         spec.seed, spec.ber, data, tuple(int(i) for i in trial_inputs) if spec.ber else ())
+    result = _empty_result(plan, spec, names, data)
+    for run, (n_checked, n_correct), seconds in zip(result.models, checked, setup):
+        run.inputs_checked, run.inputs_correct, run.seconds = n_checked, n_correct, seconds
+    checkpoint = _Checkpoint(checkpoint_dir, plan, result, [m for _, m in models], resume) if checkpoint_dir else None
+    done = sum(int(r.done.sum()) for r in result.models)
+    total = plan.trials * len(models)
+
+    def record(model_index: int, trials: np.ndarray, codes: np.ndarray, top1: np.ndarray, dev: np.ndarray) -> None:
+        nonlocal done
+        run = result.models[model_index]
+        run.outcome[trials], run.top1[trials], run.deviation[trials] = codes, top1, dev
+        if checkpoint:
+            checkpoint.append(model_index, trials, codes, top1, dev)
+        done += len(trials)
+        if progress:
+            progress(done, total)
+
+    if progress:
+        progress(done, total)
+    result.meta["engines"] = {name: engine.description for name, engine in zip(names, engines)}
+    for index, engine in enumerate(engines):
+        run = result.models[index]
+        pending = np.nonzero(~run.done)[0]
+        started = time.perf_counter()
+        if len(pending):
+            engine.run(plan, pending, store, fmt, lambda t, c, p, d, i=index: record(i, t, c, p, d))
+        engines[index] = None  # drop its compiled models before the next model's are used
+        run.seconds += time.perf_counter() - started
+    if checkpoint:
+        checkpoint.close()
+    return result
+
+
+def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[tuple[int, ...]]) -> list[Site]:
+    include, exclude = list(spec.sites), list(spec.exclude)
+    sites = find_sites(models[0][1], spec.target, shapes, include, exclude)
+    for name, model in models[1:]:
+        match_sites(sites, find_sites(model, spec.target, shapes, include, exclude), name)
+    return sites
+
+
+def _empty_result(plan: FaultList, spec: CampaignSpec, names: list[str], data: str) -> CampaignResult:
+    index = {site.name: i for i, site in enumerate(plan.sites)}
+    trial_site = np.full(plan.trials, -1, np.int32)
+    trial_bit = np.full(plan.trials, -1, np.int16)
+    trial_input = np.full(plan.trials, -1, np.int64)
+    count = np.zeros(plan.trials, np.int32)
+    for fault in plan.faults:
+        if not 0 <= fault.trial < plan.trials or fault.site not in index:
+            raise ConfigError(f"fault {fault} does not fit the plan ({plan.trials} trials)")
+        count[fault.trial] += 1
+        trial_input[fault.trial] = fault.input
+        trial_site[fault.trial] = index[fault.site] if count[fault.trial] == 1 else -1
+        trial_bit[fault.trial] = fault.bit if count[fault.trial] == 1 else -1
+    if plan.ber is None and (count != 1).any():
+        raise ConfigError("a single-fault plan must hold exactly one fault per trial")
+    if plan.trial_inputs:
+        trial_input[:] = plan.trial_inputs
+    if (trial_input < 0).any():
+        raise ConfigError("the fault list has trials without an input")
+    runs = [ModelRun.empty(name, plan.trials) for name in names]
+    return CampaignResult(spec, list(plan.sites), trial_site, trial_bit, trial_input, count, runs, data,
+                          plan.fingerprint())
+
+
+def model_digest(model: ov.Model) -> str:
+    """A digest of a model's graph and constants: a checkpoint must not resume on a different model."""
+    digest = hashlib.sha256()
+    for node in model.get_ordered_ops():
+        shapes = [str(out.get_partial_shape()) for out in node.outputs()]  # not names: unnamed ops get counters
+        digest.update(f"{node.get_type_name()}|{shapes}|".encode())
+        if node.get_type_name() == "Constant":
+            digest.update(np.ascontiguousarray(node.get_data()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _lock(handle, directory: Path) -> None:
+    """One campaign per report folder: two writers would interleave their checkpoints."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks, no guard
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise OutputError(f"another campaign is running in {directory}") from exc
+
+
+class _Checkpoint:
+    """Appends each finished chunk of trials to ``checkpoint.jsonl``; on resume, replays it into the result."""
+
+    def __init__(self, directory: Path, plan: FaultList, result: CampaignResult, models: list[ov.Model],
+                 resume: bool):
+        self.path = directory / CHECKPOINT_FILE
+        header = {"fingerprint": plan.fingerprint(), "models": [m.name for m in result.models],
+                  "digests": [model_digest(m) for m in models], "spec": result.spec.to_dict()}
+        if resume:
+            self._restore(header, result)
+            self.handle = open(self.path, "a")
+            _lock(self.handle, directory)
+        else:
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                self.handle = open(self.path, "a")
+                _lock(self.handle, directory)  # before anything is overwritten
+                plan.save(directory / FAULTS_FILE)
+                self.handle.truncate(0)
+            except OSError as exc:
+                raise OutputError(f"cannot write the checkpoint in {directory}: {exc.strerror}") from exc
+            self.handle.write(json.dumps(header) + "\n")
+            self.handle.flush()
+
+    def _restore(self, header: dict, result: CampaignResult) -> None:
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError as exc:
+            raise DataError(f"cannot resume: no checkpoint at {self.path} ({exc.strerror})") from exc
+        saved = json.loads(lines[0]) if lines else {}
+        if any(saved.get(key) != header[key] for key in ("fingerprint", "models", "digests")):
+            raise ConfigError(f"cannot resume: {self.path} belongs to a different campaign (models or faults differ)")
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut short by the interruption: its trials simply run again
+            run, trials = result.models[rec["m"]], np.array(rec["t"], np.int64)
+            run.outcome[trials] = np.array(rec["o"], np.int8)
+            run.top1[trials] = np.array(rec["p"], np.int32)
+            run.deviation[trials] = np.array([np.inf if d is None else d for d in rec["d"]], np.float32)
+
+    def append(self, model: int, trials: np.ndarray, codes: np.ndarray, top1: np.ndarray, dev: np.ndarray) -> None:
+        record = {"m": model, "t": trials.tolist(), "o": codes.tolist(), "p": top1.tolist(),
+                  "d": [float(d) if np.isfinite(d) else None for d in dev.tolist()]}
+        self.handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()

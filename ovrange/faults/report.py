@@ -1,0 +1,163 @@
+"""Campaign reports: JSON (for CI), a Markdown summary, and PNG plots. Rendering only, no computation.
+
+matplotlib is imported lazily with the Agg backend, so reports work headless and the library does not need it
+unless plots are asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ovrange.errors import OutputError
+from ovrange.faults.metrics import Rate
+from ovrange.faults.result import CampaignResult
+from ovrange.modelio import write_file_atomically
+
+RESULT_FILE = "result.json"
+SUMMARY_FILE = "summary.md"
+PLOTS = ("sdc_by_bit.png", "sdc_by_layer.png")
+
+
+def write_json(result: CampaignResult, path: str | Path) -> Path:
+    return write_file_atomically(path, result.to_json() + "\n")
+
+
+def write_report(result: CampaignResult, directory: str | Path, plots: bool = True) -> list[Path]:
+    """result.json, summary.md and (with ``plots``) the PNGs, into ``directory`` (which may hold a checkpoint)."""
+    directory = Path(directory)
+    written = [write_json(result, directory / RESULT_FILE)]
+    images = plot(result, directory) if plots and (result.trial_site >= 0).any() else []
+    written.append(write_file_atomically(directory / SUMMARY_FILE, markdown(result, [p.name for p in images])))
+    return written + images
+
+
+def _ranges(bits: tuple[int, ...]) -> str:
+    """``(0, 1, 2, 30)`` -> ``0-2, 30``."""
+    parts, start = [], None
+    for i, bit in enumerate(bits):
+        if start is None:
+            start = bit
+        if i + 1 == len(bits) or bits[i + 1] != bit + 1:
+            parts.append(str(start) if start == bit else f"{start}-{bit}")
+            start = None
+    return ", ".join(parts)
+
+
+def _pct(rate: Rate) -> str:
+    if not rate.n:
+        return "–"
+    low, high = rate.interval
+    return f"{rate.rate:.2%} [{low:.2%}, {high:.2%}]"
+
+
+def reduction_text(result: CampaignResult, other: int = 1) -> str:
+    """One sentence on the SDC reduction from the first model to model ``other``."""
+    comparison = result.comparison(0, other)
+    red = comparison["sdc_reduction"]
+    first, second = comparison["models"]
+    ratio = "∞ (no SDC left)" if red["ratio"] is None else f"{red['ratio']:.1f}×"
+    bound = "" if red["at_least"] is None else f", at least {red['at_least']:.1f}× from the 95% intervals"
+    return f"SDC reduction from {first} to {second}: {ratio}{bound}."
+
+
+def markdown(result: CampaignResult, images: list[str] | tuple[str, ...] = ()) -> str:
+    spec = result.spec
+    lines = [f"# Fault-injection campaign: {spec.target}, {result.trials} trials", ""]
+    bits = _ranges(spec.bits)
+    mode = f"bit-error rate {spec.ber:g} per bit" if spec.ber else "one single-bit flip per trial"
+    lines += [f"- Fault model: {mode} in {spec.number_format} values; bits: {bits}",
+              f"- Sites: {len(result.sites)} {spec.target} sites, sampled by {spec.weighting}",
+              f"- SDC criterion: {spec.sdc}; DUE: NaN/Inf in the output",
+              f"- Seed {spec.seed}; {len(set(result.trial_input.tolist()))} distinct inputs from {result.data or 'data'}",
+              f"- Complete: {'yes' if result.complete else 'no (partial: interrupted campaign)'}", "",
+              "| model | trials | masked | SDC (95% CI) | DUE (95% CI) | trials/s |", "|---|---|---|---|---|---|"]
+    for i, run in enumerate(result.models):
+        r = result.rates(i)
+        speed = f"{int(run.done.sum()) / run.seconds:.0f}" if run.seconds else "–"
+        lines.append(f"| {run.name} | {int(run.done.sum())} | {r['masked'].rate:.2%} | {_pct(r['sdc'])} | "
+                     f"{_pct(r['due'])} | {speed} |")
+    for other in range(1, len(result.models)):
+        table = result.comparison(0, other)["paired"]
+        lines += ["", reduction_text(result, other), "", f"Trial by trial ({result.models[0].name} → rows, "
+                  f"{result.models[other].name} → columns):", "", "| | masked | SDC | DUE |", "|---|---|---|---|"]
+        lines += [f"| {a} | {row['masked']} | {row['sdc']} | {row['due']} |" for a, row in table.items()]
+    if (result.trial_site >= 0).any():
+        names = [run.name for run in result.models]
+        lines += ["", "## SDC rate per bit position", "", "| bit | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        per_bit = [result.per_bit(i) for i in range(len(names))]
+        for bit in per_bit[0]:
+            lines.append(f"| {bit} | " + " | ".join(f"{_pct(p[bit])} ({p[bit].k}/{p[bit].n})" for p in per_bit) + " |")
+        lines += ["", "## SDC rate per layer", "", "| site | op | elements | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 3) + "|"]
+        per_layer = [result.per_layer(i) for i in range(len(names))]
+        for site in result.sites:
+            if site.name in per_layer[0]:
+                cells = " | ".join(f"{_pct(p[site.name])} ({p[site.name].k}/{p[site.name].n})" for p in per_layer)
+                lines.append(f"| {site.name} | {site.op} | {site.size} | {cells} |")
+    lines += [""] + [f"![{name}]({name})" for name in images]
+    return "\n".join(lines) + "\n"
+
+
+def short_names(names: list[str]) -> list[str]:
+    """The shortest path suffixes that tell the models apart (``fashion_lenet_Ranger/fashion_lenet.xml``)."""
+    for depth in range(1, 1 + max(len(Path(n).parts) for n in names)):
+        short = ["/".join(Path(n).parts[-depth:]) for n in names]
+        if len(set(short)) == len(short):
+            return short
+    return names
+
+
+def plot(result: CampaignResult, directory: str | Path) -> list[Path]:
+    """Bar charts of the SDC rate (with 95% intervals) per bit position and per site, one bar per model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise OutputError("plots need matplotlib: pip install 'ovrange[plots]' (or pass --no-plots)") from exc
+    directory = Path(directory)
+    labels = short_names([run.name for run in result.models])
+    paths = []
+    for name, table_of, per_layer in ((PLOTS[0], result.per_bit, False), (PLOTS[1], result.per_layer, True)):
+        tables = [table_of(i) for i in range(len(result.models))]
+        keys = list(tables[0])
+        width = 0.8 / len(tables)
+        if per_layer:  # long site names read best on a horizontal chart
+            fig, ax = plt.subplots(figsize=(9.0, 1.2 + 0.16 * len(keys) * len(tables)))
+        else:
+            fig, ax = plt.subplots(figsize=(min(14.0, 3.0 + 0.1 * len(keys) * len(tables)), 4.0))
+        for j, (table, label) in enumerate(zip(tables, labels)):
+            rates = [table[k].rate * 100 for k in keys]
+            errors = [[(table[k].rate - table[k].interval[0]) * 100 for k in keys],
+                      [(table[k].interval[1] - table[k].rate) * 100 for k in keys]]
+            offsets = [x + (j - (len(tables) - 1) / 2) * width for x in range(len(keys))]
+            if per_layer:
+                ax.barh(offsets, rates, width, xerr=errors, capsize=2, label=label)
+            else:
+                ax.bar(offsets, rates, width, yerr=errors, capsize=2, label=label)
+        what = "site" if per_layer else "bit position"
+        if per_layer:
+            ax.set_yticks(range(len(keys)))
+            ax.set_yticklabels(keys, fontsize=7)
+            ax.invert_yaxis()  # graph order, top to bottom
+            ax.set_xlabel("SDC rate (%)")
+        else:
+            ax.set_xticks(range(len(keys)))
+            ax.set_xticklabels([str(k) for k in keys], fontsize=7)
+            ax.set_xlabel(what)
+            ax.set_ylabel("SDC rate (%)")
+        ax.set_title(f"SDC rate per {what}: {result.spec.target} faults, {result.trials} trials (95% Wilson)",
+                     fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = directory / name
+        try:
+            fig.savefig(path, dpi=110)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+        finally:
+            plt.close(fig)
+        paths.append(path)
+    return paths

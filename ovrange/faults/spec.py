@@ -1,0 +1,161 @@
+"""Campaign settings: one typed record, validated once, loadable from a YAML/JSON file.
+
+A config file holds the same settings as the command line (``model``, ``compare``, ``data``, ``target``,
+``trials``, ``seed``, ``bits``...); paths are relative to the file; options given on the command line win.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ovrange.errors import ConfigError
+from ovrange.faults.model import TARGETS, parse_bits, parse_format
+
+SDC_METRICS = ("auto", "top1", "linf", "cosine")
+WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.execute
+FILE_KEYS = ("model", "compare", "data", "json", "report", "replay")
+
+
+@dataclass(frozen=True)
+class SdcCriterion:
+    """What counts as a silent data corruption: a top-1 change, or an output deviation above ``threshold``."""
+
+    metric: str = "auto"
+    threshold: float | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> SdcCriterion:
+        """``auto``, ``top1``, ``linf:0.1`` (relative L-infinity) or ``cosine:0.01`` (cosine distance)."""
+        match = re.fullmatch(r"(auto|top1|linf|cosine)(?::([0-9.eE+-]+))?", str(spec).strip())
+        if not match:
+            raise ConfigError(f"unknown SDC criterion {spec!r}; use top1, linf:<threshold> or cosine:<threshold>")
+        metric, value = match[1], match[2]
+        if metric in ("linf", "cosine"):
+            try:
+                threshold = float(value) if value is not None else None
+            except ValueError:
+                threshold = None
+            if threshold is None or not threshold > 0:
+                raise ConfigError(f"SDC criterion {metric} needs a positive threshold, e.g. {metric}:0.1")
+            return cls(metric, threshold)
+        if value is not None:
+            raise ConfigError(f"SDC criterion {metric} takes no threshold")
+        return cls(metric)
+
+    def __str__(self) -> str:
+        return self.metric if self.threshold is None else f"{self.metric}:{self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """Every setting of a campaign. ``bits`` is the parsed tuple of allowed bit positions."""
+
+    target: str = "activations"
+    trials: int = 1000
+    seed: int = 0
+    bits: tuple[int, ...] = tuple(range(32))
+    number_format: str = "fp32"
+    ber: float | None = None
+    inputs: int = 100
+    batch_size: int = 64
+    sites: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    weighting: str = "elements"
+    sdc: SdcCriterion = field(default_factory=SdcCriterion)
+    output: str | None = None
+    device: str = "CPU"
+    weight_mode: str = "auto"
+
+    @classmethod
+    def create(cls, **settings: Any) -> CampaignSpec:
+        """Build and validate from loose values (strings from a CLI or a file); None means 'default'."""
+        settings = {k.replace("-", "_"): v for k, v in settings.items() if v is not None}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"unknown campaign setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        fmt = parse_format(str(settings.get("number_format", "fp32")))
+        if "bits" in settings:
+            settings["bits"] = parse_bits(settings["bits"], fmt)
+        else:
+            settings["bits"] = parse_bits("all", fmt)
+        if "sdc" in settings and not isinstance(settings["sdc"], SdcCriterion):
+            settings["sdc"] = SdcCriterion.parse(settings["sdc"])
+        for key in ("sites", "exclude"):
+            if key in settings:
+                value = settings[key]
+                settings[key] = tuple([value] if isinstance(value, str) else value)
+        spec = cls(**settings)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        if self.target not in TARGETS:
+            raise ConfigError(f"unknown target {self.target!r}; use activations or weights")
+        for name in ("trials", "inputs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.weight_mode not in WEIGHT_MODES:
+            raise ConfigError(f"unknown weight_mode {self.weight_mode!r}; use {', '.join(WEIGHT_MODES)}")
+        if self.weighting not in ("elements", "uniform"):
+            raise ConfigError(f"unknown site weighting {self.weighting!r}; use elements or uniform")
+        if self.ber is not None:
+            if self.target != "weights":
+                raise ConfigError("bit-error-rate mode (ber) applies to weights only")
+            if not 0 < self.ber < 1:
+                raise ConfigError(f"ber must be in (0, 1), got {self.ber}")
+        fmt = parse_format(self.number_format)
+        bad = [b for b in self.bits if not 0 <= b < fmt.bits]
+        if bad:
+            raise ConfigError(f"bit position(s) {bad} outside 0..{fmt.bits - 1} of {fmt.name}")
+
+    def with_overrides(self, **settings: Any) -> CampaignSpec:
+        merged = {**self.to_dict(), **{k: v for k, v in settings.items() if v is not None}}
+        return CampaignSpec.create(**merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["bits"] = list(self.bits)
+        data["sites"], data["exclude"] = list(self.sites), list(self.exclude)
+        data["sdc"] = str(self.sdc)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CampaignSpec:
+        return cls.create(**data)
+
+
+def load_file(path: str | Path) -> tuple[CampaignSpec, dict[str, Any]]:
+    """Read a YAML/JSON campaign file: (settings, file entries such as model/compare/data/json/report)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - yaml and json raise different types; both mean "malformed"
+        raise ConfigError(f"malformed config {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping of settings")
+    raw = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    files = {k: raw.pop(k) for k in FILE_KEYS if k in raw}
+    for key, value in files.items():  # paths are relative to the config file, as in protect configs
+        values = value if key == "compare" and isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"{key} in {path} must be a path string" + (" or a list of them" if key == "compare"
+                                                                           else ""))
+        resolved = [Path(os.path.normpath(path.parent / v)) for v in values]
+        files[key] = resolved if key == "compare" else resolved[0]
+    return CampaignSpec.create(**raw), files
