@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import openvino as ov
 
 RT_INFO_ROOT = "ovrange"
@@ -26,6 +27,27 @@ def node_by_name(model: ov.Model, name: str) -> ov.Node:
         if node.get_friendly_name() == name:
             return node
     raise KeyError(name)
+
+
+def constant_weight(node: ov.Node) -> ov.Output | None:
+    """The f32 output feeding input 1 of a layer (Convolution, MatMul...) when it is a constant, possibly
+    decompressed from f16 by a Convert; None otherwise."""
+    if node.get_input_size() < 2:
+        return None
+    source = node.input_value(1)
+    producer = source.get_node()
+    if producer.get_type_name() == "Convert":
+        producer = producer.input_value(0).get_node()
+    if producer.get_type_name() != "Constant" or source.get_element_type() != ov.Type.f32:
+        return None
+    return source
+
+
+def constant_values(source: ov.Output) -> np.ndarray:
+    """A float32 copy of the values behind :func:`constant_weight` (through a decompression Convert)."""
+    producer = source.get_node()
+    constant = producer.input_value(0).get_node() if producer.get_type_name() == "Convert" else producer
+    return np.array(constant.get_data(), dtype=np.float32, copy=True)
 
 
 def consumers(output: ov.Output) -> list[ov.Node]:

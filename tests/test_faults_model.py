@@ -72,3 +72,16 @@ def test_wilson_interval_matches_reference_values():
     assert wilson(100, 100)[1] == 1.0 and wilson(0, 0) == (0.0, 1.0)
     red = reduction(Rate(200, 2000), Rate(0, 2000))
     assert red["ratio"] is None and red["at_least"] == pytest.approx(wilson(200, 2000)[0] / wilson(0, 2000)[1])
+
+
+def test_tokens_criterion_flags_any_changed_position():
+    from ovrange.faults.outcomes import Judge
+    from ovrange.faults.spec import SdcCriterion
+
+    golden = np.zeros((3, 4, 5), np.float32)
+    golden[:, :, 1] = 1.0  # every position predicts class 1
+    faulty = golden.copy()
+    faulty[1, 2, 3] = 2.0  # sample 1: one position now predicts class 3
+    faulty[2, 0, 1] = 1.5  # sample 2: larger, but the same classes
+    codes, _, _ = Judge(SdcCriterion.parse("tokens")).classify(golden, faulty)
+    assert codes.tolist() == [0, 1, 0]  # masked, SDC, masked

@@ -29,6 +29,7 @@ from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults
 from ovrange.faults.spec import CampaignSpec
 from ovrange.modelio import read_model
+from ovrange.protect import protection_info
 
 ProgressFn = Callable[[int, int], None]
 FAULTS_FILE = "faults.jsonl"
@@ -142,7 +143,8 @@ def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[
     include, exclude = list(spec.sites), list(spec.exclude)
     sites = find_sites(models[0][1], spec.target, shapes, include, exclude)
     for name, model in models[1:]:
-        match_sites(sites, find_sites(model, spec.target, shapes, include, exclude), name)
+        protected_twin = protection_info(model) is not None
+        match_sites(sites, find_sites(model, spec.target, shapes, include, exclude), name, protected_twin)
     return sites
 
 

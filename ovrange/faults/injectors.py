@@ -161,7 +161,7 @@ class WeightInjector:
 
     def __init__(self, model: ov.Model, sites: list[Site], sample_shapes: list[tuple[int, ...]], *,
                  device: str = "CPU", precision: str = "f32", number_format: NumberFormat = FORMATS["fp32"]):
-        from ovrange.faults.sites import weight_values
+        from ovrange.faults.sites import stored_through_transform, weight_values
 
         self.sites = sites
         self.index = {site.name: i for i, site in enumerate(sites)}
@@ -174,7 +174,11 @@ class WeightInjector:
             node, source = found[site.name]
             golden.append(weight_values(source))
             param = ops.parameter(list(site.shape), ov.Type.f32, name=f"ovrange_fi_w_{i}")
-            node.input(1).replace_source_output(param.output(0))
+            if stored_through_transform(node, source):  # e.g. BoundedWeights: the graph decodes theta
+                for target in list(source.get_target_inputs()):
+                    target.replace_source_output(param.output(0))
+            else:
+                node.input(1).replace_source_output(param.output(0))
             params.append(param)
         clone.add_parameters(params)
         clone.validate_nodes_and_infer_types()

@@ -16,7 +16,7 @@ import numpy as np
 import openvino as ov
 
 from ovrange.faults.model import NumberFormat, flip
-from ovrange.faults.sites import weight_values
+from ovrange.faults.sites import stored_through_transform, weight_values
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,8 @@ def linear_layer(node: ov.Node, source: ov.Output) -> LinearLayer | None:
     """The correction geometry of a weight site, or None when the layer is not supported (then faults go through
     the weight-as-input injector)."""
     kind = node.get_type_name()
+    if stored_through_transform(node, source):
+        return None  # the layer sees decode(stored), not the stored values: faults go through the graph
     shape_in, shape_out = node.input_value(0).get_partial_shape(), node.output(0).get_partial_shape()
     if not (shape_in.is_static and shape_out.is_static):
         return None

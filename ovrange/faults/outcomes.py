@@ -1,8 +1,9 @@
 """Outcome classification: a faulty output against the fault-free output of the same compiled model.
 
 DUE: the output holds NaN or Inf (a runtime could detect it). SDC: for classifiers (output ``[N, classes]``) the
-top-1 class changed, as in Ranger; otherwise the deviation passed a user-chosen threshold, relative L-infinity
-(``max|y' - y| / max|y|``) or cosine distance (``1 - cos(y', y)``). Anything else is masked.
+top-1 class changed, as in Ranger; for sequence outputs (``tokens``: ``[N, T, classes]``, e.g. CTC text
+recognition) any position's top-1 changed; otherwise the deviation passed a user-chosen threshold, relative
+L-infinity (``max|y' - y| / max|y|``) or cosine distance (``1 - cos(y', y)``). Anything else is masked.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class Judge:
         if self.criterion.metric == "top1":
             top1 = np.where(finite, f.argmax(axis=1), -1).astype(np.int32)
             sdc = top1 != g.argmax(axis=1)
+        elif self.criterion.metric == "tokens":
+            classes = golden.shape[-1]
+            tokens_g = g.reshape(n, -1, classes).argmax(axis=2)
+            tokens_f = f.reshape(n, -1, classes).argmax(axis=2)
+            sdc = (tokens_f != tokens_g).any(axis=1)
         elif self.criterion.metric == "linf":
             sdc = deviation > self.criterion.threshold
         else:

@@ -17,6 +17,7 @@ import openvino as ov
 
 from ovrange.errors import ModelError
 from ovrange.faults.model import Fault
+from ovrange.graph import constant_values, constant_weight
 
 WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
 ACTIVATION_OPS = (
@@ -50,21 +51,20 @@ def is_protection(node: ov.Node) -> bool:
 
 
 def weight_source(node: ov.Node) -> ov.Output | None:
-    """The f32 output feeding input 1 of a Convolution/MatMul when it is a constant (possibly decompressed)."""
-    source = node.input_value(1)
-    producer = source.get_node()
-    if producer.get_type_name() == "Convert":
-        producer = producer.input_value(0).get_node()
-    if producer.get_type_name() != "Constant" or source.get_element_type() != ov.Type.f32:
-        return None
-    return source
+    """The stored f32 values a memory fault strikes for a Convolution/MatMul: its constant weight, or, for a layer
+    protected by BoundedWeights, the stored ``theta`` that the graph decodes into the weight (``s * tanh(theta)``)."""
+    from ovrange.passes.bounded_weights import bounded_theta  # the one protection that changes how weights are stored
+
+    theta = bounded_theta(node) if node.get_input_size() > 1 else None
+    return theta.output(0) if theta is not None else constant_weight(node)
 
 
-def weight_values(source: ov.Output) -> np.ndarray:
-    """The f32 values behind :func:`weight_source` (a copy)."""
-    producer = source.get_node()
-    constant = producer.input_value(0).get_node() if producer.get_type_name() == "Convert" else producer
-    return np.array(constant.get_data(), dtype=np.float32, copy=True)
+def stored_through_transform(node: ov.Node, source: ov.Output) -> bool:
+    """Whether ``source`` reaches the layer through a decoding subgraph (then faults need the graph to decode)."""
+    return source != node.input_value(1)
+
+
+weight_values = constant_values
 
 
 def find_sites(model: ov.Model, target: str, sample_shapes: list[tuple[int, ...]] | None = None,
@@ -139,12 +139,16 @@ def static_clone(model: ov.Model, sample_shapes: list[tuple[int, ...]] | None, b
     return clone
 
 
-def match_sites(reference: list[Site], other: list[Site], other_name: str) -> None:
-    """Raise ModelError unless ``other`` has exactly the sites of ``reference`` (same names, ops and shapes)."""
+def match_sites(reference: list[Site], other: list[Site], other_name: str, allow_extra: bool = False) -> None:
+    """Raise ModelError unless ``other`` has exactly the sites of ``reference`` (same names, ops and shapes).
+
+    ``allow_extra``: ``other`` is a protected twin, whose protection added nodes of its own (e.g. gradient
+    suppression's Subtract); those are not sites of the comparison, all of ``reference``'s must still be there.
+    """
     theirs = {s.name: s for s in other}
     ours = {s.name for s in reference}
     missing = [s.name for s in reference if s.name not in theirs]
-    extra = [name for name in theirs if name not in ours]
+    extra = [] if allow_extra else [name for name in theirs if name not in ours]
     differ = [s.name for s in reference if s.name in theirs and (theirs[s.name].op, theirs[s.name].shape) !=
               (s.op, s.shape)]
     if missing or extra or differ:

@@ -16,7 +16,7 @@ from typing import Any
 from ovrange.errors import ConfigError
 from ovrange.faults.model import TARGETS, parse_bits, parse_format
 
-SDC_METRICS = ("auto", "top1", "linf", "cosine")
+SDC_METRICS = ("auto", "top1", "tokens", "linf", "cosine")
 WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.execute
 FILE_KEYS = ("model", "compare", "data", "json", "report", "replay")
 
@@ -30,10 +30,12 @@ class SdcCriterion:
 
     @classmethod
     def parse(cls, spec: str) -> SdcCriterion:
-        """``auto``, ``top1``, ``linf:0.1`` (relative L-infinity) or ``cosine:0.01`` (cosine distance)."""
-        match = re.fullmatch(r"(auto|top1|linf|cosine)(?::([0-9.eE+-]+))?", str(spec).strip())
+        """``auto``, ``top1``, ``tokens`` (per-position top-1 over the last axis, e.g. OCR/CTC sequences),
+        ``linf:0.1`` (relative L-infinity) or ``cosine:0.01`` (cosine distance)."""
+        match = re.fullmatch(r"(auto|top1|tokens|linf|cosine)(?::([0-9.eE+-]+))?", str(spec).strip())
         if not match:
-            raise ConfigError(f"unknown SDC criterion {spec!r}; use top1, linf:<threshold> or cosine:<threshold>")
+            raise ConfigError(f"unknown SDC criterion {spec!r}; use top1, tokens, linf:<threshold> or "
+                              "cosine:<threshold>")
         metric, value = match[1], match[2]
         if metric in ("linf", "cosine"):
             try:

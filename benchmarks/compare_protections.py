@@ -1,0 +1,204 @@
+"""Every protection method x three models x weight and activation faults, in one run: the table in
+docs/comparison.md.
+
+For each model the same fault list (seeded) is replayed on the original and on every protected twin, so the SDC
+rates are paired trial by trial. Per method: clean accuracy on held-out data, SDC and DUE rates with Wilson 95%
+intervals for activation and weight faults (single bit flips in f32, random bit, one fault per inference as in
+Ranger), and the CPU latency overhead (median of paired per-round ratios, batch 1, f32, interleaved rounds).
+
+Models: the bundled FashionLeNet, the bundled seven-activation CNN (ReLU, Swish, PReLU, ELU, GELU, Sigmoid, Tanh),
+and PP-OCRv4 text recognition from the rapidocr-onnxruntime wheel (SDC = any decoded position changes).
+
+    python benchmarks/compare_protections.py              # full run (~20-40 min on 2 cores), rewrites docs/
+    python benchmarks/compare_protections.py --quick      # a smoke run with few trials, to a temp folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+import ovrange
+from ovrange.evaluate import predict, top1
+from ovrange.faults import inject
+from ovrange.modelio import read_model
+from ovrange.runtime import compile_model
+from ovrange.timing import interleaved, paired_ratio
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# (label, algorithm, params); None = the unprotected original.
+METHODS: list[tuple[str, str | None, dict[str, Any]]] = [
+    ("original", None, {}),
+    ("RangeSupervision", "RangeSupervision", {}),
+    ("Ranger", "Ranger", {}),
+    ("Ranger p99.9", "Ranger", {"bound": "percentile", "percentile": 99.9}),
+    ("Ranger per-channel", "Ranger", {"per_channel": True}),
+    ("Ranger zero-reset", "Ranger", {"correction": "zero"}),
+    ("GradientSuppression", "GradientSuppression", {}),
+    ("BoundedWeights", "BoundedWeights", {}),
+]
+
+
+@dataclass
+class Subject:
+    """One model of the comparison with its data and how its clean accuracy is scored."""
+
+    name: str
+    model: ov.Model
+    calib: np.ndarray
+    eval_x: np.ndarray
+    eval_y: Any  # labels, or texts for OCR
+    sdc: str  # SDC criterion of the campaigns
+    inputs: int  # distinct (correctly handled) inputs the campaign draws from
+    trials_scale: float = 1.0  # OCR is ~500x costlier per inference than the CNNs
+    latency_reps: int = 200  # inferences per timing round
+
+    def accuracy(self, model: ov.Model) -> float:
+        if self.sdc == "tokens":
+            from scripts import ocr_data
+
+            texts = ocr_data.recognize(model, self.eval_x)
+            return float(np.mean([a == b for a, b in zip(texts, self.eval_y)]))
+        return float((top1(predict(model, self.eval_x, batch_size=500)) == self.eval_y).mean())
+
+
+def subjects(which: list[str]) -> list[Subject]:
+    from scripts.build_default_model import build_default
+
+    found = []
+    paths = build_default(REPO / "build", log=False)
+    for key, name in (("lenet", "FashionLeNet"), ("seven", "FashionSevenAct")):
+        if key not in which:
+            continue
+        calib = np.load(paths[key]["calib_npz"])["x"][:300].astype(np.float32)
+        test = np.load(paths[key]["test_npz"])
+        found.append(Subject(name, read_model(paths[key]["xml"]), calib, test["x"].astype(np.float32), test["y"],
+                             "top1", 100))
+    if "ppocr" in which:
+        from scripts import ocr_data
+
+        texts = ocr_data.sample_texts(100, seed=123)
+        x = np.concatenate([ocr_data.preprocess(ocr_data.render_line(t)) for t in texts])
+        found.append(Subject("PP-OCRv4 rec", read_model(ocr_data.rec_model_path()), ocr_data.calibration_inputs(64),
+                             x, texts, "tokens", 20, trials_scale=0.25, latency_reps=5))
+    return found
+
+
+def latency_overhead(original: ov.Model, protected: ov.Model, sample: np.ndarray, reps: int, rounds: int):
+    a = compile_model(original, "CPU", precision="f32").create_infer_request()
+    b = compile_model(protected, "CPU", precision="f32").create_infer_request()
+
+    def run(request):
+        return lambda: [request.infer([sample], share_outputs=True) for _ in range(reps)]
+
+    times = interleaved({"original": run(a), "protected": run(b)}, rounds=rounds)
+    return paired_ratio(times["original"], times["protected"])
+
+
+def rate_cell(rate: dict) -> str:
+    return f"{rate['rate']:.2%} [{rate['low']:.2%}, {rate['high']:.2%}]"
+
+
+def compare(subject: Subject, trials: int, rounds: int, seed: int, log) -> dict[str, Any]:
+    log(f"== {subject.name}: protecting with {len(METHODS) - 1} methods")
+    models, rows = [], {}
+    for label, algorithm, params in METHODS:
+        started = time.perf_counter()
+        try:
+            model = subject.model if algorithm is None else ovrange.protect(
+                subject.model, subject.calib, algorithm=algorithm, subset_size=len(subject.calib), **params)
+        except ovrange.OvrangeError as exc:
+            log(f"   {label}: not applicable ({exc})")
+            rows[label] = {"error": str(exc)}
+            continue
+        model.set_friendly_name(label)
+        info = ovrange.protection_info(model)
+        rows[label] = {"protected_nodes": len(info.nodes) if info else 0,
+                       "protect_seconds": time.perf_counter() - started,
+                       "clean_accuracy": subject.accuracy(model)}
+        if info and info.extra:
+            rows[label]["report"] = info.extra
+        models.append((label, model))
+        log(f"   {label}: {rows[label]['protected_nodes']} nodes, clean accuracy {rows[label]['clean_accuracy']:.2%}")
+    n = max(50, int(trials * subject.trials_scale))
+    for target in ("activations", "weights"):
+        log(f"   {target} campaign: {n} faults x {len(models)} models")
+        result = inject(models[0][1], subject.eval_x, compare=[m for _, m in models[1:]], labels=
+                        subject.eval_y if subject.sdc == "top1" else None, target=target, trials=n, seed=seed,
+                        sdc=subject.sdc, inputs=subject.inputs)
+        summary = result.summary()
+        for (label, _), run in zip(models, result.models):
+            entry = summary["models"][run.name]
+            rows[label][target] = {"sdc": entry["sdc"], "due": entry["due"], "trials": n}
+    sample = subject.eval_x[:1]
+    for label, model in models[1:]:
+        ratio = latency_overhead(subject.model, model, sample, subject.latency_reps, rounds)
+        rows[label]["latency_ratio"] = {"median": ratio.median, "low": ratio.low, "high": ratio.high,
+                                        "rounds": ratio.rounds}
+        log(f"   {label}: latency x{ratio.median:.3f}")
+    return {"model": subject.name, "sdc_criterion": subject.sdc, "methods": rows}
+
+
+def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = ["# Protection methods compared", "",
+             f"Generated by `{meta['command']}` on {meta['date']} (OpenVINO {meta['openvino']}, CPU, f32). "
+             f"Seed {meta['seed']}. Rates are over the trials of one campaign per target, with Wilson 95% "
+             "intervals; every method saw the same faults. Latency is the median of paired per-round ratios "
+             "protected/original (batch 1, interleaved rounds, 95% interval).", ""]
+    for block in results:
+        lines += [f"## {block['model']}", "",
+                  "| method | nodes | clean accuracy | activation SDC | activation DUE | weight SDC | weight DUE "
+                  "| latency |", "|---|---|---|---|---|---|---|---|"]
+        for label, row in block["methods"].items():
+            if "error" in row:
+                lines.append(f"| {label} | — | not applicable: {row['error']} | | | | | |")
+                continue
+            cells = [label, str(row["protected_nodes"]), f"{row['clean_accuracy']:.2%}"]
+            for target in ("activations", "weights"):
+                cells += [rate_cell(row[target]["sdc"]), rate_cell(row[target]["due"])]
+            ratio = row.get("latency_ratio")
+            cells.append("—" if ratio is None else f"{ratio['median']:.3f}x [{ratio['low']:.3f}, {ratio['high']:.3f}]")
+            lines.append("| " + " | ".join(cells) + " |")
+        trials = {t: next(r[t]["trials"] for r in block["methods"].values() if t in r) for t in
+                  ("activations", "weights")}
+        lines += ["", f"Trials: {trials['activations']} activation faults, {trials['weights']} weight faults; "
+                  f"SDC = {'top-1 change on correctly classified inputs' if block['sdc_criterion'] == 'top1' else 'any decoded position (per-position top-1) changes'}.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=3000, help="faults per target for the CNNs (OCR: a quarter)")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved latency rounds per method")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", default="lenet,seven,ppocr")
+    parser.add_argument("--out", type=Path, default=REPO / "docs")
+    parser.add_argument("--quick", action="store_true", help="200 trials, 3 rounds, output to /tmp")
+    args = parser.parse_args()
+    if args.quick:
+        args.trials, args.rounds, args.out = 200, 3, Path("/tmp/ovrange-compare")
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    started = time.time()
+    results = [compare(s, args.trials, args.rounds, args.seed, log) for s in subjects(args.models.split(","))]
+    meta = {"command": "python benchmarks/compare_protections.py" + (" --quick" if args.quick else ""),
+            "date": time.strftime("%Y-%m-%d"), "openvino": ov.__version__.split("-")[0], "seed": args.seed,
+            "trials": args.trials, "seconds": round(time.time() - started)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "comparison.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    (args.out / "comparison.md").write_text(markdown(results, meta))
+    log(f"wrote {args.out / 'comparison.md'} and comparison.json in {meta['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
