@@ -1,0 +1,223 @@
+"""BoundedWeights: store each weight as ``theta = artanh(w / s)`` and compute ``w = s * tanh(theta)`` in the graph.
+
+A post-training form of Fuengfusin & Tamukoh, *Enhancing Neural Network Robustness Against Fault Injection Through
+Non-linear Weight Transformations* (2024): there the network is trained with a saturating function applied to its
+weights; here a trained model is rewritten, so the saturation level ``s`` comes from the trained weights
+(``scale_margin * max |w|``, per output channel or per layer) and accuracy is kept up to the float rounding of
+``s * tanh(artanh(w / s))``, which is measured and reported.
+
+A bit flip in a stored ``theta`` can at worst push ``tanh`` to +-1, so the weight the layer sees stays within
+``[-s, s]``, where an unprotected weight can become ~1e38, inf or NaN. ``theta`` is stored divided by a power of
+two ``g`` so that every stored value is below 1 in magnitude: no single bit flip can then make it NaN (a value in
+[1, 2) whose exponent MSB flips becomes inf or NaN, and tanh(NaN) is NaN); the graph multiplies by ``g`` first,
+which is exact. Each protected layer's weight port then reads::
+
+    Constant <layer>/bounded_theta -> [Multiply <layer>/bounded_gain (g)] -> Tanh <layer>/bounded_tanh
+        -> Multiply <layer>/bounded_weight (s, Constant <layer>/bounded_scale) -> layer input 1
+
+The CPU plugin folds this constant chain back into a weight at compile time; :func:`bounded_theta` finds the
+``theta`` Constant of a protected layer (the fault-injection site that replaces the layer's weight).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+from openvino import passes as ov_passes
+
+from ovrange import data as data_mod
+from ovrange.config import AlgorithmConfig, Param, one_of
+from ovrange.errors import ConfigError, DataError, ModelError
+from ovrange.graph import constant_values, constant_weight, with_dynamic_batch
+from ovrange.passes import PassResult
+from ovrange.runtime import compile_model, last_line
+
+LAYER_OPS = ("Convolution", "GroupConvolution", "MatMul")
+THETA_SUFFIX = "/bounded_theta"
+GAIN_SUFFIX = "/bounded_gain"
+TANH_SUFFIX = "/bounded_tanh"
+WEIGHT_SUFFIX = "/bounded_weight"
+SCALE_SUFFIX = "/bounded_scale"
+
+
+def _above_one(value: float) -> str | None:
+    return None if 1.0 < value <= 1e3 else "must be > 1 (artanh(1) is infinite) and <= 1000"
+
+
+PARAMS: dict[str, Param] = {
+    "granularity": Param(str, "channel", one_of("channel", "layer"),
+                         "one saturation level s per output channel (tighter bound) or one per layer"),
+    "scale_margin": Param(float, 1.05, _above_one,
+                          "s = scale_margin * max |w| (per channel or layer): the largest value a faulty weight "
+                          "can take, relative to the largest trained one"),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which layers, and their weights
+
+
+def weight_output(node: ov.Node) -> ov.Output | None:
+    """The f32 constant weight of a Convolution/GroupConvolution/MatMul (None for other ops or computed weights)."""
+    return constant_weight(node) if node.get_type_name() in LAYER_OPS else None
+
+
+weight_array = constant_values
+
+
+def output_axes(node: ov.Node, rank: int) -> tuple[int, ...]:
+    """Axes of the weight that index the layer's output channels."""
+    kind = node.get_type_name()
+    if kind == "Convolution":
+        return (0,)
+    if kind == "GroupConvolution":
+        return (0, 1)
+    if rank < 2:
+        return ()
+    return (rank - 2,) if node.get_attributes().get("transpose_b", False) else (rank - 1,)
+
+
+def bounded_theta(layer: ov.Node) -> ov.Node | None:
+    """The ``theta`` Constant behind a protected layer's weight port (None when the layer is not protected)."""
+    node = layer.input_value(1).get_node()
+    if node.get_type_name() != "Multiply" or not node.get_friendly_name().endswith(WEIGHT_SUFFIX):
+        return None
+    node = node.input_value(0).get_node()
+    if node.get_type_name() != "Tanh":
+        return None
+    node = node.input_value(0).get_node()
+    if node.get_type_name() == "Multiply" and node.get_friendly_name().endswith(GAIN_SUFFIX):
+        node = node.input_value(0).get_node()
+    if node.get_type_name() != "Constant" or not node.get_friendly_name().endswith(THETA_SUFFIX):
+        return None
+    return node
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The transform
+
+
+def encode(w: np.ndarray, axes: tuple[int, ...], per_channel: bool, margin: float
+           ) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(theta, s, g)`` with ``w ~= s * tanh(g * theta)``, ``|theta| < 1`` (f32) and ``g`` a power of two."""
+    reduce = tuple(a for a in range(w.ndim) if not (per_channel and a in axes))
+    peak = np.max(np.abs(w), axis=reduce, keepdims=True) if w.size else np.zeros([1] * w.ndim, np.float32)
+    scale = (peak.astype(np.float64) * margin).astype(np.float32)
+    scale = np.where(scale > peak, scale, np.nextafter(peak, np.float32(np.inf)))  # |w| < s even after rounding
+    scale = np.where(peak > 0, scale, np.float32(0))  # an all-zero channel stays zero whatever theta holds
+    ratio = w.astype(np.float64) / np.where(scale > 0, scale, 1).astype(np.float64)
+    theta = np.arctanh(ratio)
+    top = float(np.max(np.abs(theta))) if theta.size else 0.0
+    gain = 1.0 if top < 1 else float(2.0 ** (np.floor(np.log2(top)) + 1))
+    return (theta / gain).astype(np.float32), scale.astype(np.float32), gain
+
+
+def decode_chain(theta: ov.Output, scale: np.ndarray, gain: float, name: str) -> ov.Node:
+    """``s * tanh(g * theta)``, with the names the fault-injection sites look for."""
+    x = theta
+    if gain != 1.0:
+        x = ops.multiply(theta, ops.constant(np.float32(gain), name=name + GAIN_SUFFIX + "_value"),
+                         name=name + GAIN_SUFFIX)
+    tanh = ops.tanh(x, name=name + TANH_SUFFIX)
+    return ops.multiply(tanh, ops.constant(scale, name=name + SCALE_SUFFIX), name=name + WEIGHT_SUFFIX)
+
+
+def folded(theta: np.ndarray, scale: np.ndarray, gain: float) -> np.ndarray:
+    """What OpenVINO's constant folding (as the CPU plugin does at compile time) makes of the chain."""
+    chain = decode_chain(ops.constant(theta).output(0), scale, gain, "fold")
+    model = ov.Model([ops.result(chain)], [], "fold")
+    manager = ov_passes.Manager()
+    manager.register_pass(ov_passes.ConstantFolding())
+    manager.run_passes(model)
+    return np.array(model.get_results()[0].input_value(0).get_node().get_data(), dtype=np.float32)
+
+
+def reconstruction_error(w: np.ndarray, rebuilt: np.ndarray) -> dict[str, float]:
+    error = np.abs(rebuilt.astype(np.float64) - w.astype(np.float64))
+    nonzero = w != 0
+    relative = error[nonzero] / np.abs(w[nonzero].astype(np.float64))
+    return {"max_abs_error": float(error.max(initial=0.0)), "max_rel_error": float(relative.max(initial=0.0)),
+            "exact_fraction": float(np.mean(error == 0)) if error.size else 1.0}
+
+
+def protect_layers(model: ov.Model, per_channel: bool, margin: float
+                   ) -> tuple[ov.Model, dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+    """A clone with every eligible layer's weight replaced by the bounded chain, what was applied, and the errors."""
+    clone = model.clone()
+    nodes: dict[str, dict[str, Any]] = {}
+    errors: dict[str, dict[str, float]] = {}
+    for node in clone.get_ordered_ops():
+        source = weight_output(node)
+        if source is None:
+            continue
+        name = node.get_friendly_name()
+        w = weight_array(source)
+        axes = output_axes(node, w.ndim)
+        theta, scale, gain = encode(w, axes, per_channel and bool(axes), margin)
+        theta_node = ops.constant(theta, name=name + THETA_SUFFIX)
+        chain = decode_chain(theta_node.output(0), scale, gain, name)
+        node.input(1).replace_source_output(chain.output(0))
+        errors[name] = reconstruction_error(w, folded(theta, scale, gain))
+        nodes[name] = {"type": node.get_type_name(), "theta": name + THETA_SUFFIX, "shape": list(w.shape),
+                       "granularity": "channel" if scale.size > 1 else "layer", "gain": gain,
+                       "scale_min": float(scale.min()), "scale_max": float(scale.max()),
+                       "max_abs_weight": float(np.abs(w).max(initial=0.0))}
+    if not nodes:
+        raise ModelError(f"model {model.get_friendly_name()!r} has no Convolution/GroupConvolution/MatMul with a "
+                         "constant f32 weight; nothing to protect")
+    clone.validate_nodes_and_infer_types()
+    return clone, nodes, errors
+
+
+def compare_outputs(original: ov.Model, protected: ov.Model, dataset: Any, config: AlgorithmConfig, *,
+                    device: str, progress=None) -> tuple[dict[str, Any], int]:
+    """Run the calibration subset through both models (f32) and report how far the protected outputs moved."""
+    models = [original.clone(), protected.clone()]
+    if config.batch_size > 1:
+        try:
+            for m in models:
+                with_dynamic_batch(m)
+        except ValueError as exc:
+            raise ConfigError(f"stat_batch_size={config.batch_size} needs a batchable model; reshape failed: "
+                              f"{exc}") from exc
+    requests = [compile_model(m, device, precision="f32").create_infer_request() for m in models]
+    samples, total = data_mod.subset(dataset, config.subset_size, config.shuffle, config.seed)
+    if total == 0:
+        raise DataError("the calibration dataset is empty")
+    n_out = len(original.outputs)
+    diff, peak = np.zeros(n_out), np.zeros(n_out)
+    argmax_changed, seen = 0, 0
+    for arrays, count in data_mod.batches(samples, original, config.batch_size):
+        try:
+            a, b = ([r.infer(arrays)[i] for i in range(n_out)] for r in requests)
+        except RuntimeError as exc:
+            shapes = ", ".join(str(tuple(x.shape)) for x in arrays)
+            raise DataError(f"data of shape {shapes} cannot feed the model: {last_line(exc)}") from exc
+        for i, (x, y) in enumerate(zip(a, b)):
+            diff[i] = max(diff[i], float(np.max(np.abs(x.astype(np.float64) - y), initial=0.0)))
+            peak[i] = max(peak[i], float(np.max(np.abs(x), initial=0.0)))
+        if a[0].ndim == 2:
+            argmax_changed += int(np.sum(a[0].argmax(axis=1) != b[0].argmax(axis=1)))
+        seen += count
+        if progress:
+            progress(min(seen, total), total)
+    names = [port.get_any_name() if port.get_names() else f"output{i}" for i, port in enumerate(original.outputs)]
+    report = {"samples": seen, "identical": bool(np.all(diff == 0)),
+              "max_abs_diff": {n: float(d) for n, d in zip(names, diff)},
+              "max_rel_diff": {n: float(d / p) if p else 0.0 for n, d, p in zip(names, diff, peak)},
+              "argmax_changed": argmax_changed}
+    return report, seen
+
+
+def run(model: ov.Model, dataset: Any, config: AlgorithmConfig, *, device: str, progress=None) -> PassResult:
+    """Rewrite every constant weight as ``s * tanh(g * theta)``; the calibration data only measures the effect."""
+    p = config.params
+    protected, nodes, errors = protect_layers(model, p["granularity"] == "channel", p["scale_margin"])
+    calibration, samples = compare_outputs(model, protected, dataset, config, device=device, progress=progress)
+    worst = {key: max(e[key] for e in errors.values()) for key in ("max_abs_error", "max_rel_error")}
+    extra = {"reconstruction": {**worst, "layers": errors}, "calibration_outputs": calibration,
+             "compile_time_folding": "s*tanh(g*theta) is constant; the CPU plugin folds it into the weight"}
+    return PassResult(protected, nodes, samples, "f32", extra)
