@@ -163,3 +163,36 @@ def test_a_fault_in_the_output_tensor_changes_exactly_that_element_bit_for_bit()
     assert np.array_equal(ours[0].view(np.uint32), expected.view(np.uint32))
     again, _ = injector.run([x])  # idle rows went back to the spare batch element: no fault leaks
     assert np.array_equal(again[0], golden[0])
+
+
+def test_weight_faults_strike_the_stored_theta_of_bounded_weights():
+    """With BoundedWeights the stored values are theta; a flip there goes through s * tanh(g * theta) in the graph,
+    equal to recompiling with that theta bit flipped, and stays bounded where the same flip in w explodes."""
+    import ovrange
+    from ovrange.passes.bounded_weights import bounded_theta
+
+    model = tiny_lenet()
+    x = images(8).astype(np.float32)
+    protected = ovrange.protect(model, x, algorithm="BoundedWeights", subset_size=8)
+    sites = find_sites(protected, "weights")
+    assert [s.name for s in sites] == [s.name for s in find_sites(model, "weights")]  # same sites, same shapes
+    injector = WeightInjector(protected, sites, SHAPES)
+    plain = WeightInjector(model, sites, SHAPES)
+    index = {s.name: i for i, s in enumerate(sites)}
+    exploded = 0
+    for site in sites:
+        flip_at = (index[site.name], 0, 30)  # exponent MSB of the first stored value
+        ours = injector.run([x[:1]], [flip_at])[0]
+        clone = protected.clone()
+        theta = bounded_theta(site_outputs(clone, "weights")[site.name][0])
+        values = theta.get_data().copy()
+        values.reshape(-1)[0] = flip(values.reshape(-1)[:1], np.array([30]))[0]
+        theta.output(0).replace(ops.constant(values).output(0))
+        assert_same_output(ours, run(clone, x[:1]))
+        assert np.isfinite(ours).all()
+        golden = plain.run([x[:1]])[0]
+        unprotected = np.nan_to_num(np.abs(plain.run([x[:1]], [flip_at])[0] - golden), nan=np.inf).max()
+        if unprotected > 1.0:  # the same flip in the plain weight did real damage (not masked by a zero input)
+            exploded += 1
+            assert np.abs(ours - golden).max() < 1e-3 * unprotected
+    assert exploded >= 2
