@@ -33,7 +33,7 @@ from ovrange import data as data_mod
 from ovrange.config import AlgorithmConfig, Param, one_of
 from ovrange.errors import ConfigError, DataError, ModelError
 from ovrange.graph import insert_after, node_by_name, with_dynamic_batch
-from ovrange.passes import PassResult
+from ovrange.passes import PassResult, range_supervision
 from ovrange.passes.range_supervision import EXTENDED_ACTIVATIONS, require_targets
 from ovrange.runtime import compile_model, last_line
 
@@ -65,11 +65,9 @@ PARAMS: dict[str, Param] = {
 
 
 def check_params(params: dict[str, Any]) -> str | None:
-    unknown = [t for t in params["activations"] if t not in EXTENDED_ACTIVATIONS]
-    if unknown:
-        return f"unsupported activation type(s) {unknown}; supported: {', '.join(EXTENDED_ACTIVATIONS)}"
-    if not params["activations"]:
-        return "activations is empty"
+    problem = range_supervision.check_params(params)  # the activation list
+    if problem:
+        return problem
     if params["threshold"] == "max" and params["k"] != PARAMS["k"].default:
         return "k applies to threshold 'sigma'; with threshold 'max' set margin instead"
     if params["threshold"] == "sigma" and params["margin"] != PARAMS["margin"].default:
