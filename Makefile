@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  := build/default/fashion_lenet.xml
 
-.PHONY: demo test install-demo install-test dataset model benchmarks clean
+.PHONY: demo test install-demo install-test dataset model benchmarks compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ test: install-test model
 
 benchmarks: install-test model
 	$(BIN)/python benchmarks/bench_protect.py
+	$(BIN)/python benchmarks/bench_inject.py
+	$(BIN)/python benchmarks/bench_overhead.py
+
+# Regenerates docs/comparison.md (every protection x 3 models x weight/activation faults; ~30 min on 2 cores).
+compare: install-test model
+	$(BIN)/python benchmarks/compare_protections.py
 
 clean:
 	rm -rf build results

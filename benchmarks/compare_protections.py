@@ -62,6 +62,7 @@ class Subject:
     inputs: int  # distinct (correctly handled) inputs the campaign draws from
     trials_scale: float = 1.0  # OCR is ~500x costlier per inference than the CNNs
     latency_reps: int = 200  # inferences per timing round
+    batch_size: int = 64  # faults per inference; the OCR model's activations need a smaller batch to fit in memory
 
     def accuracy(self, model: ov.Model) -> float:
         if self.sdc == "tokens":
@@ -90,7 +91,7 @@ def subjects(which: list[str]) -> list[Subject]:
         texts = ocr_data.sample_texts(100, seed=123)
         x = np.concatenate([ocr_data.preprocess(ocr_data.render_line(t)) for t in texts])
         found.append(Subject("PP-OCRv4 rec", read_model(ocr_data.rec_model_path()), ocr_data.calibration_inputs(64),
-                             x, texts, "tokens", 20, trials_scale=0.25, latency_reps=5))
+                             x, texts, "tokens", 20, trials_scale=0.25, latency_reps=5, batch_size=16))
     return found
 
 
@@ -135,7 +136,7 @@ def compare(subject: Subject, trials: int, rounds: int, seed: int, log) -> dict[
         log(f"   {target} campaign: {n} faults x {len(models)} models")
         result = inject(models[0][1], subject.eval_x, compare=[m for _, m in models[1:]], labels=
                         subject.eval_y if subject.sdc == "top1" else None, target=target, trials=n, seed=seed,
-                        sdc=subject.sdc, inputs=subject.inputs)
+                        sdc=subject.sdc, inputs=subject.inputs, batch_size=subject.batch_size)
         summary = result.summary()
         for (label, _), run in zip(models, result.models):
             entry = summary["models"][run.name]

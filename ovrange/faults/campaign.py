@@ -22,13 +22,16 @@ from ovrange import data as data_mod
 from ovrange.errors import ConfigError, DataError, OutputError
 from ovrange.faults.execute import make_engine
 from ovrange.faults.faultlist import FaultList
+from ovrange.faults.injectors import check_batchable
 from ovrange.faults.inputs import InputStore, select_inputs
 from ovrange.faults.model import parse_format
 from ovrange.faults.outcomes import Judge
 from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults
 from ovrange.faults.spec import CampaignSpec
+from ovrange.graph import with_dynamic_batch
 from ovrange.modelio import read_model
+from ovrange.runtime import compile_model
 from ovrange.protect import protection_info
 
 ProgressFn = Callable[[int, int], None]
@@ -94,21 +97,20 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
         for name, model in models:
             plan.check_sites(find_sites(model, plan.target, shapes), name)
         sites = list(plan.sites)
-    engines, setup = [], []
-    for _, model in models:  # compiling is part of a campaign's cost: it counts in each model's seconds
-        started = time.perf_counter()
-        engines.append(make_engine(model, spec.target, sites, shapes, spec, judge, fmt))
-        setup.append(time.perf_counter() - started)
     if plan is None:
-        inputs, checked = select_inputs([e.reference for e in engines], store, labels, judge.criterion.metric == "top1",
-                                        spec.inputs, spec.seed, max(e.batch for e in engines))
+        # Plain compiled models pick the inputs; the injection engines are built one model at a time below (each
+        # holds its weights and batch-sized buffers: several at once ran a large model out of memory).
+        references = [_plain_reference(model, judge, shapes, spec) for _, model in models]
+        inputs, checked = select_inputs(references, store, labels, judge.criterion.metric == "top1", spec.inputs,
+                                        spec.seed, spec.batch_size)
+        del references
         faults, trial_inputs = plan_faults(sites, np.array(inputs), spec.trials, spec.bits, spec.seed,
                                            spec.weighting, spec.ber)
         plan = FaultList(spec.target, spec.number_format, tuple(sites), tuple(inputs), tuple(faults), spec.trials,
                          spec.seed, spec.ber, data, tuple(int(i) for i in trial_inputs) if spec.ber else ())
     result = _empty_result(plan, spec, names, data)
-    for run, (n_checked, n_correct), seconds in zip(result.models, checked, setup):
-        run.inputs_checked, run.inputs_correct, run.seconds = n_checked, n_correct, seconds
+    for run, (n_checked, n_correct) in zip(result.models, checked):
+        run.inputs_checked, run.inputs_correct = n_checked, n_correct
     checkpoint = _Checkpoint(checkpoint_dir, plan, result, [m for _, m in models], resume) if checkpoint_dir else None
     done = sum(int(r.done.sum()) for r in result.models)
     total = plan.trials * len(models)
@@ -125,18 +127,37 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
 
     if progress:
         progress(done, total)
-    result.meta["engines"] = {name: engine.description for name, engine in zip(names, engines)}
-    for index, engine in enumerate(engines):
+    result.meta["engines"] = {}
+    for index, (_, model) in enumerate(models):
         run = result.models[index]
         pending = np.nonzero(~run.done)[0]
-        started = time.perf_counter()
+        started = time.perf_counter()  # compiling is part of a campaign's cost: it counts in the model's seconds
         if len(pending):
+            engine = make_engine(model, spec.target, sites, shapes, spec, judge, fmt)
+            result.meta["engines"][names[index]] = engine.description
             engine.run(plan, pending, store, fmt, lambda t, c, p, d, i=index: record(i, t, c, p, d))
-        engines[index] = None  # drop its compiled models before the next model's are used
+            del engine  # drop its compiled models before the next model's are built
         run.seconds += time.perf_counter() - started
     if checkpoint:
         checkpoint.close()
     return result
+
+
+def _plain_reference(model: ov.Model, judge: Judge, shapes: list[tuple[int, ...]], spec: CampaignSpec):
+    """Fault-free judged output of ``model`` for a batch of inputs (one inference per row if it cannot batch)."""
+    runnable = model.clone()
+    batchable = check_batchable(model, shapes, spec.batch_size)
+    if batchable:
+        with_dynamic_batch(runnable)
+    request = compile_model(runnable, spec.device, precision="f32").create_infer_request()
+
+    def reference(arrays: list[np.ndarray]) -> np.ndarray:
+        if batchable:
+            return request.infer(arrays)[judge.output].copy()
+        rows = [request.infer([a[i:i + 1] for a in arrays])[judge.output].copy() for i in range(len(arrays[0]))]
+        return np.concatenate(rows)
+
+    return reference
 
 
 def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[tuple[int, ...]]) -> list[Site]:
