@@ -24,6 +24,7 @@ app = typer.Typer(
 # Command modules register themselves on `app`; import them after it exists.
 from ovrange.cli import protect as _protect  # noqa: E402,F401  (protect, evaluate)
 # (one import line per command module)
+from ovrange.cli import benchmark as _benchmark  # noqa: E402,F401
 from ovrange.cli import inject as _inject  # noqa: E402,F401
 
 

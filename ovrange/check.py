@@ -1,0 +1,203 @@
+"""CI gates for a protected model: accuracy drop, latency overhead and SDC reduction against the original.
+
+Each gate is measured only when its threshold is given (accuracy always: it is cheap and every report wants it) and
+becomes a typed :class:`Gate`; :class:`CheckResult` turns into JSON for the CI artifact and, through
+:meth:`CheckResult.raise_for_failure`, into one ``CheckFailed`` line naming every failed gate.
+
+Units, chosen to read like the numbers people quote:
+
+* ``max_accuracy_drop``: percentage points of top-1 (``0.5`` allows 90.0% -> 89.5%). Without labels, the reference
+  is the original model's own predictions (arg-max over the last axis, a sample agreeing only when every position
+  agrees), so the "accuracy" of the original is 100% by definition.
+* ``max_overhead``: percent of latency, the overhead :func:`ovrange.bench.benchmark` reports (``1`` = 1%).
+* ``min_sdc_reduction``: times fewer SDCs, as Ranger reports it (``5`` = at least 5x fewer), from one fault-injection
+  campaign replaying the same faults on both models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from ovrange.bench import BenchmarkResult, benchmark
+from ovrange.data import LabelledData
+from ovrange.errors import CheckFailed, ConfigError
+from ovrange.evaluate import predict
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_accuracy_drop: float | None = None  # percentage points of top-1
+    max_overhead: float | None = None  # percent of latency
+    min_sdc_reduction: float | None = None  # times fewer SDCs
+    trials: int = 1000  # fault-injection trials for the SDC gate
+
+    def __post_init__(self) -> None:
+        for name in ("max_accuracy_drop", "max_overhead"):
+            value = getattr(self, name)
+            if value is not None and not np.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}")
+        if self.min_sdc_reduction is not None and not self.min_sdc_reduction > 0:
+            raise ConfigError(f"min_sdc_reduction must be > 0 (times fewer SDCs), got {self.min_sdc_reduction}")
+        if self.trials < 1:
+            raise ConfigError(f"trials must be >= 1, got {self.trials}")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One threshold and what was measured against it; ``message`` is the one-line verdict."""
+
+    name: str
+    measured: float | None
+    limit: float
+    passed: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    reference: str  # "labels" or "original predictions"
+    samples: int
+    original: float
+    protected: float
+
+    @property
+    def drop_pp(self) -> float:
+        return (self.original - self.protected) * 100.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    gates: tuple[Gate, ...]
+    accuracy: Accuracy
+    benchmark: BenchmarkResult | None = None
+    fault_injection: dict[str, Any] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(gate.passed for gate in self.gates)
+
+    @property
+    def failures(self) -> list[Gate]:
+        return [gate for gate in self.gates if not gate.passed]
+
+    def reason(self) -> str:
+        return "; ".join(gate.message for gate in self.failures)
+
+    def raise_for_failure(self) -> None:
+        """Raise CheckFailed (exit code 10 in the CLI) with every failed gate on one line."""
+        if not self.passed:
+            raise CheckFailed(f"check failed: {self.reason()}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "gates": [asdict(gate) for gate in self.gates],
+            "accuracy": {**asdict(self.accuracy), "drop_pp": self.accuracy.drop_pp},
+            "benchmark": self.benchmark.to_json() if self.benchmark else None,
+            "fault_injection": self.fault_injection,
+        }
+
+
+def check(
+    original: ov.Model,
+    protected: ov.Model,
+    data: LabelledData,
+    thresholds: Thresholds,
+    *,
+    device: str = "CPU",
+    batch_size: int = 64,
+    limit: int | None = None,
+    bench_seconds: float = 10.0,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> CheckResult:
+    """Measure what ``thresholds`` ask for and judge each gate; never raises for a failed gate (see raise_for_failure).
+
+    Args:
+        data: labelled data (``ovrange.data.load``); without labels, accuracy is agreement with the original.
+        limit: use only the first ``limit`` samples for accuracy.
+        bench_seconds, shapes: passed to :func:`ovrange.bench.benchmark` for the overhead gate.
+        seed: seed of the fault plan for the SDC gate.
+    """
+    accuracy = measure_accuracy(original, protected, data, device=device, batch_size=batch_size, limit=limit)
+    gates = []
+    if thresholds.max_accuracy_drop is not None:
+        gates.append(_at_most("accuracy_drop", accuracy.drop_pp, thresholds.max_accuracy_drop, " pp",
+                              f"top-1 accuracy drop {accuracy.drop_pp:.3g} pp ({accuracy.original:.2%} -> "
+                              f"{accuracy.protected:.2%} vs {accuracy.reference})"))
+    bench = None
+    if thresholds.max_overhead is not None:
+        bench = benchmark(original, protected, device=device, seconds=bench_seconds, shapes=shapes, seed=seed)
+        ratio = bench.latency_ratio
+        gates.append(_at_most("overhead", bench.latency_overhead_pct, thresholds.max_overhead, "%",
+                              f"latency overhead {bench.latency_overhead_pct:+.2f}% (paired, 95% CI "
+                              f"{(ratio.low - 1) * 100:+.2f}% to {(ratio.high - 1) * 100:+.2f}%)"))
+    campaign = None
+    if thresholds.min_sdc_reduction is not None:
+        campaign, gate = _sdc_gate(original, protected, data, thresholds, device=device, seed=seed,
+                                   progress=progress)
+        gates.append(gate)
+    return CheckResult(tuple(gates), accuracy, bench, campaign)
+
+
+def measure_accuracy(original: ov.Model, protected: ov.Model, data: LabelledData, *, device: str = "CPU",
+                     batch_size: int = 64, limit: int | None = None) -> Accuracy:
+    """Top-1 accuracy of both models (f32) on ``data``: against its labels, or against the original's outputs."""
+    outputs = [predict(m, data.dataset, batch_size=batch_size, device=device, limit=limit)
+               for m in (original, protected)]
+    classes = [_classes(o) for o in outputs]
+    if data.labels is not None:
+        labels = np.asarray(data.labels).reshape(len(data.labels), -1)[: len(classes[0])]
+        reference = "labels"
+    else:
+        labels, reference = classes[0], "original predictions"
+    scores = [float(np.mean(np.all(c == labels.reshape(c.shape), axis=1))) for c in classes]
+    return Accuracy(reference, len(classes[0]), scores[0], scores[1])
+
+
+def _classes(output: np.ndarray) -> np.ndarray:
+    """Arg-max over the last axis, one row per sample: ``[N, 1]`` for a classifier, ``[N, T]`` for sequences."""
+    if output.ndim == 1:
+        return output.reshape(-1, 1)
+    return output.argmax(axis=-1).reshape(output.shape[0], -1)
+
+
+def _at_most(name: str, measured: float, limit: float, unit: str, what: str) -> Gate:
+    passed = bool(measured <= limit)
+    verdict = "within" if passed else "exceeds"
+    return Gate(name, measured, limit, passed, f"{what} {verdict} the limit of {limit:g}{unit}")
+
+
+def _sdc_gate(original: ov.Model, protected: ov.Model, data: LabelledData, thresholds: Thresholds, *, device: str,
+              seed: int, progress: ProgressFn | None) -> tuple[dict[str, Any], Gate]:
+    from ovrange.faults.campaign import inject  # the campaign machinery is only needed by this gate
+
+    named = []
+    for model, name in ((original, "original"), (protected, "protected")):
+        clone = model.clone()  # the campaign names its models after them; both often share one friendly name
+        clone.set_friendly_name(name)
+        named.append(clone)
+    result = inject(named[0], data.dataset, compare=named[1], labels=data.labels, trials=thresholds.trials,
+                    seed=seed, device=device, progress=progress)
+    comparison = result.comparison()
+    before, after = result.rates(0)["sdc"], result.rates(1)["sdc"]
+    ratio = comparison["sdc_reduction"]["ratio"]
+    limit = thresholds.min_sdc_reduction
+    rates = f"SDC rate {before.rate:.2%} -> {after.rate:.2%} over {comparison['trials']} trials"
+    if before.k == 0:
+        gate = Gate("sdc_reduction", None, limit, False, f"{rates}: the original had no SDC, so no reduction can "
+                    f"be shown; run more trials (--trials)")
+    else:
+        passed = ratio is None or ratio >= limit  # None: no SDC left at all
+        shown = "no SDC left" if ratio is None else f"{ratio:.3g}x fewer SDCs"
+        gate = Gate("sdc_reduction", None if ratio is None else float(ratio), limit, passed,
+                    f"{rates} ({shown}) {'meets' if passed else 'is below'} the minimum of {limit:g}x")
+    return {"trials": thresholds.trials, "seed": seed, "summary": result.summary()}, gate

@@ -1,0 +1,203 @@
+"""``ovrange devices``, ``ovrange benchmark`` and ``ovrange check``: the cost of protection, and CI gates."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ovrange.cli import app
+from ovrange.cli.options import Device, Quiet, progress_bar
+
+Opt = typer.Option
+ModelArg = typer.Argument
+Hint = Annotated[str, Opt("--hint", help="Performance hint: latency (one request) or throughput.")]
+Precision = Annotated[str, Opt("--precision", help="f32 (INFERENCE_PRECISION_HINT=f32) or default (the plugin's "
+                                                   "choice, bf16 on AMX CPUs).")]
+Seconds = Annotated[float, Opt("--time", "-t", help="Seconds of timing in total (both models).")]
+Shape = Annotated[Optional[str], Opt("--shape", help="Static input shape(s), benchmark_app syntax: "
+                                                     "[1,3,48,320] or x[1,3,48,320]. Default: the model's, "
+                                                     "batch 1.")]
+JsonOut = Annotated[Optional[Path], Opt("--json", help="Write the full result as JSON here.")]
+
+
+@app.command()
+def devices() -> None:
+    """List the devices OpenVINO sees on this machine."""
+    import openvino as ov
+
+    from ovrange.bench import devices as list_devices
+
+    found = list_devices()
+    typer.echo(f"OpenVINO {ov.get_version()} sees {len(found)} device(s):")
+    for info in found:
+        caps = f"  [{', '.join(info.capabilities)}]" if info.capabilities else ""
+        typer.echo(f"  {info.name:<8} {info.full_name}{caps}")
+
+
+@app.command()
+def benchmark(
+    original: Annotated[Path, ModelArg(help="The original model (.xml or .onnx).")],
+    protected: Annotated[Path, ModelArg(help="The protected model.")],
+    device: Device = None,
+    hint: Hint = "latency",
+    precision: Precision = "f32",
+    seconds: Seconds = 10.0,
+    shape: Shape = None,
+    sessions: Annotated[int, Opt("--sessions", help="Compile both models anew this many times (alternating "
+                                                    "which comes first); with 3 or more, the overhead and its "
+                                                    "interval are taken over sessions.")] = 8,
+    benchmark_app: Annotated[bool, Opt("--benchmark-app", help="Also run OpenVINO's benchmark_app on both "
+                                                               "models, alternating, and parse its reports.")] = False,
+    app_rounds: Annotated[int, Opt("--benchmark-app-rounds", help="benchmark_app runs per model.")] = 3,
+    json_out: JsonOut = None,
+) -> None:
+    """Time ORIGINAL and PROTECTED on one device in interleaved rounds; report the overhead and fused Clamps."""
+    from ovrange import bench
+    from ovrange.modelio import read_model, write_file_atomically
+
+    device = device or "CPU"
+    _print_devices(device)
+    models = [read_model(original), read_model(protected)]
+    shapes = bench.parse_shape(shape, models[0]) if shape else None
+    result = bench.benchmark(models[0], models[1], device=device, hint=hint, precision=precision, seconds=seconds,
+                             shapes=shapes, sessions=sessions)
+    _print_benchmark(result)
+    app_result = None
+    if benchmark_app:
+        per_run = max(1.0, seconds / (2 * app_rounds))
+        typer.echo(f"\nbenchmark_app: {app_rounds} run(s) of {per_run:.0f} s per model, alternating ...")
+        with tempfile.TemporaryDirectory(prefix="ovrange-benchmark-app-") as folder:
+            app_result = bench.compare_with_benchmark_app(
+                str(original), str(protected), folder, rounds=app_rounds, device=device, hint=hint,
+                precision=precision, seconds=per_run, shapes=result.shapes, float_inputs=_float_inputs(models[0]))
+        _print_benchmark_app(app_result)
+    if json_out:
+        report = {"original": str(original), "protected": str(protected), **result.to_json(),
+                  "benchmark_app": app_result.to_json() if app_result else None}
+        write_file_atomically(json_out, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+        typer.echo(f"\nresult: {json_out}")
+
+
+def _finite(value):
+    """JSON has no NaN/Infinity (strict parsers such as jq reject them): write null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _float_inputs(model) -> bool:
+    return all(port.get_element_type().is_real() for port in model.inputs)
+
+
+def _print_devices(device: str) -> None:
+    from ovrange.runtime import available_devices, check_device
+
+    typer.echo(f"OpenVINO sees: {', '.join(available_devices()) or 'no device'}")
+    check_device(device)
+
+
+def _pct(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:+.2f}%"
+
+
+def _print_benchmark(result) -> None:
+    shapes = ", ".join(f"{name}[{','.join(map(str, dims))}]" for name, dims in result.shapes.items())
+    typer.echo(f"{result.device}, hint {result.hint}, precision {result.precision} (runs "
+               f"{result.original.inference_precision}), {shapes}; {result.sessions} session(s), "
+               f"{result.rounds} paired rounds of {result.inferences_per_block} inferences")
+    typer.echo(f"{'':10} {'median':>10} {'p90':>10} {'p99':>10} {'mean':>10} {'throughput':>14}")
+    for timing in (result.original, result.protected):
+        lat = timing.latency
+        typer.echo(f"{timing.label:10} {lat.median_ms:8.4f}ms {lat.p90_ms:8.4f}ms {lat.p99_ms:8.4f}ms "
+                   f"{lat.mean_ms:8.4f}ms {timing.throughput_fps:10.1f} fps")
+    lat, tput = result.latency_ratio, result.throughput_ratio
+    sessions = ", ".join(_pct(r) for r in result.session_ratios)
+    over = f"median over {lat.rounds} sessions" if result.ratio_over == "sessions" else "paired median of rounds"
+    typer.echo(f"latency overhead:  {_pct(lat.median)} ({over}, 95% CI {_pct(lat.low)} to {_pct(lat.high)}; "
+               f"per session {sessions})")
+    typer.echo(f"throughput change: {_pct(tput.median)} (95% CI {_pct(tput.low)} to {_pct(tput.high)})")
+    counts = result.fusion.counts
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n or status in ("fused", "standalone"))
+    typer.echo(f"inserted Clamps in the {result.device} runtime model: {summary}")
+    width = max((len(c.name) for c in result.fusion.clamps), default=0)
+    for clamp in result.fusion.clamps:
+        where = f"in {clamp.layer_type} {clamp.runtime_node}" if clamp.runtime_node else ""
+        typer.echo(f"  {clamp.status:<10} {clamp.name:<{width}}  {where}".rstrip())
+
+
+def _print_benchmark_app(comparison) -> None:
+    for label, runs in (("original", comparison.original), ("protected", comparison.protected)):
+        medians = ", ".join(f"{s.median_ms:.4f}" for s in runs)
+        fps = ", ".join(f"{s.throughput_fps:.1f}" for s in runs)
+        typer.echo(f"  {label:10} median latency {medians} ms; throughput {fps} fps")
+    lat, tput = comparison.latency_ratio, comparison.throughput_ratio
+    typer.echo(f"  benchmark_app latency overhead: {_pct(lat.median)} (paired median of {lat.rounds} pairs, "
+               f"range {_pct(lat.low)} to {_pct(lat.high)}); throughput change {_pct(tput.median)}")
+
+
+@app.command()
+def check(
+    original: Annotated[Path, ModelArg(help="The original model (.xml or .onnx).")],
+    protected: Annotated[Path, ModelArg(help="The protected model.")],
+    data: Annotated[Path, Opt("--data", "-d", help=".npz with x (and labels y), .npy or image folder.")],
+    max_accuracy_drop: Annotated[Optional[float], Opt("--max-accuracy-drop", help="Largest allowed top-1 drop, "
+                                                      "in percentage points (vs labels, else vs the original's "
+                                                      "predictions).")] = None,
+    max_overhead: Annotated[Optional[float], Opt("--max-overhead", help="Largest allowed latency overhead in "
+                                                 "percent (paired median of `ovrange benchmark`).")] = None,
+    min_sdc_reduction: Annotated[Optional[float], Opt("--min-sdc-reduction", help="Smallest allowed SDC "
+                                                      "reduction, times fewer SDCs (fault injection, same faults "
+                                                      "on both models).")] = None,
+    trials: Annotated[int, Opt("--trials", "-n", help="Fault-injection trials for --min-sdc-reduction.")] = 1000,
+    seconds: Seconds = 10.0,
+    shape: Shape = None,
+    limit: Annotated[Optional[int], Opt("--limit", help="Accuracy on the first N samples only.")] = None,
+    batch_size: Annotated[int, Opt("--batch-size", help="Inference batch for accuracy.")] = 64,
+    seed: Annotated[int, Opt("--seed", help="Seed of the fault list.")] = 0,
+    device: Device = None,
+    json_out: JsonOut = None,
+    quiet: Quiet = False,
+) -> None:
+    """Gate a protected model in CI: exit 10 with a one-line reason when a threshold fails; --json writes the report.
+
+    Accuracy is always measured; the overhead and SDC gates run only when their threshold is given.
+    """
+    from ovrange import data as data_mod
+    from ovrange.bench import parse_shape
+    from ovrange.check import Thresholds
+    from ovrange.check import check as run_check
+    from ovrange.modelio import read_model, write_file_atomically
+
+    thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)
+    models = [read_model(original), read_model(protected)]
+    labelled = data_mod.load(data, models[0])
+    shapes = parse_shape(shape, models[0]) if shape else None
+    with progress_bar("fault injection", enabled=not quiet and min_sdc_reduction is not None) as progress:
+        result = run_check(models[0], models[1], labelled, thresholds, device=device or "CPU",
+                           batch_size=batch_size, limit=limit, bench_seconds=seconds, shapes=shapes, seed=seed,
+                           progress=progress)
+    accuracy = result.accuracy
+    typer.echo(f"top-1 vs {accuracy.reference} on {accuracy.samples} samples: original {accuracy.original:.2%}, "
+               f"protected {accuracy.protected:.2%} (drop {accuracy.drop_pp:.3g} pp)")
+    for gate in result.gates:
+        typer.echo(f"{'PASS' if gate.passed else 'FAIL'}  {gate.message}")
+    if json_out:
+        report = {"original": str(original), "protected": str(protected), "data": str(data),
+                  "thresholds": {"max_accuracy_drop_pp": max_accuracy_drop, "max_overhead_pct": max_overhead,
+                                 "min_sdc_reduction_x": min_sdc_reduction, "trials": trials},
+                  **result.to_json()}
+        write_file_atomically(json_out, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+        typer.echo(f"report: {json_out}")
+    if not result.gates:
+        typer.echo("no threshold given: nothing was gated (use --max-accuracy-drop, --max-overhead, "
+                   "--min-sdc-reduction)")
+    result.raise_for_failure()
