@@ -21,13 +21,18 @@ import openvino as ov
 import ovrange
 from ovrange import data as data_mod
 from ovrange.modelio import read_model
-from ovrange.passes.range_supervision import find_targets
+from ovrange.passes.range_supervision import EXTENDED_ACTIVATIONS, find_targets
 from ovrange.runtime import compile_model
+from ovrange.stats import statistics_model
 from ovrange.timing import interleaved, paired_ratio
 
 
 def plain_inference(model: ov.Model, samples: np.ndarray, batch_size: int) -> None:
     request = compile_model(model, "CPU", precision="f32").create_infer_request()
+    infer_loop(request, model, samples, batch_size)
+
+
+def infer_loop(request: ov.InferRequest, model: ov.Model, samples: np.ndarray, batch_size: int) -> None:
     for arrays, _ in data_mod.batches(iter(samples), model, batch_size):
         request.infer(arrays, share_outputs=True)  # the same call the statistics run makes
 
@@ -45,7 +50,7 @@ def main() -> int:
 
     model = read_model(args.model)
     x = np.load(args.data)["x"].astype(np.float32)
-    targets = find_targets(model)
+    targets = find_targets(model, EXTENDED_ACTIVATIONS)  # what protect() watches by default
     print(f"model {args.model} ({len(targets)} activations), OpenVINO {ov.__version__}, f32 on CPU")
 
     print(f"\n[1] calibration throughput vs plain inference, {args.throughput_samples} samples, batch 1")
@@ -59,6 +64,15 @@ def main() -> int:
     print(f"    plain       {n / np.median(times['plain']):9.0f} samples/s (median)")
     print(f"    calibration {n / np.median(times['calibration']):9.0f} samples/s (median)")
     print(f"    calibration throughput relative to plain inference: {ratio}  (goal >= 0.9x)")
+    # Steady state: both graphs compiled once, only the inference loops timed (the statistics graph is what
+    # collect_statistics compiles: the model plus in-graph ReduceMin/ReduceMax of every watched output).
+    plain_request = compile_model(model, "CPU", precision="f32").create_infer_request()
+    stats_request = compile_model(statistics_model(model, targets)[0], "CPU", precision="f32").create_infer_request()
+    times = interleaved({"plain": lambda: infer_loop(plain_request, model, samples, 1),
+                         "statistics graph": lambda: infer_loop(stats_request, model, samples, 1)},
+                        rounds=args.rounds)
+    ratio = paired_ratio(times["statistics graph"], times["plain"])
+    print(f"    steady state (compile excluded): statistics graph throughput relative to plain: {ratio}")
 
     print(f"\n[2] protect vs nncf.quantize, subset_size={args.subset_size}")
     calib = x[: args.subset_size]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ovrange.cli import app
-from ovrange.cli.options import DataPath, Device, Force, Quiet
+from ovrange.cli.options import DataPath, Device, Force, Quiet, progress_bar
 from ovrange.errors import ConfigError, DataError, OutputError
 
 Opt = typer.Option
@@ -88,7 +86,7 @@ def inject(
         _check_report_dir(Path(report), force, resume)
     if json_out is not None:
         _check_writable(Path(json_out).parent)
-    with _progress(not quiet) as progress:
+    with progress_bar("injecting", enabled=not quiet, unit="trials") as progress:
         try:
             result = run_inject(model_path, data, compare=compare, replay=replay, checkpoint_dir=report,
                                 resume=resume, progress=progress, **spec.to_dict())
@@ -135,31 +133,3 @@ def _check_writable(directory: Path) -> None:
         raise OutputError(f"directory is not writable: {directory}")
 
 
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr with trials/s and an ETA."""
-    if not enabled:
-        yield lambda done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.progress import TimeRemainingColumn
-
-    columns = (TextColumn("injecting"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]} trials/s"), TimeElapsedColumn(), TextColumn("eta"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("inject", total=None, rate="–")
-        state = {"start": None, "first": 0}
-
-        def update(done: int, total: int) -> None:
-            import time
-
-            now = time.perf_counter()
-            if state["start"] is None:  # resumed trials do not count towards the rate
-                state["start"], state["first"] = now, done
-            elapsed = now - state["start"]
-            rate = f"{(done - state['first']) / elapsed:,.0f}" if elapsed > 0 and done > state["first"] else "–"
-            bar.update(task, completed=done, total=total, rate=rate)
-
-        yield update

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,20 +18,31 @@ DataPath = Annotated[Optional[Path], typer.Option("--data", "-d", help="Image fo
 
 
 @contextmanager
-def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr; yields the ``progress(done, total)`` callback the library calls."""
-    if not enabled:
+def progress_bar(description: str, enabled: bool = True, unit: str = "") -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr; yields the ``progress(done, total)`` callback the library calls.
+
+    With ``unit`` it shows a rate (``trials/s``) measured from the first update, so work resumed from a checkpoint
+    does not inflate it. Off when stderr is not a terminal (CI logs), where a redrawn bar only leaves blank lines.
+    """
+    if not enabled or not sys.stderr.isatty():
         yield lambda done, total: None
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
+    rate_column = (TextColumn(f"{{task.fields[rate]}} {unit}/s"),) if unit else ()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *rate_column,
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=None)
+        task = bar.add_task(description, total=None, rate="-")
+        first: list[float] = []  # (time, done) of the first update
 
         def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            now = time.perf_counter()
+            if not first:
+                first.extend((now, done))
+            elapsed, counted = now - first[0], done - first[1]
+            rate = f"{counted / elapsed:,.0f}" if elapsed > 0 and counted > 0 else "-"
+            bar.update(task, completed=done, total=total, rate=rate)
 
         yield update
