@@ -138,34 +138,39 @@ def collect_statistics(
     return Statistics(nodes, seen, batch_size, "f32", per_channel)
 
 
-def _compiled_request(stats_model: ov.Model, batch_size: int, device: str) -> ov.InferRequest:
+def calibration_request(model: ov.Model, batch_size: int, device: str) -> ov.InferRequest:
+    """An f32 infer request for ``model`` (edited in place: batch axis made dynamic when ``batch_size`` > 1)."""
     if batch_size > 1:
         try:
-            with_dynamic_batch(stats_model)
+            with_dynamic_batch(model)
         except ValueError as exc:
             raise ConfigError(f"stat_batch_size={batch_size} needs a batchable model; reshape failed: {exc}") from exc
-    return compile_model(stats_model, device, precision="f32").create_infer_request()
+    return compile_model(model, device, precision="f32").create_infer_request()
+
+
+def infer_batch(request: ov.InferRequest, arrays: list[np.ndarray], share_outputs: bool = False) -> tuple:
+    """Outputs of one calibration batch; a batch the model cannot take becomes a one-line DataError."""
+    try:
+        return request.infer(arrays, share_outputs=share_outputs).to_tuple()
+    except RuntimeError as exc:
+        shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
+        raise DataError(f"data of shape {shapes} cannot feed the model: {last_line(exc)}") from exc
 
 
 def _run_batches(model: ov.Model, request: ov.InferRequest, samples: Iterable, batch_size: int,
                  progress: ProgressFn | None):
-    """Yield (outputs as a list of arrays, samples in batch) for each batch; data errors become DataErrors."""
+    """Yield (outputs as a tuple of arrays, samples in batch) for each batch."""
     seen = 0
     for arrays, count in data_mod.batches(samples, model, batch_size):
-        try:
-            outputs = request.infer(arrays, share_outputs=True)  # no copy: consumed before the next infer
-        except RuntimeError as exc:
-            shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
-            raise DataError(f"data of shape {shapes} cannot feed the model: {last_line(exc)}") from exc
         seen += count
-        yield outputs.to_tuple(), count
+        yield infer_batch(request, arrays, share_outputs=True), count  # consumed before the next infer
         if progress:
             progress(seen, seen)
 
 
 def _min_max_pass(model, samples, names, batch_size, device, per_channel, progress):
     stats_model, _ = statistics_model(model, names, per_channel)
-    request = _compiled_request(stats_model, batch_size, device)
+    request = calibration_request(stats_model, batch_size, device)
     width = [_channels(model, name) if per_channel else 1 for name in names]
     # The output is [min_1, max_1, min_2, max_2, ...]; fold it per batch with two in-place ufuncs (a mask picks the
     # max slots) - on small models per-batch host work is a visible share of the calibration time.
@@ -192,7 +197,7 @@ def _channels(model: ov.Model, name: str) -> int:
 
 def _histogram_pass(model, samples, names, batch_size, device, per_channel, low, high, bins, progress):
     stats_model, _ = statistics_model(model, names, raw=True)
-    request = _compiled_request(stats_model, batch_size, device)
+    request = calibration_request(stats_model, batch_size, device)
     counts = [np.zeros((np.size(lo), bins), dtype=np.int64) for lo in low]
     for values, _ in _run_batches(model, request, samples, batch_size, progress):
         for i, tensor in enumerate(values):

@@ -30,10 +30,10 @@ from openvino import passes as ov_passes
 
 from ovrange import data as data_mod
 from ovrange.config import AlgorithmConfig, Param, one_of
-from ovrange.errors import ConfigError, DataError, ModelError
-from ovrange.graph import constant_values, constant_weight, with_dynamic_batch
+from ovrange.errors import DataError, ModelError
+from ovrange.graph import constant_values, constant_weight
 from ovrange.passes import PassResult
-from ovrange.runtime import compile_model, last_line
+from ovrange.stats import calibration_request, infer_batch
 
 LAYER_OPS = ("Convolution", "GroupConvolution", "MatMul")
 THETA_SUFFIX = "/bounded_theta"
@@ -175,15 +175,7 @@ def protect_layers(model: ov.Model, per_channel: bool, margin: float
 def compare_outputs(original: ov.Model, protected: ov.Model, dataset: Any, config: AlgorithmConfig, *,
                     device: str, progress=None) -> tuple[dict[str, Any], int]:
     """Run the calibration subset through both models (f32) and report how far the protected outputs moved."""
-    models = [original.clone(), protected.clone()]
-    if config.batch_size > 1:
-        try:
-            for m in models:
-                with_dynamic_batch(m)
-        except ValueError as exc:
-            raise ConfigError(f"stat_batch_size={config.batch_size} needs a batchable model; reshape failed: "
-                              f"{exc}") from exc
-    requests = [compile_model(m, device, precision="f32").create_infer_request() for m in models]
+    requests = [calibration_request(m.clone(), config.batch_size, device) for m in (original, protected)]
     samples, total = data_mod.subset(dataset, config.subset_size, config.shuffle, config.seed)
     if total == 0:
         raise DataError("the calibration dataset is empty")
@@ -191,11 +183,7 @@ def compare_outputs(original: ov.Model, protected: ov.Model, dataset: Any, confi
     diff, peak = np.zeros(n_out), np.zeros(n_out)
     argmax_changed, seen = 0, 0
     for arrays, count in data_mod.batches(samples, original, config.batch_size):
-        try:
-            a, b = ([r.infer(arrays)[i] for i in range(n_out)] for r in requests)
-        except RuntimeError as exc:
-            shapes = ", ".join(str(tuple(x.shape)) for x in arrays)
-            raise DataError(f"data of shape {shapes} cannot feed the model: {last_line(exc)}") from exc
+        a, b = (infer_batch(r, arrays)[:n_out] for r in requests)
         for i, (x, y) in enumerate(zip(a, b)):
             diff[i] = max(diff[i], float(np.max(np.abs(x.astype(np.float64) - y), initial=0.0)))
             peak[i] = max(peak[i], float(np.max(np.abs(x), initial=0.0)))

@@ -31,14 +31,13 @@ import openvino.opset13 as ops
 
 from ovrange import data as data_mod
 from ovrange.config import AlgorithmConfig, Param, one_of
-from ovrange.errors import ConfigError, DataError, ModelError
-from ovrange.graph import insert_after, node_by_name, with_dynamic_batch
+from ovrange.errors import DataError, ModelError
+from ovrange.graph import insert_after, node_by_name
 from ovrange.passes import PassResult, range_supervision
 from ovrange.passes.range_supervision import EXTENDED_ACTIVATIONS, require_targets
-from ovrange.runtime import compile_model, last_line
+from ovrange.stats import CHANNEL_AXIS, calibration_request, infer_batch
 
 SUFFIX = "/gradient_suppression"
-CHANNEL_AXIS = 1
 # Last-bit differences between the statistics run and the protected model's kernels (other batch size, other
 # kernel choice) must not make a calibration value look anomalous: the threshold is widened by this factor.
 THRESHOLD_SLACK = 1e-5
@@ -166,25 +165,14 @@ def collect_moments(model: ov.Model, dataset: Any, targets: dict[str, int], conf
                     per_channel: bool, device: str, progress=None) -> tuple[dict[str, RunningMoments], int]:
     """Stream the calibration subset through the moments model (f32); only reductions reach the host."""
     stats_model = moments_model(model, targets, per_channel)
-    if config.batch_size > 1:
-        try:
-            with_dynamic_batch(stats_model)
-        except ValueError as exc:
-            raise ConfigError(f"stat_batch_size={config.batch_size} needs a batchable model; reshape failed: "
-                              f"{exc}") from exc
-    request = compile_model(stats_model, device, precision="f32").create_infer_request()
+    request = calibration_request(stats_model, config.batch_size, device)
     samples, total = data_mod.subset(dataset, config.subset_size, config.shuffle, config.seed)
     if total == 0:
         raise DataError("the calibration dataset is empty")
     moments: dict[str, RunningMoments] = {}
     seen = 0
     for arrays, count in data_mod.batches(samples, model, config.batch_size):
-        try:
-            outputs = request.infer(arrays)
-        except RuntimeError as exc:
-            shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
-            raise DataError(f"data of shape {shapes} cannot feed the model: {last_line(exc)}") from exc
-        values = [outputs[i] for i in range(len(outputs))]
+        values = infer_batch(request, arrays)
         for index, name in enumerate(targets):
             mean, m2, low, high, shape = values[5 * index: 5 * index + 5]
             groups = int(shape[CHANNEL_AXIS]) if per_channel else 1
