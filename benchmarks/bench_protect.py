@@ -1,7 +1,7 @@
 """Calibration cost of ``ovrange protect``, measured side by side in one run (interleaved rounds, paired medians).
 
 1. Calibration throughput relative to plain f32 inference of the same model over the same samples and batches
-   (goal >= 0.9x): ``ovrange.collect_statistics`` (statistics model with in-graph ReduceMin/ReduceMax) against a
+   (goal >= 0.9x): ``ovrange.collect`` (statistics model with in-graph ReduceMin/ReduceMax) against a
    loop of plain ``infer`` calls; both include their compile, both iterate the data the same way.
 2. Wall time of ``ovrange.protect`` against ``nncf.quantize`` with the same subset size on the same model
    (goal: faster).
@@ -21,9 +21,9 @@ import openvino as ov
 import ovrange
 from ovrange import data as data_mod
 from ovrange.modelio import read_model
-from ovrange.passes.range_supervision import EXTENDED_ACTIVATIONS, find_targets
 from ovrange.runtime import compile_model
-from ovrange.stats import statistics_model
+from ovrange.stats import StatRequest, statistics_model
+from ovrange.targets import ACTIVATIONS, find_targets, select
 from ovrange.timing import interleaved, paired_ratio
 
 
@@ -50,14 +50,15 @@ def main() -> int:
 
     model = read_model(args.model)
     x = np.load(args.data)["x"].astype(np.float32)
-    targets = find_targets(model, EXTENDED_ACTIVATIONS)  # what protect() watches by default
+    targets = select(find_targets(model), ops=ACTIVATIONS)  # what protect() watches by default
+    requests = [StatRequest(t.id) for t in targets]
     print(f"model {args.model} ({len(targets)} activations), OpenVINO {ov.__version__}, f32 on CPU")
 
     print(f"\n[1] calibration throughput vs plain inference, {args.throughput_samples} samples, batch 1")
     samples = x[: args.throughput_samples]
     times = interleaved({
         "plain": lambda: plain_inference(model, samples, 1),
-        "calibration": lambda: ovrange.collect_statistics(model, samples, targets, subset_size=None),
+        "calibration": lambda: ovrange.collect(model, samples, requests, subset_size=None),
     }, rounds=args.rounds)
     ratio = paired_ratio(times["calibration"], times["plain"])  # plain time / calibration time = relative throughput
     n = len(samples)
@@ -65,9 +66,9 @@ def main() -> int:
     print(f"    calibration {n / np.median(times['calibration']):9.0f} samples/s (median)")
     print(f"    calibration throughput relative to plain inference: {ratio}  (goal >= 0.9x)")
     # Steady state: both graphs compiled once, only the inference loops timed (the statistics graph is what
-    # collect_statistics compiles: the model plus in-graph ReduceMin/ReduceMax of every watched output).
+    # collect compiles: the model plus in-graph ReduceMin/ReduceMax of every watched output).
     plain_request = compile_model(model, "CPU", precision="f32").create_infer_request()
-    stats_request = compile_model(statistics_model(model, targets)[0], "CPU", precision="f32").create_infer_request()
+    stats_request = compile_model(statistics_model(model, requests)[0], "CPU", precision="f32").create_infer_request()
     times = interleaved({"plain": lambda: infer_loop(plain_request, model, samples, 1),
                          "statistics graph": lambda: infer_loop(stats_request, model, samples, 1)},
                         rounds=args.rounds)

@@ -13,10 +13,12 @@ __version__ = "0.1.0"
 
 from ovrange.data import Dataset  # noqa: E402
 from ovrange.errors import OvrangeError  # noqa: E402
-from ovrange.protect import protect, protection_info, save_protected  # noqa: E402
-from ovrange.stats import collect_statistics  # noqa: E402
-from ovrange.bounds import derive_bounds  # noqa: E402
+from ovrange.plan import ProtectionPlan, load_plan  # noqa: E402
+from ovrange.protect import apply_plan, protect, protection_info, save_protected  # noqa: E402
+from ovrange.stats import StatRequest, collect  # noqa: E402
+from ovrange.targets import Target, find_targets  # noqa: E402
 from ovrange.faults import CampaignResult, inject  # noqa: E402
 
-__all__ = ["Dataset", "OvrangeError", "protect", "protection_info", "save_protected", "collect_statistics",
-           "derive_bounds", "inject", "CampaignResult", "__version__"]
+__all__ = ["Dataset", "OvrangeError", "protect", "apply_plan", "protection_info", "save_protected",
+           "ProtectionPlan", "load_plan", "Target", "find_targets", "StatRequest", "collect", "inject",
+           "CampaignResult", "__version__"]

@@ -7,8 +7,8 @@ Estimators (Ranger, Section V-A: the accuracy/resilience trade-off):
 - ``percentile``: the ``p``-th percentile as the upper bound and the ``(100 - p)``-th as the lower one, read
   from streaming histograms (tighter, so more protective, at some risk to clean accuracy).
 
-Either can be per channel (one bound per channel of axis 1). Bounded activations (Tanh, Sigmoid, HSigmoid) have
-inherent bounds that need no statistics.
+Either can be per channel (one bound per channel of the target's feature axis). Bounded activations (Tanh,
+Sigmoid, HSigmoid) have inherent bounds that need no statistics.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ovrange.stats import ActivationStats, Statistics
+from ovrange.stats import Histogram, MinMax
 
 # The ranges these activations cannot leave (fault-free); Ranger uses them without profiling.
 INHERENT_BOUNDS: dict[str, tuple[float, float]] = {"Tanh": (-1.0, 1.0), "Sigmoid": (0.0, 1.0), "HSigmoid": (0.0, 1.0)}
@@ -25,7 +25,8 @@ INHERENT_BOUNDS: dict[str, tuple[float, float]] = {"Tanh": (-1.0, 1.0), "Sigmoid
 
 @dataclass(frozen=True)
 class Bound:
-    """The range ``[low, high]`` enforced on output 0 of node ``node``: floats, or per-channel lists (axis 1)."""
+    """The range ``[low, high]`` enforced on target ``node`` (a target id): floats, or per-channel lists along
+    ``axis``. ``name`` is the friendly name, for reports."""
 
     node: str
     type: str
@@ -33,6 +34,8 @@ class Bound:
     high: float | list[float]
     samples: int
     method: str = "max"
+    axis: int | None = None
+    name: str = ""
 
     @property
     def per_channel(self) -> bool:
@@ -42,12 +45,14 @@ class Bound:
         """The same bound widened to one (low, high) pair, for ops that move values across channels."""
         if not self.per_channel:
             return self
-        return Bound(self.node, self.type, float(min(self.low)), float(max(self.high)), self.samples, self.method)
+        return Bound(self.node, self.type, float(min(self.low)), float(max(self.high)), self.samples, self.method,
+                     None, self.name)
 
     def union(self, other: "Bound", node: str, type_: str, method: str) -> "Bound":
         """The smallest scalar bound containing both (Ranger's rule for Concat)."""
         a, b = self.scalar(), other.scalar()
-        return Bound(node, type_, min(a.low, b.low), max(a.high, b.high), min(a.samples, b.samples), method)
+        return Bound(node, type_, min(a.low, b.low), max(a.high, b.high), min(a.samples, b.samples), method,
+                     None, self.name)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,22 +62,15 @@ class Bound:
         return cls(**{key: raw[key] for key in cls.__dataclass_fields__ if key in raw})
 
 
-def derive_bounds(stats: Statistics, method: str = "max", percentile: float = 100.0) -> dict[str, Bound]:
-    """Bounds for every node of ``stats`` by ``method`` (``max`` or ``percentile``)."""
-    if method not in ("max", "percentile"):
-        raise ValueError(f"unknown bound method {method!r}")
-    return {name: _bound(s, method, percentile) for name, s in stats.nodes.items()}
-
-
-def _bound(s: ActivationStats, method: str, percentile: float) -> Bound:
-    if method == "max" or percentile >= 100.0:
-        low, high, label = s.min, s.max, "max"
+def derive_bound(target: str, type_: str, minmax: MinMax, samples: int, *, histogram: Histogram | None = None,
+                 percentile: float = 100.0, axis: int | None = None, name: str = "") -> Bound:
+    """The bound of one target: its observed range (``max``), or percentiles read from ``histogram``."""
+    if histogram is None or percentile >= 100.0:
+        low, high, label = minmax.low, minmax.high, "max"
     else:
-        if s.histogram is None:
-            raise ValueError(f"percentile bounds for {s.node!r} need histograms (collect with histogram_bins)")
-        low, high = histogram_percentiles(s.histogram, s.min, s.max, percentile)
+        low, high = histogram_percentiles(histogram.counts, histogram.low, histogram.high, percentile)
         label = f"percentile:{percentile:g}"
-    return Bound(s.node, s.type, _plain(low), _plain(high), s.samples, label)
+    return Bound(target, type_, _plain(low), _plain(high), samples, label, axis, name or target)
 
 
 def _plain(value) -> float | list[float]:
@@ -102,9 +100,9 @@ def histogram_percentiles(histogram: np.ndarray, low, high, percentile: float) -
     return lower, upper
 
 
-def inherent_bound(node: str, type_: str) -> Bound | None:
+def inherent_bound(node: str, type_: str, name: str = "") -> Bound | None:
     """The inherent bound of a bounded activation, or None."""
     if type_ not in INHERENT_BOUNDS:
         return None
     low, high = INHERENT_BOUNDS[type_]
-    return Bound(node, type_, low, high, 0, "inherent")
+    return Bound(node, type_, low, high, 0, "inherent", None, name or node)

@@ -21,56 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ovrange.errors import ConfigError
+from ovrange.params import COMMON_PARAMS, Param, one_of, validate  # noqa: F401  (Param, one_of: re-exported)
+from ovrange.passes import ALGORITHMS, algorithm as algorithm_module
 
 ENGINE_TYPES = ("simplified",)
-
-
-@dataclass(frozen=True)
-class Param:
-    """One algorithm parameter: its type, default, an optional check returning an error text, and its doc."""
-
-    type: type | tuple[type, ...]
-    default: Any
-    check: Any = None  # Callable[[value], str | None]
-    doc: str = ""
-
-
-def one_of(*choices: str):
-    """A Param check accepting only ``choices``."""
-    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
-
-
-def _positive(value: int) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def _non_negative(value: int) -> str | None:
-    return None if value >= 0 else "must be >= 0"
-
-
-# Parameters common to every protection algorithm (POT's RangeSupervision had exactly these).
-COMMON_PARAMS: dict[str, Param] = {
-    "stat_subset_size": Param(int, 300, _positive),
-    "stat_batch_size": Param(int, 1, _positive),
-    "shuffle_data": Param(bool, False),
-    "seed": Param(int, 0, _non_negative),
-}
-
-# Algorithm name -> the module that implements it. Each module defines ``PARAMS`` (its parameters beyond
-# COMMON_PARAMS) and ``run(model, dataset, config, *, device, progress) -> PassResult`` (see ovrange/protect.py).
-ALGORITHMS: dict[str, str] = {
-    "RangeSupervision": "ovrange.passes.range_supervision",
-    "Ranger": "ovrange.passes.ranger",
-    "GradientSuppression": "ovrange.passes.gradient_suppression",
-    "BoundedWeights": "ovrange.passes.bounded_weights",
-}
-
-
-def algorithm_module(name: str):
-    """The module implementing algorithm ``name`` (imported on first use)."""
-    import importlib
-
-    return importlib.import_module(ALGORITHMS[name])
 
 
 @dataclass(frozen=True)
@@ -129,33 +83,9 @@ def make_algorithm(name: str, params: dict[str, Any], where: str) -> AlgorithmCo
     """Validate ``params`` of algorithm ``name`` against its schema and fill defaults."""
     if name not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {name!r} in {where}; available: {', '.join(ALGORITHMS)}")
-    schema = {**COMMON_PARAMS, **algorithm_module(name).PARAMS}
-    values = {}
-    for key, value in params.items():
-        if key not in schema:
-            raise ConfigError(f"unknown parameter {key!r} for {name} in {where}; known: {', '.join(schema)}")
-        values[key] = _checked(f"{name}.params.{key}", value, schema[key], where)
-    for key, spec in schema.items():
-        values.setdefault(key, spec.default)
-    check = getattr(algorithm_module(name), "check_params", None)
-    problem = check(values) if check else None  # combinations of parameters
-    if problem:
-        raise ConfigError(f"{name} in {where}: {problem}")
+    module = algorithm_module(name)
+    values = validate(name, {**COMMON_PARAMS, **module.PARAMS}, params, where, getattr(module, "check_params", None))
     return AlgorithmConfig(name, values)
-
-
-def _checked(key: str, value: Any, spec: Param, where: str) -> Any:
-    types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
-    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
-        ok, value = True, float(value)
-    if not ok:
-        wanted = " or ".join(t.__name__ for t in types)
-        raise ConfigError(f"{key} in {where} must be {wanted}, got {type(value).__name__} {value!r}")
-    problem = spec.check(value) if spec.check else None
-    if problem:
-        raise ConfigError(f"{key} in {where} {problem}, got {value!r}")
-    return value
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
@@ -256,6 +186,10 @@ def parse_config(raw: dict[str, Any], base_dir: Path = Path("."), source: Path |
     algorithms = tuple(_parse_algorithm(entry, i, where) for i, entry in enumerate(compression.get("algorithms", [])))
     if "algorithms" in compression and not algorithms:
         raise ConfigError(f"compression.algorithms in {where} is empty")
+    if len(algorithms) > 1:  # never run the first and silently drop the rest
+        raise ConfigError(f"compression.algorithms in {where} lists {len(algorithms)} protections "
+                          f"({', '.join(a.name for a in algorithms)}); a model carries one protection: "
+                          "keep the one you want")
 
     def resolve(value: str | None) -> Path | None:
         return None if value is None else (base_dir / Path(value).expanduser())

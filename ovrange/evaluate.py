@@ -10,8 +10,7 @@ import openvino as ov
 
 from ovrange import data as data_mod
 from ovrange.errors import DataError
-from ovrange.graph import with_dynamic_batch
-from ovrange.runtime import compile_model, last_line
+from ovrange.runtime import Runner
 
 ProgressFn = Callable[[int, int], None]
 
@@ -36,25 +35,15 @@ def predict(
     limit: int | None = None,
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
-    """Output 0 of ``model`` for every sample of ``dataset`` (first ``limit`` samples), concatenated on axis 0."""
-    runnable = model
-    if batch_size > 1:
-        try:
-            runnable = with_dynamic_batch(model.clone())
-        except ValueError:
-            batch_size = 1  # a model that cannot be re-batched still runs one sample at a time
-    request = compile_model(runnable, device, precision=precision).create_infer_request()
+    """Output 0 of ``model`` for every sample of ``dataset`` (first ``limit`` samples), concatenated on axis 0.
+
+    A model that cannot be re-batched still runs, one sample at a time.
+    """
+    runner = Runner(model, device=device, batch_size=batch_size, precision=precision, fallback=True)
     samples, total = data_mod.subset(dataset, limit)
-    outputs, done = [], 0
-    for arrays, count in data_mod.batches(samples, model, batch_size):
-        try:
-            outputs.append(request.infer(arrays)[0].copy())
-        except RuntimeError as exc:
-            raise DataError(f"data cannot feed the model: {last_line(exc)}") from exc
-        done += count
-        if progress:
-            progress(done, total)
-    return np.concatenate(outputs, axis=0)
+    if total == 0:
+        raise DataError("the dataset is empty")
+    return runner.predict(data_mod.batches(samples, model, runner.batch_size), progress=progress, total=total)
 
 
 def top1(logits: np.ndarray) -> np.ndarray:

@@ -21,12 +21,25 @@ def nodes_of_type(model: ov.Model, types: Iterable[str]) -> list[ov.Node]:
     return [node for node in model.get_ordered_ops() if node.get_type_name() in wanted]
 
 
-def node_by_name(model: ov.Model, name: str) -> ov.Node:
-    """The node with friendly name ``name``; KeyError when absent."""
-    for node in model.get_ops():
-        if node.get_friendly_name() == name:
-            return node
-    raise KeyError(name)
+def node_ids(model: ov.Model) -> list[tuple[str, ov.Node]]:
+    """(stable unique id, node) for every node, in topological order.
+
+    Friendly names repeat in real IRs (exporters produce them), so the id is the friendly name for its first
+    occurrence in topological order and ``name#k`` for the k-th (k >= 2): the same model always yields the same ids,
+    and nodes that ovrange inserts (uniquely named) do not shift the ids of the model's own nodes.
+    """
+    seen: dict[str, int] = {}
+    ids = []
+    for node in model.get_ordered_ops():
+        name = node.get_friendly_name()
+        seen[name] = seen.get(name, 0) + 1
+        ids.append((name if seen[name] == 1 else f"{name}#{seen[name]}", node))
+    return ids
+
+
+def nodes_by_id(model: ov.Model) -> dict[str, ov.Node]:
+    """Id -> node for every node of ``model`` (see :func:`node_ids`)."""
+    return dict(node_ids(model))
 
 
 def constant_weight(node: ov.Node) -> ov.Output | None:
@@ -48,6 +61,23 @@ def constant_values(source: ov.Output) -> np.ndarray:
     producer = source.get_node()
     constant = producer.input_value(0).get_node() if producer.get_type_name() == "Convert" else producer
     return np.array(constant.get_data(), dtype=np.float32, copy=True)
+
+
+def stored_weight(layer: ov.Node, inserted: dict[str, str]) -> ov.Output | None:
+    """The stored f32 values behind input 1 (the weight) of a layer: a constant (through a decompression Convert),
+    or a Constant ovrange recorded as a stored ``weight`` that the graph decodes through ``decode`` nodes (e.g.
+    BoundedWeights' theta). ``inserted`` is the model's record (:func:`inserted_nodes`). None for computed weights."""
+    if layer.get_input_size() < 2:
+        return None
+    node = layer.input_value(1).get_node()
+    while inserted.get(node.get_friendly_name()) == "decode":
+        recorded = [v for v in node.input_values() if v.get_node().get_friendly_name() in inserted]
+        if not recorded:
+            return None
+        node = recorded[0].get_node()
+    if inserted.get(node.get_friendly_name()) == "weight":
+        return node.output(0)
+    return constant_weight(layer)
 
 
 def consumers(output: ov.Output) -> list[ov.Node]:
@@ -73,6 +103,37 @@ def insert_after(output: ov.Output, make: Callable[[ov.Output], ov.Node]) -> ov.
     return node
 
 
+def nodes_between(source: ov.Output, end: ov.Node) -> list[ov.Node]:
+    """``end`` and every node on a path from ``source`` to it (not ``source``'s own node), plus the constants they
+    read: the nodes an insertion after ``source`` made."""
+    start = source.get_node().get_name()
+    found: dict[str, ov.Node] = {}
+    stack = [end]
+    while stack:
+        node = stack.pop()
+        if node.get_name() in found or node.get_name() == start:
+            continue
+        found[node.get_name()] = node
+        stack.extend(value.get_node() for value in node.input_values())
+    return list(found.values())
+
+
+def record_inserted(model: ov.Model, nodes: dict[str, str]) -> None:
+    """Add ``{friendly name: role}`` of nodes ovrange inserted to the model's record (``ovrange/inserted``).
+
+    Every later stage (fault sites, placement, fusion reports) asks :func:`inserted_nodes` instead of guessing from
+    names. Roles: ``guard`` (a node whose output replaces the protected value), ``check`` (helper ops of a guard),
+    ``weight`` (a stored weight that the graph decodes, e.g. BoundedWeights' theta).
+    """
+    record = {**inserted_nodes(model), **nodes}
+    set_rt_json(model, "inserted", record)
+
+
+def inserted_nodes(model: ov.Model) -> dict[str, str]:
+    """Friendly name -> role of every node ovrange inserted into ``model`` (empty for a model it did not touch)."""
+    return get_rt_json(model, "inserted") or {}
+
+
 def set_rt_json(model: ov.Model, key: str, value: Any) -> None:
     """Store ``value`` as JSON text at ``ovrange/<key>`` in the model's rt_info (saved into the IR).
 
@@ -87,21 +148,3 @@ def get_rt_json(model: ov.Model, key: str) -> Any | None:
     if not model.has_rt_info([RT_INFO_ROOT, key]):
         return None
     return json.loads(model.get_rt_info([RT_INFO_ROOT, key]).astype(str))
-
-
-def with_dynamic_batch(model: ov.Model) -> ov.Model:
-    """Make axis 0 of every input dynamic (so statistics can run in batches); raises ValueError if impossible."""
-    shapes = {}
-    for port in model.inputs:
-        shape = port.get_partial_shape()
-        if shape.rank.is_dynamic or shape.rank.get_length() == 0 or shape[0].is_dynamic:
-            continue
-        new_shape = ov.PartialShape(shape)
-        new_shape[0] = ov.Dimension()
-        shapes[port] = new_shape
-    if shapes:
-        try:
-            model.reshape(shapes)
-        except RuntimeError as exc:
-            raise ValueError(str(exc).strip().splitlines()[-1]) from exc
-    return model

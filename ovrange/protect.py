@@ -1,71 +1,40 @@
-"""Orchestration only: pick the algorithm, run its pass, record what it did in the model.
+"""Orchestration only: targets -> statistics -> plan -> apply, the same four steps for every protection.
 
-``protect(model, dataset, ...)`` is the NNCF-shaped entry point (cf. ``nncf.quantize``): it takes an
-``ov.Model`` and a dataset and returns a new ``ov.Model``; the input model is not modified. Everything the
-protection decided (algorithm, parameters, bounds) is stored in the returned model's rt_info, so it is saved in
-the IR and :func:`protection_info` can read it back from any protected model.
+``protect(model, dataset, ...)`` is the NNCF-shaped entry point (cf. ``nncf.quantize``): it takes an ``ov.Model``
+and a dataset and returns a new ``ov.Model``; the input model is not modified. The plan (algorithm, parameters,
+bounds) is stored in the returned model's rt_info, so it is saved in the IR, :func:`protection_info` reads it back
+from any protected model, and ``protect(model, plan=...)`` re-applies it without data.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import openvino as ov
 
 from ovrange import __version__
-from ovrange.bounds import Bound
-from ovrange.config import algorithm_module, make_algorithm
-from ovrange.errors import ModelError
+from ovrange.errors import ConfigError, ModelError
 from ovrange.graph import get_rt_json, set_rt_json
 from ovrange.modelio import save_model, write_dir_atomically
+from ovrange.params import COMMON_PARAMS, validate
+from ovrange.passes import algorithm as algorithm_module
+from ovrange.plan import ProtectionPlan
+from ovrange.stats import collect
+from ovrange.targets import outputs_by_id
 
 ProgressFn = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class ProtectionInfo:
-    """What a protected model records about its protection (read back from rt_info)."""
-
-    algorithm: str
-    params: dict[str, Any]
-    nodes: dict[str, dict[str, Any]]
-    samples: int
-    precision: str
-    tool_version: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def bounds(self) -> dict[str, Bound]:
-        """The range bounds among the protected nodes (RangeSupervision, Ranger)."""
-        return {name: Bound.from_json(node) for name, node in self.nodes.items() if "high" in node}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "tool": "ovrange",
-            "tool_version": self.tool_version,
-            "algorithm": self.algorithm,
-            "params": self.params,
-            "samples": self.samples,
-            "statistics_precision": self.precision,
-            **({"report": self.extra} if self.extra else {}),
-            "nodes": self.nodes,
-        }
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> "ProtectionInfo":
-        return cls(raw["algorithm"], raw["params"], raw["nodes"], raw["samples"], raw["statistics_precision"],
-                   raw["tool_version"], raw.get("report", {}))
+ProtectionInfo = ProtectionPlan  # what a protected model records about its protection: its plan
 
 
 def protect(
     model: ov.Model,
-    dataset: Any,
+    dataset: Any = None,
     *,
     algorithm: str = "RangeSupervision",
+    plan: ProtectionPlan | None = None,
     subset_size: int = 300,
     batch_size: int = 1,
     shuffle: bool = False,
@@ -79,29 +48,73 @@ def protect(
     Args:
         model: the model to protect (not modified).
         dataset: an ``ovrange.Dataset``, an ``nncf.Dataset``, a numpy array (samples on axis 0) or any iterable of
-            samples (array, tuple of arrays, or ``{input name: array}``).
+            samples (array, tuple of arrays, or ``{input name: array}``). Not needed with ``plan``.
         algorithm: ``RangeSupervision`` (POT), ``Ranger``, ``GradientSuppression`` or ``BoundedWeights``.
+        plan: a saved plan (``ovrange.plan.load_plan("bounds.json")``) to apply as it is, without calibration.
         subset_size, batch_size, shuffle, seed: POT's ``stat_subset_size``, ``stat_batch_size``,
             ``shuffle_data`` and ``seed``.
         device: OpenVINO device for the statistics run (always f32).
         progress: called as ``progress(samples_done, samples_total)`` during calibration.
         **params: the algorithm's own parameters, as in a config file (e.g. ``bound="percentile"``).
     """
-    common = {"stat_subset_size": subset_size, "stat_batch_size": batch_size, "shuffle_data": shuffle, "seed": seed}
-    config = make_algorithm(algorithm, {**common, **params}, "protect()")
     if get_rt_json(model, "protection") is not None:
         raise ModelError(f"model {model.get_friendly_name()!r} is already protected by ovrange")
-    result = algorithm_module(config.name).run(model, dataset, config, device=device, progress=progress)
-    info = ProtectionInfo(config.name, config.params, result.nodes, result.samples, result.precision, __version__,
-                          result.extra)
-    set_rt_json(result.model, "protection", info.to_json())
+    if plan is not None:
+        return apply_plan(model, plan)
+    module = algorithm_module(algorithm)
+    common = {"stat_subset_size": subset_size, "stat_batch_size": batch_size, "shuffle_data": shuffle, "seed": seed}
+    values = validate(algorithm, {**COMMON_PARAMS, **module.PARAMS}, {**common, **params}, "protect()",
+                      getattr(module, "check_params", None))
+    selection = module.select(model, values)
+    wanted = module.requests(selection, values)
+    stats = None
+    if wanted:
+        if dataset is None:
+            raise ConfigError(f"{algorithm} needs calibration data (or a saved plan)")
+        stats = collect(model, dataset, wanted, subset_size=subset_size, batch_size=batch_size, shuffle=shuffle,
+                        seed=seed, device=device, progress=progress)
+    guards, report = module.plan(selection, stats, values)
+    made = ProtectionPlan(algorithm, values, guards, stats.samples if stats else 0, "f32", __version__, report)
+    protected = apply_plan(model, made)
+    measure = getattr(module, "measure", None)
+    if measure is not None and dataset is not None:
+        measured, samples = measure(model, protected, dataset, values, device=device, progress=progress)
+        made = ProtectionPlan(algorithm, values, guards, samples, "f32", __version__, {**report, **measured})
+        set_rt_json(protected, "protection", made.to_json())
+    return protected
+
+
+def apply_plan(model: ov.Model, plan: ProtectionPlan) -> ov.Model:
+    """A clone of ``model`` with ``plan`` applied; a plan that does not fit the model is a one-line ConfigError."""
+    module = algorithm_module(plan.algorithm)
+    check_plan_fits(model, plan)
+    result = module.apply(model.clone(), plan)
+    set_rt_json(result.model, "protection", plan.to_json())
     return result.model
 
 
-def protection_info(model: ov.Model) -> ProtectionInfo | None:
-    """What ovrange recorded in a protected model, or None for a model ovrange did not protect."""
+def check_plan_fits(model: ov.Model, plan: ProtectionPlan) -> None:
+    """Every target of the plan exists in ``model`` with the op type and channel count the plan was made for."""
+    outputs = outputs_by_id(model)
+    where = f"the plan ({plan.algorithm}) does not fit model {model.get_friendly_name()!r}"
+    for key, guard in plan.guards.items():
+        if key not in outputs:
+            raise ConfigError(f"{where}: it has no node {key!r}")
+        node = outputs[key].get_node()
+        if guard.get("type") not in (None, node.get_type_name()):
+            raise ConfigError(f"{where}: node {key!r} is a {node.get_type_name()}, the plan has a {guard['type']}")
+        axis, high = guard.get("axis"), guard.get("high")
+        if isinstance(high, list) and axis is not None:
+            shape = outputs[key].get_partial_shape()
+            if shape.rank.is_dynamic or shape[axis].is_dynamic or shape[axis].get_length() != len(high):
+                raise ConfigError(f"{where}: node {key!r} has shape {shape}, the plan has {len(high)} channels on "
+                                  f"axis {axis}")
+
+
+def protection_info(model: ov.Model) -> ProtectionPlan | None:
+    """The plan ovrange recorded in a protected model, or None for a model it did not protect."""
     raw = get_rt_json(model, "protection")
-    return None if raw is None else ProtectionInfo.from_json(raw)
+    return None if raw is None else ProtectionPlan.from_json(raw)
 
 
 def save_protected(model: ov.Model, out_dir: str | Path, model_name: str, *, force: bool = False) -> Path:

@@ -1,23 +1,61 @@
-"""Compiling and running models on OpenVINO devices, in a precision the caller states.
+"""Compiling and running models on OpenVINO devices, in a precision the caller states: the one runner.
 
 The CPU plugin on AMX machines defaults to bf16; statistics, golden runs and fault injection must be
-f32, so every compile in ovrange goes through :func:`compile_model` with an explicit precision.
+f32, so every compile in ovrange goes through :func:`compile_model` with an explicit precision. :class:`Runner`
+owns the batching policy (dynamic batch axis, else one sample at a time) and the one error-wrapped ``infer``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import openvino as ov
 
-from ovrange.errors import DeviceError
+from ovrange.errors import ConfigError, DataError, DeviceError
+
+ProgressFn = Callable[[int, int], None]
 
 PRECISIONS = ("f32", "default")
 
 
+@lru_cache(maxsize=1)
+def shared_core() -> ov.Core:
+    """One ``ov.Core`` per process: creating one loads the plugins' registry, and compiled-model caches are per core."""
+    return ov.Core()
+
+
 def available_devices(core: ov.Core | None = None) -> list[str]:
     """Devices OpenVINO sees on this machine, e.g. ``['CPU']`` or ``['CPU', 'GPU.0']``."""
-    return list((core or ov.Core()).available_devices)
+    return list((core or shared_core()).available_devices)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str
+    full_name: str
+    capabilities: tuple[str, ...]
+
+
+def devices(core: ov.Core | None = None) -> list[DeviceInfo]:
+    """The devices OpenVINO sees, with their full names and optimization capabilities (FP32, BF16, INT8...)."""
+    core = core or shared_core()
+    found = []
+    for name in available_devices(core):
+        full = _property(core, name, "FULL_DEVICE_NAME", name)
+        caps = _property(core, name, "OPTIMIZATION_CAPABILITIES", [])
+        found.append(DeviceInfo(name, str(full), tuple(str(c) for c in caps)))
+    return found
+
+
+def _property(core: ov.Core, device: str, key: str, default: Any) -> Any:
+    try:
+        return core.get_property(device, key)
+    except RuntimeError:
+        return default
 
 
 def check_device(device: str, core: ov.Core | None = None) -> None:
@@ -50,7 +88,7 @@ def compile_model(
     core: ov.Core | None = None,
 ) -> ov.CompiledModel:
     """Compile ``model`` on ``device`` in ``precision``; failures become one-line DeviceErrors."""
-    core = core or ov.Core()
+    core = core or shared_core()
     check_device(device, core)
     try:
         return core.compile_model(model, device, compile_config(device, precision, config))
@@ -71,3 +109,119 @@ def last_line(exc: BaseException) -> str:
     """OpenVINO exceptions carry a multi-line trace of C++ locations; the last non-empty line is the message."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
+
+
+def with_dynamic_batch(model: ov.Model) -> ov.Model:
+    """Make axis 0 of every input dynamic (edits ``model``); raises ValueError when the model cannot be reshaped."""
+    shapes = {}
+    for port in model.inputs:
+        shape = port.get_partial_shape()
+        if shape.rank.is_dynamic or shape.rank.get_length() == 0 or shape[0].is_dynamic:
+            continue
+        new_shape = ov.PartialShape(shape)
+        new_shape[0] = ov.Dimension()
+        shapes[port] = new_shape
+    if shapes:
+        try:
+            model.reshape(shapes)
+        except RuntimeError as exc:
+            raise ValueError(last_line(exc)) from exc
+    return model
+
+
+class Runner:
+    """A model compiled once and fed batches of samples: the batching policy and the one error-wrapped ``infer``.
+
+    ``batch_size`` > 1 makes the batch axis dynamic (on a clone). A model that cannot take it is an error when
+    ``fallback`` is False (calibration: ``stat_batch_size`` was asked for), or runs one sample at a time when True
+    (evaluation). With ``batched_outputs``, every output must keep the batch axis (axis 0 = samples), else rows
+    would be mixed up silently.
+    """
+
+    def __init__(self, model: ov.Model, *, device: str = "CPU", batch_size: int = 1, precision: str = "f32",
+                 fallback: bool = False, batched_outputs: bool = True, config: dict[str, Any] | None = None):
+        self.batch_size = batch_size
+        self.batched_outputs = batched_outputs
+        runnable = model
+        if batch_size > 1:
+            try:
+                runnable = with_dynamic_batch(model.clone())
+            except ValueError as exc:
+                if not fallback:
+                    raise ConfigError(f"batch size {batch_size} needs a batchable model; reshape failed: {exc}") \
+                        from exc
+                runnable, self.batch_size = model, 1
+        self.compiled = compile_model(runnable, device, precision=precision, config=config)
+        # Two requests: the host prepares and folds one batch while the device runs the other (run()).
+        self.requests = [self.compiled.create_infer_request() for _ in range(2)]
+
+    def infer(self, arrays: list[np.ndarray], share_outputs: bool = False) -> tuple:
+        """Outputs of one batch (``arrays`` in model-input order); a batch the model cannot take is a DataError."""
+        try:
+            outputs = self.requests[0].infer(arrays, share_outputs=share_outputs).to_tuple()
+        except RuntimeError as exc:
+            raise self._data_error(arrays, exc) from exc
+        return self._checked(outputs, arrays)
+
+    def run(self, batches: Iterable[tuple[list[np.ndarray], int]], progress: ProgressFn | None = None
+            ) -> Iterator[tuple[tuple, int]]:
+        """Yield (outputs, samples in batch) for each batch, in order; outputs are views valid until the next yield.
+
+        Pipelined over two infer requests: batch i+1 is read and started before batch i's outputs are handed over,
+        so host work (decoding samples, folding statistics) overlaps inference. Results are the same as one
+        ``infer`` after another: each inference is independent.
+        """
+        seen = 0
+        pending: tuple[ov.InferRequest, list[np.ndarray], int] | None = None
+        for index, (arrays, count) in enumerate(self._sized(batches)):
+            request = self.requests[index % 2]
+            try:
+                request.start_async(arrays)
+            except RuntimeError as exc:
+                raise self._data_error(arrays, exc) from exc
+            if pending is not None:
+                yield self._finish(*pending), pending[2]
+                seen += pending[2]
+                if progress:
+                    progress(seen, seen)
+            pending = (request, arrays, count)
+        if pending is not None:
+            yield self._finish(*pending), pending[2]
+            if progress:
+                progress(seen + pending[2], seen + pending[2])
+
+    def _sized(self, batches: Iterable[tuple[list[np.ndarray], int]]) -> Iterator[tuple[list[np.ndarray], int]]:
+        """Batches cut for a batch size this model cannot take are split into ones it can."""
+        for arrays, count in batches:
+            if count <= self.batch_size:
+                yield arrays, count
+                continue
+            for start in range(0, count, self.batch_size):
+                part = [a[start:start + self.batch_size] for a in arrays]
+                yield part, len(part[0])
+
+    def _finish(self, request: ov.InferRequest, arrays: list[np.ndarray], count: int) -> tuple:
+        try:
+            request.wait()
+        except RuntimeError as exc:
+            raise self._data_error(arrays, exc) from exc
+        outputs = tuple(request.get_output_tensor(k).data for k in range(len(self.compiled.outputs)))
+        return self._checked(outputs, arrays)
+
+    def _checked(self, outputs: tuple, arrays: list[np.ndarray]) -> tuple:
+        count = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
+        if self.batched_outputs and count > 1 and any(o.ndim == 0 or o.shape[0] != count for o in outputs):
+            raise DataError(f"a model output does not keep the batch axis (batch of {count}, output shapes "
+                            f"{[tuple(o.shape) for o in outputs]}); use batch size 1")
+        return outputs
+
+    @staticmethod
+    def _data_error(arrays: list[np.ndarray], exc: RuntimeError) -> DataError:
+        shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
+        return DataError(f"data of shape {shapes} (axis 0 = samples) cannot feed the model: {last_line(exc)}")
+
+    def predict(self, batches: Iterable[tuple[list[np.ndarray], int]], output: int = 0,
+                progress: ProgressFn | None = None, total: int | None = None) -> np.ndarray:
+        """Output ``output`` of every sample, concatenated on axis 0."""
+        report = (lambda done, _: progress(done, total or done)) if progress else None
+        return np.concatenate([outputs[output].copy() for outputs, _ in self.run(batches, report)], axis=0)

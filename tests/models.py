@@ -82,3 +82,20 @@ def ranger_model(seed: int = 0) -> ov.Model:
     out = ops.tanh(head, name="tanh")
     out.output(0).get_tensor().set_names({"scores"})
     return ov.Model([ops.result(out)], [x], "ranger_test")
+
+
+def node_by_name(model: ov.Model, name: str) -> ov.Node:
+    """The node named ``name`` in a test model (whose friendly names are unique); KeyError when absent."""
+    for node in model.get_ops():
+        if node.get_friendly_name() == name:
+            return node
+    raise KeyError(name)
+
+
+def record_guards(model: ov.Model, suffix: str = "/min_max_Clamp") -> ov.Model:
+    """Record the Clamps named ``<node><suffix>`` of a hand-built model as guards, as a protection pass does."""
+    from ovrange.graph import record_inserted
+
+    record_inserted(model, {op.get_friendly_name(): "guard" for op in model.get_ops()
+                            if op.get_friendly_name().endswith(suffix)})
+    return model

@@ -16,7 +16,8 @@ import pytest
 
 from ovrange import bench
 from ovrange.errors import ConfigError, DataError, DeviceError
-from ovrange.passes.range_supervision import CLAMP_SUFFIX
+from ovrange.graph import record_inserted
+from ovrange.passes.guards import CLAMP_SUFFIX
 from ovrange.runtime import available_devices, compile_model
 
 
@@ -50,7 +51,12 @@ def small_cnn(guards: bool, per_channel: bool = False, high: float = 4.0) -> ov.
     logits = ops.matmul(flat, ops.constant(rng.standard_normal((4 * 6 * 6, 3)).astype(np.float32)), False, False,
                         name="logits")
     logits.output(0).get_tensor().set_names({"logits"})
-    return ov.Model([ops.result(logits)], [x], "small_cnn")
+    model = ov.Model([ops.result(logits)], [x], "small_cnn")
+    if guards:  # what a protection pass records about the nodes it inserted
+        record_inserted(model, {op.get_friendly_name(): "guard" if op.get_friendly_name().endswith(CLAMP_SUFFIX)
+                                else "check" for op in model.get_ops()
+                                if op.get_type_name() in ("Clamp", "Minimum", "Maximum")})
+    return model
 
 
 @pytest.fixture(scope="module")

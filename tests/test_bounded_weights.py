@@ -12,7 +12,7 @@ import pytest
 import ovrange
 from ovrange.config import make_algorithm, parse_config
 from ovrange.errors import ConfigError, ModelError
-from ovrange.graph import node_by_name
+from tests.models import node_by_name
 from ovrange.passes.bounded_weights import (GAIN_SUFFIX, SCALE_SUFFIX, THETA_SUFFIX, WEIGHT_SUFFIX, bounded_theta,
                                             folded)
 from tests.models import no_activation_model, seven_activation_model
@@ -41,7 +41,7 @@ def original_weight(model: ov.Model, layer: str) -> np.ndarray:
 
 def chain_parts(model: ov.Model, layer: str) -> tuple[np.ndarray, np.ndarray, float]:
     """(theta, s, g) read back from a protected layer's graph."""
-    theta = bounded_theta(node_by_name(model, layer))
+    theta = bounded_theta(model, node_by_name(model, layer))
     scale = node_by_name(model, layer + SCALE_SUFFIX).get_data()
     gain_ops = [op for op in model.get_ops() if op.get_friendly_name() == layer + GAIN_SUFFIX]
     gain = float(gain_ops[0].input_value(1).get_node().get_data()) if gain_ops else 1.0
@@ -78,7 +78,7 @@ def test_every_weight_layer_reads_s_tanh_g_theta(protected):
         node = node_by_name(protected, layer)
         weight = node.input_value(1).get_node()
         assert (weight.get_type_name(), weight.get_friendly_name()) == ("Multiply", layer + WEIGHT_SUFFIX)
-        theta = bounded_theta(node)
+        theta = bounded_theta(protected, node)
         assert theta.get_friendly_name() == layer + THETA_SUFFIX
         assert tuple(theta.get_output_shape(0)) == original_weight(original, layer).shape
         assert np.abs(theta.get_data()).max() < 1.0  # no single bit flip can make a stored theta NaN
@@ -114,7 +114,7 @@ def test_group_convolution_transposed_matmul_and_f16_weights():
     protected = ovrange.protect(model, data, algorithm="BoundedWeights")
     assert node_by_name(protected, "group" + SCALE_SUFFIX).get_data().shape == (2, 3, 1, 1, 1)
     assert node_by_name(protected, "head" + SCALE_SUFFIX).get_data().shape == (7, 1)  # transpose_b: rows
-    assert bounded_theta(node_by_name(protected, "head")).get_element_type() == ov.Type.f32
+    assert bounded_theta(protected, node_by_name(protected, "head")).get_element_type() == ov.Type.f32
     a, b = compile_f32(model)(data[:1])[0], compile_f32(protected)(data[:1])[0]
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
@@ -130,7 +130,7 @@ def test_model_without_constant_weights_is_an_error():
 
 def test_protects_a_model_without_activations():
     protected = ovrange.protect(no_activation_model(), np.ones((3, 4), np.float32), algorithm="BoundedWeights")
-    assert bounded_theta(node_by_name(protected, "mm")) is not None
+    assert bounded_theta(protected, node_by_name(protected, "mm")) is not None
 
 
 def test_input_model_is_not_modified(calib):
@@ -152,9 +152,9 @@ def test_reconstruction_error_is_about_one_ulp_and_reported(protected):
         rebuilt = folded(*chain_parts(protected, layer))
         error = np.abs(rebuilt.astype(np.float64) - w)
         assert np.all(error <= 2 * np.spacing(np.abs(w).max()))
-        reported = info.extra["reconstruction"]["layers"][layer]
+        reported = info.report["reconstruction"]["layers"][layer]
         assert reported["max_abs_error"] == float(error.max())
-    assert info.extra["reconstruction"]["max_rel_error"] < 1e-6
+    assert info.report["reconstruction"]["max_rel_error"] < 1e-6
 
 
 def test_cpu_plugin_folds_the_chain_into_the_reconstructed_weight(protected, calib):
@@ -167,7 +167,7 @@ def test_cpu_plugin_folds_the_chain_into_the_reconstructed_weight(protected, cal
 
 
 def test_calibration_outputs_within_tolerance(protected, calib):
-    report = ovrange.protection_info(protected).extra["calibration_outputs"]
+    report = ovrange.protection_info(protected).report["calibration_outputs"]
     assert report["samples"] == len(calib) and report["argmax_changed"] == 0
     assert report["max_rel_diff"]["logits"] < 1e-5
     a, b = compile_f32(seven_activation_model())(calib)[0], compile_f32(protected)(calib)[0]
@@ -209,7 +209,7 @@ def test_runtime_theta_parameter_as_the_weight_injector_uses_it(protected, calib
     """theta as a Parameter (how the weight injector sees a site): tanh runs at inference time, same bound."""
     layer = "conv_Relu"
     clone = protected.clone()
-    theta_node = bounded_theta(node_by_name(clone, layer))
+    theta_node = bounded_theta(clone, node_by_name(clone, layer))
     values = np.array(theta_node.get_data())
     param = ops.parameter(list(values.shape), np.float32, name="theta_in")
     for target in list(theta_node.output(0).get_target_inputs()):

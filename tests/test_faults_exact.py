@@ -184,7 +184,7 @@ def test_weight_faults_strike_the_stored_theta_of_bounded_weights():
         flip_at = (index[site.name], 0, 30)  # exponent MSB of the first stored value
         ours = injector.run([x[:1]], [flip_at])[0]
         clone = protected.clone()
-        theta = bounded_theta(site_outputs(clone, "weights")[site.name][0])
+        theta = bounded_theta(clone, site_outputs(clone, "weights")[site.name][0])
         values = theta.get_data().copy()
         values.reshape(-1)[0] = flip(values.reshape(-1)[:1], np.array([30]))[0]
         theta.output(0).replace(ops.constant(values).output(0))

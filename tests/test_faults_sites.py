@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
+
+from tests.models import record_guards
 import pytest
 
 from ovrange.errors import ModelError
@@ -47,7 +49,7 @@ def tiny_lenet(seed: int = 0, batch: int = -1, fixed_reshape: bool = False, clam
                  name="relu3")
     logits = ops.add(ops.matmul(h, const(5, 16), False, True, name="fc2"), const(1, 5), name="logits")
     logits.output(0).get_tensor().set_names({"logits"})
-    return ov.Model([ops.result(logits)], [x], "tiny_lenet")
+    return record_guards(ov.Model([ops.result(logits)], [x], "tiny_lenet"))
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:

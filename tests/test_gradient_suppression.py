@@ -12,7 +12,7 @@ import pytest
 import ovrange
 from ovrange.config import make_algorithm, parse_config
 from ovrange.errors import ConfigError, ModelError
-from ovrange.graph import node_by_name
+from tests.models import node_by_name
 from ovrange.passes.gradient_suppression import SUFFIX, RunningMoments
 from tests.models import activation_output_model, no_activation_model, seven_activation_model
 
@@ -154,7 +154,7 @@ def test_last_layer_is_not_protected(calib):
     info = ovrange.protection_info(ovrange.protect(model, np.random.default_rng(0).standard_normal(
         (5, 3, 8, 8)).astype(np.float32), algorithm="GradientSuppression"))
     assert "act_Tanh" not in info.nodes and len(info.nodes) == 6
-    assert "last layer" in info.extra["skipped"]["act_Tanh"]
+    assert "last layer" in info.report["skipped"]["act_Tanh"]
     with pytest.raises(ModelError, match="nothing to protect|no activation GradientSuppression can protect"):
         ovrange.protect(activation_output_model("Relu"), np.ones((2, 3, 6, 6), np.float32),
                         algorithm="GradientSuppression")

@@ -12,7 +12,8 @@ import ovrange
 from ovrange.bench import fusion_report
 from ovrange.faults.sites import ACTIVATION_OPS
 from ovrange.passes.placement import DATA_MOVEMENT, optimize_placement
-from ovrange.passes.range_supervision import CLAMP_SUFFIX
+from ovrange.passes.guards import CLAMP_SUFFIX
+from tests.models import record_guards
 from ovrange.runtime import compile_model
 
 HIGH = 2.0
@@ -47,7 +48,7 @@ def ranger_like(concat_high: float = HIGH, reshape_high: float = HIGH, unguarded
     w = ops.constant((rng.standard_normal((8 * 4 * 4, 5)) * 0.2).astype(np.float32))
     logits = ops.matmul(head_in, w, False, False, name="logits")
     logits.output(0).get_tensor().set_names({"logits"})
-    return ov.Model([ops.result(logits)], [x], "ranger_like")
+    return record_guards(ov.Model([ops.result(logits)], [x], "ranger_like"))
 
 
 def guard_names(model: ov.Model) -> set[str]:
@@ -102,7 +103,7 @@ def test_guard_that_is_a_model_output_hands_back_its_names():
     reshaped = ops.reshape(guarded, ops.constant(np.array([2, 2], np.int64)), False, name="rs")
     out = _guard(reshaped, "rs")
     out.output(0).get_tensor().set_names({"features"})
-    result = optimize_placement(ov.Model([ops.result(out)], [x], "out"))
+    result = optimize_placement(record_guards(ov.Model([ops.result(out)], [x], "out")))
     assert result.removed == ("rs" + CLAMP_SUFFIX,)
     assert result.model.output(0).get_names() == {"features"}
     assert result.model.output(0).get_node().input_value(0).get_node().get_friendly_name() == "rs"

@@ -8,7 +8,7 @@ import pytest
 
 import ovrange
 from ovrange.errors import ConfigError, ModelError
-from ovrange.passes.range_supervision import CLAMP_SUFFIX
+from ovrange.passes.guards import CLAMP_SUFFIX
 from tests.models import SEVEN, activation_output_model, no_activation_model, seven_activation_model
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}

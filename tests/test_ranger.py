@@ -9,7 +9,7 @@ import pytest
 
 import ovrange
 from ovrange.errors import ConfigError
-from ovrange.graph import node_by_name
+from tests.models import node_by_name
 from tests.models import ranger_model, seven_activation_model
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}

@@ -34,6 +34,8 @@ def protect(
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Algorithm parameter KEY=VALUE "
                                                        "(YAML value), e.g. -p bound=percentile -p percentile=99.9; "
                                                        "repeatable.")] = None,
+    bounds: Annotated[Optional[Path], typer.Option("--bounds", help="Apply a saved plan (a result's bounds.json) "
+                                                   "as it is: no calibration data, the same IR.")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Results go to "
                                              "<output-dir>/<model_name>_<algorithm>/.")] = Path("results"),
     device: Device = None,
@@ -50,6 +52,9 @@ def protect(
     from ovrange.protect import protect as protect_model
     from ovrange.protect import save_protected
 
+    if bounds is not None:
+        _protect_with_plan(model, bounds, output_dir, force, config, data)
+        return
     cfg = config_mod.load_config(config) if config else config_mod.ProtectConfig()
     if algorithm and algorithm != cfg.algorithm.name:
         cfg = replace(cfg, algorithms=(config_mod.default_algorithm(algorithm),))
@@ -75,6 +80,26 @@ def protect(
     _print_summary(protected, out_dir, name)
 
 
+def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, force: bool,
+                       config: Optional[Path], data: Optional[Path]) -> None:
+    """``--bounds``: apply a saved plan to MODEL; nothing is written when the plan does not fit."""
+    from ovrange.modelio import prepare_output_dir, read_model
+    from ovrange.plan import load_plan
+    from ovrange.protect import apply_plan, save_protected
+
+    if config is not None or data is not None:
+        raise ConfigError("--bounds applies a saved plan as it is: it takes no --config or --data")
+    if model is None:
+        raise ConfigError("--bounds needs the MODEL to apply the plan to")
+    plan = load_plan(bounds)
+    ov_model = read_model(model)
+    protected = apply_plan(ov_model, plan)  # a plan that does not fit fails here, before any output exists
+    name = model.stem
+    out_dir = prepare_output_dir(output_dir / f"{name}_{plan.algorithm}", force)
+    save_protected(protected, out_dir, name, force=force)
+    _print_summary(protected, out_dir, name)
+
+
 def _print_summary(protected, out_dir: Path, name: str) -> None:
     from ovrange.protect import protection_info
 
@@ -83,9 +108,11 @@ def _print_summary(protected, out_dir: Path, name: str) -> None:
     typer.echo(f"{info.algorithm}: {len(info.nodes)} node(s) protected "
                f"({', '.join(f'{k} x{n}' for k, n in sorted(kinds.items()))}); "
                f"statistics from {info.samples} samples in {info.precision}")
-    width = max(len(n) for n in info.nodes)
-    for node_name, node in info.nodes.items():
-        typer.echo(f"  {node_name:<{width}}  {node.get('type', ''):<9} {_describe(node)}")
+    labels = {key: key if node.get("name", key) == key else f"{key} ({node['name']})"
+              for key, node in info.nodes.items()}  # a repeated friendly name: the unique id, then the name
+    width = max(len(label) for label in labels.values())
+    for key, node in info.nodes.items():
+        typer.echo(f"  {labels[key]:<{width}}  {node.get('type', ''):<9} {_describe(node)}")
     typer.echo(f"protected model: {out_dir / (name + '.xml')}")
     typer.echo(f"bounds:          {out_dir / 'bounds.json'}")
 
@@ -98,7 +125,7 @@ def _describe(node: dict) -> str:
             return f"[{min(low):.4g}, {max(high):.4g}] per channel ({len(high)}), {node.get('method', '')}"
         return f"[{low:.6g}, {high:.6g}] {node.get('method', '')}".rstrip()
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in node.items()
-                     if k not in ("node", "type") and not isinstance(v, (list, dict)))
+                     if k not in ("node", "name", "type") and not isinstance(v, (list, dict)))
 
 
 @app.command()

@@ -29,9 +29,8 @@ from ovrange.faults.outcomes import Judge
 from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults
 from ovrange.faults.spec import CampaignSpec
-from ovrange.graph import with_dynamic_batch
 from ovrange.modelio import read_model
-from ovrange.runtime import compile_model
+from ovrange.runtime import compile_model, with_dynamic_batch
 from ovrange.protect import protection_info
 
 ProgressFn = Callable[[int, int], None]

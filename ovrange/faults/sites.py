@@ -3,8 +3,8 @@
 Weight sites are the constant weights of Convolution / GroupConvolution / MatMul (memory faults). Activation sites
 are the outputs of compute operators (datapath faults, as in Ranger): convolutions, MatMul, element-wise arithmetic,
 pooling and activations; data-movement ops (Reshape, Concat, Transpose...) are left out because a fault there is
-the same as a fault in their input. Clamps that a protection pass inserted are never sites: a fault at a protected
-activation strikes the activation's output, before its Clamp, so the Clamp can correct it.
+the same as a fault in their input. Nodes that a protection pass inserted (recorded in the model's rt_info) are never
+sites: a fault at a protected activation strikes the activation's output, before its guard, so the guard can act.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import openvino as ov
 
 from ovrange.errors import ModelError
 from ovrange.faults.model import Fault
-from ovrange.graph import constant_values, constant_weight
+from ovrange.graph import constant_values, inserted_nodes, stored_weight
 
 WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
 ACTIVATION_OPS = (
@@ -27,7 +27,6 @@ ACTIVATION_OPS = (
     "HSigmoid", "Mish", "SoftPlus", "Clamp", "Exp", "Sqrt", "Power", "Softmax", "SoftMax", "MVN", "NormalizeL2",
     "BatchNormInference",
 )
-PROTECTION_SUFFIXES = ("/min_max_Clamp",)
 
 
 @dataclass(frozen=True)
@@ -46,17 +45,10 @@ class Site:
         return {"name": self.name, "op": self.op, "shape": list(self.shape)}
 
 
-def is_protection(node: ov.Node) -> bool:
-    return node.get_type_name() == "Clamp" and node.get_friendly_name().endswith(PROTECTION_SUFFIXES)
-
-
-def weight_source(node: ov.Node) -> ov.Output | None:
-    """The stored f32 values a memory fault strikes for a Convolution/MatMul: its constant weight, or, for a layer
-    protected by BoundedWeights, the stored ``theta`` that the graph decodes into the weight (``s * tanh(theta)``)."""
-    from ovrange.passes.bounded_weights import bounded_theta  # the one protection that changes how weights are stored
-
-    theta = bounded_theta(node) if node.get_input_size() > 1 else None
-    return theta.output(0) if theta is not None else constant_weight(node)
+def weight_source(node: ov.Node, inserted: dict[str, str]) -> ov.Output | None:
+    """The stored f32 values a memory fault strikes for a Convolution/MatMul: its constant weight, or the stored
+    values a protection decodes into the weight (BoundedWeights' ``theta``), found through the inserted-node record."""
+    return stored_weight(node, inserted)
 
 
 def stored_through_transform(node: ov.Node, source: ov.Output) -> bool:
@@ -92,6 +84,7 @@ def site_outputs(model: ov.Model, target: str) -> dict[str, tuple[ov.Node, ov.Ou
     the same model always yields the same names.
     """
     found: dict[str, tuple[ov.Node, ov.Output]] = {}
+    inserted = inserted_nodes(model)  # nodes a protection added are never sites: a fault strikes what they guard
     live: set[str] = set()  # nodes computed from the model inputs (constant subgraphs are not datapath)
     for node in model.get_ordered_ops():
         kind = node.get_type_name()
@@ -99,11 +92,11 @@ def site_outputs(model: ov.Model, target: str) -> dict[str, tuple[ov.Node, ov.Ou
                                       for k in range(node.get_input_size())):
             live.add(node.get_name())
         if target == "weights":
-            source = weight_source(node) if kind in WEIGHT_OPS else None
+            source = weight_source(node, inserted) if kind in WEIGHT_OPS else None
             if source is not None:
                 _add(found, node.get_friendly_name(), node, source)
             continue
-        if node.get_name() not in live or kind not in ACTIVATION_OPS or is_protection(node):
+        if node.get_name() not in live or kind not in ACTIVATION_OPS or node.get_friendly_name() in inserted:
             continue
         for port, out in enumerate(node.outputs()):
             rank = out.get_partial_shape().rank

@@ -1,24 +1,58 @@
-"""Protection algorithms, one module per protection.
+"""Protection algorithms, one module per protection, all with the same four steps (see docs/architecture.md).
 
-Each module defines ``PARAMS`` (its config parameters beyond POT's common ones, see ``ovrange.config``), may define
-``check_params(params) -> str | None`` for invalid combinations, and ``run(model, dataset, config, *, device,
-progress) -> PassResult``. ``ovrange.protect`` finds them through ``ovrange.config.ALGORITHMS``.
+A protection module defines:
+
+- ``PARAMS`` (its parameters beyond POT's common ones, :mod:`ovrange.params`) and optionally
+  ``check_params(params) -> str | None`` for invalid combinations;
+- ``select(model, params) -> Selection``: which targets it guards, plus graph facts its plan needs (pure data);
+- ``requests(selection, params) -> list[StatRequest]``: the statistics it needs (may be empty);
+- ``plan(selection, stats, params) -> (guards, report)``: pure numpy/JSON, the content of ``bounds.json``;
+- ``apply(model, plan) -> PassResult``: graph rewriting only, on the model it is given (a clone), recording every
+  node it inserts with :func:`ovrange.graph.record_inserted`;
+- optionally ``measure(original, protected, dataset, params, *, device, progress) -> dict``: what the protection
+  changed on the calibration data (reported, never needed to apply the plan).
+
+Algorithms register here by name; :func:`algorithm` imports a module on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import openvino as ov
 
+from ovrange.errors import ConfigError
+from ovrange.targets import Target
+
+ALGORITHMS: dict[str, str] = {
+    "RangeSupervision": "ovrange.passes.range_supervision",
+    "Ranger": "ovrange.passes.ranger",
+    "GradientSuppression": "ovrange.passes.gradient_suppression",
+    "BoundedWeights": "ovrange.passes.bounded_weights",
+}
+
+
+def algorithm(name: str) -> ModuleType:
+    """The module implementing protection ``name``."""
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {name!r}; available: {', '.join(ALGORITHMS)}")
+    return importlib.import_module(ALGORITHMS[name])
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a pass guards (targets, in topological order) and the graph facts its plan needs (pure data)."""
+
+    targets: list[Target]
+    facts: dict[str, Any] = field(default_factory=dict)
+
 
 @dataclass
 class PassResult:
-    """A protected clone of the model plus what to record about each protected node (JSON-ready dicts)."""
+    """The rewritten model and whether anything changed (a pass with nothing to do reports ``modified=False``)."""
 
     model: ov.Model
-    nodes: dict[str, dict[str, Any]]
-    samples: int
-    precision: str = "f32"
-    extra: dict[str, Any] = field(default_factory=dict)  # algorithm-specific report fields (e.g. errors measured)
+    modified: bool

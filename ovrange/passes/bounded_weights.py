@@ -15,8 +15,9 @@ which is exact. Each protected layer's weight port then reads::
     Constant <layer>/bounded_theta -> [Multiply <layer>/bounded_gain (g)] -> Tanh <layer>/bounded_tanh
         -> Multiply <layer>/bounded_weight (s, Constant <layer>/bounded_scale) -> layer input 1
 
-The CPU plugin folds this constant chain back into a weight at compile time; :func:`bounded_theta` finds the
-``theta`` Constant of a protected layer (the fault-injection site that replaces the layer's weight).
+The CPU plugin folds this constant chain back into a weight at compile time. The ``theta`` Constant is recorded as
+an inserted node of role ``weight`` and the chain as ``decode``: fault injection finds the stored weight of a layer
+through that record (:func:`ovrange.graph.stored_weight`), never through these names.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import openvino.opset13 as ops
 from openvino import passes as ov_passes
 
 from ovrange import data as data_mod
-from ovrange.config import AlgorithmConfig, Param, one_of
 from ovrange.errors import DataError, ModelError
-from ovrange.graph import constant_values, constant_weight
-from ovrange.passes import PassResult
-from ovrange.stats import calibration_request, infer_batch
+from ovrange.graph import constant_values, constant_weight, inserted_nodes, nodes_between, record_inserted, stored_weight
+from ovrange.params import Param, one_of
+from ovrange.passes import PassResult, Selection
+from ovrange.runtime import Runner
+from ovrange.targets import find_targets, outputs_by_id
 
 LAYER_OPS = ("Convolution", "GroupConvolution", "MatMul")
 THETA_SUFFIX = "/bounded_theta"
@@ -68,32 +70,24 @@ def weight_output(node: ov.Node) -> ov.Output | None:
 weight_array = constant_values
 
 
-def output_axes(node: ov.Node, rank: int) -> tuple[int, ...]:
+def output_axes(kind: str, rank: int, transpose_b: bool = False) -> tuple[int, ...]:
     """Axes of the weight that index the layer's output channels."""
-    kind = node.get_type_name()
     if kind == "Convolution":
         return (0,)
     if kind == "GroupConvolution":
         return (0, 1)
     if rank < 2:
         return ()
-    return (rank - 2,) if node.get_attributes().get("transpose_b", False) else (rank - 1,)
+    return (rank - 2,) if transpose_b else (rank - 1,)
 
 
-def bounded_theta(layer: ov.Node) -> ov.Node | None:
+def bounded_theta(model: ov.Model, layer: ov.Node) -> ov.Node | None:
     """The ``theta`` Constant behind a protected layer's weight port (None when the layer is not protected)."""
-    node = layer.input_value(1).get_node()
-    if node.get_type_name() != "Multiply" or not node.get_friendly_name().endswith(WEIGHT_SUFFIX):
+    inserted = inserted_nodes(model)
+    stored = stored_weight(layer, inserted)
+    if stored is None or inserted.get(stored.get_node().get_friendly_name()) != "weight":
         return None
-    node = node.input_value(0).get_node()
-    if node.get_type_name() != "Tanh":
-        return None
-    node = node.input_value(0).get_node()
-    if node.get_type_name() == "Multiply" and node.get_friendly_name().endswith(GAIN_SUFFIX):
-        node = node.input_value(0).get_node()
-    if node.get_type_name() != "Constant" or not node.get_friendly_name().endswith(THETA_SUFFIX):
-        return None
-    return node
+    return stored.get_node()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,47 +137,100 @@ def reconstruction_error(w: np.ndarray, rebuilt: np.ndarray) -> dict[str, float]
             "exact_fraction": float(np.mean(error == 0)) if error.size else 1.0}
 
 
-def protect_layers(model: ov.Model, per_channel: bool, margin: float
-                   ) -> tuple[ov.Model, dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
-    """A clone with every eligible layer's weight replaced by the bounded chain, what was applied, and the errors."""
-    clone = model.clone()
-    nodes: dict[str, dict[str, Any]] = {}
-    errors: dict[str, dict[str, float]] = {}
-    for node in clone.get_ordered_ops():
-        source = weight_output(node)
-        if source is None:
-            continue
-        name = node.get_friendly_name()
-        w = weight_array(source)
-        axes = output_axes(node, w.ndim)
-        theta, scale, gain = encode(w, axes, per_channel and bool(axes), margin)
-        theta_node = ops.constant(theta, name=name + THETA_SUFFIX)
-        chain = decode_chain(theta_node.output(0), scale, gain, name)
-        node.input(1).replace_source_output(chain.output(0))
-        errors[name] = reconstruction_error(w, folded(theta, scale, gain))
-        nodes[name] = {"type": node.get_type_name(), "theta": name + THETA_SUFFIX, "shape": list(w.shape),
-                       "granularity": "channel" if scale.size > 1 else "layer", "gain": gain,
-                       "scale_min": float(scale.min()), "scale_max": float(scale.max()),
-                       "max_abs_weight": float(np.abs(w).max(initial=0.0))}
-    if not nodes:
+def select(model: ov.Model, params: dict[str, Any]) -> Selection:
+    """Every Convolution/GroupConvolution/MatMul with a constant f32 weight, with its weights (in memory only)."""
+    outputs = outputs_by_id(model)
+    layers = [t for t in find_targets(model) if t.op in LAYER_OPS and weight_output(outputs[t.id].get_node())]
+    if not layers:
         raise ModelError(f"model {model.get_friendly_name()!r} has no Convolution/GroupConvolution/MatMul with a "
                          "constant f32 weight; nothing to protect")
-    clone.validate_nodes_and_infer_types()
-    return clone, nodes, errors
+    weights = {t.id: weight_array(weight_output(outputs[t.id].get_node())) for t in layers}
+    transposed = {t.id: bool(outputs[t.id].get_node().get_attributes().get("transpose_b", False)) for t in layers}
+    return Selection(layers, {"weights": weights, "transpose_b": transposed})
 
 
-def compare_outputs(original: ov.Model, protected: ov.Model, dataset: Any, config: AlgorithmConfig, *,
+def requests(selection: Selection, params: dict[str, Any]) -> list:
+    return []  # the weights alone decide; calibration data only measures the effect (measure)
+
+
+def plan(selection: Selection, stats: Any, params: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict]:
+    """Per layer: the saturation level s (per output channel or per layer) and the gain g."""
+    per_channel = params["granularity"] == "channel"
+    guards = {}
+    for target in selection.targets:
+        w = selection.facts["weights"][target.id]
+        axes = output_axes(target.op, w.ndim, selection.facts["transpose_b"][target.id])
+        _, scale, gain = encode(w, axes, per_channel and bool(axes), params["scale_margin"])
+        guards[target.id] = {"name": target.name, "type": target.op, "shape": list(w.shape),
+                             "granularity": "channel" if scale.size > 1 else "layer", "gain": gain,
+                             "scale": [float(v) for v in scale.reshape(-1)], "scale_shape": list(scale.shape),
+                             "scale_min": float(scale.min()), "scale_max": float(scale.max()),
+                             "max_abs_weight": float(np.abs(w).max(initial=0.0))}
+    return guards, {"compile_time_folding": "s*tanh(g*theta) is constant; the CPU plugin folds it into the weight"}
+
+
+def apply(model: ov.Model, plan: Any) -> PassResult:
+    """Replace each planned layer's weight by ``s * tanh(g * theta)`` with ``theta = artanh(w / s) / g``."""
+    outputs = outputs_by_id(model)
+    inserted: dict[str, str] = {}
+    for key, guard in plan.guards.items():
+        node = outputs[key].get_node()
+        source = weight_output(node)
+        if source is None:
+            raise ModelError(f"layer {key!r} has no constant f32 weight to bound")
+        w = weight_array(source)
+        scale = np.asarray(guard["scale"], np.float32).reshape(guard["scale_shape"])
+        theta = theta_for(w, scale, float(guard["gain"]))
+        name = key
+        theta_node = ops.constant(theta, name=name + THETA_SUFFIX)
+        chain = decode_chain(theta_node.output(0), scale, float(guard["gain"]), name)
+        node.input(1).replace_source_output(chain.output(0))
+        inserted[name + THETA_SUFFIX] = "weight"
+        inserted.update({n.get_friendly_name(): "decode" for n in _chain_nodes(chain, theta_node)})
+    model.validate_nodes_and_infer_types()
+    record_inserted(model, inserted)
+    return PassResult(model, bool(inserted))
+
+
+def _chain_nodes(chain: ov.Node, theta: ov.Node) -> list[ov.Node]:
+    return [n for n in nodes_between(theta.output(0), chain) if n.get_type_name() != "Constant"]
+
+
+def theta_for(w: np.ndarray, scale: np.ndarray, gain: float) -> np.ndarray:
+    """The stored values for weights ``w`` under saturation ``scale`` and gain ``gain`` (see :func:`encode`)."""
+    ratio = w.astype(np.float64) / np.where(scale > 0, scale, 1).astype(np.float64)
+    return (np.arctanh(ratio) / gain).astype(np.float32)
+
+
+def measure(original: ov.Model, protected: ov.Model, dataset: Any, params: dict[str, Any], *, device: str,
+            progress=None) -> tuple[dict[str, Any], int]:
+    """Reconstruction errors of every bounded weight, and how far the outputs moved on the calibration subset."""
+    from ovrange.protect import protection_info  # the plan the protected model records
+
+    outputs = outputs_by_id(original)
+    errors = {}
+    for key, guard in protection_info(protected).guards.items():
+        w = weight_array(weight_output(outputs[key].get_node()))
+        scale = np.asarray(guard["scale"], np.float32).reshape(guard["scale_shape"])
+        errors[key] = reconstruction_error(w, folded(theta_for(w, scale, guard["gain"]), scale, guard["gain"]))
+    worst = {key: max(e[key] for e in errors.values()) for key in ("max_abs_error", "max_rel_error")}
+    calibration, samples = compare_outputs(original, protected, dataset, params, device=device, progress=progress)
+    return {"reconstruction": {**worst, "layers": errors}, "calibration_outputs": calibration}, samples
+
+
+def compare_outputs(original: ov.Model, protected: ov.Model, dataset: Any, params: dict[str, Any], *,
                     device: str, progress=None) -> tuple[dict[str, Any], int]:
     """Run the calibration subset through both models (f32) and report how far the protected outputs moved."""
-    requests = [calibration_request(m.clone(), config.batch_size, device) for m in (original, protected)]
-    samples, total = data_mod.subset(dataset, config.subset_size, config.shuffle, config.seed)
+    batch = params["stat_batch_size"]
+    runners = [Runner(m, device=device, batch_size=batch) for m in (original, protected)]
+    samples, total = data_mod.subset(dataset, params["stat_subset_size"], params["shuffle_data"], params["seed"])
     if total == 0:
         raise DataError("the calibration dataset is empty")
     n_out = len(original.outputs)
     diff, peak = np.zeros(n_out), np.zeros(n_out)
     argmax_changed, seen = 0, 0
-    for arrays, count in data_mod.batches(samples, original, config.batch_size):
-        a, b = (infer_batch(r, arrays)[:n_out] for r in requests)
+    for arrays, count in data_mod.batches(samples, original, batch):
+        a, b = (runner.infer(arrays)[:n_out] for runner in runners)
         for i, (x, y) in enumerate(zip(a, b)):
             diff[i] = max(diff[i], float(np.max(np.abs(x.astype(np.float64) - y), initial=0.0)))
             peak[i] = max(peak[i], float(np.max(np.abs(x), initial=0.0)))
@@ -198,14 +245,3 @@ def compare_outputs(original: ov.Model, protected: ov.Model, dataset: Any, confi
               "max_rel_diff": {n: float(d / p) if p else 0.0 for n, d, p in zip(names, diff, peak)},
               "argmax_changed": argmax_changed}
     return report, seen
-
-
-def run(model: ov.Model, dataset: Any, config: AlgorithmConfig, *, device: str, progress=None) -> PassResult:
-    """Rewrite every constant weight as ``s * tanh(g * theta)``; the calibration data only measures the effect."""
-    p = config.params
-    protected, nodes, errors = protect_layers(model, p["granularity"] == "channel", p["scale_margin"])
-    calibration, samples = compare_outputs(model, protected, dataset, config, device=device, progress=progress)
-    worst = {key: max(e[key] for e in errors.values()) for key in ("max_abs_error", "max_rel_error")}
-    extra = {"reconstruction": {**worst, "layers": errors}, "calibration_outputs": calibration,
-             "compile_time_folding": "s*tanh(g*theta) is constant; the CPU plugin folds it into the weight"}
-    return PassResult(protected, nodes, samples, "f32", extra)

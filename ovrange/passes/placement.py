@@ -1,6 +1,6 @@
 """Guard placement for less overhead: drop the guards that are provably redundant, keep every other one.
 
-A guard is a Clamp a protection pass inserted (``<node>/min_max_Clamp``). Ranger also guards the outputs of
+A guard is a Clamp a protection pass inserted (recorded as a ``guard`` in the model's inserted-node record). Ranger also guards the outputs of
 value-preserving ops after a protected activation -- pooling, Reshape-like ops, Concat. The CPU plugin cannot fuse a
 Clamp into a Pooling or a Concat, so these guards run as kernels of their own and are most of Ranger's overhead.
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import openvino as ov
 
-from ovrange.graph import set_rt_json
-from ovrange.passes.range_supervision import CLAMP_SUFFIX
+from ovrange.graph import inserted_nodes, set_rt_json
+from ovrange.passes import PassResult
 
 # Ops whose outputs are values of their data inputs, moved or dropped, never computed or made up (Gather and Pad
 # are not here: out-of-range indices and padding create zeros). None of them is a fault site.
@@ -38,40 +38,41 @@ DATA_MOVEMENT = {
 }
 
 
-@dataclass(frozen=True)
-class PlacementResult:
+@dataclass
+class PlacementResult(PassResult):
     """The optimized clone, whether anything changed, and the guards removed (friendly names)."""
 
-    model: ov.Model
-    modified: bool
-    removed: tuple[str, ...]
-
-
-def is_guard(node: ov.Node, suffix: str = CLAMP_SUFFIX) -> bool:
-    return node.get_type_name() == "Clamp" and node.get_friendly_name().endswith(suffix)
+    removed: tuple[str, ...] = ()
 
 
 def optimize_placement(model: ov.Model) -> PlacementResult:
     """A clone of ``model`` without its redundant guards (the rule above); ``model`` itself is not modified."""
     clone = model.clone()
+    record = inserted_nodes(clone)
+    guards = {name for name, role in record.items() if role == "guard"}
+
+    def is_guard(node: ov.Node) -> bool:
+        return node.get_type_name() == "Clamp" and node.get_friendly_name() in guards
+
     removed = []
     for node in clone.get_ordered_ops():  # topological: an upstream guard is judged before the ones it feeds
-        if is_guard(node) and _redundant(node):
+        if is_guard(node) and _redundant(node, is_guard):
             _bypass(node)
             removed.append(node.get_friendly_name())
     if removed:
         clone.validate_nodes_and_infer_types()
+        set_rt_json(clone, "inserted", {k: v for k, v in record.items() if k not in removed})
         set_rt_json(clone, "placement", {"removed_guards": removed, "rule": "guard after data movement from "
                                          "guards within its range (ovrange.passes.placement)"})
     return PlacementResult(clone, bool(removed), tuple(removed))
 
 
-def _redundant(guard: ov.Node) -> bool:
+def _redundant(guard: ov.Node, is_guard) -> bool:
     attrs = guard.get_attributes()
-    return _bounded_within(guard.input_value(0), float(attrs["min"]), float(attrs["max"]))
+    return _bounded_within(guard.input_value(0), float(attrs["min"]), float(attrs["max"]), is_guard)
 
 
-def _bounded_within(value: ov.Output, low: float, high: float) -> bool:
+def _bounded_within(value: ov.Output, low: float, high: float, is_guard) -> bool:
     """True when every element of ``value`` comes unchanged from a guard whose range lies within [low, high]."""
     node = value.get_node()
     if is_guard(node):
@@ -82,7 +83,7 @@ def _bounded_within(value: ov.Output, low: float, high: float) -> bool:
         return False
     ports = DATA_MOVEMENT[kind]
     inputs = node.input_values() if ports is None else [node.input_value(i) for i in ports]
-    return all(_bounded_within(source, low, high) for source in inputs)
+    return all(_bounded_within(source, low, high, is_guard) for source in inputs)
 
 
 def _bypass(guard: ov.Node) -> None:

@@ -1,0 +1,103 @@
+"""Which inserted guards the plugin fused, read from the compiled model's runtime graph.
+
+Each runtime node lists, in ``originalLayersNames``, the model nodes it executes. An inserted guard listed together
+with other layers was fused into them (a post-op of a Convolution, a Subgraph, an eltwise chain); listed alone, it
+runs as its own kernel -- an extra pass over memory, and the first thing to look at when the overhead is not
+negligible. Guards are the nodes the model's inserted-node record marks as ``guard`` (with their ``check`` helpers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import openvino as ov
+
+from ovrange.graph import inserted_nodes
+
+
+
+@dataclass(frozen=True)
+class ClampFusion:
+    """Where one inserted guard (a Clamp, or the Minimum/Maximum pair of a per-channel bound) ended up at run time.
+
+    ``status``: ``fused`` (it runs inside ``runtime_node`` together with the model layers ``fused_with``),
+    ``standalone`` (a kernel of its own, or shared only with other guards), ``not found`` (the plugin removed it,
+    or moved and renamed it) or ``unknown`` (the device's runtime model has no ``originalLayersNames``).
+    """
+
+    name: str
+    status: str
+    runtime_node: str | None = None
+    layer_type: str | None = None
+    fused_with: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FusionReport:
+    device: str
+    clamps: tuple[ClampFusion, ...]
+
+    def names(self, status: str) -> list[str]:
+        return [c.name for c in self.clamps if c.status == status]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {status: len(self.names(status)) for status in ("fused", "standalone", "not found", "unknown")}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"device": self.device, "counts": self.counts, "clamps": [asdict(c) for c in self.clamps]}
+
+
+def guards(model: ov.Model) -> dict[str, set[str]]:
+    """Each guard a protection pass inserted -> the names of its nodes.
+
+    A scalar bound is one Clamp; a per-channel bound is Minimum(Maximum(x)); Ranger's ``zero`` correction is a
+    Select over comparisons. The members are the guard node and the ``check`` nodes behind it that feed it.
+    """
+    record = inserted_nodes(model)
+    found: dict[str, set[str]] = {}
+    for node in model.get_ordered_ops():
+        name = node.get_friendly_name()
+        if record.get(name) != "guard":
+            continue
+        members, stack = {name}, [node]
+        while stack:
+            for value in stack.pop().input_values():
+                source = value.get_node()
+                source_name = source.get_friendly_name()
+                if record.get(source_name) == "check" and source_name not in members:
+                    members.add(source_name)
+                    stack.append(source)
+        found[name] = members
+    return found
+
+
+def fusion_report(compiled: ov.CompiledModel, model: ov.Model, device: str = "") -> FusionReport:
+    """Classify every guard of ``model`` (the model ``compiled`` was compiled from) from the runtime model."""
+    groups = guards(model)
+    member_of = {member: guard for guard, members in groups.items() for member in members}
+    layers = {n.get_friendly_name() for n in model.get_ops() if n.get_type_name() != "Constant"} - set(member_of)
+    hosts: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {guard: [] for guard in groups}
+    has_names = False
+    for node in compiled.get_runtime_model().get_ordered_ops():
+        rt = node.get_rt_info()
+        if "originalLayersNames" not in rt:
+            continue
+        has_names = True
+        originals = tuple(n for n in rt["originalLayersNames"].astype(str).split(",") if n)
+        layer_type = rt["layerType"].astype(str) if "layerType" in rt else node.get_type_name()
+        real = tuple(n for n in originals if n in layers)  # names the plugin made up are not model layers
+        for guard in {member_of[n] for n in originals if n in member_of}:
+            hosts[guard].append((node.get_friendly_name(), layer_type, real))
+    results = []
+    for guard in groups:
+        found = hosts[guard]
+        if not has_names:
+            results.append(ClampFusion(guard, "unknown"))
+        elif not found:
+            results.append(ClampFusion(guard, "not found"))
+        else:
+            node, layer_type, real = max(found, key=lambda host: len(host[2]))
+            results.append(ClampFusion(guard, "fused" if real else "standalone", node, layer_type, real))
+    return FusionReport(device, tuple(results))
