@@ -15,6 +15,22 @@ Device = Annotated[Optional[str], typer.Option("--device", help="OpenVINO device
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing result.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 DataPath = Annotated[Optional[Path], typer.Option("--data", "-d", help="Image folder, .npy or .npz file.")]
+LOG_SECONDS = 15.0  # progress lines outside a terminal: often enough to show life, rarely enough to read the log
+
+
+def _log_lines(description: str) -> Callable[[int, int], None]:
+    """``progress(done, total)`` writing ``description: done/total (pct)`` lines at most every LOG_SECONDS."""
+    last = [-float("inf")]
+
+    def update(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < LOG_SECONDS:
+            return
+        last[0] = now
+        share = f" ({done / total:.0%})" if total else ""
+        typer.echo(f"{description}: {done}/{total}{share}", err=True)
+
+    return update
 
 
 @contextmanager
@@ -22,10 +38,14 @@ def progress_bar(description: str, enabled: bool = True, unit: str = "") -> Iter
     """A rich progress bar on stderr; yields the ``progress(done, total)`` callback the library calls.
 
     With ``unit`` it shows a rate (``trials/s``) measured from the first update, so work resumed from a checkpoint
-    does not inflate it. Off when stderr is not a terminal (CI logs), where a redrawn bar only leaves blank lines.
+    does not inflate it. When stderr is not a terminal (CI logs, pipelines), where a redrawn bar only leaves blank
+    lines, it logs plain lines instead: the first update, then one every ``LOG_SECONDS``, and the last.
     """
-    if not enabled or not sys.stderr.isatty():
+    if not enabled:
         yield lambda done, total: None
+        return
+    if not sys.stderr.isatty():
+        yield _log_lines(description)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
