@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ovrange.cli import app
-from ovrange.cli.options import DataPath, Device, Force, Quiet, progress_bar
+from ovrange.cli.options import DataPath, Device, Force, Quiet, Sdc, progress_bar
 from ovrange.errors import ConfigError, DataError, Interrupted, OutputError
 
 Opt = typer.Option
@@ -41,9 +41,7 @@ def inject(
                                                 "(repeatable).")] = None,
     weighting: Annotated[Optional[str], Opt("--weighting", help="elements (sites in proportion to their size) "
                                             "or uniform.")] = None,
-    sdc: Annotated[Optional[str], Opt("--sdc", help="SDC criterion: top1 (classifiers), tokens "
-                                      "(per-position top-1 of [N, T, classes], e.g. OCR), linf:<t> or cosine:<t>. "
-                                      "Default: top1 when the output is [N, classes].")] = None,
+    sdc: Sdc = None,
     output: Annotated[Optional[str], Opt("--output", help="Name of the model output to judge. Default: the "
                                          "first.")] = None,
     weight_mode: Annotated[Optional[str], Opt("--weight-mode", help="auto, delta (batched layer-output "

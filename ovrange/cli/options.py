@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -15,6 +16,9 @@ Device = Annotated[Optional[str], typer.Option("--device", help="OpenVINO device
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing result.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 DataPath = Annotated[Optional[Path], typer.Option("--data", "-d", help="Image folder, .npy or .npz file.")]
+Sdc = Annotated[Optional[str], typer.Option("--sdc", help="SDC criterion: top1 (classifiers), tokens (per-position "
+                                           "top-1 of [N, T, classes], e.g. OCR), linf:<t> or cosine:<t>. Default: "
+                                           "top1 when the output is [N, classes].")]
 LOG_SECONDS = 15.0  # progress lines outside a terminal: often enough to show life, rarely enough to read the log
 
 
@@ -31,6 +35,25 @@ def _log_lines(description: str) -> Callable[[int, int], None]:
         typer.echo(f"{description}: {done}/{total}{share}", err=True)
 
     return update
+
+
+def positive_finite(value: Optional[float]) -> Optional[float]:
+    """Typer callback: a float option must be a finite number > 0 (``nan``/``inf`` parse as floats)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number > 0, got {value}")
+    return value
+
+
+def static_shapes(shape: str | None, model) -> dict[str, list[int]] | None:
+    """``--shape`` (benchmark_app syntax) parsed against ``model``: positive static dims only."""
+    from ovrange.bench import parse_shape
+    from ovrange.errors import ConfigError
+
+    shapes = parse_shape(shape, model) if shape else None
+    for name, dims in (shapes or {}).items():
+        if any(d <= 0 for d in dims):
+            raise ConfigError(f"--shape {shape}: input {name!r} needs positive static dimensions, got {dims}")
+    return shapes
 
 
 @contextmanager

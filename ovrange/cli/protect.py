@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ovrange.cli import app
-from ovrange.cli.options import DataPath, Device, Force, Quiet, progress_bar
+from ovrange.cli.options import DataPath, Device, Force, Quiet, Sdc, progress_bar, static_shapes
 from ovrange.errors import ConfigError, DataError
 
 
@@ -90,15 +90,12 @@ def protect(
 def _image_options(config: dict, model, *, shape: str | None, layout: str | None, mean: str | None,
                    scale: str | None, color_order: str | None):
     """Image preprocessing from the options, else the config's engine section (options win)."""
-    from ovrange.bench import parse_shape
     from ovrange.data import ImageOptions
 
     shape = shape or config.get("shape")
     if isinstance(shape, list):
         shape = "[" + ",".join(map(str, shape)) + "]"
-    dims = next(iter(parse_shape(shape, model).values())) if shape else None
-    if dims is not None and any(d <= 0 for d in dims):
-        raise ConfigError(f"--shape {shape}: every dimension must be positive (a static shape)")
+    dims = next(iter(static_shapes(shape, model).values())) if shape else None
     return ImageOptions(layout=layout, color_order=color_order or config.get("color_order", "BGR"),
                         mean=_floats(mean, config.get("mean_values"), "mean"),
                         scale=_floats(scale, config.get("scale_values"), "scale"),
@@ -143,32 +140,38 @@ def _describe(node: dict) -> str:
 @app.command()
 def evaluate(
     models: Annotated[list[Path], typer.Argument(help="One or more models (e.g. original and protected).")],
-    data: Annotated[Path, typer.Option("--data", "-d", help=".npz with x (inputs) and y (labels).")],
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch.")] = 64,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N samples.")] = None,
+    data: Annotated[Path, typer.Option("--data", "-d", help=".npz with x (inputs) and, optionally, y (labels); "
+                                                            ".npy or an image folder (no labels).")],
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch.", min=1)] = 64,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N samples.", min=1)] = None,
+    sdc: Sdc = None,
     device: Device = None,
     quiet: Quiet = False,
 ) -> None:
-    """Top-1 accuracy of each model on labelled data (f32), and how often they agree with the first."""
+    """Top-1 accuracy of each model (with labels) and how often each agrees with the first (always), in f32."""
     from ovrange import data as data_mod
-    from ovrange.evaluate import accuracy, predict, top1
+    from ovrange.evaluate import agreement, label_accuracy, predict
+    from ovrange.faults.outcomes import Judge
+    from ovrange.faults.spec import SdcCriterion
     from ovrange.modelio import read_model
 
-    first_predictions = None
-    for path in models:
-        model = read_model(path)
-        labelled = data_mod.load(data, model)
-        if labelled.labels is None:
-            raise DataError(f"{data} has no labels (an array named y or labels)")
+    loaded = [read_model(path) for path in models]  # every input is checked before the first inference
+    judge = Judge.for_model(loaded[0], SdcCriterion.parse(sdc)) if sdc else None
+    labelled = data_mod.load(data, loaded[0])
+    reference = None
+    for path, model in zip(models, loaded):
         with progress_bar(f"evaluating {path.name}", enabled=not quiet) as progress:
-            logits = predict(model, labelled.dataset, batch_size=batch_size, device=device or "CPU", limit=limit,
+            output = predict(model, labelled.dataset, batch_size=batch_size, device=device or "CPU", limit=limit,
                              progress=progress)
-        predictions = top1(logits)
-        result = accuracy(predictions, labelled.labels)
-        line = f"{path}: top-1 {result.top1:.2%} ({result.correct}/{result.total}, f32)"
-        if first_predictions is None:
-            first_predictions = predictions
+        parts = []
+        if labelled.labels is not None:
+            result = label_accuracy(output, labelled.labels)
+            parts.append(f"top-1 {result.top1:.2%} ({result.correct}/{result.total}, f32)")
+        if reference is None:
+            reference = output
+            if labelled.labels is None:
+                parts.append(f"the reference ({len(output)} samples; {data.name} has no labels)")
         else:
-            agree = float((predictions == first_predictions).mean())
-            line += f", agrees with {models[0].name} on {agree:.2%}"
-        typer.echo(line)
+            parts.append(f"agrees with {models[0].name} on {agreement(reference, output, judge):.2%} "
+                         f"({judge.criterion if judge else 'top-1'})")
+        typer.echo(f"{path}: {', '.join(parts)}")
