@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -23,14 +24,17 @@ LOG_SECONDS = 15.0  # progress lines outside a terminal: often enough to show li
 
 
 def _log_lines(description: str) -> Callable[[int, int], None]:
-    """``progress(done, total)`` writing ``description: done/total (pct)`` lines at most every LOG_SECONDS."""
-    last = [-float("inf")]
+    """``progress(done, total)`` writing ``description: done/total (pct)`` lines every ``OVRANGE_PROGRESS_SECONDS``
+    (default LOG_SECONDS): a short run prints nothing, a long one shows it is alive, and how far it got."""
+    interval = float(os.environ.get("OVRANGE_PROGRESS_SECONDS", LOG_SECONDS))
+    last = [time.monotonic()]
+    printed = [False]
 
     def update(done: int, total: int) -> None:
         now = time.monotonic()
-        if done < total and now - last[0] < LOG_SECONDS:
+        if now - last[0] < interval and not (done >= total and printed[0]):
             return
-        last[0] = now
+        last[0], printed[0] = now, True
         share = f" ({done / total:.0%})" if total else ""
         typer.echo(f"{description}: {done}/{total}{share}", err=True)
 
@@ -62,7 +66,7 @@ def progress_bar(description: str, enabled: bool = True, unit: str = "") -> Iter
 
     With ``unit`` it shows a rate (``trials/s``) measured from the first update, so work resumed from a checkpoint
     does not inflate it. When stderr is not a terminal (CI logs, pipelines), where a redrawn bar only leaves blank
-    lines, it logs plain lines instead: the first update, then one every ``LOG_SECONDS``, and the last.
+    lines, it logs plain lines instead (see :func:`_log_lines`).
     """
     if not enabled:
         yield lambda done, total: None
