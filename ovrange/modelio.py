@@ -31,9 +31,9 @@ def read_model(path: str | os.PathLike, weights: str | os.PathLike | None = None
         raise ModelError(f"model file not found: {path}")
     if path.suffix.lower() == ".xml":
         _check_ir_xml(path)
-        bin_path = Path(weights) if weights else path.with_suffix(".bin")
-        if _ir_has_weights(path) and not bin_path.is_file():
-            raise ModelError(f"weights file not found: {bin_path}")
+        _check_weights(path, Path(weights) if weights else path.with_suffix(".bin"))
+    else:
+        _check_frontend(path)
     try:
         if path.suffix.lower() != ".xml":
             # ONNX & co. go through the same conversion as `ovc` (fusing e.g. HSwish/Swish patterns into ops), so
@@ -58,9 +58,35 @@ def _check_ir_xml(path: Path) -> None:
         raise ModelError(f"{path} is not an OpenVINO IR (root element <{root.tag}>, expected <net>)")
 
 
-def _ir_has_weights(path: Path) -> bool:
-    return any(data.get("size") not in (None, "0") for data in ET.parse(path).getroot().iter("data")
-               if data.get("offset") is not None)
+def _check_weights(xml: Path, bin_path: Path) -> None:
+    """The .bin must exist when the IR has constants, and be exactly as long as the .xml's constants reach: a
+    longer file belongs to another model (OpenVINO would read it without complaint)."""
+    extent = max((int(d.get("offset")) + int(d.get("size", 0)) for d in ET.parse(xml).getroot().iter("data")
+                  if d.get("offset") is not None and d.get("size") not in (None, "0")), default=0)
+    if not extent:
+        return
+    if not bin_path.is_file():
+        raise ModelError(f"weights file not found: {bin_path}")
+    size = bin_path.stat().st_size
+    if size > extent:
+        raise ModelError(f"weights file {bin_path.name} has {size} bytes but {xml.name} uses {extent}: it does not "
+                         "belong to this model")
+
+
+# Frontends by file suffix: asking only the matching one avoids every other frontend's parse attempt (the
+# TensorFlow one logs absl lines to stderr for any file it cannot read).
+FRONTENDS = {".onnx": "onnx", ".pb": "tf", ".tflite": "tflite", ".pdmodel": "paddle"}
+
+
+def _check_frontend(path: Path) -> None:
+    framework = FRONTENDS.get(path.suffix.lower())
+    if framework is None:
+        raise ModelError(f"unsupported model file {path.name}: use an OpenVINO IR (.xml + .bin) or "
+                         f"{', '.join(FRONTENDS)}")
+    from openvino.frontend import FrontEndManager
+
+    if not FrontEndManager().load_by_framework(framework).supported(str(path)):
+        raise ModelError(f"{path} is not a readable {framework} model")
 
 
 def save_model(model: ov.Model, xml_path: Path) -> None:
