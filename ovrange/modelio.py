@@ -159,9 +159,11 @@ def write_dir_atomically(out_dir: str | os.PathLike, write: Callable[[Path], Non
     rename fails on an existing non-empty folder, so of two concurrent runs only one succeeds. Temporaries left by
     killed runs (their process is gone) are cleaned up first.
     """
+    out_dir = Path(out_dir)
+    if out_dir.parent.is_dir():
+        clean_stale(out_dir)
     out_dir = prepare_output_dir(out_dir, force)
     created = _make_parents(out_dir.parent)
-    clean_stale(out_dir)
     tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp", dir=out_dir.parent))
