@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  := build/default/fashion_lenet.xml
 
-.PHONY: demo test install-demo install-test dataset model benchmarks compare clean
+.PHONY: demo test install-demo install-test dataset model models benchmarks compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,24 +24,28 @@ dataset:
 	    (apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)); \
 	  else echo "error: Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 1; fi; }
 
+# The demo needs only the LeNet; `models` also trains FashionSevenAct (seven activation types) for tests/benchmarks.
 model: dataset
-	$(BIN)/python -m scripts.build_default_model --out build
+	$(BIN)/python -m scripts.build_default_model --out build --arch lenet
+
+models: dataset
+	$(BIN)/python -m scripts.build_default_model --out build --arch all
 
 demo: install-demo model
 	$(BIN)/ovrange protect --config configs/fashion_lenet.json --force
 	$(BIN)/ovrange evaluate $(MODEL) results/fashion_lenet_RangeSupervision/fashion_lenet.xml \
 	    --data build/default/test.npz
 
-test: install-test model
+test: install-test models
 	$(BIN)/python -m pytest
 
-benchmarks: install-test model
+benchmarks: install-test models
 	$(BIN)/python benchmarks/bench_protect.py
 	$(BIN)/python benchmarks/bench_inject.py
 	$(BIN)/python benchmarks/bench_overhead.py
 
 # Regenerates docs/comparison.md (every protection x 3 models x weight/activation faults; ~30 min on 2 cores).
-compare: install-test model
+compare: install-test models
 	$(BIN)/python benchmarks/compare_protections.py
 
 clean:

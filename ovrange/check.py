@@ -26,7 +26,9 @@ import openvino as ov
 from ovrange.bench import BenchmarkResult, benchmark
 from ovrange.data import LabelledData
 from ovrange.errors import CheckFailed, ConfigError
-from ovrange.evaluate import predict
+from ovrange.evaluate import agreement, label_accuracy, predict
+from ovrange.faults.outcomes import Judge
+from ovrange.faults.spec import SdcCriterion
 
 ProgressFn = Callable[[int, int], None]
 
@@ -117,6 +119,7 @@ def check(
     bench_seconds: float = 10.0,
     shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
+    sdc: str | None = None,
     progress: ProgressFn | None = None,
 ) -> CheckResult:
     """Measure what ``thresholds`` ask for and judge each gate; never raises for a failed gate (see raise_for_failure).
@@ -126,8 +129,12 @@ def check(
         limit: use only the first ``limit`` samples for accuracy.
         bench_seconds, shapes: passed to :func:`ovrange.bench.benchmark` for the overhead gate.
         seed: seed of the fault plan for the SDC gate.
+        sdc: SDC criterion (``top1``, ``tokens``, ``linf:<t>``, ``cosine:<t>``) of the SDC gate and, without labels,
+            of the agreement with the original; default: top-1 (per position for sequence outputs).
     """
-    accuracy = measure_accuracy(original, protected, data, device=device, batch_size=batch_size, limit=limit)
+    judge = Judge.for_model(original, SdcCriterion.parse(sdc)) if sdc else None
+    accuracy = measure_accuracy(original, protected, data, device=device, batch_size=batch_size, limit=limit,
+                                judge=judge, progress=progress)
     gates = []
     if thresholds.max_accuracy_drop is not None:
         gates.append(_at_most("accuracy_drop", accuracy.drop_pp, thresholds.max_accuracy_drop, " pp",
@@ -142,32 +149,24 @@ def check(
                               f"{(ratio.low - 1) * 100:+.2f}% to {(ratio.high - 1) * 100:+.2f}%)"))
     campaign = None
     if thresholds.min_sdc_reduction is not None:
-        campaign, gate = _sdc_gate(original, protected, data, thresholds, device=device, seed=seed,
+        campaign, gate = _sdc_gate(original, protected, data, thresholds, device=device, seed=seed, sdc=sdc,
                                    progress=progress)
         gates.append(gate)
     return CheckResult(tuple(gates), accuracy, bench, campaign)
 
 
 def measure_accuracy(original: ov.Model, protected: ov.Model, data: LabelledData, *, device: str = "CPU",
-                     batch_size: int = 64, limit: int | None = None) -> Accuracy:
-    """Top-1 accuracy of both models (f32) on ``data``: against its labels, or against the original's outputs."""
-    outputs = [predict(m, data.dataset, batch_size=batch_size, device=device, limit=limit)
+                     batch_size: int = 64, limit: int | None = None, judge: Judge | None = None,
+                     progress: ProgressFn | None = None) -> Accuracy:
+    """Top-1 accuracy of both models (f32) on ``data``: against its labels, or, without labels, the protected
+    model's agreement with the original (arg-max, or ``judge``'s SDC criterion)."""
+    outputs = [predict(m, data.dataset, batch_size=batch_size, device=device, limit=limit, progress=progress)
                for m in (original, protected)]
-    classes = [_classes(o) for o in outputs]
     if data.labels is not None:
-        labels = np.asarray(data.labels).reshape(len(data.labels), -1)[: len(classes[0])]
-        reference = "labels"
-    else:
-        labels, reference = classes[0], "original predictions"
-    scores = [float(np.mean(np.all(c == labels.reshape(c.shape), axis=1))) for c in classes]
-    return Accuracy(reference, len(classes[0]), scores[0], scores[1])
-
-
-def _classes(output: np.ndarray) -> np.ndarray:
-    """Arg-max over the last axis, one row per sample: ``[N, 1]`` for a classifier, ``[N, T]`` for sequences."""
-    if output.ndim == 1:
-        return output.reshape(-1, 1)
-    return output.argmax(axis=-1).reshape(output.shape[0], -1)
+        scores = [label_accuracy(output, data.labels).top1 for output in outputs]
+        return Accuracy("labels", len(outputs[0]), scores[0], scores[1])
+    reference = f"original outputs ({judge.criterion})" if judge else "original predictions"
+    return Accuracy(reference, len(outputs[0]), 1.0, agreement(outputs[0], outputs[1], judge))
 
 
 def _at_most(name: str, measured: float, limit: float, unit: str, what: str) -> Gate:
@@ -177,7 +176,7 @@ def _at_most(name: str, measured: float, limit: float, unit: str, what: str) -> 
 
 
 def _sdc_gate(original: ov.Model, protected: ov.Model, data: LabelledData, thresholds: Thresholds, *, device: str,
-              seed: int, progress: ProgressFn | None) -> tuple[dict[str, Any], Gate]:
+              seed: int, sdc: str | None, progress: ProgressFn | None) -> tuple[dict[str, Any], Gate]:
     from ovrange.faults.campaign import inject  # the campaign machinery is only needed by this gate
 
     named = []
@@ -186,7 +185,7 @@ def _sdc_gate(original: ov.Model, protected: ov.Model, data: LabelledData, thres
         clone.set_friendly_name(name)
         named.append(clone)
     result = inject(named[0], data.dataset, compare=named[1], labels=data.labels, trials=thresholds.trials,
-                    seed=seed, device=device, progress=progress)
+                    seed=seed, device=device, sdc=sdc, progress=progress)
     comparison = result.comparison()
     before, after = result.rates(0)["sdc"], result.rates(1)["sdc"]
     ratio = comparison["sdc_reduction"]["ratio"]

@@ -58,6 +58,7 @@ class ProtectConfig:
     weights: Path | None = None
     data_source: Path | None = None
     layout: str | None = None
+    images: dict[str, Any] = field(default_factory=dict)  # engine.mean_values/scale_values/color_order/shape
     device: str = "CPU"
     algorithms: tuple[AlgorithmConfig, ...] = field(default_factory=lambda: (default_algorithm(),))
     source: Path | None = None
@@ -159,7 +160,9 @@ def strip_json_comments(text: str) -> str:
 
 _SECTIONS = {
     "model": {"model_name": str, "model": str, "weights": str},
-    "engine": {"type": str, "data_source": str, "layout": str, "device": str},
+    "engine": {"type": str, "data_source": str, "layout": str, "device": str,
+               # image-folder preprocessing (ovrange.data.ImageOptions): MO's mean/scale values, colour, static shape
+               "mean_values": list, "scale_values": list, "color_order": str, "shape": (str, list)},
     "compression": {"target_device": str, "algorithms": list},
 }
 
@@ -176,7 +179,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path = Path("."), source: Path |
             if key not in _SECTIONS[section]:
                 raise ConfigError(f"unknown key {section}.{key!r} in {where}; known: {', '.join(_SECTIONS[section])}")
             if not isinstance(item, _SECTIONS[section][key]):
-                wanted = _SECTIONS[section][key].__name__
+                kinds = _SECTIONS[section][key]
+                wanted = " or ".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
                 raise ConfigError(f"{section}.{key} in {where} must be {wanted}, got {type(item).__name__}")
     model, engine, compression = (raw.get(k, {}) for k in ("model", "engine", "compression"))
     engine_type = engine.get("type", "simplified")
@@ -200,6 +204,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path = Path("."), source: Path |
         weights=resolve(model.get("weights")),
         data_source=resolve(engine.get("data_source")),
         layout=engine.get("layout"),
+        images={k: engine[k] for k in ("mean_values", "scale_values", "color_order", "shape") if k in engine},
         device=engine.get("device", compression.get("target_device", "CPU")).replace("ANY", "CPU"),
         algorithms=algorithms or (default_algorithm(),),
         source=source,

@@ -144,10 +144,37 @@ def _with_batch_axis(array: np.ndarray, port: ov.Output) -> np.ndarray:
     shape = port.get_partial_shape()
     if shape.rank.is_static and array.ndim == shape.rank.get_length() - 1:
         array = array[np.newaxis]
-    if port.get_element_type() == ov.Type.f32 and array.dtype != np.float32:
-        array = array.astype(np.float32)  # uint8 images, float64 arrays
+    array = _as_input_type(array, port)
     check_fits(array, port)
     return array
+
+
+def _as_input_type(array: np.ndarray, port: ov.Output) -> np.ndarray:
+    """``array`` in the input's element type, refusing what cannot feed it exactly.
+
+    Non-finite values are refused rather than skipped: one +Inf pixel would make every calibrated bound infinite (a
+    silent no-op guard) and NaN data gives [0, 0] bounds; a float fed to an integer input would be truncated.
+    """
+    name, want = port.get_any_name(), port.get_element_type()
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"data of dtype {array.dtype} cannot feed model input {name!r} ({want}): numbers only")
+    if array.dtype.kind == "f":
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise DataError(f"{bad} non-finite value(s) (NaN/Inf) in data for input {name!r}: repair or drop them")
+    if want.is_real():
+        return array.astype(np.float32) if want == ov.Type.f32 and array.dtype != np.float32 else array
+    target = np.dtype(want.to_dtype())
+    if array.dtype == target:
+        return array
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if array.dtype.kind == "f" and array.size and not np.array_equal(array, np.round(array)):
+            raise DataError(f"data of dtype {array.dtype} has fractional values but model input {name!r} takes "
+                            f"{want} integers (they would be truncated)")
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise DataError(f"data values {array.min()}..{array.max()} do not fit model input {name!r} ({want})")
+    return array.astype(target)
 
 
 def check_fits(array: np.ndarray, port: ov.Output, batch_free: bool = True) -> None:
@@ -169,8 +196,11 @@ def batches(samples: Iterable[Any], model: ov.Model, batch_size: int) -> Iterato
     """Group samples into batches of ``batch_size`` (the last may be smaller); yields (arrays, n_samples)."""
     pending: list[list[np.ndarray]] = []
     count = 0
-    for sample in samples:
-        arrays = sample_arrays(sample, model)
+    for position, sample in enumerate(samples):
+        try:
+            arrays = sample_arrays(sample, model)
+        except DataError as exc:
+            raise DataError(f"sample {position} (counting from 0, in the order read): {exc}") from exc
         pending.append(arrays)
         count += arrays[0].shape[0] if arrays[0].ndim else 1
         if count >= batch_size:
@@ -190,18 +220,43 @@ def _concat(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
 # Paths -> datasets
 
 
-def load(path: str | os.PathLike, model: ov.Model, layout: str | None = None) -> LabelledData:
-    """Open an image folder or an ``.npy``/``.npz`` file as a dataset that fits ``model``."""
+def load(path: str | os.PathLike, model: ov.Model, layout: str | None = None,
+         images: ImageOptions | None = None) -> LabelledData:
+    """Open an image folder or an ``.npy``/``.npz`` file as a dataset that fits ``model``.
+
+    Arrays hold samples along axis 0; their shape and dtype are checked here, against the model, so a mistake is
+    reported with the user's own array shape. ``images`` (or just ``layout``) says how image files are decoded.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"data not found: {path}")
     if path.is_dir():
-        return LabelledData(image_folder(path, model, layout), None, str(path))
+        return LabelledData(image_folder(path, model, images or ImageOptions(layout=layout)), None, str(path))
     if path.suffix == ".npy":
-        return LabelledData(Dataset(_load_npy(path)), None, str(path))
+        array = _load_npy(path)
+        if len(model.inputs) == 1:
+            check_samples(array, model.inputs[0], path.name)
+        return LabelledData(Dataset(array), None, str(path))
     if path.suffix == ".npz":
         return _load_npz(path, model)
     raise DataError(f"unsupported data file {path.name}: use an image folder, .npy or .npz")
+
+
+def check_samples(array: np.ndarray, port: ov.Output, what: str) -> None:
+    """Raise DataError, naming ``array``'s own shape, unless its samples (axis 0) can feed ``port``."""
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{what} has dtype {array.dtype}: data must be numbers")
+    shape = port.get_partial_shape()
+    if shape.rank.is_dynamic:
+        return
+    per_sample = list(shape)[1:]
+    sample = tuple(array.shape[1:])
+    core = sample[1:] if len(sample) == len(per_sample) + 1 else sample  # a sample may itself be a batch
+    if len(core) != len(per_sample) or any(d.is_static and d.get_length() != n for n, d in zip(core, per_sample)):
+        wanted = "[" + ",".join(str(d) for d in per_sample) + "]"
+        raise DataError(f"{what} has shape {tuple(array.shape)}: axis 0 counts samples, so one sample is {sample}, "
+                        f"which does not fit model input {port.get_any_name()!r} of shape {shape} (one sample: "
+                        f"{wanted})")
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -217,12 +272,16 @@ def _load_npy(path: Path) -> np.ndarray:
 def _load_npz(path: Path, model: ov.Model) -> LabelledData:
     try:
         archive = dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
     labels = next((archive[k] for k in LABEL_KEYS if k in archive), None)
     input_names = [port.get_any_name() for port in model.inputs]
     if all(name in archive for name in input_names) and len(input_names) > 1:
         columns = [archive[name] for name in input_names]
+        for name, column, port in zip(input_names, columns, model.inputs):
+            if column.ndim == 0:
+                raise DataError(f"{path.name}: {name} is a scalar, not samples along axis 0")
+            check_samples(column, port, f"{name} in {path.name}")
         samples: Sequence[Any] = _Columns(columns)
     else:
         key = next((k for k in (*INPUT_KEYS, *input_names) if k in archive), None)
@@ -230,10 +289,15 @@ def _load_npz(path: Path, model: ov.Model) -> LabelledData:
             raise DataError(f"{path.name} has no input array; expected one of {', '.join(INPUT_KEYS)} (keys: "
                             f"{', '.join(archive) or 'none'})")
         samples = archive[key]
+        if samples.ndim == 0:
+            raise DataError(f"{path.name}: {key} is a scalar, not samples along axis 0")
+        if len(model.inputs) == 1:
+            check_samples(samples, model.inputs[0], f"{key} in {path.name}")
     if len(samples) == 0:
         raise DataError(f"no samples in {path}")
-    if labels is not None and len(labels) != len(samples):
-        raise DataError(f"{path.name}: {len(labels)} labels for {len(samples)} samples")
+    if labels is not None and (labels.ndim == 0 or len(labels) != len(samples)):
+        raise DataError(f"{path.name}: {labels.size if labels.ndim == 0 else len(labels)} labels for "
+                        f"{len(samples)} samples")
     return LabelledData(Dataset(samples), labels, str(path))
 
 
@@ -250,25 +314,58 @@ class _Columns(Sequence):
         return tuple(column[index] for column in self.columns)
 
 
-def image_folder(path: str | os.PathLike, model: ov.Model, layout: str | None = None) -> Dataset:
-    """POT's simplified engine: every image in ``path`` (sorted), resized to the model input, float32."""
+@dataclass(frozen=True)
+class ImageOptions:
+    """How image files become model inputs: POT's simplified engine by default (raw 0..255 values, BGR order as
+    cv2 gave it); ``mean``/``scale`` per channel as Model Optimizer's ``--mean_values``/``--scale_values``
+    (``(pixel - mean) / scale``, in the channel order given); ``shape`` for models with dynamic spatial dims."""
+
+    layout: str | None = None  # NCHW or NHWC; guessed from the model input when None
+    color_order: str = "BGR"
+    mean: tuple[float, ...] = ()
+    scale: tuple[float, ...] = ()
+    shape: tuple[int, ...] | None = None  # the full static input shape, e.g. (1, 3, 48, 320)
+
+    def __post_init__(self) -> None:
+        if self.color_order.upper() not in ("BGR", "RGB"):
+            raise DataError(f"unknown colour order {self.color_order!r}: use RGB or BGR")
+        for name in ("mean", "scale"):
+            values = getattr(self, name)
+            if not all(np.isfinite(v) for v in values) or (name == "scale" and any(v == 0 for v in values)):
+                raise DataError(f"image {name} values must be finite{' and non-zero' if name == 'scale' else ''}: "
+                                f"{list(values)}")
+
+
+def image_folder(path: str | os.PathLike, model: ov.Model, options: ImageOptions | str | None = None) -> Dataset:
+    """Every image in ``path`` (sorted), resized to the model input and preprocessed by ``options``, float32."""
+    options = options if isinstance(options, ImageOptions) else ImageOptions(layout=options)
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in data directory {path}")
     if len(model.inputs) != 1:
         raise DataError(f"an image folder can feed a single-input model; this model has {len(model.inputs)} inputs")
-    height, width, channels, layout = image_geometry(model.inputs[0], layout)
-    return Dataset(files, lambda file: decode_image(file, height, width, channels, layout))
+    height, width, channels, layout = image_geometry(model.inputs[0], options.layout, options.shape)
+    for name in ("mean", "scale"):
+        if len(getattr(options, name)) not in (0, 1, channels):
+            raise DataError(f"image {name} has {len(getattr(options, name))} values; the model input has "
+                            f"{channels} channel(s)")
+    return Dataset(files, lambda file: decode_image(file, height, width, channels, layout, options))
 
 
-def image_geometry(port: ov.Output, layout: str | None) -> tuple[int, int, int, str]:
-    """(height, width, channels, layout) of a 4-D image input; layout guessed from the channel axis if not given."""
-    shape = port.get_partial_shape()
+def image_geometry(port: ov.Output, layout: str | None,
+                   shape: tuple[int, ...] | None = None) -> tuple[int, int, int, str]:
+    """(height, width, channels, layout) of a 4-D image input (or of ``shape``, which must fit it); the layout is
+    guessed from the channel axis if not given."""
     name = port.get_any_name()
-    if shape.rank.is_dynamic or shape.rank.get_length() != 4:
-        raise DataError(f"image data needs a 4-D model input; {name!r} has shape {shape}")
-    dims = [d.get_length() if d.is_static else None for d in shape]
+    model_shape = port.get_partial_shape()
+    if shape is not None:
+        if not model_shape.compatible(ov.PartialShape(list(shape))):
+            raise DataError(f"shape {list(shape)} does not fit model input {name!r} of shape {model_shape}")
+        model_shape = ov.PartialShape(list(shape))
+    if model_shape.rank.is_dynamic or model_shape.rank.get_length() != 4:
+        raise DataError(f"image data needs a 4-D model input; {name!r} has shape {model_shape}")
+    dims = [d.get_length() if d.is_static else None for d in model_shape]
     if layout is None:
         layout = "NHWC" if dims[3] in (1, 3, 4) and dims[1] not in (1, 3, 4) else "NCHW"
     layout = layout.upper()
@@ -276,15 +373,16 @@ def image_geometry(port: ov.Output, layout: str | None) -> tuple[int, int, int, 
         raise DataError(f"unsupported layout {layout!r}: use NCHW or NHWC")
     c, h, w = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
     if None in (c, h, w):
-        raise DataError(f"model input {name!r} has dynamic spatial or channel dimensions ({shape}); "
-                        "image folders need static ones, use .npy/.npz data instead")
+        raise DataError(f"model input {name!r} has dynamic spatial or channel dimensions ({model_shape}); "
+                        "image folders need static ones: give --shape (e.g. --shape [1,3,48,320]) or use .npy/.npz")
     if c not in (1, 3, 4):
         raise DataError(f"model input {name!r} has {c} channels; images give 1 or 3")
     return h, w, c, layout
 
 
-def decode_image(file: Path, height: int, width: int, channels: int, layout: str) -> np.ndarray:
-    """Decode one image as POT did with cv2: BGR channel order, bilinear resize, raw 0..255 float32 values."""
+def decode_image(file: Path, height: int, width: int, channels: int, layout: str,
+                 options: ImageOptions = ImageOptions()) -> np.ndarray:
+    """Decode one image: bilinear resize, channel order (BGR as POT's cv2 by default), ``(x - mean) / scale``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -295,5 +393,12 @@ def decode_image(file: Path, height: int, width: int, channels: int, layout: str
             array = np.asarray(image, dtype=np.float32)
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"cannot decode image {file}: {exc}") from exc
-    array = array[..., np.newaxis] if channels == 1 else array[..., ::-1]
-    return np.ascontiguousarray(array.transpose(2, 0, 1) if layout == "NCHW" else array)
+    if channels == 1:
+        array = array[..., np.newaxis]
+    elif options.color_order.upper() == "BGR":
+        array = array[..., ::-1]
+    if options.mean:
+        array = array - np.asarray(options.mean, np.float32)
+    if options.scale:
+        array = array / np.asarray(options.scale, np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1) if layout == "NCHW" else array, dtype=np.float32)

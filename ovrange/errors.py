@@ -43,3 +43,9 @@ class CheckFailed(OvrangeError):
     """A CI gate threshold was not met (``ovrange check``)."""
 
     exit_code = 10
+
+
+class Interrupted(OvrangeError):
+    """The run was interrupted (Ctrl-C, SIGINT); nothing half-written is left, partial work may be resumable."""
+
+    exit_code = 130  # 128 + SIGINT, what shells report: CI must never read an interrupted gate as passed

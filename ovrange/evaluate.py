@@ -55,3 +55,46 @@ def top1(logits: np.ndarray) -> np.ndarray:
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> Accuracy:
     labels = np.asarray(labels).reshape(-1)[: len(predictions)]
     return Accuracy(int((predictions == labels).sum()), int(len(labels)))
+
+
+def classes(output: np.ndarray) -> np.ndarray:
+    """Arg-max class per position, one row per sample: ``[N, 1]`` for ``[N, classes]`` (unit axes ignored, so
+    ``[N, classes, 1, 1]`` too), ``[N, T]`` for sequence outputs ``[N, T, classes]``."""
+    dims = [d for d in output.shape[1:] if d != 1] or [1]
+    return output.reshape(len(output), -1, dims[-1]).argmax(axis=-1)
+
+
+def check_labels(labels: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """``labels`` as int64 class indices shaped like :func:`classes` of ``output``, after checking they fit it:
+    one-hot, fractional or out-of-range labels would give a meaningless accuracy."""
+    labels = np.asarray(labels)
+    dims = [d for d in output.shape[1:] if d != 1] or [1]
+    n_classes, positions = dims[-1], int(np.prod(dims[:-1], dtype=np.int64))
+    if labels.dtype.kind not in "biuf" or (labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels))):
+        raise DataError(f"labels must be integer class indices; got dtype {labels.dtype}"
+                        + (" with fractional values" if labels.dtype.kind == "f" else ""))
+    rows = labels.reshape(len(labels), -1)
+    if rows.shape[1] != positions:
+        hint = " (one-hot? give class indices instead)" if rows.shape[1] == n_classes else ""
+        raise DataError(f"labels of shape {labels.shape} do not fit the model output of shape {output.shape[1:]} "
+                        f"per sample: {positions} class index per sample expected{hint}")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_classes):
+        raise DataError(f"labels {int(rows.min())}..{int(rows.max())} are outside the model's {n_classes} classes")
+    return rows.astype(np.int64)
+
+
+def label_accuracy(output: np.ndarray, labels: np.ndarray) -> Accuracy:
+    """Top-1 accuracy of ``output`` against ``labels`` (a sequence sample counts when every position is right)."""
+    expected = check_labels(labels, output)[: len(output)]
+    return Accuracy(int(np.all(classes(output)[: len(expected)] == expected, axis=1).sum()), len(expected))
+
+
+def agreement(reference: np.ndarray, other: np.ndarray, judge=None) -> float:
+    """Share of samples on which ``other`` agrees with ``reference``: same arg-max at every position, or, with a
+    :class:`ovrange.faults.outcomes.Judge`, no SDC and no DUE under its criterion (as ``inject --sdc``)."""
+    if judge is None:
+        return float(np.mean(np.all(classes(other) == classes(reference), axis=1)))
+    from ovrange.faults.metrics import MASKED
+
+    codes, _, _ = judge.classify(reference, other)
+    return float(np.mean(codes == MASKED))

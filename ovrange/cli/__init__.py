@@ -1,17 +1,23 @@
 """The ``ovrange`` command line: a thin Typer layer over the Python API.
 
 Each command lives in its own module and forwards to a library function; this module owns the one place where
-library errors become one-line messages and exit codes. Set ``OVRANGE_DEBUG=1`` to see tracebacks.
+library errors, usage errors and interruptions become one-line messages and exit codes. Set ``OVRANGE_DEBUG=1`` to
+see tracebacks.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+from typing import Annotated, Optional
 
 import typer
+from typer import _click  # typer vendors click; a plain `import click` fails on a fresh install
 
-from ovrange.errors import OvrangeError
+from ovrange.errors import Interrupted, OutputError, OvrangeError
+
+USAGE = 2
 
 app = typer.Typer(
     name="ovrange",
@@ -21,6 +27,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _show_version(value: bool) -> None:
+    if value:
+        from ovrange import __version__
+
+        typer.echo(f"ovrange {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=_show_version, is_eager=True,
+                                                          help="Print the version and exit.")] = None) -> None:
+    """Protect OpenVINO models against hardware faults and measure the protection with fault injection."""
+
+
 # Command modules register themselves on `app`; import them after it exists.
 from ovrange.cli import protect as _protect  # noqa: E402,F401  (protect, evaluate)
 # (one import line per command module)
@@ -29,26 +50,39 @@ from ovrange.cli import inject as _inject  # noqa: E402,F401
 
 
 def main() -> None:
-    """Console-script entry point: run the app, mapping ovrange errors to ``error: ...`` and an exit code."""
+    """Console-script entry point: run the app, mapping every failure to one ``error: ...`` line and an exit code."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="ovrange")
     except OvrangeError as exc:
         _fail(str(exc), exc.exit_code, exc)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130, None)
-    except SystemExit:
-        raise
+    except KeyboardInterrupt:  # outside typer's own handling (e.g. while it builds the command)
+        _fail("interrupted", Interrupted.exit_code, None)
+    except _click.exceptions.NoArgsIsHelpError:
+        sys.exit(USAGE)  # bare `ovrange`: the help was printed
+    except _click.exceptions.ClickException as exc:
+        _fail(_usage_message(exc), exc.exit_code, exc)
+    except _click.exceptions.Abort:
+        _fail("aborted", 1, None)
+    except OSError as exc:  # a filesystem failure no command anticipated: still one line, never a traceback
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}", OutputError.exit_code if full else 1, exc)
     except Exception as exc:  # noqa: BLE001 - last resort: never show a traceback to a user
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            _fail("aborted", 1, None)
         _fail(f"internal error: {type(exc).__name__}: {exc}".splitlines()[0], 70, exc)
+    # typer turns a KeyboardInterrupt inside a command into exit code 130 and *returns* it (standalone_mode=False)
+    if code == Interrupted.exit_code:
+        _fail("interrupted", Interrupted.exit_code, None)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _usage_message(exc: _click.exceptions.ClickException) -> str:
+    """Click's message on one line, with the command whose --help explains the usage."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, _click.exceptions.UsageError) and ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
 
 
 def _fail(message: str, code: int, exc: BaseException | None) -> None:

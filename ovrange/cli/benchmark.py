@@ -11,14 +11,15 @@ from typing import Annotated, Optional
 import typer
 
 from ovrange.cli import app
-from ovrange.cli.options import Device, Quiet, progress_bar
+from ovrange.cli.options import Device, Quiet, Sdc, positive_finite, progress_bar, static_shapes
 
 Opt = typer.Option
 ModelArg = typer.Argument
 Hint = Annotated[str, Opt("--hint", help="Performance hint: latency (one request) or throughput.")]
 Precision = Annotated[str, Opt("--precision", help="f32 (INFERENCE_PRECISION_HINT=f32) or default (the plugin's "
                                                    "choice, bf16 on AMX CPUs).")]
-Seconds = Annotated[float, Opt("--time", "-t", help="Seconds of timing in total (both models).")]
+Seconds = Annotated[float, Opt("--time", "-t", help="Seconds of timing in total (both models).",
+                               callback=positive_finite)]
 Shape = Annotated[Optional[str], Opt("--shape", help="Static input shape(s), benchmark_app syntax: "
                                                      "[1,3,48,320] or x[1,3,48,320]. Default: the model's, "
                                                      "batch 1.")]
@@ -50,20 +51,22 @@ def benchmark(
     shape: Shape = None,
     sessions: Annotated[int, Opt("--sessions", help="Compile both models anew this many times (alternating "
                                                     "which comes first); with 3 or more, the overhead and its "
-                                                    "interval are taken over sessions.")] = 8,
+                                                    "interval are taken over sessions.", min=1)] = 8,
     benchmark_app: Annotated[bool, Opt("--benchmark-app", help="Also run OpenVINO's benchmark_app on both "
                                                                "models, alternating, and parse its reports.")] = False,
-    app_rounds: Annotated[int, Opt("--benchmark-app-rounds", help="benchmark_app runs per model.")] = 3,
+    app_rounds: Annotated[int, Opt("--benchmark-app-rounds", help="benchmark_app runs per model.", min=1)] = 3,
     json_out: JsonOut = None,
 ) -> None:
     """Time ORIGINAL and PROTECTED on one device in interleaved rounds; report the overhead and fused Clamps."""
     from ovrange import bench
-    from ovrange.modelio import read_model, write_file_atomically
+    from ovrange.modelio import check_output_file, read_model, write_file_atomically
 
     device = device or "CPU"
     _print_devices(device)
     models = [read_model(original), read_model(protected)]
-    shapes = bench.parse_shape(shape, models[0]) if shape else None
+    shapes = static_shapes(shape, models[0])
+    if json_out:
+        check_output_file(json_out)
     result = bench.benchmark(models[0], models[1], device=device, hint=hint, precision=precision, seconds=seconds,
                              shapes=shapes, sessions=sessions)
     _print_benchmark(result)
@@ -157,11 +160,13 @@ def check(
     min_sdc_reduction: Annotated[Optional[float], Opt("--min-sdc-reduction", help="Smallest allowed SDC "
                                                       "reduction, times fewer SDCs (fault injection, same faults "
                                                       "on both models).")] = None,
-    trials: Annotated[int, Opt("--trials", "-n", help="Fault-injection trials for --min-sdc-reduction.")] = 1000,
+    trials: Annotated[int, Opt("--trials", "-n", help="Fault-injection trials for --min-sdc-reduction.",
+                               min=1)] = 1000,
     seconds: Seconds = 10.0,
     shape: Shape = None,
-    limit: Annotated[Optional[int], Opt("--limit", help="Accuracy on the first N samples only.")] = None,
-    batch_size: Annotated[int, Opt("--batch-size", help="Inference batch for accuracy.")] = 64,
+    limit: Annotated[Optional[int], Opt("--limit", help="Accuracy on the first N samples only.", min=1)] = None,
+    batch_size: Annotated[int, Opt("--batch-size", help="Inference batch for accuracy.", min=1)] = 64,
+    sdc: Sdc = None,
     seed: Annotated[int, Opt("--seed", help="Seed of the fault list.")] = 0,
     device: Device = None,
     json_out: JsonOut = None,
@@ -172,19 +177,20 @@ def check(
     Accuracy is always measured; the overhead and SDC gates run only when their threshold is given.
     """
     from ovrange import data as data_mod
-    from ovrange.bench import parse_shape
     from ovrange.check import Thresholds
     from ovrange.check import check as run_check
-    from ovrange.modelio import read_model, write_file_atomically
+    from ovrange.modelio import check_output_file, read_model, write_file_atomically
 
     thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)
     models = [read_model(original), read_model(protected)]
     labelled = data_mod.load(data, models[0])
-    shapes = parse_shape(shape, models[0]) if shape else None
-    with progress_bar("fault injection", enabled=not quiet and min_sdc_reduction is not None) as progress:
+    shapes = static_shapes(shape, models[0])
+    if json_out:
+        check_output_file(json_out)
+    with progress_bar("checking", enabled=not quiet) as progress:
         result = run_check(models[0], models[1], labelled, thresholds, device=device or "CPU",
                            batch_size=batch_size, limit=limit, bench_seconds=seconds, shapes=shapes, seed=seed,
-                           progress=progress)
+                           sdc=sdc, progress=progress)
     accuracy = result.accuracy
     typer.echo(f"top-1 vs {accuracy.reference} on {accuracy.samples} samples: original {accuracy.original:.2%}, "
                f"protected {accuracy.protected:.2%} (drop {accuracy.drop_pp:.3g} pp)")

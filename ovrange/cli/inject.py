@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ovrange.cli import app
-from ovrange.cli.options import DataPath, Device, Force, Quiet, progress_bar
-from ovrange.errors import ConfigError, DataError, OutputError
+from ovrange.cli.options import DataPath, Device, Force, Quiet, Sdc, progress_bar
+from ovrange.errors import ConfigError, DataError, Interrupted, OutputError
 
 Opt = typer.Option
 
@@ -41,9 +41,7 @@ def inject(
                                                 "(repeatable).")] = None,
     weighting: Annotated[Optional[str], Opt("--weighting", help="elements (sites in proportion to their size) "
                                             "or uniform.")] = None,
-    sdc: Annotated[Optional[str], Opt("--sdc", help="SDC criterion: top1 (classifiers), tokens "
-                                      "(per-position top-1 of [N, T, classes], e.g. OCR), linf:<t> or cosine:<t>. "
-                                      "Default: top1 when the output is [N, classes].")] = None,
+    sdc: Sdc = None,
     output: Annotated[Optional[str], Opt("--output", help="Name of the model output to judge. Default: the "
                                          "first.")] = None,
     weight_mode: Annotated[Optional[str], Opt("--weight-mode", help="auto, delta (batched layer-output "
@@ -56,7 +54,8 @@ def inject(
     replay: Annotated[Optional[Path], Opt("--replay", help="Run the faults of this saved fault list "
                                           "(faults.jsonl).")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the interrupted campaign of --report.")] = False,
-    plots: Annotated[bool, Opt("--plots/--no-plots", help="PNG plots in the report.")] = True,
+    plots: Annotated[Optional[bool], Opt("--plots/--no-plots", help="PNG plots in the report. Default: on when "
+                                         "matplotlib is installed.", show_default=False)] = None,
     device: Device = None,
     force: Force = False,
     quiet: Quiet = False,
@@ -65,6 +64,7 @@ def inject(
     from ovrange.faults.campaign import inject as run_inject
     from ovrange.faults.report import reduction_text, write_json, write_report
     from ovrange.faults.spec import CampaignSpec, load_file
+    from ovrange.modelio import check_output_file
 
     spec, files = load_file(config) if config else (CampaignSpec(), {})
     spec = spec.with_overrides(target=target, trials=trials, seed=seed, bits=bits, number_format=number_format,
@@ -85,19 +85,19 @@ def inject(
     if report is not None:
         _check_report_dir(Path(report), force, resume)
     if json_out is not None:
-        _check_writable(Path(json_out).parent)
-    with progress_bar("injecting", enabled=not quiet, unit="trials") as progress:
-        try:
+        check_output_file(json_out)
+    plots = _plots_wanted(plots) if report is not None else False  # decided before the campaign runs
+    try:
+        with progress_bar("injecting", enabled=not quiet, unit="trials") as progress:
             result = run_inject(model_path, data, compare=compare, replay=replay, checkpoint_dir=report,
                                 resume=resume, progress=progress, **spec.to_dict())
-        except KeyboardInterrupt:
-            hint = f"; resume with --report {report} --resume" if report else ""
-            typer.echo(f"error: interrupted{hint}", err=True)
-            raise SystemExit(130) from None  # typer.Exit would be swallowed by main()'s standalone_mode=False
-    if json_out is not None:
-        write_json(result, json_out)
-    if report is not None:
-        write_report(result, report, plots=plots)
+        if json_out is not None:
+            write_json(result, json_out)
+        if report is not None:
+            write_report(result, report, plots=plots)
+    except KeyboardInterrupt:
+        hint = f"; resume with --report {report} --resume" if report else ""
+        raise Interrupted(f"interrupted{hint}") from None
     for i, run in enumerate(result.models):
         r = result.rates(i)
         typer.echo(f"{run.name}: SDC {r['sdc']}, DUE {r['due']}, masked {r['masked'].rate:.2%}")
@@ -108,28 +108,33 @@ def inject(
 
 
 def _check_report_dir(path: Path, force: bool, resume: bool) -> None:
+    """Before the campaign: the folder may be written. It is created by the campaign itself, once inputs are valid."""
+    from ovrange.modelio import prepare_output_dir
+
+    if path.is_dir() and not any(path.iterdir()):
+        force = True  # an empty folder holds nothing to protect
+    if resume:
+        if not path.is_dir():
+            raise OutputError(f"cannot resume: no report folder {path}")
+        force = True
     if path.exists() and not path.is_dir():
         raise OutputError(f"report path exists and is not a directory: {path}")
-    if path.exists() and any(path.iterdir()) and not (force or resume):
+    if path.exists() and not force:
         raise OutputError(f"report folder already exists: {path} (use --force to overwrite or --resume)")
+    prepare_output_dir(path, force=True)
+
+
+def _plots_wanted(plots: bool | None) -> bool:
+    """Plots need matplotlib (the ``plots`` extra): without it they are off with a note, or an error if asked for."""
+    if plots is False:
+        return False
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create report directory {path}: {exc.strerror}") from exc
-    _check_writable(path)
-
-
-def _check_writable(directory: Path) -> None:
-    import os
-    import tempfile
-
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        raise OutputError(f"directory is not writable: {directory} ({exc.strerror})") from exc
-    if not os.access(directory, os.W_OK):
-        raise OutputError(f"directory is not writable: {directory}")
-
-
+        import matplotlib  # noqa: F401
+    except ImportError:
+        if plots:
+            raise OutputError("--plots needs matplotlib: pip install 'ovrange[plots]' (or pass --no-plots)") from None
+        if plots is None:
+            typer.echo("note: matplotlib is not installed: the report has no plots (pip install 'ovrange[plots]')",
+                       err=True)
+        return False
+    return True

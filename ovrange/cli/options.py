@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -15,6 +17,47 @@ Device = Annotated[Optional[str], typer.Option("--device", help="OpenVINO device
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing result.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 DataPath = Annotated[Optional[Path], typer.Option("--data", "-d", help="Image folder, .npy or .npz file.")]
+Sdc = Annotated[Optional[str], typer.Option("--sdc", help="SDC criterion: top1 (classifiers), tokens (per-position "
+                                           "top-1 of [N, T, classes], e.g. OCR), linf:<t> or cosine:<t>. Default: "
+                                           "top1 when the output is [N, classes].")]
+LOG_SECONDS = 15.0  # progress lines outside a terminal: often enough to show life, rarely enough to read the log
+
+
+def _log_lines(description: str) -> Callable[[int, int], None]:
+    """``progress(done, total)`` writing ``description: done/total (pct)`` lines every ``OVRANGE_PROGRESS_SECONDS``
+    (default LOG_SECONDS): a short run prints nothing, a long one shows it is alive, and how far it got."""
+    interval = float(os.environ.get("OVRANGE_PROGRESS_SECONDS", LOG_SECONDS))
+    last = [time.monotonic()]
+    printed = [False]
+
+    def update(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < interval and not (done >= total and printed[0]):
+            return
+        last[0], printed[0] = now, True
+        share = f" ({done / total:.0%})" if total else ""
+        typer.echo(f"{description}: {done}/{total}{share}", err=True)
+
+    return update
+
+
+def positive_finite(value: Optional[float]) -> Optional[float]:
+    """Typer callback: a float option must be a finite number > 0 (``nan``/``inf`` parse as floats)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number > 0, got {value}")
+    return value
+
+
+def static_shapes(shape: str | None, model) -> dict[str, list[int]] | None:
+    """``--shape`` (benchmark_app syntax) parsed against ``model``: positive static dims only."""
+    from ovrange.bench import parse_shape
+    from ovrange.errors import ConfigError
+
+    shapes = parse_shape(shape, model) if shape else None
+    for name, dims in (shapes or {}).items():
+        if any(d <= 0 for d in dims):
+            raise ConfigError(f"--shape {shape}: input {name!r} needs positive static dimensions, got {dims}")
+    return shapes
 
 
 @contextmanager
@@ -22,10 +65,14 @@ def progress_bar(description: str, enabled: bool = True, unit: str = "") -> Iter
     """A rich progress bar on stderr; yields the ``progress(done, total)`` callback the library calls.
 
     With ``unit`` it shows a rate (``trials/s``) measured from the first update, so work resumed from a checkpoint
-    does not inflate it. Off when stderr is not a terminal (CI logs), where a redrawn bar only leaves blank lines.
+    does not inflate it. When stderr is not a terminal (CI logs, pipelines), where a redrawn bar only leaves blank
+    lines, it logs plain lines instead (see :func:`_log_lines`).
     """
-    if not enabled or not sys.stderr.isatty():
+    if not enabled:
         yield lambda done, total: None
+        return
+    if not sys.stderr.isatty():
+        yield _log_lines(description)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ovrange.cli import app
-from ovrange.cli.options import DataPath, Device, Force, Quiet, progress_bar
+from ovrange.cli.options import DataPath, Device, Force, Quiet, Sdc, progress_bar, static_shapes
 from ovrange.errors import ConfigError, DataError
 
 
@@ -36,6 +36,16 @@ def protect(
                                                        "repeatable.")] = None,
     bounds: Annotated[Optional[Path], typer.Option("--bounds", help="Apply a saved plan (a result's bounds.json) "
                                                    "as it is: no calibration data, the same IR.")] = None,
+    shape: Annotated[Optional[str], typer.Option("--shape", help="Static input shape for image folders when the "
+                                                 "model's spatial dims are dynamic: [1,3,48,320] (engine.shape).")] = None,
+    layout: Annotated[Optional[str], typer.Option("--layout", help="Image layout: NCHW or NHWC. Default: guessed "
+                                                  "from the model input (engine.layout).")] = None,
+    mean: Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean subtracted from image pixels, "
+                                                "e.g. 123.675,116.28,103.53 (engine.mean_values).")] = None,
+    scale: Annotated[Optional[str], typer.Option("--scale", help="Per-channel divisor applied after --mean, e.g. "
+                                                 "58.395,57.12,57.375 (engine.scale_values).")] = None,
+    color_order: Annotated[Optional[str], typer.Option("--color-order", help="Channel order images are fed in: "
+                                                       "BGR (POT's cv2, default) or RGB (engine.color_order).")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Results go to "
                                              "<output-dir>/<model_name>_<algorithm>/.")] = Path("results"),
     device: Device = None,
@@ -68,9 +78,11 @@ def protect(
         raise DataError("no calibration data given: pass --data or set engine.data_source in the config")
     name = cfg.model_name or model_path.stem
     algo = cfg.algorithm
+    ov_model = read_model(model_path, None if model else cfg.weights)  # inputs first, outputs last: a bad input
+    images = _image_options(cfg.images, ov_model, shape=shape, layout=layout or cfg.layout, mean=mean, scale=scale,
+                            color_order=color_order)
+    dataset = data_mod.load(data_path, ov_model, images=images).dataset  # leaves no folder behind
     out_dir = prepare_output_dir(output_dir / f"{name}_{algo.name}", force)
-    ov_model = read_model(model_path, None if model else cfg.weights)
-    dataset = data_mod.load(data_path, ov_model, cfg.layout).dataset
     own = {k: v for k, v in algo.params.items() if k not in config_mod.COMMON_PARAMS}
     with progress_bar("calibrating", enabled=not quiet) as progress:
         protected = protect_model(ov_model, dataset, algorithm=algo.name, subset_size=algo.subset_size,
@@ -98,6 +110,28 @@ def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, fo
     out_dir = prepare_output_dir(output_dir / f"{name}_{plan.algorithm}", force)
     save_protected(protected, out_dir, name, force=force)
     _print_summary(protected, out_dir, name)
+def _image_options(config: dict, model, *, shape: str | None, layout: str | None, mean: str | None,
+                   scale: str | None, color_order: str | None):
+    """Image preprocessing from the options, else the config's engine section (options win)."""
+    from ovrange.data import ImageOptions
+
+    shape = shape or config.get("shape")
+    if isinstance(shape, list):
+        shape = "[" + ",".join(map(str, shape)) + "]"
+    dims = next(iter(static_shapes(shape, model).values())) if shape else None
+    return ImageOptions(layout=layout, color_order=color_order or config.get("color_order", "BGR"),
+                        mean=_floats(mean, config.get("mean_values"), "mean"),
+                        scale=_floats(scale, config.get("scale_values"), "scale"),
+                        shape=tuple(dims) if dims else None)
+
+
+def _floats(text: str | None, values: list | None, what: str) -> tuple[float, ...]:
+    """``123.7,116.3,103.5`` (brackets allowed, as MO wrote them) or a config list, as floats."""
+    items = text.strip("[]() ").split(",") if text else values or []
+    try:
+        return tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be numbers separated by commas, got {text or values!r}") from None
 
 
 def _print_summary(protected, out_dir: Path, name: str) -> None:
@@ -131,32 +165,38 @@ def _describe(node: dict) -> str:
 @app.command()
 def evaluate(
     models: Annotated[list[Path], typer.Argument(help="One or more models (e.g. original and protected).")],
-    data: Annotated[Path, typer.Option("--data", "-d", help=".npz with x (inputs) and y (labels).")],
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch.")] = 64,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N samples.")] = None,
+    data: Annotated[Path, typer.Option("--data", "-d", help=".npz with x (inputs) and, optionally, y (labels); "
+                                                            ".npy or an image folder (no labels).")],
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch.", min=1)] = 64,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N samples.", min=1)] = None,
+    sdc: Sdc = None,
     device: Device = None,
     quiet: Quiet = False,
 ) -> None:
-    """Top-1 accuracy of each model on labelled data (f32), and how often they agree with the first."""
+    """Top-1 accuracy of each model (with labels) and how often each agrees with the first (always), in f32."""
     from ovrange import data as data_mod
-    from ovrange.evaluate import accuracy, predict, top1
+    from ovrange.evaluate import agreement, label_accuracy, predict
+    from ovrange.faults.outcomes import Judge
+    from ovrange.faults.spec import SdcCriterion
     from ovrange.modelio import read_model
 
-    first_predictions = None
-    for path in models:
-        model = read_model(path)
-        labelled = data_mod.load(data, model)
-        if labelled.labels is None:
-            raise DataError(f"{data} has no labels (an array named y or labels)")
+    loaded = [read_model(path) for path in models]  # every input is checked before the first inference
+    judge = Judge.for_model(loaded[0], SdcCriterion.parse(sdc)) if sdc else None
+    labelled = data_mod.load(data, loaded[0])
+    reference = None
+    for path, model in zip(models, loaded):
         with progress_bar(f"evaluating {path.name}", enabled=not quiet) as progress:
-            logits = predict(model, labelled.dataset, batch_size=batch_size, device=device or "CPU", limit=limit,
+            output = predict(model, labelled.dataset, batch_size=batch_size, device=device or "CPU", limit=limit,
                              progress=progress)
-        predictions = top1(logits)
-        result = accuracy(predictions, labelled.labels)
-        line = f"{path}: top-1 {result.top1:.2%} ({result.correct}/{result.total}, f32)"
-        if first_predictions is None:
-            first_predictions = predictions
+        parts = []
+        if labelled.labels is not None:
+            result = label_accuracy(output, labelled.labels)
+            parts.append(f"top-1 {result.top1:.2%} ({result.correct}/{result.total}, f32)")
+        if reference is None:
+            reference = output
+            if labelled.labels is None:
+                parts.append(f"the reference ({len(output)} samples; {data.name} has no labels)")
         else:
-            agree = float((predictions == first_predictions).mean())
-            line += f", agrees with {models[0].name} on {agree:.2%}"
-        typer.echo(line)
+            parts.append(f"agrees with {models[0].name} on {agreement(reference, output, judge):.2%} "
+                         f"({judge.criterion if judge else 'top-1'})")
+        typer.echo(f"{path}: {', '.join(parts)}")

@@ -26,6 +26,7 @@ from ovrange.faults.injectors import check_batchable
 from ovrange.faults.inputs import InputStore, select_inputs
 from ovrange.faults.model import parse_format
 from ovrange.faults.outcomes import Judge
+from ovrange.faults.report import remove_report
 from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults
 from ovrange.faults.spec import CampaignSpec
@@ -91,7 +92,8 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
         sites = _sites(models, spec, shapes)
     else:
         spec = spec.with_overrides(target=plan.target, number_format=plan.number_format, trials=plan.trials,
-                                   ber=plan.ber, seed=plan.seed if plan.seed is not None else spec.seed)
+                                   ber=plan.ber, seed=plan.seed if plan.seed is not None else spec.seed,
+                                   bits=plan.bits() or None)  # report the bits that ran, not the options
         shapes = store.sample_shapes(plan.inputs[0] if plan.inputs else plan.faults[0].input)
         for name, model in models:
             plan.check_sites(find_sites(model, plan.target, shapes), name)
@@ -228,11 +230,13 @@ class _Checkpoint:
             self._restore(header, result)
             self.handle = open(self.path, "a")
             _lock(self.handle, directory)
+            remove_report(directory)  # a report beside a checkpoint must never look complete
         else:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
                 self.handle = open(self.path, "a")
                 _lock(self.handle, directory)  # before anything is overwritten
+                remove_report(directory)
                 plan.save(directory / FAULTS_FILE)
                 self.handle.truncate(0)
             except OSError as exc:
@@ -245,18 +249,28 @@ class _Checkpoint:
             lines = self.path.read_text().splitlines()
         except OSError as exc:
             raise DataError(f"cannot resume: no checkpoint at {self.path} ({exc.strerror})") from exc
-        saved = json.loads(lines[0]) if lines else {}
-        if any(saved.get(key) != header[key] for key in ("fingerprint", "models", "digests")):
-            raise ConfigError(f"cannot resume: {self.path} belongs to a different campaign (models or faults differ)")
-        for line in lines[1:]:
+        except UnicodeDecodeError as exc:
+            raise DataError(f"cannot resume: {self.path} is not an ovrange checkpoint (binary data)") from exc
+        try:
+            saved = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            saved = None
+        if not isinstance(saved, dict) or any(saved.get(key) != header[key]
+                                              for key in ("fingerprint", "models", "digests")):
+            raise ConfigError(f"cannot resume: {self.path} belongs to a different campaign (models or faults "
+                              "differ) or is damaged")
+        for number, line in enumerate(lines[1:], start=2):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 break  # a line cut short by the interruption: its trials simply run again
-            run, trials = result.models[rec["m"]], np.array(rec["t"], np.int64)
-            run.outcome[trials] = np.array(rec["o"], np.int8)
-            run.top1[trials] = np.array(rec["p"], np.int32)
-            run.deviation[trials] = np.array([np.inf if d is None else d for d in rec["d"]], np.float32)
+            try:
+                run, trials = result.models[rec["m"]], np.array(rec["t"], np.int64)
+                run.outcome[trials] = np.array(rec["o"], np.int8)
+                run.top1[trials] = np.array(rec["p"], np.int32)
+                run.deviation[trials] = np.array([np.inf if d is None else d for d in rec["d"]], np.float32)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise ConfigError(f"cannot resume: line {number} of {self.path} is damaged ({exc})") from exc
 
     def append(self, model: int, trials: np.ndarray, codes: np.ndarray, top1: np.ndarray, dev: np.ndarray) -> None:
         record = {"m": model, "t": trials.tolist(), "o": codes.tolist(), "p": top1.tolist(),

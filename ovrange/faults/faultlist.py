@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovrange.errors import ConfigError, ModelError
-from ovrange.faults.model import Fault
+from ovrange.faults.model import Fault, parse_format
 from ovrange.faults.sites import Site
 from ovrange.modelio import write_file_atomically
 
@@ -63,6 +63,8 @@ class FaultList:
             lines = path.read_text().splitlines()
         except OSError as exc:
             raise ConfigError(f"cannot read fault list {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"malformed fault list {path}: binary data, not an ovrange fault list") from exc
         try:
             header = json.loads(lines[0]) if lines else {}
             rows = [json.loads(line) for line in lines[1:] if line.strip()]
@@ -72,11 +74,27 @@ class FaultList:
                 raise ValueError(f"unsupported version {header.get('version')}")
             faults = tuple(Fault(int(r[0]), int(r[1]), str(r[2]), int(r[3]), int(r[4])) for r in rows)
             sites = tuple(Site(s["name"], s["op"], tuple(s["shape"])) for s in header["sites"])
-            return cls(header["target"], header["number_format"], sites, tuple(header["inputs"]), faults,
+            plan = cls(header["target"], header["number_format"], sites, tuple(header["inputs"]), faults,
                        int(header["trials"]), header.get("seed"), header.get("ber"), header.get("data", ""),
                        tuple(int(i) for i in header.get("trial_inputs", ())))
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ConfigError(f"malformed fault list {path}: {exc}") from exc
+        plan.validate(str(path))
+        return plan
+
+    def validate(self, source: str = "fault list") -> None:
+        """Raise ConfigError unless every fault names a listed site, an element inside it, a bit of the number
+        format and a trial of the plan (a hand-edited list must fail here, not deep inside an engine)."""
+        bits = parse_format(self.number_format).bits
+        sizes = {site.name: site.size for site in self.sites}
+        for fault in self.faults:
+            problem = _problem(fault, sizes, bits, self.trials)
+            if problem:
+                raise ConfigError(f"{source}: fault of trial {fault.trial} on {fault.site!r}: {problem}")
+
+    def bits(self) -> tuple[int, ...]:
+        """The bit positions the faults strike (what a replayed campaign reports, whatever its options said)."""
+        return tuple(sorted({fault.bit for fault in self.faults}))
 
     def check_sites(self, sites: list[Site], model_name: str) -> None:
         """Raise ModelError unless every site the faults strike exists in ``sites`` with the same shape."""
@@ -87,3 +105,18 @@ class FaultList:
             if theirs[site.name].shape != site.shape:
                 raise ModelError(f"fault list site {site.name!r} has shape {site.shape} but {model_name} has "
                                  f"{theirs[site.name].shape}")
+
+
+def _problem(fault: Fault, sizes: dict[str, int], bits: int, trials: int) -> str:
+    """What is wrong with one fault of a plan, or ''."""
+    if fault.site not in sizes:
+        return "the site is not in the fault list's header"
+    if not 0 <= fault.element < sizes[fault.site]:
+        return f"element {fault.element} is outside 0..{sizes[fault.site] - 1}"
+    if not 0 <= fault.bit < bits:
+        return f"bit {fault.bit} is outside 0..{bits - 1}"
+    if not 0 <= fault.trial < trials:
+        return f"trial {fault.trial} is outside 0..{trials - 1}"
+    if fault.input < 0:
+        return f"input {fault.input} is negative"
+    return ""

@@ -31,6 +31,16 @@ def write_report(result: CampaignResult, directory: str | Path, plots: bool = Tr
     return written + images
 
 
+def remove_report(directory: str | Path) -> None:
+    """Delete the report files of ``directory`` (not its fault list or checkpoint): a new or resumed campaign
+    starts there, and an old result beside it would read as the complete result of the new one."""
+    for name in (RESULT_FILE, SUMMARY_FILE, *PLOTS):
+        try:
+            (Path(directory) / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot remove the old report file {Path(directory) / name}: {exc.strerror}") from exc
+
+
 def _ranges(bits: tuple[int, ...]) -> str:
     """``(0, 1, 2, 30)`` -> ``0-2, 30``."""
     parts, start = [], None

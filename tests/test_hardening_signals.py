@@ -1,0 +1,114 @@
+"""Signals, races and killed runs, with real processes: Ctrl-C is exit 130 and one line for every command (an
+interrupted ``ovrange check`` must never read as a passed gate), two runs racing for one output cannot both win,
+and the temporaries of a killed run are cleaned up by the next one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ovrange.modelio import write_dir_atomically
+
+PROGRESS = {**os.environ, "OVRANGE_PROGRESS_SECONDS": "0.2"}  # progress lines outside a terminal, soon
+
+
+def start(*args: str | Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ovrange", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=PROGRESS)
+
+
+def interrupt_when(process: subprocess.Popen, stream: str, marker: str) -> tuple[int, str, str]:
+    """Send SIGINT once ``marker`` appears on ``stream`` (the command is then mid-work); return (code, out, err)."""
+    seen = []
+    for line in getattr(process, stream):
+        seen.append(line)
+        if marker in line:
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    return process.returncode, (out if stream == "stderr" else "".join(seen) + out), \
+        ("".join(seen) + err if stream == "stderr" else err)
+
+
+@pytest.fixture(scope="module")
+def lenet(bundled) -> dict[str, Path]:
+    return bundled["lenet"]
+
+
+@pytest.mark.parametrize("command", ["protect", "evaluate", "check", "benchmark", "inject"])
+def test_ctrl_c_exits_130_with_one_line(lenet, tmp_path, command):
+    xml, test = lenet["xml"], lenet["test_npz"]
+    args, stream, marker = {
+        "protect": (("protect", xml, "--data", test, "--subset-size", "10000", "-o", tmp_path / "out"), "stderr",
+                    "calibrating:"),
+        "evaluate": (("evaluate", xml, xml, "--data", test, "--batch-size", "1"), "stderr", "evaluating"),
+        "check": (("check", xml, xml, "--data", test, "--batch-size", "1", "--max-accuracy-drop", "1"), "stderr",
+                  "checking:"),
+        "benchmark": (("benchmark", xml, xml, "--time", "120", "--sessions", "1"), "stdout", "OpenVINO sees"),
+        "inject": (("inject", xml, "--data", test, "--trials", "200000", "--report", tmp_path / "report"), "stderr",
+                   "injecting:"),
+    }[command]
+    code, out, err = interrupt_when(start(*args), stream, marker)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 130, err
+    assert len(errors) == 1 and errors[0].startswith("error: interrupted") and "Traceback" not in err + out
+    if command == "inject":
+        assert "--resume" in errors[0]
+        assert not (tmp_path / "report" / "result.json").exists()  # an interrupted campaign never looks complete
+    assert not (tmp_path / "out").exists()  # protect: nothing half-written, no folder created
+
+
+def test_two_runs_racing_for_one_output_cannot_both_win(lenet, tmp_path):
+    args = ("protect", lenet["xml"], "--data", lenet["calib_npz"], "-o", tmp_path / "out", "-q")
+    runs = [start(*args) for _ in range(2)]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 5], results
+    loser = next(err for code, err in results if code)
+    assert loser.strip().startswith("error: output already exists") and len(loser.strip().splitlines()) == 1
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["fashion_lenet_RangeSupervision"]
+
+
+def test_temporaries_of_a_killed_run_are_cleaned_by_the_next(tmp_path):
+    out = tmp_path / "result"
+    writer = ("import sys, time; from pathlib import Path; from ovrange.modelio import write_dir_atomically\n"
+              "def write(tmp):\n    (tmp / 'part').write_text('half'); print('writing', flush=True); time.sleep(60)\n"
+              "write_dir_atomically(Path(sys.argv[1]), write)\n")
+    killed = subprocess.Popen([sys.executable, "-c", writer, str(out)], stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline().strip() == "writing"
+    killed.kill()
+    killed.wait(timeout=30)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".result.") and left[0].endswith(".tmp")
+    write_dir_atomically(out, lambda tmp: (tmp / "done").write_text("ok"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+    assert (out / "done").read_text() == "ok"
+
+
+def test_a_result_moved_aside_by_a_killed_run_is_restored(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".result.old-{dead.pid}").mkdir()  # the rename of --force, cut short by SIGKILL
+    (tmp_path / f".result.old-{dead.pid}" / "model.xml").write_text("previous result")
+    with pytest.raises(Exception, match="already exists"):
+        write_dir_atomically(tmp_path / "result", lambda tmp: None)  # restored first, then found existing
+    assert (tmp_path / "result" / "model.xml").read_text() == "previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(lenet, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "ovrange", "evaluate", lenet["xml"], "--data", lenet["test_npz"],
+                           "--limit", "2000", "--batch-size", "1"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OVRANGE_PROGRESS_SECONDS": "0"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines and all(line.startswith("evaluating fashion_lenet.xml: ") for line in lines)
+    assert lines[-1].endswith("2000/2000 (100%)")
+    assert np.diff([int(line.split(": ")[1].split("/")[0]) for line in lines]).min() > 0
