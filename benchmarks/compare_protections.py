@@ -127,8 +127,8 @@ def compare(subject: Subject, trials: int, rounds: int, seed: int, log) -> dict[
         rows[label] = {"protected_nodes": len(info.nodes) if info else 0,
                        "protect_seconds": time.perf_counter() - started,
                        "clean_accuracy": subject.accuracy(model)}
-        if info and info.extra:
-            rows[label]["report"] = info.extra
+        if info and info.report:
+            rows[label]["report"] = info.report
         models.append((label, model))
         log(f"   {label}: {rows[label]['protected_nodes']} nodes, clean accuracy {rows[label]['clean_accuracy']:.2%}")
     n = max(50, int(trials * subject.trials_scale))
