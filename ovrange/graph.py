@@ -6,19 +6,13 @@ Everything here edits the model it is given; callers pass ``model.clone()`` so t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import openvino as ov
 
 RT_INFO_ROOT = "ovrange"
-
-
-def nodes_of_type(model: ov.Model, types: Iterable[str]) -> list[ov.Node]:
-    """Nodes whose type name (``Relu``, ``Swish``, ...; any opset version) is in ``types``, in topological order."""
-    wanted = set(types)
-    return [node for node in model.get_ordered_ops() if node.get_type_name() in wanted]
 
 
 def node_ids(model: ov.Model) -> list[tuple[str, ov.Node]]:
@@ -35,11 +29,6 @@ def node_ids(model: ov.Model) -> list[tuple[str, ov.Node]]:
         seen[name] = seen.get(name, 0) + 1
         ids.append((name if seen[name] == 1 else f"{name}#{seen[name]}", node))
     return ids
-
-
-def nodes_by_id(model: ov.Model) -> dict[str, ov.Node]:
-    """Id -> node for every node of ``model`` (see :func:`node_ids`)."""
-    return dict(node_ids(model))
 
 
 def constant_weight(node: ov.Node) -> ov.Output | None:
@@ -80,11 +69,6 @@ def stored_weight(layer: ov.Node, inserted: dict[str, str]) -> ov.Output | None:
     return constant_weight(layer)
 
 
-def consumers(output: ov.Output) -> list[ov.Node]:
-    """Nodes that read ``output``."""
-    return [target.get_node() for target in output.get_target_inputs()]
-
-
 def insert_after(output: ov.Output, make: Callable[[ov.Output], ov.Node]) -> ov.Node:
     """Insert ``make(output)`` between ``output`` and all its consumers; the new node takes over the tensor names.
 
@@ -123,7 +107,8 @@ def record_inserted(model: ov.Model, nodes: dict[str, str]) -> None:
 
     Every later stage (fault sites, placement, fusion reports) asks :func:`inserted_nodes` instead of guessing from
     names. Roles: ``guard`` (a node whose output replaces the protected value), ``check`` (helper ops of a guard),
-    ``weight`` (a stored weight that the graph decodes, e.g. BoundedWeights' theta).
+    ``weight`` (a stored weight that the graph decodes, e.g. BoundedWeights' theta) and ``decode`` (the ops that
+    decode it).
     """
     record = {**inserted_nodes(model), **nodes}
     set_rt_json(model, "inserted", record)

@@ -26,7 +26,6 @@ from ovrange.stats import collect
 from ovrange.targets import outputs_by_id
 
 ProgressFn = Callable[[int, int], None]
-ProtectionInfo = ProtectionPlan  # what a protected model records about its protection: its plan
 
 
 def protect(

@@ -27,7 +27,7 @@ from ovrange.params import Param, one_of
 from ovrange.passes import PassResult, Selection
 from ovrange.passes.guards import CLAMP_SUFFIX, ZERO_SUFFIX, clamp_guard, insert_guards, zero_guard
 from ovrange.stats import StatRequest, Statistics
-from ovrange.targets import ACTIVATIONS, Target, find_targets, require, select as select_targets
+from ovrange.targets import ACTIVATIONS, Target, find_targets, outputs_by_id, require, select as select_targets
 
 # Ops whose output values lie within the range of their (first) input; True = the channel axis is preserved.
 PASSTHROUGH = {"MaxPool": True, "AvgPool": True, "Reshape": False, "Squeeze": False, "Unsqueeze": False,
@@ -69,7 +69,8 @@ def select(model: ov.Model, params: dict[str, Any]) -> Selection:
                           f"supported activations ({', '.join(params['activations'])})")
     if params["skip_last"]:
         activations = activations[: max(0, len(activations) - params["skip_last"])]
-    clamps = {t.id: _clamp_range(model, t) for t in select_targets(every, ops=("Clamp",))}
+    outputs = outputs_by_id(model)
+    clamps = {t.id: _clamp_range(outputs[t.id].get_node()) for t in select_targets(every, ops=("Clamp",))}
     facts = {"clamps": clamps, "flow": _flow(model) if params["propagate"] else [],
              "all": {t.id: t for t in every}}
     if params["tighten_clamps"]:
@@ -140,8 +141,7 @@ def _axis(target: Target, params: dict[str, Any]) -> int | None:
     return target.feature_axis if params["per_channel"] else None
 
 
-def _clamp_range(model: ov.Model, target: Target) -> tuple[float, float]:
-    node = dict(node_ids(model))[target.id.split(":")[0]]
+def _clamp_range(node: ov.Node) -> tuple[float, float]:
     attrs = node.get_attributes()
     return float(attrs["min"]), float(attrs["max"])
 
