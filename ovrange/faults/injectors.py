@@ -36,8 +36,8 @@ def _move_names(old: ov.Output, new: ov.Output) -> None:
 class _Runner:
     """A compiled model with preallocated shared-memory input buffers."""
 
-    def __init__(self, model: ov.Model, device: str, precision: str):
-        self.compiled = compile_model(model, device, precision=precision)
+    def __init__(self, model: ov.Model, device: str, precision: str, config: dict | None = None):
+        self.compiled = compile_model(model, device, precision=precision, config=config)
         self.request = self.compiled.create_infer_request()
         self.buffers = []
         for index, port in enumerate(self.compiled.inputs):
@@ -64,7 +64,7 @@ class ScatterInjector:
 
     def __init__(self, model: ov.Model, kind: str, names: list[str], sample_shapes: list[tuple[int, ...]],
                  batch: int, *, rows: list[int] | None = None, trash: bool = True, probe: bool = False,
-                 device: str = "CPU", precision: str = "f32"):
+                 device: str = "CPU", precision: str = "f32", config: dict | None = None):
         if not trash and batch != 1:
             raise ValueError("without a trash element the injector runs one input at a time")
         self.batch = batch
@@ -96,7 +96,7 @@ class ScatterInjector:
             clone.add_results(probes)
         clone.validate_nodes_and_infer_types()
         self.n_outputs = len(clone.outputs) - len(probes)
-        self.runner = _Runner(clone, device, precision)
+        self.runner = _Runner(clone, device, precision, config)
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         position = self.n_inputs
         for i, shape in enumerate(self.shapes):
@@ -160,7 +160,8 @@ class WeightInjector:
     """Runs one input per inference with the weights of ``sites`` as inputs, some bits flipped."""
 
     def __init__(self, model: ov.Model, sites: list[Site], sample_shapes: list[tuple[int, ...]], *,
-                 device: str = "CPU", precision: str = "f32", number_format: NumberFormat = FORMATS["fp32"]):
+                 device: str = "CPU", precision: str = "f32", number_format: NumberFormat = FORMATS["fp32"],
+                 config: dict | None = None):
         from ovrange.faults.sites import stored_through_transform, weight_values
 
         self.sites = sites
@@ -182,7 +183,7 @@ class WeightInjector:
             params.append(param)
         clone.add_parameters(params)
         clone.validate_nodes_and_infer_types()
-        self.runner = _Runner(clone, device, precision)
+        self.runner = _Runner(clone, device, precision, config)
         self.weights = [self.runner.buffers[self.n_inputs + i].reshape(-1) for i in range(len(sites))]
         for flat, values in zip(self.weights, golden):
             flat[...] = values.reshape(-1)
