@@ -198,3 +198,10 @@ def test_bad_ray_settings_fail_in_one_line_and_leave_no_report(lenet, tmp_path, 
     assert code != 0 and err.count("\n") == 1 and err.startswith("error: "), err
     assert "ovrange[ray]" in err if case == "ray missing" else True
     assert not report.exists()
+
+
+def test_a_local_campaign_imports_no_ray(lenet):
+    code = ("import sys, ovrange; ovrange.inject(sys.argv[1], sys.argv[2], trials=100); "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code, str(lenet["xml"]), str(lenet["test_npz"])], check=True,
+                   env=ray_env(), timeout=120)

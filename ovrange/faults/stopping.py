@@ -60,7 +60,7 @@ class Stopping:
         self.z = z_value(self.confidence)
 
     def first_target(self, cap: int) -> int:
-        return min(cap, FIRST_ROUND)
+        return min(cap, FIRST_ROUND, self.population or cap)
 
     def widths(self, outcomes: list[np.ndarray], keys: np.ndarray) -> dict[int, float]:
         """Half-width per model over its done trials (outcome codes, -1 not run); ``keys`` identify faults."""
