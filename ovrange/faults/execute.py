@@ -24,7 +24,7 @@ import openvino as ov
 
 from ovrange.errors import ModelError
 from ovrange.faults.faultlist import FaultList
-from ovrange.faults.injectors import ScatterInjector, WeightInjector, check_batchable
+from ovrange.faults.injectors import ScatterInjector, ValueProbe, WeightInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.linear import LinearLayer, linear_layer
 from ovrange.faults.model import Fault, NumberFormat, flip
@@ -84,9 +84,12 @@ class _ScatterEngine:
         self.model, self.sites, self.shapes, self.spec, self.judge, self.rows = model, sites, shapes, spec, judge, rows
         self.trash, self.config = batchable, config
         self.batch = spec.batch_size if batchable else 1
-        self.probe = self._injector(probe=True)
+        self.probe = self._probe()
         # A fixed-batch model builds one single-site injector per site later instead.
         self.injector = self._injector() if batchable else None
+
+    def _probe(self):
+        return self._injector(probe=True)
 
     def _injector(self, probe: bool = False, names: list[str] | None = None) -> ScatterInjector:
         return ScatterInjector(self.model, self.kind, names or [s.name for s in self.sites], self.shapes, self.batch,
@@ -110,20 +113,29 @@ class ActivationEngine(_ScatterEngine):
         self.description = (f"ScatterNDUpdate at {len(sites)} sites, {self.batch} faults per inference" if batchable
                             else "ScatterNDUpdate at one site per model, one fault per inference (fixed batch)")
 
+    def _probe(self) -> ScatterInjector | ValueProbe:
+        if not self.trash:  # fixed batch: the probe reads whole tensors, one input at a time
+            return super()._probe()
+        return ValueProbe(self.model, [s.name for s in self.sites], self.shapes, self.batch, device=self.spec.device,
+                          config=self.config)
+
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         site, element, bit, inputs = _single_faults(plan, pending)
         used = np.unique(inputs)
         original = np.zeros(len(pending), np.float32)
         golden: dict[int, np.ndarray] = {}
         for chunk in _chunks(used, self.batch):
-            outputs, probes = self.probe.run(store.batch(chunk))
             here = np.nonzero(np.isin(inputs, chunk))[0]
             rows = np.searchsorted(chunk, inputs[here])  # ``used`` is sorted, so chunks are too
+            if self.trash:
+                _, original[here] = self.probe.read(store.batch(chunk), site[here], rows, element[here])
+                continue
+            outputs, probes = self.probe.run(store.batch(chunk))
             for s in np.unique(site[here]):
                 take = site[here] == s
                 original[here[take]] = probes[s][0].reshape(len(chunk), -1)[rows[take], element[here[take]]]
-            if not self.trash:  # single-site injectors always inject: the probe gives the fault-free output
-                golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
+            # single-site injectors always inject: the probe gives the fault-free output
+            golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
         faulty = flip(original, bit, fmt)
         parts = []
         if self.trash:
