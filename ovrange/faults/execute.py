@@ -91,8 +91,10 @@ class _ScatterEngine:
     def _probe(self):
         return self._injector(probe=True)
 
-    def _injector(self, probe: bool = False, names: list[str] | None = None) -> ScatterInjector:
-        return ScatterInjector(self.model, self.kind, names or [s.name for s in self.sites], self.shapes, self.batch,
+    def _injector(self, probe: bool = False, names: list[str] | None = None, batch: int | None = None
+                  ) -> ScatterInjector:
+        return ScatterInjector(self.model, self.kind, names or [s.name for s in self.sites], self.shapes,
+                               batch or self.batch,
                                rows=self.rows if names is None else None, trash=self.trash, probe=probe,
                                device=self.spec.device, config=self.config)
 
@@ -160,14 +162,22 @@ class DeltaWeightEngine(_ScatterEngine):
 
     def __init__(self, model, sites, shapes, spec, judge, layers: list[LinearLayer], config=None):
         self.layers = layers
+        # The probe returns each layer's whole input and output: its batch is what fits in the probe's memory.
+        per_sample = 2 * 4 * sum(int(np.prod(layer.in_shape)) + int(np.prod(layer.out_shape))  # f32, held by
+                                 for layer in layers)  # OpenVINO and copied out
+        self.probe_batch = int(max(1, min(spec.batch_size, spec.probe_memory * 2**20 // max(per_sample, 1))))
         super().__init__(model, sites, shapes, spec, judge, rows=[layer.rows for layer in layers], config=config)
-        self.description = f"weight faults as layer-output corrections at {len(sites)} layers, {self.batch} per inference"
+        self.description = (f"weight faults as layer-output corrections at {len(sites)} layers, {self.batch} per "
+                            f"inference (probe: {self.probe_batch} inputs per inference)")
+
+    def _probe(self):
+        return self._injector(probe=True, batch=self.probe_batch)
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         site, element, bit, inputs = _single_faults(plan, pending)
         used = np.unique(inputs)
         writes: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(pending)
-        for chunk in _chunks(used, self.batch):
+        for chunk in _chunks(used, self.probe_batch):
             _, probes = self.probe.run(store.batch(chunk))
             here = np.nonzero(np.isin(inputs, chunk))[0]
             rows = np.searchsorted(chunk, inputs[here])

@@ -75,6 +75,7 @@ class CampaignSpec:
     weight_mode: str = "auto"
     margin: float | None = None  # statistical stopping: SDC interval half-width to reach (ovrange.faults.stopping)
     confidence: float = 0.95
+    probe_memory: int = 2048  # MB the fault-free probe of weight campaigns may hold (its batch shrinks to fit)
 
     @classmethod
     def create(cls, **settings: Any) -> CampaignSpec:
@@ -102,7 +103,7 @@ class CampaignSpec:
     def validate(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"unknown target {self.target!r}; use activations or weights")
-        for name in ("trials", "inputs", "batch_size"):
+        for name in ("trials", "inputs", "batch_size", "probe_memory"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
