@@ -56,12 +56,27 @@ def inject(
     resume: Annotated[bool, Opt("--resume", help="Continue the interrupted campaign of --report.")] = False,
     plots: Annotated[Optional[bool], Opt("--plots/--no-plots", help="PNG plots in the report. Default: on when "
                                          "matplotlib is installed.", show_default=False)] = None,
+    workers: Annotated[Optional[int], Opt("--workers", help="Run on N Ray workers of a local Ray instance "
+                                          "(needs ovrange[ray]); with --ray-address or RAY_ADDRESS, N workers "
+                                          "on that cluster.")] = None,
+    ray_address: Annotated[Optional[str], Opt("--ray-address", help="Join the Ray cluster at HOST:PORT (or "
+                                              "auto) started with `ray start --head`; one worker per CPU "
+                                              "unless --workers.")] = None,
+    shard_size: Annotated[Optional[int], Opt("--shard-size", help="Trials per shard (one remote call). "
+                                             "Default: 1/16 of the trials, 400 to 4096.")] = None,
+    margin: Annotated[Optional[float], Opt("--margin", help="Stop when every model's SDC interval half-width "
+                                           "is at most this (e.g. 0.002); --trials is then the cap "
+                                           "(default 100000).")] = None,
+    confidence: Annotated[Optional[float], Opt("--confidence", help="Confidence of the --margin interval. "
+                                               "Default: 0.95.")] = None,
+    probe_memory: Annotated[Optional[int], Opt("--probe-memory", help="MB the fault-free probe of a weight "
+                                               "campaign may hold (layer inputs and outputs). Default: 2048.")] = None,
     device: Device = None,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
     """Inject bit flips into MODEL and count masked / SDC / DUE outcomes, with 95% intervals."""
-    from ovrange.faults.campaign import inject as run_inject
+    from ovrange.faults.campaign import MARGIN_CAP, inject as run_inject
     from ovrange.faults.report import reduction_text, write_json, write_report
     from ovrange.faults.spec import CampaignSpec, load_file
     from ovrange.modelio import check_output_file
@@ -70,7 +85,16 @@ def inject(
     spec = spec.with_overrides(target=target, trials=trials, seed=seed, bits=bits, number_format=number_format,
                                ber=ber, inputs=inputs, batch_size=batch_size, sites=sites or None, exclude=exclude or None,
                                weighting=weighting, sdc=sdc, output=output, device=device,
-                               weight_mode=weight_mode)
+                               weight_mode=weight_mode, margin=margin, confidence=confidence,
+                               probe_memory=probe_memory)
+    workers = workers if workers is not None else files.get("workers")
+    ray_address, shard_size = ray_address or files.get("ray_address"), shard_size or files.get("shard_size")
+    if workers is not None or ray_address is not None:
+        from ovrange.faults.ray_executor import check_ray
+
+        check_ray(workers, ray_address)  # before the report folder exists
+    if spec.margin is not None and trials is None and spec.trials == CampaignSpec.trials:
+        spec = spec.with_overrides(trials=MARGIN_CAP)
     model_path = model or files.get("model")
     if model_path is None:
         raise ConfigError("no model given: pass MODEL.xml or set model in the config")
@@ -90,7 +114,8 @@ def inject(
     try:
         with progress_bar("injecting", enabled=not quiet, unit="trials") as progress:
             result = run_inject(model_path, data, compare=compare, replay=replay, checkpoint_dir=report,
-                                resume=resume, progress=progress, **spec.to_dict())
+                                resume=resume, progress=progress, workers=workers, ray_address=ray_address,
+                                shard_size=shard_size, **spec.to_dict())
         if json_out is not None:
             write_json(result, json_out)
         if report is not None:
@@ -103,6 +128,9 @@ def inject(
         typer.echo(f"{run.name}: SDC {r['sdc']}, DUE {r['due']}, masked {r['masked'].rate:.2%}")
     for other in range(1, len(result.models)):
         typer.echo(reduction_text(result, other))
+    if "stopping" in result.meta:
+        stop = result.meta["stopping"]
+        typer.echo(f"stopped after {stop['trials']} trials: {stop['reason']}")
     if report is not None:
         typer.echo(f"report: {Path(report) / 'summary.md'}")
 

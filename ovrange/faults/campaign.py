@@ -1,7 +1,10 @@
-"""The campaign runner: plan once, then per model: fault-free references, injection in batches, outcomes.
+"""The campaign driver: plan once, cut the pending trials into shards, let an executor run them, merge.
 
-Every model replays the same fault list (sites matched by node name). Progress goes through a callback; the
-per-trial outcomes are appended to a JSON-lines checkpoint, so an interrupted campaign resumes where it stopped.
+Every model replays the same fault list (sites matched by node name). Shards run in this process (the default) or
+on Ray workers (``workers`` / ``ray_address``, :mod:`ovrange.faults.ray_executor`); each finished shard is merged
+once, appended to a JSON-lines checkpoint (so an interrupted campaign resumes where it stopped) and reported
+through the progress callback. With a ``margin`` the trials run in rounds until the SDC intervals are that narrow
+(:mod:`ovrange.faults.stopping`).
 """
 
 from __future__ import annotations
@@ -20,16 +23,16 @@ import openvino as ov
 
 from ovrange import data as data_mod
 from ovrange.errors import ConfigError, DataError, OutputError
-from ovrange.faults.execute import make_engine
+from ovrange.faults.executors import Job, LocalExecutor, make_shards, shard_size as shard_trials
 from ovrange.faults.faultlist import FaultList
 from ovrange.faults.injectors import check_batchable
 from ovrange.faults.inputs import InputStore, select_inputs
-from ovrange.faults.model import parse_format
 from ovrange.faults.outcomes import Judge
 from ovrange.faults.report import remove_report
 from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults
 from ovrange.faults.spec import CampaignSpec
+from ovrange.faults.stopping import Stopping, fault_space
 from ovrange.modelio import read_model
 from ovrange.runtime import compile_model, with_dynamic_batch
 from ovrange.protect import protection_info
@@ -40,19 +43,30 @@ CHECKPOINT_FILE = "checkpoint.jsonl"
 
 
 ModelLike = ov.Model | str | os.PathLike
+MARGIN_CAP = 100_000  # default trial cap of a campaign that stops on its margin
 
 
 def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLike] | None = None,
-           labels: np.ndarray | None = None, target: str = "activations", trials: int = 1000, seed: int = 0,
+           labels: np.ndarray | None = None, target: str = "activations", trials: int | None = None, seed: int = 0,
            replay: FaultList | str | os.PathLike | None = None, checkpoint_dir: str | os.PathLike | None = None,
-           resume: bool = False, progress: ProgressFn | None = None, **settings: Any) -> CampaignResult:
+           resume: bool = False, progress: ProgressFn | None = None, workers: int | None = None,
+           ray_address: str | None = None, shard_size: int | None = None, **settings: Any) -> CampaignResult:
     """Run a fault-injection campaign on ``model`` (and the same faults on each ``compare`` model); see CampaignSpec.
 
     ``dataset`` is a path (image folder, .npy, .npz with labels ``y``), an array, or any ovrange/nncf dataset;
     ``labels`` gives labels for non-path datasets. ``settings`` are the other CampaignSpec fields (bits,
-    number_format, ber, inputs, batch_size, sites, exclude, weighting, sdc, output, device, weight_mode).
+    number_format, ber, inputs, batch_size, sites, exclude, weighting, sdc, output, device, weight_mode, margin,
+    confidence). ``trials`` defaults to 1000, or to a cap of 100,000 with a ``margin``. ``workers`` runs the
+    shards on that many Ray workers of a local Ray instance, ``ray_address`` (or ``RAY_ADDRESS``) on a cluster;
+    ``shard_size`` sets the trials per shard (default: see :func:`ovrange.faults.executors.shard_size`).
     """
+    if trials is None:
+        trials = MARGIN_CAP if settings.get("margin") is not None else 1000
     spec = CampaignSpec.create(target=target, trials=trials, seed=seed, **settings)
+    if workers is not None or ray_address is not None:
+        from ovrange.faults.ray_executor import check_ray
+
+        check_ray(workers, ray_address)  # before anything is read or written
     others = [] if compare is None else list(compare) if isinstance(compare, (list, tuple)) else [compare]
     models = [_as_model(m) for m in [model, *others]]
     source = str(dataset) if isinstance(dataset, (str, os.PathLike)) else type(dataset).__name__
@@ -64,7 +78,7 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
     plan = FaultList.load(replay) if isinstance(replay, (str, os.PathLike)) else replay
     return run_campaign(models, data_mod.as_dataset(dataset), spec, labels=labels, plan=plan, data=source,
                         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None, resume=resume,
-                        progress=progress)
+                        progress=progress, workers=workers, ray_address=ray_address, shard_size=shard_size)
 
 
 def _as_model(model: ModelLike) -> tuple[str, ov.Model]:
@@ -75,8 +89,9 @@ def _as_model(model: ModelLike) -> tuple[str, ov.Model]:
 
 def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, spec: CampaignSpec, *,
                  labels: np.ndarray | None = None, plan: FaultList | None = None, data: str = "",
-                 checkpoint_dir: Path | None = None, resume: bool = False,
-                 progress: ProgressFn | None = None) -> CampaignResult:
+                 checkpoint_dir: Path | None = None, resume: bool = False, progress: ProgressFn | None = None,
+                 workers: int | None = None, ray_address: str | None = None,
+                 shard_size: int | None = None) -> CampaignResult:
     """Plan (or take ``plan``), then run every trial on every model; returns the (possibly partial) result."""
     names = [name for name, _ in models]
     if len(set(names)) != len(names):
@@ -85,8 +100,8 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
     judge = Judge.for_model(reference, spec.sdc, spec.output)
     spec = replace(spec, sdc=judge.criterion)
     store = InputStore(dataset, reference)
-    fmt = parse_format(plan.number_format if plan else spec.number_format)
     checked: list[tuple[int, int]] = [(0, 0)] * len(models)
+    population = None
     if plan is None:
         shapes = store.sample_shapes(0)
         sites = _sites(models, spec, shapes)
@@ -109,39 +124,85 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
                                            spec.weighting, spec.ber)
         plan = FaultList(spec.target, spec.number_format, tuple(sites), tuple(inputs), tuple(faults), spec.trials,
                          spec.seed, spec.ber, data, tuple(int(i) for i in trial_inputs) if spec.ber else ())
+        if spec.ber is None and spec.weighting == "elements":
+            population = fault_space([s.size for s in sites], len(inputs), len(spec.bits), spec.trials)
     result = _empty_result(plan, spec, names, data)
     for run, (n_checked, n_correct) in zip(result.models, checked):
         run.inputs_checked, run.inputs_correct = n_checked, n_correct
     checkpoint = _Checkpoint(checkpoint_dir, plan, result, [m for _, m in models], resume) if checkpoint_dir else None
-    done = sum(int(r.done.sum()) for r in result.models)
-    total = plan.trials * len(models)
+    job = Job(plan, sites, shapes, spec, judge)
+    if workers is None and ray_address is None:
+        executor = LocalExecutor(job, [m for _, m in models], store)
+    else:
+        from ovrange.faults.ray_executor import RayExecutor
 
-    def record(model_index: int, trials: np.ndarray, codes: np.ndarray, top1: np.ndarray, dev: np.ndarray) -> None:
-        nonlocal done
-        run = result.models[model_index]
-        run.outcome[trials], run.top1[trials], run.deviation[trials] = codes, top1, dev
+        rows = store.load(sorted(set(result.trial_input.tolist())))
+        job = replace(job, rows=dict(zip(sorted(set(result.trial_input.tolist())), rows)))
+        executor = RayExecutor(job, [m for _, m in models], workers, ray_address)
+    stopping = Stopping(spec.margin, spec.confidence, population) if spec.margin is not None else None
+    started = time.perf_counter()
+    try:
+        with executor:
+            _run_rounds(result, executor, stopping, _fault_keys(plan) if stopping else None, shard_size, checkpoint, progress)
+    finally:
         if checkpoint:
-            checkpoint.append(model_index, trials, codes, top1, dev)
-        done += len(trials)
-        if progress:
-            progress(done, total)
-
-    if progress:
-        progress(done, total)
-    result.meta["engines"] = {}
-    for index, (_, model) in enumerate(models):
-        run = result.models[index]
-        pending = np.nonzero(~run.done)[0]
-        started = time.perf_counter()  # compiling is part of a campaign's cost: it counts in the model's seconds
-        if len(pending):
-            engine = make_engine(model, spec.target, sites, shapes, spec, judge, fmt)
-            result.meta["engines"][names[index]] = engine.description
-            engine.run(plan, pending, store, fmt, lambda t, c, p, d, i=index: record(i, t, c, p, d))
-            del engine  # drop its compiled models before the next model's are built
-        run.seconds += time.perf_counter() - started
-    if checkpoint:
-        checkpoint.close()
+            checkpoint.close()
+    result.meta["executor"] = {"kind": type(executor).__name__, "workers": executor.workers,
+                               "wall_seconds": time.perf_counter() - started}
+    if stopping:
+        result.meta["stopping"] = stopping.to_dict()
     return result
+
+
+def _run_rounds(result: CampaignResult, executor, stopping: Stopping | None, keys: np.ndarray | None,
+                shard_size: int | None, checkpoint: _Checkpoint | None, progress: ProgressFn | None) -> None:
+    """Run trials up to a target (all of them without ``stopping``), round after round; merge each shard once."""
+    done = sum(int(r.done.sum()) for r in result.models)
+    cap = result.trials
+    target = stopping.first_target(cap) if stopping else cap
+    merged: set[int] = set()
+    workers = result.meta.setdefault("workers", {})
+    engines = result.meta.setdefault("engines", {})
+    first_index = 0
+    if progress:
+        progress(done, cap * len(result.models))
+    while target is not None:
+        pending = [np.nonzero(~run.done[:target])[0] for run in result.models]
+        size = shard_trials(target, shard_size, result.spec.batch_size)
+        shards = make_shards(pending, result.trial_input, size, first_index)
+        first_index += len(shards)
+        for shard_result in executor.run(shards):
+            shard, out = shard_result.shard, shard_result.outcomes
+            if shard.index in merged:
+                continue  # a shard re-run after a worker died must not count twice
+            merged.add(shard.index)
+            run = result.models[shard.model]
+            run.outcome[out.trials], run.top1[out.trials], run.deviation[out.trials] = out.codes, out.top1, \
+                out.deviation
+            run.seconds += shard_result.seconds
+            engines[run.name] = shard_result.engine
+            stats = workers.setdefault(shard_result.worker, {"trials": 0, "seconds": 0.0, "shards": 0})
+            stats["trials"] += len(out.trials)
+            stats["seconds"] += shard_result.seconds
+            stats["shards"] += 1
+            stats["trials_per_second"] = stats["trials"] / stats["seconds"] if stats["seconds"] else None
+            if checkpoint:
+                checkpoint.append(shard.model, out.trials, out.codes, out.top1, out.deviation)
+            done += len(out.trials)
+            if progress:
+                progress(done, cap * len(result.models))
+        if not stopping:
+            break
+        target = stopping.next_target([run.outcome for run in result.models], keys, target, cap)
+
+
+def _fault_keys(plan: FaultList) -> np.ndarray:
+    """Per trial, an id of its fault (input, site, element, bit): equal ids are the same fault drawn twice."""
+    index = {site.name: i for i, site in enumerate(plan.sites)}
+    rows = np.full((plan.trials, 4), -1, np.int64)
+    for fault in plan.faults:  # multi-fault trials keep their last fault: only single-fault plans use the ids
+        rows[fault.trial] = (fault.input, index[fault.site], fault.element, fault.bit)
+    return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
 
 
 def _plain_reference(model: ov.Model, judge: Judge, shapes: list[tuple[int, ...]], spec: CampaignSpec):

@@ -6,22 +6,25 @@
 * ParameterWeightEngine: the weights become inputs and bits are flipped in place; one input per inference. Used
   for bit-error-rate mode, layers the delta engine does not cover, and models whose batch cannot change.
 
-The fault-free output a trial is judged against comes from the compiled model the trial runs on, with no fault,
-so a masked fault leaves the output bit-identical. Compiled models are built lazily and dropped when done: each
-holds its own copy of the weights.
+Each engine runs a *shard* (any set of trial indices) and returns its Outcomes; it keeps its compiled models
+between shards, so an executor builds one engine per model and feeds it shard after shard. The fault-free output a
+trial is judged against comes from the compiled model the trial runs on, with no fault, so a masked fault leaves
+the output bit-identical; it is computed per shard from the shard's own inputs, so a shard's outcomes do not
+depend on which worker ran it or what ran before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import openvino as ov
 
 from ovrange.errors import ModelError
 from ovrange.faults.faultlist import FaultList
-from ovrange.faults.injectors import ScatterInjector, WeightInjector, check_batchable
+from ovrange.faults.injectors import ScatterInjector, ValueProbe, WeightInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.linear import LinearLayer, linear_layer
 from ovrange.faults.model import Fault, NumberFormat, flip
@@ -29,10 +32,24 @@ from ovrange.faults.outcomes import Judge
 from ovrange.faults.sites import Site, site_outputs, static_clone
 from ovrange.faults.spec import CampaignSpec
 
-_BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ovrange-compile")
-RecordFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 WEIGHT_GROUP_LIMIT = 1 << 25  # above 32M weights, one weights-as-inputs model per layer instead of one for all
 CHUNK = 64  # trials of a one-input-per-inference engine classified and checkpointed together
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """What a shard produced: per trial index, the outcome code, faulty top-1 and relative deviation."""
+
+    trials: np.ndarray
+    codes: np.ndarray
+    top1: np.ndarray
+    deviation: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: list[Outcomes]) -> Outcomes:
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int32), np.zeros(0, np.float32))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("trials", "codes", "top1", "deviation")))
 
 
 def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -50,42 +67,41 @@ def _single_faults(plan: FaultList, pending: np.ndarray) -> tuple[np.ndarray, ..
 
 
 def _judge(judge: Judge, golden: dict[int, np.ndarray], inputs: np.ndarray, outputs: np.ndarray,
-           trials: np.ndarray, record: RecordFn) -> None:
+           trials: np.ndarray) -> Outcomes:
     codes, top1, deviation = judge.classify(np.stack([golden[int(i)] for i in inputs]), outputs)
-    record(trials, codes, top1, deviation)
+    return Outcomes(np.asarray(trials, np.int64), codes, top1, deviation)
 
 
 class _ScatterEngine:
-    """Shared flow of the batched engines: probe (references, fault-free tensors), then an injector."""
+    """Shared flow of the batched engines: probe (fault-free tensors at the struck sites), then an injector."""
 
     kind = "activations"
     description = ""
 
     def __init__(self, model: ov.Model, sites: list[Site], shapes: list[tuple[int, ...]], spec: CampaignSpec,
-                 judge: Judge, rows: list[int] | None = None, batchable: bool = True):
+                 judge: Judge, rows: list[int] | None = None, batchable: bool = True,
+                 config: dict[str, Any] | None = None):
         self.model, self.sites, self.shapes, self.spec, self.judge, self.rows = model, sites, shapes, spec, judge, rows
-        self.trash = batchable
+        self.trash, self.config = batchable, config
         self.batch = spec.batch_size if batchable else 1
-        # Compile the injector in the background while the probe picks inputs and reads fault-free tensors
-        # (OpenVINO releases the GIL while compiling); a fixed-batch model builds one per site later instead.
-        self._pending = _BACKGROUND.submit(self._injector) if batchable else None
-        self.probe: ScatterInjector | None = self._injector(probe=True)
+        self.probe = self._probe()
+        # A fixed-batch model builds one single-site injector per site later instead.
+        self.injector = self._injector() if batchable else None
 
-    def _injector(self, probe: bool = False, names: list[str] | None = None) -> ScatterInjector:
-        return ScatterInjector(self.model, self.kind, names or [s.name for s in self.sites], self.shapes, self.batch,
+    def _probe(self):
+        return self._injector(probe=True)
+
+    def _injector(self, probe: bool = False, names: list[str] | None = None, batch: int | None = None
+                  ) -> ScatterInjector:
+        return ScatterInjector(self.model, self.kind, names or [s.name for s in self.sites], self.shapes,
+                               batch or self.batch,
                                rows=self.rows if names is None else None, trash=self.trash, probe=probe,
-                               device=self.spec.device)
+                               device=self.spec.device, config=self.config)
 
-    def reference(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """Fault-free judged output for any number of rows (used to pick the inputs)."""
-        parts = [self.probe.run([a[s:s + self.batch] for a in inputs])[0][self.judge.output]
-                 for s in range(0, len(inputs[0]), self.batch)]
-        return np.concatenate(parts)
-
-    def _golden(self, injector: ScatterInjector, store: InputStore, used: np.ndarray) -> dict[int, np.ndarray]:
+    def _golden(self, store: InputStore, used: np.ndarray) -> dict[int, np.ndarray]:
         golden = {}
         for chunk in _chunks(used, self.batch):
-            outputs, _ = injector.run(store.batch(chunk))
+            outputs, _ = self.injector.run(store.batch(chunk))
             golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
         return golden
 
@@ -93,60 +109,75 @@ class _ScatterEngine:
 class ActivationEngine(_ScatterEngine):
     kind = "activations"
 
-    def __init__(self, model, sites, shapes, spec, judge):
+    def __init__(self, model, sites, shapes, spec, judge, config=None):
         batchable = check_batchable(model, shapes, spec.batch_size)
-        super().__init__(model, sites, shapes, spec, judge, batchable=batchable)
+        super().__init__(model, sites, shapes, spec, judge, batchable=batchable, config=config)
         self.description = (f"ScatterNDUpdate at {len(sites)} sites, {self.batch} faults per inference" if batchable
                             else "ScatterNDUpdate at one site per model, one fault per inference (fixed batch)")
 
-    def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat,
-            record: RecordFn) -> None:
+    def _probe(self) -> ScatterInjector | ValueProbe:
+        if not self.trash:  # fixed batch: the probe reads whole tensors, one input at a time
+            return super()._probe()
+        return ValueProbe(self.model, [s.name for s in self.sites], self.shapes, self.batch, device=self.spec.device,
+                          config=self.config)
+
+    def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         site, element, bit, inputs = _single_faults(plan, pending)
         used = np.unique(inputs)
         original = np.zeros(len(pending), np.float32)
         golden: dict[int, np.ndarray] = {}
         for chunk in _chunks(used, self.batch):
-            outputs, probes = self.probe.run(store.batch(chunk))
             here = np.nonzero(np.isin(inputs, chunk))[0]
             rows = np.searchsorted(chunk, inputs[here])  # ``used`` is sorted, so chunks are too
+            if self.trash:
+                _, original[here] = self.probe.read(store.batch(chunk), site[here], rows, element[here])
+                continue
+            outputs, probes = self.probe.run(store.batch(chunk))
             for s in np.unique(site[here]):
                 take = site[here] == s
                 original[here[take]] = probes[s][0].reshape(len(chunk), -1)[rows[take], element[here[take]]]
-            if not self.trash:  # single-site injectors always inject: the probe gives the fault-free output
-                golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
-        self.probe = None
+            # single-site injectors always inject: the probe gives the fault-free output
+            golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
         faulty = flip(original, bit, fmt)
+        parts = []
         if self.trash:
-            injector = self._pending.result()
-            golden = self._golden(injector, store, used)
+            golden = self._golden(store, used)
             for part in _chunks(np.arange(len(pending)), self.batch):
-                outputs, _ = injector.run(store.batch(inputs[part]), site[part], np.arange(len(part)), element[part],
-                                          faulty[part])
-                _judge(self.judge, golden, inputs[part], outputs[self.judge.output], pending[part], record)
-            return
+                outputs, _ = self.injector.run(store.batch(inputs[part]), site[part], np.arange(len(part)),
+                                               element[part], faulty[part])
+                parts.append(_judge(self.judge, golden, inputs[part], outputs[self.judge.output], pending[part]))
+            return Outcomes.concat(parts)
         for s in np.unique(site):  # fixed-batch model: one single-site injector at a time
             injector = self._injector(names=[self.sites[s].name])
             for part in _chunks(np.nonzero(site == s)[0], CHUNK):
                 outputs = [injector.run(store.batch(inputs[[k]]), np.zeros(1, np.int64), np.zeros(1, np.int64),
                                         element[[k]], faulty[[k]])[0][self.judge.output] for k in part]
-                _judge(self.judge, golden, inputs[part], np.concatenate(outputs), pending[part], record)
+                parts.append(_judge(self.judge, golden, inputs[part], np.concatenate(outputs), pending[part]))
             del injector
+        return Outcomes.concat(parts)
 
 
 class DeltaWeightEngine(_ScatterEngine):
     kind = "weights"
 
-    def __init__(self, model, sites, shapes, spec, judge, layers: list[LinearLayer]):
+    def __init__(self, model, sites, shapes, spec, judge, layers: list[LinearLayer], config=None):
         self.layers = layers
-        super().__init__(model, sites, shapes, spec, judge, rows=[layer.rows for layer in layers])
-        self.description = f"weight faults as layer-output corrections at {len(sites)} layers, {self.batch} per inference"
+        # The probe returns each layer's whole input and output: its batch is what fits in the probe's memory.
+        per_sample = 2 * 4 * sum(int(np.prod(layer.in_shape)) + int(np.prod(layer.out_shape))  # f32, held by
+                                 for layer in layers)  # OpenVINO and copied out
+        self.probe_batch = int(max(1, min(spec.batch_size, spec.probe_memory * 2**20 // max(per_sample, 1))))
+        super().__init__(model, sites, shapes, spec, judge, rows=[layer.rows for layer in layers], config=config)
+        self.description = (f"weight faults as layer-output corrections at {len(sites)} layers, {self.batch} per "
+                            f"inference (probe: {self.probe_batch} inputs per inference)")
 
-    def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat,
-            record: RecordFn) -> None:
+    def _probe(self):
+        return self._injector(probe=True, batch=self.probe_batch)
+
+    def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         site, element, bit, inputs = _single_faults(plan, pending)
         used = np.unique(inputs)
         writes: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(pending)
-        for chunk in _chunks(used, self.batch):
+        for chunk in _chunks(used, self.probe_batch):
             _, probes = self.probe.run(store.batch(chunk))
             here = np.nonzero(np.isin(inputs, chunk))[0]
             rows = np.searchsorted(chunk, inputs[here])
@@ -157,39 +188,36 @@ class DeltaWeightEngine(_ScatterEngine):
                                                              y[rows[site[here] == s]])
                 for k, trial in enumerate(take):
                     writes[trial] = (index[k], values[k])
-        self.probe = None
-        injector = self._pending.result()
-        golden = self._golden(injector, store, used)
+        golden = self._golden(store, used)
+        parts = []
         for part in _chunks(np.arange(len(pending)), self.batch):
             sizes = [len(writes[k][0]) for k in part]
             taps = np.repeat(site[part], sizes)
             rows = np.repeat(np.arange(len(part)), sizes)
             elements = np.concatenate([writes[k][0] for k in part])
             values = np.concatenate([writes[k][1] for k in part])
-            outputs, _ = injector.run(store.batch(inputs[part]), taps, rows, elements, values)
-            _judge(self.judge, golden, inputs[part], outputs[self.judge.output], pending[part], record)
+            outputs, _ = self.injector.run(store.batch(inputs[part]), taps, rows, elements, values)
+            parts.append(_judge(self.judge, golden, inputs[part], outputs[self.judge.output], pending[part]))
+        return Outcomes.concat(parts)
 
 
 class ParameterWeightEngine:
     """Weights as inputs, one inference per trial; flips applied in place and undone."""
 
-    def __init__(self, model, sites, shapes, spec, judge, fmt: NumberFormat):
+    def __init__(self, model, sites, shapes, spec, judge, fmt: NumberFormat, config=None):
         self.model, self.sites, self.shapes, self.spec, self.judge, self.fmt = model, sites, shapes, spec, judge, fmt
+        self.config = config
         total = sum(s.size for s in sites)
         self.groups = [sites] if spec.ber is not None or total <= WEIGHT_GROUP_LIMIT else [[s] for s in sites]
-        self.injector: WeightInjector | None = self._injector(self.groups[0])
+        self.injector = self._injector(self.groups[0])  # kept between shards; other groups are rebuilt per shard
         self.batch = 1
         self.description = (f"weights as inputs ({len(self.groups)} compiled model(s)), one fault set per inference")
 
     def _injector(self, group: list[Site]) -> WeightInjector:
-        return WeightInjector(self.model, group, self.shapes, device=self.spec.device, number_format=self.fmt)
+        return WeightInjector(self.model, group, self.shapes, device=self.spec.device, number_format=self.fmt,
+                              config=self.config)
 
-    def reference(self, inputs: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate([self.injector.run([a[i:i + 1] for a in inputs])[self.judge.output]
-                               for i in range(len(inputs[0]))])
-
-    def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat,
-            record: RecordFn) -> None:
+    def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         faults: dict[int, list[Fault]] = {int(t): [] for t in pending}
         trial_inputs = np.zeros(plan.trials, np.int64)
         if plan.trial_inputs:
@@ -198,6 +226,7 @@ class ParameterWeightEngine:
             trial_inputs[fault.trial] = fault.input
             if fault.trial in faults:
                 faults[fault.trial].append(fault)
+        parts = []
         for number, group in enumerate(self.groups):
             names = {s.name: i for i, s in enumerate(group)}
             trials = np.array([t for t in pending if all(f.site in names for f in faults[int(t)])
@@ -205,7 +234,6 @@ class ParameterWeightEngine:
             if not len(trials):
                 continue
             injector = self.injector if number == 0 else self._injector(group)
-            self.injector = None
             used = np.unique(trial_inputs[trials])
             rows = dict(zip(used.tolist(), store.load(used)))
             golden = {i: injector.run(rows[i])[self.judge.output][0] for i in rows}
@@ -213,23 +241,25 @@ class ParameterWeightEngine:
                 outputs = [injector.run(rows[int(trial_inputs[t])],
                                         [(names[f.site], f.element, f.bit) for f in faults[int(t)]])[self.judge.output]
                            for t in part]
-                _judge(self.judge, golden, trial_inputs[part], np.concatenate(outputs), part, record)
+                parts.append(_judge(self.judge, golden, trial_inputs[part], np.concatenate(outputs), part))
             del injector
+        return Outcomes.concat(parts)
 
 
 def make_engine(model: ov.Model, target: str, sites: list[Site], shapes: list[tuple[int, ...]],
-                spec: CampaignSpec, judge: Judge, fmt: NumberFormat):
-    """The fastest engine that runs ``target`` faults on ``model`` (see the module docstring)."""
+                spec: CampaignSpec, judge: Judge, fmt: NumberFormat, config: dict[str, Any] | None = None):
+    """The fastest engine that runs ``target`` faults on ``model`` (see the module docstring); ``config`` holds
+    extra OpenVINO compile properties (a Ray worker turns CPU pinning off)."""
     if target == "activations":
-        return ActivationEngine(model, sites, shapes, spec, judge)
+        return ActivationEngine(model, sites, shapes, spec, judge, config)
     if spec.weight_mode != "parameter" and spec.ber is None:
         layers = _linear_layers(model, sites, shapes)
         if layers is not None and check_batchable(model, shapes, spec.batch_size):
-            return DeltaWeightEngine(model, sites, shapes, spec, judge, layers)
+            return DeltaWeightEngine(model, sites, shapes, spec, judge, layers, config)
         if spec.weight_mode == "delta":
             raise ModelError("weight_mode delta needs Convolution/GroupConvolution/MatMul layers with 2-D MatMul "
                              "weights and a model that runs batches; use weight_mode parameter")
-    return ParameterWeightEngine(model, sites, shapes, spec, judge, fmt)
+    return ParameterWeightEngine(model, sites, shapes, spec, judge, fmt, config)
 
 
 def _linear_layers(model: ov.Model, sites: list[Site], shapes: list[tuple[int, ...]]) -> list[LinearLayer] | None:

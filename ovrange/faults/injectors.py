@@ -36,8 +36,8 @@ def _move_names(old: ov.Output, new: ov.Output) -> None:
 class _Runner:
     """A compiled model with preallocated shared-memory input buffers."""
 
-    def __init__(self, model: ov.Model, device: str, precision: str):
-        self.compiled = compile_model(model, device, precision=precision)
+    def __init__(self, model: ov.Model, device: str, precision: str, config: dict | None = None):
+        self.compiled = compile_model(model, device, precision=precision, config=config)
         self.request = self.compiled.create_infer_request()
         self.buffers = []
         for index, port in enumerate(self.compiled.inputs):
@@ -45,12 +45,66 @@ class _Runner:
             self.request.set_input_tensor(index, ov.Tensor(buffer, shared_memory=True))
             self.buffers.append(buffer)
 
-    def infer(self, n: int) -> list[np.ndarray]:
+    def run(self) -> None:
         try:
             self.request.infer()
         except RuntimeError as exc:
             raise DataError(f"inference failed: {last_line(exc)}") from exc
+
+    def infer(self, n: int) -> list[np.ndarray]:
+        self.run()
         return [self.request.get_output_tensor(i).data[:n].copy() for i in range(len(self.compiled.outputs))]
+
+
+class ValueProbe:
+    """Reads chosen elements of activation sites, fault-free: one GatherND per site fed with indices, so an
+    inference returns the few values a batch of faults strikes, not every site's tensor (those held 9.5 GB for a
+    ViT at batch 64). Returns the model outputs too."""
+
+    def __init__(self, model: ov.Model, names: list[str], sample_shapes: list[tuple[int, ...]], batch: int, *,
+                 device: str = "CPU", precision: str = "f32", config: dict | None = None):
+        self.batch, self.n_inputs = batch, len(sample_shapes)
+        clone = static_clone(model, sample_shapes, batch=batch)
+        found = site_outputs(clone, "activations")
+        params, results, self.shapes = [], [], []
+        for i, name in enumerate(names):
+            out = found[name][1]
+            self.shapes.append(tuple(int(d) for d in out.get_shape()[1:]))
+            indices = ops.parameter([batch, 1 + len(self.shapes[-1])], ov.Type.i32, name=f"ovrange_fi_read_{i}")
+            results.append(ops.result(ops.gather_nd(out, indices)))
+            params.append(indices)
+        clone.add_parameters(params)
+        clone.add_results(results)
+        clone.validate_nodes_and_infer_types()
+        self.n_outputs = len(clone.outputs) - len(results)
+        self.runner = _Runner(clone, device, precision, config)
+
+    def read(self, inputs: list[np.ndarray], site: np.ndarray, row: np.ndarray, element: np.ndarray
+             ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Model outputs for ``inputs`` (n rows) and the value of flat element ``element[k]`` of site ``site[k]``
+        in row ``row[k]``, for every k (several inferences when one site is read more than ``batch`` times)."""
+        n = len(inputs[0])
+        for buffer, array in zip(self.runner.buffers, inputs):
+            buffer[:n] = array
+        values = np.zeros(len(site), np.float32)
+        order = np.argsort(site, kind="stable")
+        sites, starts = np.unique(site[order], return_index=True)
+        groups = {int(s): order[a:b] for s, a, b in zip(sites, starts, [*starts[1:], len(order)])}
+        outputs: list[np.ndarray] = []
+        for start in range(0, max([len(g) for g in groups.values()], default=1), self.batch):
+            for s, group in groups.items():
+                take = group[start:start + self.batch]
+                if len(take):
+                    indices = self.runner.buffers[self.n_inputs + s]
+                    indices[: len(take), 0] = row[take]
+                    indices[: len(take), 1:] = np.stack(np.unravel_index(element[take], self.shapes[s]), axis=1)
+            self.runner.run()
+            request = self.runner.request
+            outputs = outputs or [request.get_output_tensor(i).data[:n].copy() for i in range(self.n_outputs)]
+            for s, group in groups.items():
+                take = group[start:start + self.batch]
+                values[take] = request.get_output_tensor(self.n_outputs + s).data[: len(take)]
+        return outputs, values
 
 
 class ScatterInjector:
@@ -64,7 +118,7 @@ class ScatterInjector:
 
     def __init__(self, model: ov.Model, kind: str, names: list[str], sample_shapes: list[tuple[int, ...]],
                  batch: int, *, rows: list[int] | None = None, trash: bool = True, probe: bool = False,
-                 device: str = "CPU", precision: str = "f32"):
+                 device: str = "CPU", precision: str = "f32", config: dict | None = None):
         if not trash and batch != 1:
             raise ValueError("without a trash element the injector runs one input at a time")
         self.batch = batch
@@ -96,7 +150,7 @@ class ScatterInjector:
             clone.add_results(probes)
         clone.validate_nodes_and_infer_types()
         self.n_outputs = len(clone.outputs) - len(probes)
-        self.runner = _Runner(clone, device, precision)
+        self.runner = _Runner(clone, device, precision, config)
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         position = self.n_inputs
         for i, shape in enumerate(self.shapes):
@@ -160,7 +214,8 @@ class WeightInjector:
     """Runs one input per inference with the weights of ``sites`` as inputs, some bits flipped."""
 
     def __init__(self, model: ov.Model, sites: list[Site], sample_shapes: list[tuple[int, ...]], *,
-                 device: str = "CPU", precision: str = "f32", number_format: NumberFormat = FORMATS["fp32"]):
+                 device: str = "CPU", precision: str = "f32", number_format: NumberFormat = FORMATS["fp32"],
+                 config: dict | None = None):
         from ovrange.faults.sites import stored_through_transform, weight_values
 
         self.sites = sites
@@ -182,7 +237,7 @@ class WeightInjector:
             params.append(param)
         clone.add_parameters(params)
         clone.validate_nodes_and_infer_types()
-        self.runner = _Runner(clone, device, precision)
+        self.runner = _Runner(clone, device, precision, config)
         self.weights = [self.runner.buffers[self.n_inputs + i].reshape(-1) for i in range(len(sites))]
         for flat, values in zip(self.weights, golden):
             flat[...] = values.reshape(-1)

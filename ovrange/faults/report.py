@@ -70,6 +70,14 @@ def reduction_text(result: CampaignResult, other: int = 1) -> str:
     return f"SDC reduction from {first} to {second}: {ratio}{bound}."
 
 
+def _completeness(result: CampaignResult) -> str:
+    stop = result.meta.get("stopping")
+    if stop:  # statistical stopping: the trials not run were never needed
+        return (f"- Stopped after {stop['trials']} of {result.trials} trials ({len(stop['rounds'])} rounds): "
+                f"{stop['reason']} ({stop['method']})")
+    return f"- Complete: {'yes' if result.complete else 'no (partial: interrupted campaign)'}"
+
+
 def markdown(result: CampaignResult, images: list[str] | tuple[str, ...] = ()) -> str:
     spec = result.spec
     lines = [f"# Fault-injection campaign: {spec.target}, {result.trials} trials", ""]
@@ -79,7 +87,7 @@ def markdown(result: CampaignResult, images: list[str] | tuple[str, ...] = ()) -
               f"- Sites: {len(result.sites)} {spec.target} sites, sampled by {spec.weighting}",
               f"- SDC criterion: {spec.sdc}; DUE: NaN/Inf in the output",
               f"- Seed {spec.seed}; {len(set(result.trial_input.tolist()))} distinct inputs from {result.data or 'data'}",
-              f"- Complete: {'yes' if result.complete else 'no (partial: interrupted campaign)'}", "",
+              _completeness(result), "",
               "| model | trials | masked | SDC (95% CI) | DUE (95% CI) | trials/s |", "|---|---|---|---|---|---|"]
     for i, run in enumerate(result.models):
         r = result.rates(i)

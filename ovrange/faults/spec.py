@@ -19,6 +19,7 @@ from ovrange.faults.model import TARGETS, parse_bits, parse_format
 SDC_METRICS = ("auto", "top1", "tokens", "linf", "cosine")
 WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.execute
 FILE_KEYS = ("model", "compare", "data", "json", "report", "replay")
+RUN_KEYS = ("workers", "ray_address", "shard_size")  # where a campaign runs: never part of its result
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class CampaignSpec:
     output: str | None = None
     device: str = "CPU"
     weight_mode: str = "auto"
+    margin: float | None = None  # statistical stopping: SDC interval half-width to reach (ovrange.faults.stopping)
+    confidence: float = 0.95
+    probe_memory: int = 2048  # MB the fault-free probe of weight campaigns may hold (its batch shrinks to fit)
 
     @classmethod
     def create(cls, **settings: Any) -> CampaignSpec:
@@ -99,7 +103,7 @@ class CampaignSpec:
     def validate(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"unknown target {self.target!r}; use activations or weights")
-        for name in ("trials", "inputs", "batch_size"):
+        for name in ("trials", "inputs", "batch_size", "probe_memory"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -112,6 +116,10 @@ class CampaignSpec:
                 raise ConfigError("bit-error-rate mode (ber) applies to weights only")
             if not 0 < self.ber < 1:
                 raise ConfigError(f"ber must be in (0, 1), got {self.ber}")
+        if self.margin is not None and not (isinstance(self.margin, (int, float)) and 0 < self.margin < 0.5):
+            raise ConfigError(f"margin must be in (0, 0.5), got {self.margin!r}")
+        if not (isinstance(self.confidence, (int, float)) and 0 < self.confidence < 1):
+            raise ConfigError(f"confidence must be in (0, 1), got {self.confidence!r}")
         fmt = parse_format(self.number_format)
         bad = [b for b in self.bits if not 0 <= b < fmt.bits]
         if bad:
@@ -134,7 +142,8 @@ class CampaignSpec:
 
 
 def load_file(path: str | Path) -> tuple[CampaignSpec, dict[str, Any]]:
-    """Read a YAML/JSON campaign file: (settings, file entries such as model/compare/data/json/report)."""
+    """Read a YAML/JSON campaign file: (settings, file entries such as model/compare/data/json/report, and where it
+    runs: workers/ray_address/shard_size)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -153,6 +162,7 @@ def load_file(path: str | Path) -> tuple[CampaignSpec, dict[str, Any]]:
         raise ConfigError(f"config {path} must be a mapping of settings")
     raw = {str(k).replace("-", "_"): v for k, v in raw.items()}
     files = {k: raw.pop(k) for k in FILE_KEYS if k in raw}
+    run = {k: raw.pop(k) for k in RUN_KEYS if k in raw}
     for key, value in files.items():  # paths are relative to the config file, as in protect configs
         values = value if key == "compare" and isinstance(value, list) else [value]
         if not all(isinstance(v, str) for v in values):
@@ -160,4 +170,4 @@ def load_file(path: str | Path) -> tuple[CampaignSpec, dict[str, Any]]:
                                                                            else ""))
         resolved = [Path(os.path.normpath(path.parent / v)) for v in values]
         files[key] = resolved if key == "compare" else resolved[0]
-    return CampaignSpec.create(**raw), files
+    return CampaignSpec.create(**raw), {**files, **run}

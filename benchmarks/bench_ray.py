@@ -1,0 +1,92 @@
+"""Wall-clock of one campaign in one process against ``--workers 2`` on a local Ray instance (interleaved rounds).
+
+Each contender is the whole command, ``python -m ovrange inject ... [--workers 2]``, so the Python start-up, the
+model's compilation and (for Ray) starting and stopping the local Ray instance all count. Rounds alternate the
+order (A B, B A, ...); the speed-up is the median of per-round ratios with its 95% interval. The goal on a 2-core
+machine is >= 1.7x on a campaign that takes >= 60 s in one process. Both contenders must give the same per-trial
+outcomes (checked every round).
+
+Default model: the DeiT-Tiny-sized ViT with random weights of ``benchmarks/vit_random.py`` (built on first use).
+
+Usage: python benchmarks/bench_ray.py [--model M.xml --data D.npz] [--trials 1500] [--rounds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root
+
+from ovrange.timing import interleaved, paired_ratio  # noqa: E402
+
+
+def command(model: Path, data: Path, out: Path, args: argparse.Namespace, workers: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "ovrange", "inject", str(model), "--data", str(data), "--trials", str(args.trials),
+           "--inputs", str(args.inputs), "--batch-size", str(args.batch_size), "--json", str(out), "-q"]
+    return cmd + (["--workers", str(workers)] if workers else [])
+
+
+def run(cmd: list[str]) -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{done.stderr}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--trials", type=int, default=1500)
+    parser.add_argument("--inputs", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="ovrange-bench-ray-"))
+    if args.model is None:
+        from benchmarks.vit_random import build
+
+        args.model, args.data = build(Path(tempfile.gettempdir()) / "ovrange-vit-random")
+    outs = {"one process": scratch / "one.json", f"--workers {args.workers}": scratch / "workers.json"}
+    commands = {name: command(args.model, args.data, out, args, args.workers if "workers" in name else None)
+                for name, out in outs.items()}
+    results: list[tuple[str, str]] = []
+
+    def contender(name: str):
+        def call() -> None:
+            run(commands[name])
+            data = json.loads(outs[name].read_text())
+            results.append((name, data["models"][0]["outcomes"]))
+        return call
+
+    print(f"model {args.model}, {args.trials} trials, batch {args.batch_size}, {os.cpu_count()} CPUs, "
+          f"{args.rounds} rounds (+1 warm-up)")
+    started = time.perf_counter()
+    times = interleaved({name: contender(name) for name in commands}, rounds=args.rounds)
+    identical = len({outcomes for _, outcomes in results}) == 1
+    names = list(commands)
+    ratio = paired_ratio(times[names[1]], times[names[0]])  # one-process time / workers time = speed-up
+    for name in names:
+        print(f"{name:<14} wall-clock per campaign: " + ", ".join(f"{t:.1f}s" for t in times[name]))
+    print(f"speed-up of {names[1]} over one process (wall-clock, Ray start-up included): {ratio} (goal >= 1.7x)")
+    print(f"per-trial outcomes identical in every run: {identical}")
+    print(f"total benchmark time {time.perf_counter() - started:.0f}s")
+    if args.json:
+        args.json.write_text(json.dumps({"model": str(args.model), "trials": args.trials, "times": times,
+                                         "speedup": {"median": ratio.median, "low": ratio.low, "high": ratio.high},
+                                         "identical": identical}, indent=1) + "\n")
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The executor seam: a campaign is a plan plus shards of trial indices; executors run shards and return outcomes.
+
+A :class:`Job` is everything an engine needs apart from the models' files (plan, sites, shapes, settings, judge and
+the campaign's input rows). A :class:`Bench` holds one engine at a time and runs a shard through it; it lives in the
+driver (:class:`LocalExecutor`, today's single process) or in each Ray actor (:mod:`ovrange.faults.ray_executor`).
+Shards depend only on the plan, the pending trials and the shard size, never on the executor or the worker count,
+so the same seed gives the same per-trial outcomes however a campaign is run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from ovrange.faults.execute import Outcomes, make_engine
+from ovrange.faults.faultlist import FaultList
+from ovrange.faults.inputs import InputStore
+from ovrange.faults.model import parse_format
+from ovrange.faults.outcomes import Judge
+from ovrange.faults.sites import Site
+from ovrange.faults.spec import CampaignSpec
+
+MIN_SHARD = 400  # trials per remote call: one inference per call ran at 0.13x native under Ray, >= 400 at ~1x
+MAX_SHARD = 4096
+SHARDS_PER_ROUND = 16  # enough to keep a few workers busy to the end of a round
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Trials ``trials`` of model ``model``; ``index`` identifies it for merging (each shard merges once)."""
+
+    index: int
+    model: int
+    trials: np.ndarray
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard: Shard
+    outcomes: Outcomes
+    seconds: float  # busy time of the worker on this shard, engine building included
+    worker: str
+    engine: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """What any worker needs to run shards, apart from the models: small enough to ship once to a cluster."""
+
+    plan: FaultList
+    sites: list[Site]
+    shapes: list[tuple[int, ...]]
+    spec: CampaignSpec
+    judge: Judge
+    rows: dict[int, list[np.ndarray]] = field(default_factory=dict)  # the campaign's inputs, by dataset index
+
+
+def shard_size(trials: int, requested: int | None, batch: int) -> int:
+    """Trials per shard: ``requested``, else about 1/16 of the round within [400, 4096], a multiple of the batch."""
+    if requested:
+        return requested
+    size = min(MAX_SHARD, max(MIN_SHARD, math.ceil(trials / SHARDS_PER_ROUND)))
+    return math.ceil(size / batch) * batch
+
+
+def make_shards(pending: list[np.ndarray], trial_input: np.ndarray, size: int, first_index: int = 0) -> list[Shard]:
+    """Cut each model's pending trials into shards, trials of one input kept together (a shard reads the fault-free
+    tensors of its own inputs, so fewer inputs per shard means less of that work)."""
+    shards = []
+    for model, trials in enumerate(pending):
+        ordered = trials[np.lexsort((trials, trial_input[trials]))]
+        for start in range(0, len(ordered), size):
+            shards.append(Shard(first_index + len(shards), model, np.sort(ordered[start:start + size])))
+    return shards
+
+
+class Bench:
+    """Runs shards of a Job; builds the engine of a model on first use and keeps one engine at a time (each holds
+    compiled models with their own copy of the weights)."""
+
+    def __init__(self, job: Job, load_model: Callable[[int], ov.Model], store: InputStore,
+                 config: dict[str, Any] | None = None, name: str = "local"):
+        self.job, self.load_model, self.store, self.config, self.name = job, load_model, store, config, name
+        self.fmt = parse_format(job.plan.number_format)
+        self.model_index: int | None = None
+        self.engine = None
+
+    def run(self, shard: Shard) -> ShardResult:
+        started = time.perf_counter()
+        if self.model_index != shard.model:
+            self.engine = None  # drop the previous model's compiled models before building the next
+            job = self.job
+            self.engine = make_engine(self.load_model(shard.model), job.spec.target, job.sites, job.shapes, job.spec,
+                                      job.judge, self.fmt, self.config)
+            self.model_index = shard.model
+        outcomes = self.engine.run(self.job.plan, shard.trials, self.store, self.fmt)
+        return ShardResult(shard, outcomes, time.perf_counter() - started, self.name, self.engine.description)
+
+
+class LocalExecutor:
+    """Today's behaviour: shards run one after the other in this process."""
+
+    workers = 1
+
+    def __init__(self, job: Job, models: list[ov.Model], store: InputStore):
+        self.bench = Bench(job, lambda i: models[i], store, name=f"local:{socket.gethostname()}:{os.getpid()}")
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bench.engine = None
+
+    def run(self, shards: list[Shard]) -> Iterator[ShardResult]:
+        for shard in shards:
+            yield self.bench.run(shard)
