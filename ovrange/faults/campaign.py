@@ -34,7 +34,7 @@ from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults
 from ovrange.faults.spec import CampaignSpec
 from ovrange.faults.stopping import Stopping, fault_space
 from ovrange.modelio import read_model
-from ovrange.runtime import compile_model, with_dynamic_batch
+from ovrange.runtime import Runner
 from ovrange.protect import protection_info
 
 ProgressFn = Callable[[int, int], None]
@@ -206,18 +206,12 @@ def _fault_keys(plan: FaultList) -> np.ndarray:
 
 
 def _plain_reference(model: ov.Model, judge: Judge, shapes: list[tuple[int, ...]], spec: CampaignSpec):
-    """Fault-free judged output of ``model`` for a batch of inputs (one inference per row if it cannot batch)."""
-    runnable = model.clone()
-    batchable = check_batchable(model, shapes, spec.batch_size)
-    if batchable:
-        with_dynamic_batch(runnable)
-    request = compile_model(runnable, spec.device, precision="f32").create_infer_request()
+    """Fault-free judged output of ``model`` for a batch of inputs (one sample at a time if it cannot batch)."""
+    batch = spec.batch_size if check_batchable(model, shapes, spec.batch_size) else 1
+    runner = Runner(model, device=spec.device, batch_size=batch, fallback=True)
 
     def reference(arrays: list[np.ndarray]) -> np.ndarray:
-        if batchable:
-            return request.infer(arrays)[judge.output].copy()
-        rows = [request.infer([a[i:i + 1] for a in arrays])[judge.output].copy() for i in range(len(arrays[0]))]
-        return np.concatenate(rows)
+        return runner.predict([(arrays, len(arrays[0]))], output=judge.output)
 
     return reference
 
