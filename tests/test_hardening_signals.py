@@ -112,3 +112,18 @@ def test_progress_lines_when_stderr_is_not_a_terminal(lenet, tmp_path):
     assert lines and all(line.startswith("evaluating fashion_lenet.xml: ") for line in lines)
     assert lines[-1].endswith("2000/2000 (100%)")
     assert np.diff([int(line.split(": ")[1].split("/")[0]) for line in lines]).min() > 0
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(lenet, tmp_path):
+    import resource
+
+    def small_files() -> None:  # the kernel refuses writes past 64 KiB (EFBIG), as a full disk refuses them
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    done = subprocess.run([sys.executable, "-m", "ovrange", "protect", lenet["xml"], "--data", lenet["calib_npz"],
+                           "--subset-size", "10", "-o", tmp_path / "out", "-q"], capture_output=True, text=True,
+                          timeout=300, preexec_fn=small_files)
+    assert done.returncode == 5, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write") and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
