@@ -146,6 +146,7 @@ CASES: dict[str, tuple[str | None, tuple[str, ...], str]] = {
     "protect: --scale 0": (None, ("protect", "{w}/m.xml", "--data", "{w}/images", "--scale", "0"), "non-zero"),
     "protect: unknown colour order": (None, ("protect", "{w}/m.xml", "--data", "{w}/images", "--color-order", "XYZ"),
                                       "unknown colour order"),
+    "protect: image options with array data": (None, PROTECT + ("--mean", "1"), "describe image folders"),
     "evaluate: one-hot labels": ("one-hot labels", EVALUATE + ("{w}/l.npz",), "one-hot"),
     "evaluate: fractional labels": ("fractional labels", EVALUATE + ("{w}/l.npz",), "fractional values"),
     "evaluate: labels outside the classes": ("labels out of range", EVALUATE + ("{w}/l.npz",),
