@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import pytest
 from PIL import Image
 
 import ovrange
-from ovrange.cli import main
 from tests.models import seven_activation_model
+from tests.test_faults_cli import cli  # the console entry point in-process
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +146,7 @@ CASES: dict[str, tuple[str | None, tuple[str, ...], str]] = {
     "protect: --scale 0": (None, ("protect", "{w}/m.xml", "--data", "{w}/images", "--scale", "0"), "non-zero"),
     "protect: unknown colour order": (None, ("protect", "{w}/m.xml", "--data", "{w}/images", "--color-order", "XYZ"),
                                       "unknown colour order"),
+    "protect: image options with array data": (None, PROTECT + ("--mean", "1"), "describe image folders"),
     "evaluate: one-hot labels": ("one-hot labels", EVALUATE + ("{w}/l.npz",), "one-hot"),
     "evaluate: fractional labels": ("fractional labels", EVALUATE + ("{w}/l.npz",), "fractional values"),
     "evaluate: labels outside the classes": ("labels out of range", EVALUATE + ("{w}/l.npz",),
@@ -182,19 +182,6 @@ def snapshot(root: Path) -> dict[str, tuple[bool, int, int]]:
             for p in root.rglob("*")}
 
 
-def cli(capsys, args: list[str]) -> tuple[int, str, str]:
-    argv, sys.argv = sys.argv, ["ovrange", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_error_line_and_leaves_everything_as_it_was(pristine, tmp_path, capsys, case):
     setup, args, expected = CASES[case]
@@ -203,7 +190,7 @@ def test_bad_input_is_one_error_line_and_leaves_everything_as_it_was(pristine, t
     if setup:
         SETUP[setup](work)
     before = snapshot(work)
-    code, out, err = cli(capsys, [a.format(w=work) for a in args])
+    code, out, err = cli(capsys, *[a.format(w=work) for a in args])
     assert code != 0, out
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err

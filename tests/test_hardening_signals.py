@@ -65,15 +65,38 @@ def test_ctrl_c_exits_130_with_one_line(lenet, tmp_path, command):
     assert not (tmp_path / "out").exists()  # protect: nothing half-written, no folder created
 
 
-def test_two_runs_racing_for_one_output_cannot_both_win(lenet, tmp_path):
-    args = ("protect", lenet["xml"], "--data", lenet["calib_npz"], "-o", tmp_path / "out", "-q")
-    runs = [start(*args) for _ in range(2)]
-    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 5], results
+RACER = """
+import sys, time
+from pathlib import Path
+from ovrange.errors import OutputError
+from ovrange.modelio import write_dir_atomically
+
+out, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+def write(tmp):  # both runs are past the existence check before either moves its result into place
+    (tmp / "who").write_text(me)
+    (out.parent / f"ready-{me}").touch()
+    while not (out.parent / f"ready-{other}").exists():
+        time.sleep(0.01)
+
+try:
+    write_dir_atomically(out, write)
+except OutputError as exc:
+    sys.exit(f"error: {exc}")
+"""
+
+
+def test_two_runs_racing_for_one_output_cannot_both_win(tmp_path):
+    out = tmp_path / "result"
+    runs = [subprocess.Popen([sys.executable, "-c", RACER, str(out), me, other], stderr=subprocess.PIPE, text=True)
+            for me, other in (("a", "b"), ("b", "a"))]
+    results = [(run.wait(timeout=120), run.stderr.read()) for run in runs]
+    assert sorted(code for code, _ in results) == [0, 1], results
+    winner = "ab"[[code for code, _ in results].index(0)]
     loser = next(err for code, err in results if code)
-    assert loser.strip().startswith("error: output already exists") and len(loser.strip().splitlines()) == 1
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["fashion_lenet_RangeSupervision"]
+    assert loser.startswith("error: output already exists") and len(loser.strip().splitlines()) == 1
+    assert (out / "who").read_text() == winner  # the winner's result, not overwritten by the loser
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ready-a", "ready-b", "result"]
 
 
 def test_temporaries_of_a_killed_run_are_cleaned_by_the_next(tmp_path):
@@ -112,3 +135,18 @@ def test_progress_lines_when_stderr_is_not_a_terminal(lenet, tmp_path):
     assert lines and all(line.startswith("evaluating fashion_lenet.xml: ") for line in lines)
     assert lines[-1].endswith("2000/2000 (100%)")
     assert np.diff([int(line.split(": ")[1].split("/")[0]) for line in lines]).min() > 0
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(lenet, tmp_path):
+    import resource
+
+    def small_files() -> None:  # the kernel refuses writes past 64 KiB (EFBIG), as a full disk refuses them
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    done = subprocess.run([sys.executable, "-m", "ovrange", "protect", lenet["xml"], "--data", lenet["calib_npz"],
+                           "--subset-size", "10", "-o", tmp_path / "out", "-q"], capture_output=True, text=True,
+                          timeout=300, preexec_fn=small_files)
+    assert done.returncode == 5, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write") and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -91,4 +91,10 @@ def _fail(message: str, code: int, exc: BaseException | None) -> None:
 
         traceback.print_exception(exc)
     typer.echo(f"error: {message}", err=True)
+    if code == Interrupted.exit_code:
+        # Exit at once: an interrupted run once hung for minutes in interpreter shutdown (a loaded machine, an
+        # OpenVINO compile in a worker thread); temporaries are already removed and checkpoints flushed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)

@@ -81,6 +81,9 @@ def protect(
     ov_model = read_model(model_path, None if model else cfg.weights)  # inputs first, outputs last: a bad input
     images = _image_options(cfg.images, ov_model, shape=shape, layout=layout or cfg.layout, mean=mean, scale=scale,
                             color_order=color_order)
+    if images != replace(images, mean=(), scale=(), color_order="BGR", shape=None) and not Path(data_path).is_dir():
+        raise ConfigError(f"--shape/--mean/--scale/--color-order describe image folders; {data_path} is not one "
+                          "(arrays are fed as they are)")
     dataset = data_mod.load(data_path, ov_model, images=images).dataset  # leaves no folder behind
     out_dir = prepare_output_dir(output_dir / f"{name}_{algo.name}", force)
     own = {k: v for k, v in algo.params.items() if k not in config_mod.COMMON_PARAMS}
