@@ -292,10 +292,10 @@ def make_engine(model: ov.Model, target: str, sites: list[Site], shapes: list[tu
     """The fastest engine that runs ``target`` faults on ``model`` (see the module docstring); ``config`` holds
     extra OpenVINO compile properties (a Ray worker turns CPU pinning off)."""
     if target == "activations":
-        from ovrange.faults.suffix import make_suffix_engine, use_suffix
+        from ovrange.faults.suffix import SuffixEngine, use_suffix  # it builds on ActivationEngine
 
-        if use_suffix(model, sites, spec.suffix):
-            return make_suffix_engine(model, sites, shapes, spec, judge, config)
+        if use_suffix(model, sites, spec.suffix, spec.trials):
+            return SuffixEngine(model, sites, shapes, spec, judge, config)
         return ActivationEngine(model, sites, shapes, spec, judge, config)
     if spec.weight_mode != "parameter" and spec.ber is None:
         layers = _linear_layers(model, sites, shapes)

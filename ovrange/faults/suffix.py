@@ -21,12 +21,14 @@ import openvino as ov
 import openvino.opset13 as ops
 from openvino.passes import ConstantFolding, Manager
 
-from ovrange.faults.injectors import ScatterInjector
+from ovrange.faults.execute import ActivationEngine, Outcomes, _chunks, _judge
+from ovrange.faults.injectors import ScatterInjector, ValueProbe
 from ovrange.faults.sites import Site, site_outputs, static_clone
 
 TAG = "ovrange_fi_pos"
 SEGMENTS = 12
 MIN_ELEMENTS = 1 << 20  # "auto" runs suffixes when a sample's sites hold >= 1M values: below, inference overhead rules
+MIN_TRIALS = 2000  # ... and for campaigns long enough to pay for compiling the suffixes (at 400 ViT trials: ~1x)
 
 
 @dataclass(frozen=True)
@@ -127,92 +129,85 @@ def batch_major(base: ov.Model, shapes: list[tuple[int, ...]], keys: tuple[tuple
                list(b.get_shape()) == [2, *list(a.get_shape())[1:]] for a, b in zip(one, two))
 
 
-def use_suffix(model: ov.Model, sites: list[Site], setting: str) -> bool:
-    """``on``, ``off``, or ``auto``: large activations (>= 1M values per sample) and one model output."""
+def use_suffix(model: ov.Model, sites: list[Site], setting: str, trials: int) -> bool:
+    """``on``, ``off``, or ``auto``: large activations (>= 1M values per sample), one model output, and a
+    campaign of >= 2000 trials."""
     if setting != "auto":
         return setting == "on"
-    return len(model.outputs) == 1 and sum(s.size for s in sites) >= MIN_ELEMENTS
+    return len(model.outputs) == 1 and sum(s.size for s in sites) >= MIN_ELEMENTS and trials >= MIN_TRIALS
 
 
-def make_suffix_engine(model, sites, shapes, spec, judge, config=None):
+class SuffixEngine(ActivationEngine):
     """An ActivationEngine that runs each trial from the latest exact cut before its site (whole models where no
     cut is exact, or where the model cannot batch or a frontier is not batch-major)."""
-    from ovrange.faults.execute import ActivationEngine, Outcomes, _chunks, _judge
 
-    class SuffixEngine(ActivationEngine):
-        def __init__(self):
-            self.base = prepared(model, sites)
-            self.segments = [s for s in plan_segments(self.base, sites, shapes)
-                             if batch_major(self.base, shapes, s.frontier)]
-            super().__init__(self.base, sites, shapes, spec, judge, config)
-            self.checked = False
-            if not self.trash:
-                self.segments = []
-            self.suffixes = []
-            order = np.argsort([s.start for s in self.segments])
-            self.segments = [self.segments[i] for i in order]
-            self.later: list[np.ndarray] = []  # per segment: the sites at or after its cut
-            for j, segment in enumerate(self.segments):
-                later = np.array(sorted(i for seg in self.segments[j:] for i in seg.sites), np.int64)
-                suffix = suffix_model(self.base, shapes, self.batch + 1, segment)
-                self.suffixes.append(ScatterInjector(suffix, "activations", [sites[i].name for i in later],
-                                                     [tuple(p.get_shape())[1:] for p in suffix.inputs],
-                                                     self.batch, device=spec.device, config=config))
-                self.later.append(later)
-            self.description += f", suffix-only from {len(self.segments)} cuts"
+    def __init__(self, model, sites, shapes, spec, judge, config=None):
+        self.base = prepared(model, sites)
+        self.segments = [s for s in plan_segments(self.base, sites, shapes)
+                         if batch_major(self.base, shapes, s.frontier)]
+        super().__init__(self.base, sites, shapes, spec, judge, config)
+        self.checked = False
+        if not self.trash:
+            self.segments = []
+        self.suffixes = []
+        self.later: list[np.ndarray] = []  # per segment: the sites at or after its cut
+        for j, segment in enumerate(self.segments):
+            later = np.array(sorted(i for seg in self.segments[j:] for i in seg.sites), np.int64)
+            suffix = suffix_model(self.base, shapes, self.batch + 1, segment)
+            self.suffixes.append(ScatterInjector(suffix, "activations", [sites[i].name for i in later],
+                                                 [tuple(p.get_shape())[1:] for p in suffix.inputs],
+                                                 self.batch, device=spec.device, config=config))
+            self.later.append(later)
+        self.description += f", suffix-only from {len(self.segments)} cuts"
 
-        def _probe(self):
-            keys = sorted({k for s in getattr(self, "segments", []) for k in s.frontier})
-            if not self.trash or not keys:
-                return super()._probe()
-            from ovrange.faults.injectors import ValueProbe
+    def _probe(self):
+        keys = sorted({k for s in getattr(self, "segments", []) for k in s.frontier})
+        if not self.trash or not keys:
+            return super()._probe()
+        self.keys = keys
+        return ValueProbe(self.model, [s.name for s in self.sites], self.shapes, self.batch,
+                          extra=lambda clone: frontier_outputs(clone, keys), device=self.spec.device,
+                          config=self.config)
 
-            self.keys = keys
-            return ValueProbe(self.model, [s.name for s in self.sites], self.shapes, self.batch,
-                              extra=lambda clone: frontier_outputs(clone, keys), device=self.spec.device,
-                              config=self.config)
+    def _frontier(self, j: int, inputs: np.ndarray, extras) -> list[np.ndarray]:
+        return [np.concatenate([extras[int(i)][self.keys.index(k)] for i in inputs])
+                for k in self.segments[j].frontier]
 
-        def _frontier(self, j: int, inputs: np.ndarray, extras) -> list[np.ndarray]:
-            return [np.concatenate([extras[int(i)][self.keys.index(k)] for i in inputs])
-                    for k in self.segments[j].frontier]
+    def _keep_exact(self, golden, extras) -> None:
+        """Keep the suffixes that, fault-free, give the whole model's output bit for bit (OpenVINO may fuse
+        across a cut differently, e.g. fold a scaling Multiply into the next Convolution's weights)."""
+        some = np.array(sorted(golden)[: self.batch])
+        keep = []
+        for j, suffix in enumerate(self.suffixes):
+            outputs, _ = suffix.run(self._frontier(j, some, extras))
+            if np.array_equal(outputs[self.judge.output], np.stack([golden[int(i)] for i in some])):
+                keep.append(j)
+        self.segments = [self.segments[j] for j in keep]
+        self.suffixes = [self.suffixes[j] for j in keep]
+        self.later = [self.later[j] for j in keep]
+        # per site: the latest kept segment whose cut is at or before it (-1: the whole model)
+        self.route = np.full(len(self.sites), -1, np.int64)
+        for j, later in enumerate(self.later):
+            self.route[later] = j
+        self.description = self.description.rsplit(", suffix-only", 1)[0] + \
+            f", suffix-only from {len(self.segments)} bit-exact cuts"
+        self.checked = True
 
-        def _keep_exact(self, golden, extras) -> None:
-            """Keep the suffixes that, fault-free, give the whole model's output bit for bit (OpenVINO may fuse
-            across a cut differently, e.g. fold a scaling Multiply into the next Convolution's weights)."""
-            some = np.array(sorted(golden)[: self.batch])
-            keep = []
-            for j, suffix in enumerate(self.suffixes):
-                outputs, _ = suffix.run(self._frontier(j, some, extras))
-                if np.array_equal(outputs[self.judge.output], np.stack([golden[int(i)] for i in some])):
-                    keep.append(j)
-            self.segments = [self.segments[j] for j in keep]
-            self.suffixes = [self.suffixes[j] for j in keep]
-            self.later = [self.later[j] for j in keep]
-            # per site: the latest kept segment whose cut is at or before it (-1: the whole model)
-            self.route = np.full(len(self.sites), -1, np.int64)
-            for j, later in enumerate(self.later):
-                self.route[later] = j
-            self.description = self.description.rsplit(", suffix-only", 1)[0] + \
-                f", suffix-only from {len(self.segments)} bit-exact cuts"
-            self.checked = True
-
-        def _inject(self, store, trial, golden, extras) -> Outcomes:
-            if self.suffixes and not self.checked:
-                self._keep_exact(golden, extras)
-            if not self.suffixes:
-                return super()._inject(store, trial, golden, extras)
-            route = self.route[trial.site]
-            parts = [super()._inject(store, _subset(trial, route < 0), golden, extras)] if (route < 0).any() else []
-            for j, suffix in enumerate(self.suffixes):
-                local = np.searchsorted(self.later[j], trial.site)
-                for part in _chunks(np.nonzero(route == j)[0], self.batch):
-                    outputs, _ = suffix.run(self._frontier(j, trial.inputs[part], extras), local[part],
-                                            np.arange(len(part)), trial.element[part], trial.faulty[part])
-                    parts.append(_judge(self.judge, golden, trial.inputs[part], outputs[self.judge.output],
-                                        trial.pending[part]))
-            return Outcomes.concat(parts)
-
-    return SuffixEngine()
+    def _inject(self, store, trial, golden, extras) -> Outcomes:
+        if self.suffixes and not self.checked:
+            self._keep_exact(golden, extras)
+        if not self.suffixes:
+            return super()._inject(store, trial, golden, extras)
+        route = self.route[trial.site]
+        parts = [super()._inject(store, _subset(trial, route < 0), golden, extras)] if (route < 0).any() else []
+        for j, suffix in enumerate(self.suffixes):
+            local = np.searchsorted(self.later[j], trial.site)
+            for part in _chunks(np.nonzero(route == j)[0], self.batch):
+                outputs, _ = suffix.run(self._frontier(j, trial.inputs[part], extras), local[part],
+                                        np.arange(len(part)), trial.element[part], trial.faulty[part])
+                parts.append(_judge(self.judge, golden, trial.inputs[part], outputs[self.judge.output],
+                                    trial.pending[part]))
+        return Outcomes.concat(parts)
 
 
 def _subset(trial, keep: np.ndarray):
