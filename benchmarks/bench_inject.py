@@ -13,7 +13,15 @@ Every contender includes its setup (compiling, PyTorchFI's profiling pass, fault
 same correctly classified test images, and is timed in the same rounds in alternating order; ratios are medians
 of per-round ratios with 95% intervals.
 
+4. With ``--suffix``: activation faults with suffix-only execution forced off (``whole``) and on (``suffix``), to
+   show what re-running only the network after the fault site buys (``auto`` picks it for large models only).
+
+Models without labels (``--data`` holding only ``x``, e.g. the random-weight ViT of ``benchmarks/vit_random.py``)
+run with ``--no-pytorchfi`` and ``--sdc``.
+
 Usage: python benchmarks/bench_inject.py [--model build/default/fashion_lenet.xml] [--json out.json]
+       python benchmarks/bench_inject.py --model /tmp/vit/deit_tiny.xml --data /tmp/vit/images.npz --no-pytorchfi \
+           --no-weights --suffix --trials 400 --batch-size 16 --rounds 3
 """
 
 from __future__ import annotations
@@ -123,36 +131,49 @@ def main() -> int:
     parser.add_argument("--torch-threads", type=int, default=1, help="PyTorch threads; 1 is PyTorchFI's fastest on a "
                         "busy 2-core machine (OpenMP spin-waits collapse under contention)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--pytorchfi", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--weights", action=argparse.BooleanOptionalAction, default=True,
+                        help="time a weight campaign too")
+    parser.add_argument("--suffix", action="store_true", help="time activation campaigns with suffix-only "
+                        "execution forced off and on")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--inputs", type=int, default=100)
+    parser.add_argument("--sdc", default=None, help="SDC criterion (default: top1 with the labels)")
     args = parser.parse_args()
 
     model = read_model(args.model)
     archive = np.load(args.data)
-    x, y = archive["x"], archive["y"]
-    module = load_torch(args.torch_weights, args.torch_threads)
-    import torch
-
-    with torch.no_grad():
-        correct = module(torch.tensor(x[:2000], dtype=torch.float32)).argmax(1).numpy() == y[:2000]
-    pool = x[:2000][correct][:100]  # PyTorchFI draws from the same kind of inputs ovrange picks
-    single, batched = PyTorchFICampaign(module, pool, 1), PyTorchFICampaign(module, pool, 64)
+    x, y = archive["x"], archive["y"] if "y" in archive else None
     n, outcomes = args.trials, {}
+    settings = dict(batch_size=args.batch_size, inputs=args.inputs, sdc=args.sdc)
 
-    def campaign(target: str) -> None:
-        outcomes[target] = inject(model, x, labels=y, target=target, trials=n, seed=len(outcomes))
+    def campaign(target: str, suffix: str = "auto") -> None:
+        outcomes[target + suffix] = inject(model, x, labels=y, target=target, trials=n, seed=0,
+                                           suffix=suffix, **settings)
 
-    print(f"model {args.model}, OpenVINO {ov.__version__}, f32 on CPU; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); {args.rounds} rounds")
-    contenders = {
-        "plain": lambda: plain_inference(model, x, n),
-        "activations": lambda: campaign("activations"),
-        "weights": lambda: campaign("weights"),
-        "pytorchfi_b1": lambda: outcomes.__setitem__("pfi1", single.run(args.pfi_trials)),
-        "pytorchfi_b64": lambda: outcomes.__setitem__("pfi64", batched.run(args.pfi_batched_trials)),
-    }
+    print(f"model {args.model}, OpenVINO {ov.__version__}, f32 on CPU; {args.rounds} rounds, batch "
+          f"{args.batch_size}")
+    contenders = {"plain": lambda: plain_inference(model, x, n), "activations": lambda: campaign("activations")}
+    if args.weights:
+        contenders["weights"] = lambda: campaign("weights")
+    if args.suffix:
+        contenders["whole"] = lambda: campaign("activations", "off")
+        contenders["suffix"] = lambda: campaign("activations", "on")
+    if args.pytorchfi:
+        module = load_torch(args.torch_weights, args.torch_threads)
+        import torch
+
+        with torch.no_grad():
+            correct = module(torch.tensor(x[:2000], dtype=torch.float32)).argmax(1).numpy() == y[:2000]
+        pool = x[:2000][correct][:100]  # PyTorchFI draws from the same kind of inputs ovrange picks
+        single, batched = PyTorchFICampaign(module, pool, 1), PyTorchFICampaign(module, pool, 64)
+        contenders["pytorchfi_b1"] = lambda: outcomes.__setitem__("pfi1", single.run(args.pfi_trials))
+        contenders["pytorchfi_b64"] = lambda: outcomes.__setitem__("pfi64", batched.run(args.pfi_batched_trials))
     started = time.perf_counter()
     times = interleaved(contenders, rounds=args.rounds)
-    trials = {"plain": n, "activations": n, "weights": n, "pytorchfi_b1": args.pfi_trials,
+    trials = {"plain": n, "activations": n, "weights": n, "whole": n, "suffix": n, "pytorchfi_b1": args.pfi_trials,
               "pytorchfi_b64": args.pfi_batched_trials}
+    trials = {k: v for k, v in trials.items() if k in times}
     rate = {k: trials[k] / np.median(v) for k, v in times.items()}
     # Relative throughput of A against B per round is (trials_A / t_A) / (trials_B / t_B).
     scale = {k: trials[k] / n for k in times}
@@ -163,18 +184,28 @@ def main() -> int:
         print(f"{k:<15}{trials[k]:>14}{rate[k]:>18.0f}")
     print()
     for name, (a, b), goal in (
-        ("activation faults vs plain batch-1 inference", ("activations", "plain"), ">= 1.5x"),
+        ("activation faults vs plain batch-1 inference", ("activations", "plain"), ">= 1.5x (CNNs), >= 1x (ViT)"),
         ("weight faults vs plain batch-1 inference", ("weights", "plain"), ">= 0.8x"),
         ("activation faults vs PyTorchFI, batch 1", ("activations", "pytorchfi_b1"), ">= 10x"),
         ("activation faults vs PyTorchFI, batch 64", ("activations", "pytorchfi_b64"), ">= 10x"),
+        ("whole-model activation faults vs plain", ("whole", "plain"), "-"),
+        ("suffix-only activation faults vs plain", ("suffix", "plain"), "-"),
+        ("suffix-only vs whole-model activation faults", ("suffix", "whole"), "> 1x"),
     ):
+        if a not in times or b not in times:
+            continue
         ratio = paired_ratio([t / scale[a] for t in times[a]], [t / scale[b] for t in times[b]])
         report["ratios"][f"{a}/{b}"] = {"median": ratio.median, "low": ratio.low, "high": ratio.high, "goal": goal}
         print(f"{name:<48} {ratio}  (goal {goal})")
-    last = outcomes["activations"]
-    print(f"\n(last activation campaign: SDC {last.rates()['sdc']}; engine: {next(iter(last.meta['engines'].values()))})")
-    print(f"(last weight campaign: engine: {next(iter(outcomes['weights'].meta['engines'].values()))})")
-    print(f"(PyTorchFI batch-64 outcomes in the last round: {outcomes['pfi64']})")
+    for key, last in outcomes.items():
+        if not isinstance(last, dict):
+            print(f"(last {key} campaign: SDC {last.rates()['sdc']}; engine: "
+                  f"{next(iter(last.meta['engines'].values()))})")
+    if "pfi64" in outcomes:
+        print(f"(PyTorchFI batch-64 outcomes in the last round: {outcomes['pfi64']})")
+    if "whole" in times:
+        same = np.array_equal(outcomes["activationsoff"].models[0].outcome, outcomes["activationson"].models[0].outcome)
+        print(f"(suffix-only and whole-model runs of the same seed agree trial by trial: {same})")
     print(f"total benchmark time {time.perf_counter() - started:.0f}s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -8,7 +8,8 @@ outcomes (checked every round).
 
 Default model: the DeiT-Tiny-sized ViT with random weights of ``benchmarks/vit_random.py`` (built on first use).
 
-Usage: python benchmarks/bench_ray.py [--model M.xml --data D.npz] [--trials 1500] [--rounds 3] [--json out.json]
+Usage: python benchmarks/bench_ray.py [--model M.xml --data D.npz] [--trials 600] [--shard-size 160] [--rounds 3]
+       [--json out.json]
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from ovrange.timing import interleaved, paired_ratio  # noqa: E402
 
 def command(model: Path, data: Path, out: Path, args: argparse.Namespace, workers: int | None) -> list[str]:
     cmd = [sys.executable, "-m", "ovrange", "inject", str(model), "--data", str(data), "--trials", str(args.trials),
-           "--inputs", str(args.inputs), "--batch-size", str(args.batch_size), "--json", str(out), "-q"]
+           "--inputs", str(args.inputs), "--batch-size", str(args.batch_size), "--suffix", args.suffix,
+           "--json", str(out), "-q"] + (["--shard-size", str(args.shard_size)] if args.shard_size else [])
     return cmd + (["--workers", str(workers)] if workers else [])
 
 
@@ -45,11 +47,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--trials", type=int, default=1500)
+    parser.add_argument("--trials", type=int, default=600)
     parser.add_argument("--inputs", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shard-size", type=int, default=None, help="trials per shard (both contenders)")
+    parser.add_argument("--suffix", default="off", help="suffix-only execution: off (default: measures the "
+                        "executors alone), auto, on")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="ovrange-bench-ray-"))

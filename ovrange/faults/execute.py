@@ -57,13 +57,22 @@ def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield items[start:start + size]
 
 
-def _single_faults(plan: FaultList, pending: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(site index, element, bit, input) of each pending trial of a one-fault-per-trial plan."""
-    index = {site.name: i for i, site in enumerate(plan.sites)}
-    by_trial = {f.trial: f for f in plan.faults}
-    chosen = [by_trial[int(t)] for t in pending]
-    return (np.array([index[f.site] for f in chosen], np.int64), np.array([f.element for f in chosen], np.int64),
-            np.array([f.bit for f in chosen], np.int64), np.array([f.input for f in chosen], np.int64))
+class _FaultTable:
+    """(site index, element, bit, input) per trial of a one-fault-per-trial plan, built once per plan (a shard
+    looks its trials up instead of scanning the whole fault list)."""
+
+    def __init__(self) -> None:
+        self.plan: FaultList | None = None
+        self.table: np.ndarray | None = None
+
+    def __call__(self, plan: FaultList, pending: np.ndarray) -> tuple[np.ndarray, ...]:
+        if self.plan is not plan:
+            index = {site.name: i for i, site in enumerate(plan.sites)}
+            self.table = np.zeros((4, plan.trials), np.int64)
+            for f in plan.faults:
+                self.table[:, f.trial] = (index[f.site], f.element, f.bit, f.input)
+            self.plan = plan
+        return tuple(self.table[:, pending])
 
 
 def _judge(judge: Judge, golden: dict[int, np.ndarray], inputs: np.ndarray, outputs: np.ndarray,
@@ -83,6 +92,7 @@ class _ScatterEngine:
                  config: dict[str, Any] | None = None):
         self.model, self.sites, self.shapes, self.spec, self.judge, self.rows = model, sites, shapes, spec, judge, rows
         self.trash, self.config = batchable, config
+        self.faults = _FaultTable()
         self.batch = spec.batch_size if batchable else 1
         self.probe = self._probe()
         # A fixed-batch model builds one single-site injector per site later instead.
@@ -115,22 +125,35 @@ class ActivationEngine(_ScatterEngine):
         self.description = (f"ScatterNDUpdate at {len(sites)} sites, {self.batch} faults per inference" if batchable
                             else "ScatterNDUpdate at one site per model, one fault per inference (fixed batch)")
 
-    def _probe(self) -> ScatterInjector | ValueProbe:
+    def _probe(self) -> ScatterInjector | ValueProbe | None:
         if not self.trash:  # fixed batch: the probe reads whole tensors, one input at a time
             return super()._probe()
-        return ValueProbe(self.model, [s.name for s in self.sites], self.shapes, self.batch, device=self.spec.device,
-                          config=self.config)
+        return None  # the injector reads the struck values itself (``reads``), with the fault-free outputs
+
+    def _injector(self, probe: bool = False, names: list[str] | None = None, batch: int | None = None
+                  ) -> ScatterInjector:
+        if probe or names is not None:
+            return super()._injector(probe, names, batch)
+        return ScatterInjector(self.model, self.kind, [s.name for s in self.sites], self.shapes, self.batch,
+                               trash=True, reads=True, device=self.spec.device, config=self.config)
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
-        site, element, bit, inputs = _single_faults(plan, pending)
+        site, element, bit, inputs = self.faults(plan, pending)
         used = np.unique(inputs)
         original = np.zeros(len(pending), np.float32)
         golden: dict[int, np.ndarray] = {}
+        extras: dict[int, list[np.ndarray]] = {}  # per input: the probe's extra tensors (suffix frontiers)
         for chunk in _chunks(used, self.batch):
             here = np.nonzero(np.isin(inputs, chunk))[0]
             rows = np.searchsorted(chunk, inputs[here])  # ``used`` is sorted, so chunks are too
+            if self.trash and self.probe is not None:  # a probe of its own: suffix frontiers
+                outputs, original[here] = self.probe.read(store.batch(chunk), site[here], rows, element[here])
+                extras.update((int(i), [o[r:r + 1] for o in outputs[self.probe.n_outputs:]])
+                              for r, i in enumerate(chunk))
+                continue
             if self.trash:
-                _, original[here] = self.probe.read(store.batch(chunk), site[here], rows, element[here])
+                outputs, original[here] = self.injector.read(store.batch(chunk), site[here], rows, element[here])
+                golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
                 continue
             outputs, probes = self.probe.run(store.batch(chunk))
             for s in np.unique(site[here]):
@@ -139,14 +162,10 @@ class ActivationEngine(_ScatterEngine):
             # single-site injectors always inject: the probe gives the fault-free output
             golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
         faulty = flip(original, bit, fmt)
-        parts = []
         if self.trash:
-            golden = self._golden(store, used)
-            for part in _chunks(np.arange(len(pending)), self.batch):
-                outputs, _ = self.injector.run(store.batch(inputs[part]), site[part], np.arange(len(part)),
-                                               element[part], faulty[part])
-                parts.append(_judge(self.judge, golden, inputs[part], outputs[self.judge.output], pending[part]))
-            return Outcomes.concat(parts)
+            trial = _Trials(pending, site, element, inputs, faulty)
+            return self._inject(store, trial, golden if golden else self._golden(store, used), extras)
+        parts = []
         for s in np.unique(site):  # fixed-batch model: one single-site injector at a time
             injector = self._injector(names=[self.sites[s].name])
             for part in _chunks(np.nonzero(site == s)[0], CHUNK):
@@ -155,6 +174,28 @@ class ActivationEngine(_ScatterEngine):
                 parts.append(_judge(self.judge, golden, inputs[part], np.concatenate(outputs), pending[part]))
             del injector
         return Outcomes.concat(parts)
+
+    def _inject(self, store: InputStore, trial: _Trials, golden: dict[int, np.ndarray],
+                extras: dict[int, list[np.ndarray]]) -> Outcomes:
+        """Whole-model trials, a batch of faults per inference."""
+        parts = []
+        for part in _chunks(np.arange(len(trial.pending)), self.batch):
+            outputs, _ = self.injector.run(store.batch(trial.inputs[part]), trial.site[part], np.arange(len(part)),
+                                           trial.element[part], trial.faulty[part])
+            parts.append(_judge(self.judge, golden, trial.inputs[part], outputs[self.judge.output],
+                                trial.pending[part]))
+        return Outcomes.concat(parts)
+
+
+@dataclass(frozen=True)
+class _Trials:
+    """The trials of a shard, one fault each: trial index, site index, flat element, input, faulty value."""
+
+    pending: np.ndarray
+    site: np.ndarray
+    element: np.ndarray
+    inputs: np.ndarray
+    faulty: np.ndarray
 
 
 class DeltaWeightEngine(_ScatterEngine):
@@ -174,7 +215,7 @@ class DeltaWeightEngine(_ScatterEngine):
         return self._injector(probe=True, batch=self.probe_batch)
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
-        site, element, bit, inputs = _single_faults(plan, pending)
+        site, element, bit, inputs = self.faults(plan, pending)
         used = np.unique(inputs)
         writes: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(pending)
         for chunk in _chunks(used, self.probe_batch):
@@ -251,6 +292,10 @@ def make_engine(model: ov.Model, target: str, sites: list[Site], shapes: list[tu
     """The fastest engine that runs ``target`` faults on ``model`` (see the module docstring); ``config`` holds
     extra OpenVINO compile properties (a Ray worker turns CPU pinning off)."""
     if target == "activations":
+        from ovrange.faults.suffix import SuffixEngine, use_suffix  # it builds on ActivationEngine
+
+        if use_suffix(model, sites, spec.suffix, spec.trials):
+            return SuffixEngine(model, sites, shapes, spec, judge, config)
         return ActivationEngine(model, sites, shapes, spec, judge, config)
     if spec.weight_mode != "parameter" and spec.ber is None:
         layers = _linear_layers(model, sites, shapes)

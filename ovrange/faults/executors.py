@@ -3,8 +3,10 @@
 A :class:`Job` is everything an engine needs apart from the models' files (plan, sites, shapes, settings, judge and
 the campaign's input rows). A :class:`Bench` holds one engine at a time and runs a shard through it; it lives in the
 driver (:class:`LocalExecutor`, today's single process) or in each Ray actor (:mod:`ovrange.faults.ray_executor`).
-Shards depend only on the plan, the pending trials and the shard size, never on the executor or the worker count,
-so the same seed gives the same per-trial outcomes however a campaign is run.
+Shards depend on the plan, the pending trials and the shard size (which grows with the worker count only beyond
+4 workers); a trial's outcome does not depend on the shard it ran in (the fault-free output it is judged against
+comes from the same compiled model, per input), so the same seed gives the same per-trial outcomes however a
+campaign is run; the tests check it for 1 process, 2 workers and a cluster, and for a resumed campaign.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from ovrange.faults.sites import Site
 from ovrange.faults.spec import CampaignSpec
 
 MIN_SHARD = 400  # trials per remote call: one inference per call ran at 0.13x native under Ray, >= 400 at ~1x
-MAX_SHARD = 4096
-SHARDS_PER_ROUND = 16  # enough to keep a few workers busy to the end of a round
+MAX_SHARD = 8192
+SHARDS_PER_ROUND = 8  # per round: enough to keep 2 workers busy to its end (2 per worker with more workers)
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,13 @@ class Job:
     rows: dict[int, list[np.ndarray]] = field(default_factory=dict)  # the campaign's inputs, by dataset index
 
 
-def shard_size(trials: int, requested: int | None, batch: int) -> int:
-    """Trials per shard: ``requested``, else about 1/16 of the round within [400, 4096], a multiple of the batch."""
+def shard_size(trials: int, requested: int | None, batch: int, workers: int = 1) -> int:
+    """Trials per shard: ``requested``, else 1/8 of the round (1/(2 x workers) beyond 4 workers) within
+    [400, 8192], a multiple of the batch. Each shard reads its inputs' fault-free values once: fewer, larger
+    shards waste less; more shards balance workers."""
     if requested:
         return requested
-    size = min(MAX_SHARD, max(MIN_SHARD, math.ceil(trials / SHARDS_PER_ROUND)))
+    size = min(MAX_SHARD, max(MIN_SHARD, math.ceil(trials / max(SHARDS_PER_ROUND, 2 * workers))))
     return math.ceil(size / batch) * batch
 
 

@@ -62,10 +62,13 @@ class ValueProbe:
     ViT at batch 64). Returns the model outputs too."""
 
     def __init__(self, model: ov.Model, names: list[str], sample_shapes: list[tuple[int, ...]], batch: int, *,
-                 device: str = "CPU", precision: str = "f32", config: dict | None = None):
+                 extra=None, device: str = "CPU", precision: str = "f32", config: dict | None = None):
+        """``extra(clone)`` names more tensors of the clone to return whole (the frontiers of suffix models)."""
         self.batch, self.n_inputs = batch, len(sample_shapes)
         clone = static_clone(model, sample_shapes, batch=batch)
         found = site_outputs(clone, "activations")
+        extras = [ops.result(out) for out in (extra(clone) if extra else [])]
+        self.n_extra = len(extras)
         params, results, self.shapes = [], [], []
         for i, name in enumerate(names):
             out = found[name][1]
@@ -74,37 +77,46 @@ class ValueProbe:
             results.append(ops.result(ops.gather_nd(out, indices)))
             params.append(indices)
         clone.add_parameters(params)
-        clone.add_results(results)
+        clone.add_results(extras + results)
         clone.validate_nodes_and_infer_types()
-        self.n_outputs = len(clone.outputs) - len(results)
+        self.n_outputs = len(clone.outputs) - len(results) - len(extras)
         self.runner = _Runner(clone, device, precision, config)
 
     def read(self, inputs: list[np.ndarray], site: np.ndarray, row: np.ndarray, element: np.ndarray
              ) -> tuple[list[np.ndarray], np.ndarray]:
-        """Model outputs for ``inputs`` (n rows) and the value of flat element ``element[k]`` of site ``site[k]``
-        in row ``row[k]``, for every k (several inferences when one site is read more than ``batch`` times)."""
-        n = len(inputs[0])
-        for buffer, array in zip(self.runner.buffers, inputs):
-            buffer[:n] = array
-        values = np.zeros(len(site), np.float32)
-        order = np.argsort(site, kind="stable")
-        sites, starts = np.unique(site[order], return_index=True)
-        groups = {int(s): order[a:b] for s, a, b in zip(sites, starts, [*starts[1:], len(order)])}
-        outputs: list[np.ndarray] = []
-        for start in range(0, max([len(g) for g in groups.values()], default=1), self.batch):
-            for s, group in groups.items():
-                take = group[start:start + self.batch]
-                if len(take):
-                    indices = self.runner.buffers[self.n_inputs + s]
-                    indices[: len(take), 0] = row[take]
-                    indices[: len(take), 1:] = np.stack(np.unravel_index(element[take], self.shapes[s]), axis=1)
-            self.runner.run()
-            request = self.runner.request
-            outputs = outputs or [request.get_output_tensor(i).data[:n].copy() for i in range(self.n_outputs)]
-            for s, group in groups.items():
-                take = group[start:start + self.batch]
-                values[take] = request.get_output_tensor(self.n_outputs + s).data[: len(take)]
-        return outputs, values
+        """Outputs for ``inputs`` (n rows: the model's, then the extra tensors) and the value of flat element
+        ``element[k]`` of site ``site[k]`` in row ``row[k]``, for every k."""
+        first = self.n_outputs + self.n_extra
+        return _gather(self.runner, inputs, first, self.n_inputs, self.shapes, self.batch, site, row, element)
+
+
+def _gather(runner: _Runner, inputs: list[np.ndarray], first: int, index_at: int, shapes: list[tuple[int, ...]],
+            capacity: int, site: np.ndarray, row: np.ndarray, element: np.ndarray
+            ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Run ``runner`` on ``inputs`` with GatherND reads: output ``first + s`` gathers site ``s`` at the indices of
+    input ``index_at + s`` (``capacity`` reads each). Several inferences when a site is read more often."""
+    n = len(inputs[0])
+    for buffer, array in zip(runner.buffers, inputs):
+        buffer[:n] = array
+    values = np.zeros(len(site), np.float32)
+    order = np.argsort(site, kind="stable")
+    sites, starts = np.unique(site[order], return_index=True)
+    groups = {int(s): order[a:b] for s, a, b in zip(sites, starts, [*starts[1:], len(order)])}
+    outputs: list[np.ndarray] = []
+    for start in range(0, max([len(g) for g in groups.values()], default=1), capacity):
+        for s, group in groups.items():
+            take = group[start:start + capacity]
+            if len(take):
+                indices = runner.buffers[index_at + s]
+                indices[: len(take), 0] = row[take]
+                indices[: len(take), 1:] = np.stack(np.unravel_index(element[take], shapes[s]), axis=1)
+        runner.run()
+        request = runner.request
+        outputs = outputs or [request.get_output_tensor(i).data[:n].copy() for i in range(first)]
+        for s, group in groups.items():
+            take = group[start:start + capacity]
+            values[take] = request.get_output_tensor(first + s).data[: len(take)]
+    return outputs, values
 
 
 class ScatterInjector:
@@ -113,12 +125,13 @@ class ScatterInjector:
     Taps are activation sites (the site output) or weight sites (the layer output, corrected by
     :mod:`ovrange.faults.linear`). A tap takes ``batch * rows[i]`` writes per inference. With ``probe`` the model
     also returns, per tap, the fault-free tensors needed to compute faulty values: the site output, or the
-    layer's input and output.
+    layer's input and output. With ``reads`` (activations) :meth:`read` returns chosen elements of the taps as
+    they are before any write, from the very compiled model the trials run on.
     """
 
     def __init__(self, model: ov.Model, kind: str, names: list[str], sample_shapes: list[tuple[int, ...]],
                  batch: int, *, rows: list[int] | None = None, trash: bool = True, probe: bool = False,
-                 device: str = "CPU", precision: str = "f32", config: dict | None = None):
+                 reads: bool = False, device: str = "CPU", precision: str = "f32", config: dict | None = None):
         if not trash and batch != 1:
             raise ValueError("without a trash element the injector runs one input at a time")
         self.batch = batch
@@ -129,13 +142,18 @@ class ScatterInjector:
         self.n_inputs = len(sample_shapes)
         clone = static_clone(model, sample_shapes, batch=self.rows)
         params, probes, self.shapes, self.probe_counts = [], [], [], []
-        for i, (out, reads) in enumerate(_taps(clone, kind, names)):
+        read_params, read_results = [], []
+        for i, (out, tensors) in enumerate(_taps(clone, kind, names)):
             shape = tuple(int(d) for d in out.get_shape()[1:])
             self.shapes.append(shape)
             targets = list(out.get_target_inputs())  # snapshot before the scatter and probes become consumers
             if probe:
-                probes += [ops.result(r) for r in reads]
-                self.probe_counts.append(len(reads))
+                probes += [ops.result(r) for r in tensors]
+                self.probe_counts.append(len(tensors))
+            if reads:
+                indices = ops.parameter([batch, 1 + len(shape)], ov.Type.i32, name=f"ovrange_fi_read_{i}")
+                read_results.append(ops.result(ops.gather_nd(out, indices)))
+                read_params.append(indices)
             if not self.capacity[i]:
                 continue
             indices = ops.parameter([self.capacity[i], 1 + len(shape)], ov.Type.i32, name=f"ovrange_fi_idx_{i}")
@@ -145,12 +163,13 @@ class ScatterInjector:
                 target.replace_source_output(scatter.output(0))
             _move_names(out, scatter.output(0))
             params += [indices, updates]
-        clone.add_parameters(params)
-        if probes:
-            clone.add_results(probes)
+        clone.add_parameters(params + read_params)
+        if probes or read_results:
+            clone.add_results(probes + read_results)
         clone.validate_nodes_and_infer_types()
-        self.n_outputs = len(clone.outputs) - len(probes)
+        self.n_outputs = len(clone.outputs) - len(probes) - len(read_results)
         self.runner = _Runner(clone, device, precision, config)
+        self.read_at = len(clone.inputs) - len(read_params)
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         position = self.n_inputs
         for i, shape in enumerate(self.shapes):
@@ -200,6 +219,14 @@ class ScatterInjector:
             probes.append(outputs[position:position + count])
             position += count
         return outputs[: self.n_outputs], probes
+
+    def read(self, inputs: list[np.ndarray], site: np.ndarray, row: np.ndarray, element: np.ndarray
+             ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Fault-free model outputs for ``inputs`` and the value of flat element ``element[k]`` of tap ``site[k]``
+        in row ``row[k]`` (needs ``reads``)."""
+        outputs, values = _gather(self.runner, inputs, self.n_outputs + sum(self.probe_counts), self.read_at,
+                                  self.shapes, self.batch, site, row, element)
+        return outputs[: self.n_outputs], values
 
 
 def _taps(clone: ov.Model, kind: str, names: list[str]) -> list[tuple[ov.Output, list[ov.Output]]]:
