@@ -92,7 +92,8 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
         sites = _sites(models, spec, shapes)
     else:
         spec = spec.with_overrides(target=plan.target, number_format=plan.number_format, trials=plan.trials,
-                                   ber=plan.ber, seed=plan.seed if plan.seed is not None else spec.seed)
+                                   ber=plan.ber, seed=plan.seed if plan.seed is not None else spec.seed,
+                                   fault_model=plan.fault_model, error_rate=plan.error_rate)
         shapes = store.sample_shapes(plan.inputs[0] if plan.inputs else plan.faults[0].input)
         for name, model in models:
             plan.check_sites(find_sites(model, plan.target, shapes), name)
@@ -104,10 +105,12 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
         inputs, checked = select_inputs(references, store, labels, judge.criterion.metric == "top1", spec.inputs,
                                         spec.seed, spec.batch_size)
         del references
+        rated = spec.ber is not None or spec.error_rate is not None
         faults, trial_inputs = plan_faults(sites, np.array(inputs), spec.trials, spec.bits, spec.seed,
-                                           spec.weighting, spec.ber)
+                                           spec.weighting, spec.ber, spec.fault_model, fmt, spec.error_rate)
         plan = FaultList(spec.target, spec.number_format, tuple(sites), tuple(inputs), tuple(faults), spec.trials,
-                         spec.seed, spec.ber, data, tuple(int(i) for i in trial_inputs) if spec.ber else ())
+                         spec.seed, spec.ber, data, tuple(int(i) for i in trial_inputs) if rated else (),
+                         spec.fault_model, spec.error_rate)
     result = _empty_result(plan, spec, names, data)
     for run, (n_checked, n_correct) in zip(result.models, checked):
         run.inputs_checked, run.inputs_correct = n_checked, n_correct
@@ -182,7 +185,7 @@ def _empty_result(plan: FaultList, spec: CampaignSpec, names: list[str], data: s
         trial_input[fault.trial] = fault.input
         trial_site[fault.trial] = index[fault.site] if count[fault.trial] == 1 else -1
         trial_bit[fault.trial] = fault.bit if count[fault.trial] == 1 else -1
-    if plan.ber is None and (count != 1).any():
+    if plan.ber is None and plan.error_rate is None and (count != 1).any():
         raise ConfigError("a single-fault plan must hold exactly one fault per trial")
     if plan.trial_inputs:
         trial_input[:] = plan.trial_inputs

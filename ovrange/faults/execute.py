@@ -24,7 +24,7 @@ from ovrange.faults.faultlist import FaultList
 from ovrange.faults.injectors import ScatterInjector, WeightInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.linear import LinearLayer, linear_layer
-from ovrange.faults.model import Fault, NumberFormat, flip
+from ovrange.faults.model import Fault, NumberFormat, apply_mask
 from ovrange.faults.outcomes import Judge
 from ovrange.faults.sites import Site, site_outputs, static_clone
 from ovrange.faults.spec import CampaignSpec
@@ -41,12 +41,13 @@ def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 
 def _single_faults(plan: FaultList, pending: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(site index, element, bit, input) of each pending trial of a one-fault-per-trial plan."""
+    """(site index, element, mask, operation, input) of each pending trial of a one-fault-per-trial plan."""
     index = {site.name: i for i, site in enumerate(plan.sites)}
     by_trial = {f.trial: f for f in plan.faults}
     chosen = [by_trial[int(t)] for t in pending]
     return (np.array([index[f.site] for f in chosen], np.int64), np.array([f.element for f in chosen], np.int64),
-            np.array([f.bit for f in chosen], np.int64), np.array([f.input for f in chosen], np.int64))
+            np.array([f.mask for f in chosen], np.uint64), np.array([f.op for f in chosen]),
+            np.array([f.input for f in chosen], np.int64))
 
 
 def _judge(judge: Judge, golden: dict[int, np.ndarray], inputs: np.ndarray, outputs: np.ndarray,
@@ -101,7 +102,7 @@ class ActivationEngine(_ScatterEngine):
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat,
             record: RecordFn) -> None:
-        site, element, bit, inputs = _single_faults(plan, pending)
+        site, element, mask, op, inputs = _single_faults(plan, pending)
         used = np.unique(inputs)
         original = np.zeros(len(pending), np.float32)
         golden: dict[int, np.ndarray] = {}
@@ -115,7 +116,7 @@ class ActivationEngine(_ScatterEngine):
             if not self.trash:  # single-site injectors always inject: the probe gives the fault-free output
                 golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
         self.probe = None
-        faulty = flip(original, bit, fmt)
+        faulty = apply_mask(original, mask, fmt, op)
         if self.trash:
             injector = self._pending.result()
             golden = self._golden(injector, store, used)
@@ -143,7 +144,7 @@ class DeltaWeightEngine(_ScatterEngine):
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat,
             record: RecordFn) -> None:
-        site, element, bit, inputs = _single_faults(plan, pending)
+        site, element, mask, op, inputs = _single_faults(plan, pending)
         used = np.unique(inputs)
         writes: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(pending)
         for chunk in _chunks(used, self.batch):
@@ -153,8 +154,8 @@ class DeltaWeightEngine(_ScatterEngine):
             for s in np.unique(site[here]):
                 take = here[site[here] == s]
                 x, y = probes[s]
-                index, values = self.layers[s].faulty_slices(element[take], bit[take], fmt, x[rows[site[here] == s]],
-                                                             y[rows[site[here] == s]])
+                index, values = self.layers[s].faulty_slices(element[take], mask[take], fmt, x[rows[site[here] == s]],
+                                                             y[rows[site[here] == s]], op[take])
                 for k, trial in enumerate(take):
                     writes[trial] = (index[k], values[k])
         self.probe = None
@@ -211,7 +212,7 @@ class ParameterWeightEngine:
             golden = {i: injector.run(rows[i])[self.judge.output][0] for i in rows}
             for part in _chunks(trials, CHUNK):
                 outputs = [injector.run(rows[int(trial_inputs[t])],
-                                        [(names[f.site], f.element, f.bit) for f in faults[int(t)]])[self.judge.output]
+                                        [(names[f.site], f.element, f.mask, f.op) for f in faults[int(t)]])[self.judge.output]
                            for t in part]
                 _judge(self.judge, golden, trial_inputs[part], np.concatenate(outputs), part, record)
             del injector
@@ -220,9 +221,13 @@ class ParameterWeightEngine:
 def make_engine(model: ov.Model, target: str, sites: list[Site], shapes: list[tuple[int, ...]],
                 spec: CampaignSpec, judge: Judge, fmt: NumberFormat):
     """The fastest engine that runs ``target`` faults on ``model`` (see the module docstring)."""
+    if target == "activations" and spec.error_rate is not None:
+        from ovrange.faults.rate_engine import RateActivationEngine  # many faults per trial, cascading
+
+        return RateActivationEngine(model, sites, shapes, spec, judge)
     if target == "activations":
         return ActivationEngine(model, sites, shapes, spec, judge)
-    if spec.weight_mode != "parameter" and spec.ber is None:
+    if spec.weight_mode != "parameter" and spec.ber is None and spec.error_rate is None:
         layers = _linear_layers(model, sites, shapes)
         if layers is not None and check_batchable(model, shapes, spec.batch_size):
             return DeltaWeightEngine(model, sites, shapes, spec, judge, layers)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ovrange.errors import ConfigError
-from ovrange.faults.model import TARGETS, parse_bits, parse_format
+from ovrange.faults.model import TARGETS, parse_bits, parse_fault_model, parse_format
 
 SDC_METRICS = ("auto", "top1", "tokens", "linf", "cosine")
 WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.execute
@@ -72,6 +72,8 @@ class CampaignSpec:
     output: str | None = None
     device: str = "CPU"
     weight_mode: str = "auto"
+    fault_model: str = "bit"
+    error_rate: float | None = None
 
     @classmethod
     def create(cls, **settings: Any) -> CampaignSpec:
@@ -86,6 +88,8 @@ class CampaignSpec:
             settings["bits"] = parse_bits(settings["bits"], fmt)
         else:
             settings["bits"] = parse_bits("all", fmt)
+        if "fault_model" in settings:
+            settings["fault_model"] = str(parse_fault_model(settings["fault_model"]))
         if "sdc" in settings and not isinstance(settings["sdc"], SdcCriterion):
             settings["sdc"] = SdcCriterion.parse(settings["sdc"])
         for key in ("sites", "exclude"):
@@ -112,6 +116,15 @@ class CampaignSpec:
                 raise ConfigError("bit-error-rate mode (ber) applies to weights only")
             if not 0 < self.ber < 1:
                 raise ConfigError(f"ber must be in (0, 1), got {self.ber}")
+        fault_model = parse_fault_model(self.fault_model)
+        fault_model.check(self.bits)
+        if self.error_rate is not None:
+            if not 0 < self.error_rate < 1:
+                raise ConfigError(f"error_rate must be in (0, 1), got {self.error_rate}")
+            if self.ber is not None:
+                raise ConfigError("give ber (per bit) or error_rate (per value), not both")
+        if self.ber is not None and fault_model.kind != "bit":
+            raise ConfigError(f"ber flips single bits; use error_rate with fault model {fault_model}")
         fmt = parse_format(self.number_format)
         bad = [b for b in self.bits if not 0 <= b < fmt.bits]
         if bad:
