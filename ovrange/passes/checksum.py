@@ -277,13 +277,19 @@ def make_plan(layers: list[Layer], stats: dict[str, dict[str, float]], params: d
 
 
 def _layer_copy(node: ov.Node, bias_values: np.ndarray | None, x: ov.Output, name: str) -> ov.Node:
-    """A second, independent computation of the layer (and its bias) on ``x``."""
-    weights = ops.constant(constant_values(constant_weight(node)))
+    """A second, independent computation of the layer (and its bias) on ``x``.
+
+    The copy multiplies by ``-W`` and negates the result: bit for bit the same value (IEEE negation is exact and
+    rounding is sign-symmetric), but not an identical node, which OpenVINO would merge with the original layer
+    (common-subexpression elimination) and so read the very computation the check distrusts.
+    """
+    weights = ops.constant(-constant_values(constant_weight(node)))
     if node.get_type_name() == "MatMul":
         out = ops.matmul(x, weights, False, node.get_transpose_b(), name=name + "/recompute")
     else:
         out = ops.convolution(x, weights, node.get_strides(), node.get_pads_begin(), node.get_pads_end(),
                               node.get_dilations(), _auto_pad(node), name=name + "/recompute")
+    out = ops.negative(out, name=name + "/recompute_sign")
     return out if bias_values is None else ops.add(out, ops.constant(bias_values), name=name + "/recompute_bias")
 
 
@@ -341,6 +347,30 @@ def apply_plan(model: ov.Model, plan: dict[str, Any]) -> ov.Model:
         insert_after(y, lambda out, l=layer, c=check: corrected(clone, l, c, plan["correction"], plan["branch"], out))
     clone.validate_nodes_and_infer_types()
     return clone
+
+
+def flag_model(model: ov.Model, plan: dict[str, Any]) -> ov.Model:
+    """A clone of the *unprotected* ``model`` whose outputs are, per checked layer, how many checks fail for each
+    sample (``[N]`` int32): false positives on clean data, detections under faults."""
+    clone = model.clone()
+    results = []
+    for checked, check in plan["checks"].items():
+        layer = Layer(check["name"], check["kind"], check["bias"])
+        y = node_by_name(clone, checked).output(0)
+        failed = ops.convert(ops.logical_not(pass_node(clone, layer, y, check, checked + SUFFIX)), ov.Type.i32)
+        axes = ops.constant(np.arange(1, y.get_partial_shape().rank.get_length(), dtype=np.int64))
+        results.append(ops.result(ops.reduce_sum(failed, axes, keep_dims=False)))
+    return ov.Model(results, clone.get_parameters(), f"{model.get_friendly_name()}_checksum_flags")
+
+
+def plan_of(protected: ov.Model) -> dict[str, Any]:
+    """The plan recorded in a model protected by Checksum (``ovrange.protect``)."""
+    from ovrange.protect import protection_info
+
+    info = protection_info(protected)
+    if info is None or info.algorithm != "Checksum":
+        raise ModelError("not a model protected by Checksum")
+    return {"correction": info.params["correction"], "branch": info.params["branch"], "checks": info.nodes}
 
 
 def run(model: ov.Model, dataset: Any, config: AlgorithmConfig, *, device: str, progress=None) -> PassResult:
