@@ -30,7 +30,8 @@ def infer(model: ov.Model, x: np.ndarray) -> list[np.ndarray]:
 def protected() -> dict[str, ov.Model]:
     x = images(64, seed=1).astype(np.float32)
     return {mode: ovrange.protect(tiny_lenet(), x, algorithm="Checksum", subset_size=64, batch_size=16, **params)
-            for mode, params in {"if": {}, "select": {"branch": "select"}, "zero": {"correction": "zero"},
+            for mode, params in {"model": {}, "if": {"branch": "if"}, "select": {"branch": "select"},
+                                 "zero": {"correction": "zero"},
                                  "clamp": {"correction": "clamp"}, "relative": {"tolerance": "relative"}}.items()}
 
 
@@ -65,7 +66,7 @@ def test_cli_checksum_on_a_layer_it_cannot_encode_is_one_line_and_writes_nothing
     assert "relu1" in err and not (out.exists() and any(out.iterdir()))  # nothing written into it
 
 
-@pytest.mark.parametrize("mode", ["if", "select", "zero", "clamp", "relative"])
+@pytest.mark.parametrize("mode", ["model", "if", "select", "zero", "clamp", "relative"])
 def test_clean_outputs_are_unchanged_and_nothing_is_flagged(protected, mode):
     x = images(200, seed=7).astype(np.float32)
     original = infer(tiny_lenet(), x)[0]
@@ -102,7 +103,7 @@ def faulty_run(model: ov.Model, x: np.ndarray, site: str, bit: int) -> tuple[np.
 
 
 @pytest.mark.parametrize("site", LAYER_SITES)
-@pytest.mark.parametrize("mode", ["if", "select"])
+@pytest.mark.parametrize("mode", ["model", "if", "select"])
 def test_recompute_restores_the_fault_free_output(protected, site, mode):
     x = images(8, seed=3).astype(np.float32)
     plain_golden, plain = faulty_run(tiny_lenet(), x, site, 30)

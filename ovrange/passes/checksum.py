@@ -13,9 +13,11 @@ with ``tol`` = ``margin`` x the largest residual seen on clean calibration data 
 cheapest graph), or ``|C_L - C_R| <= tol * sum_n |y|`` and finite, with ``tol`` = ``margin`` x the largest clean
 ratio (``tolerance: relative``: follows each row's magnitude, three more ops per layer).
 
-On a flag, ``correction``: ``recompute`` runs a second copy of the layer on the same input (exact: a transient
-fault in the first computation is undone; inside an ``If`` that only runs when something was flagged, or, with
-``branch: select``, always computed and chosen by Select); ``zero`` zeroes the flagged row / pixel (seed 003's
+On a flag, ``correction``: ``recompute`` computes again (exact: a transient fault is not repeated) -- with
+``branch: model`` (default) one ``If`` after the last layer re-runs a clean copy of the whole inference when any
+check failed, so the fault-free path pays only for the checks; ``if``: one ``If`` per layer recomputes that
+layer (each If copies its layer's tensor: costly on CPU); ``select``: every layer computed twice, chosen by
+Select); ``zero`` zeroes the flagged row / pixel (seed 003's
 suppression); ``clamp`` clamps it to the layer's calibrated range. A fault in the layer's *input* is consistent
 on both sides and is not detected: the previous layer's check covers it. The recompute copy holds its own weights,
 so a memory fault in the original weights is detected (C_R comes from the clean encoded sums) and corrected only
@@ -53,8 +55,10 @@ def _positive(value: float) -> str | None:
 PARAMS: dict[str, Param] = {
     "correction": Param(str, "recompute", one_of("recompute", "zero", "clamp"),
                         "on a flagged row/pixel: recompute the layer (exact), zero it, or clamp it to the clean range"),
-    "branch": Param(str, "if", one_of("if", "select"),
-                    "recompute inside an If run only when a check fired, or always and chosen by Select"),
+    "branch": Param(str, "model", one_of("model", "if", "select"),
+                    "recompute: model = one If after the last layer re-runs a clean copy of the whole inference "
+                    "when any check failed; if = one If per layer recomputes that layer; select = every layer "
+                    "computed twice, the copy chosen by Select where a check failed"),
     "tolerance": Param(str, "absolute", one_of("absolute", "relative"),
                        "absolute: |C_L - C_R| <= tol; relative: |C_L - C_R| <= tol x sum |y| of the row/pixel"),
     "margin": Param(float, 16.0, _positive, "tol = margin x the largest clean residual (or residual / sum |y|)"),
@@ -64,7 +68,7 @@ PARAMS: dict[str, Param] = {
 
 
 def check_params(params: dict[str, Any]) -> str | None:
-    if params["branch"] != "if" and params["correction"] != "recompute":
+    if params["branch"] != PARAMS["branch"].default and params["correction"] != "recompute":
         return "branch applies to correction 'recompute'"
     return None
 
@@ -165,8 +169,11 @@ def encoded_sum(node: ov.Node, x: ov.Output, name: str) -> ov.Node:
     """C_R without the bias: ``x (W 1)`` or ``conv(x, sum_o W[o])``, from weights summed in float64 once."""
     weights = constant_values(constant_weight(node)).astype(np.float64)
     if node.get_type_name() == "MatMul":
-        column = weights.sum(axis=0 if node.get_transpose_b() else 1).astype(np.float32).reshape(-1, 1)
-        return ops.matmul(x, ops.constant(column), False, False, name=name)
+        # x (W 1) as a multiply and a reduction, not a MatMul: the CPU plugin would fuse a MatMul on the same input
+        # into the layer's own FullyConnected (one more output column), which made it pick a slower kernel.
+        row = weights.sum(axis=0 if node.get_transpose_b() else 1).astype(np.float32)
+        return ops.reduce_sum(ops.multiply(x, ops.constant(row)), ops.constant(np.array([-1], np.int64)),
+                              keep_dims=True, name=name)
     kernel = weights.sum(axis=0, keepdims=True).astype(np.float32)
     return ops.convolution(x, ops.constant(kernel), node.get_strides(), node.get_pads_begin(), node.get_pads_end(),
                            node.get_dilations(), _auto_pad(node), name=name)
@@ -338,9 +345,47 @@ def corrected(model: ov.Model, layer: Layer, check: dict[str, Any], correction: 
     return ops.select(ok, y, fixed, name=name + "/select")
 
 
+def _recompute_model(model: ov.Model, clone: ov.Model, plan: dict[str, Any]) -> None:
+    """One ``If`` on the model outputs: all checks pass -> the outputs; else a clean copy of ``model`` re-runs the
+    inference from the inputs (only the outputs are passed through, not every layer's tensor)."""
+    condition = None
+    for checked, check in plan["checks"].items():
+        y = node_by_name(clone, checked).output(0)
+        ok = pass_node(clone, Layer(check["name"], check["kind"], check["bias"]), y, check, checked + SUFFIX)
+        every = ops.constant(np.arange(y.get_partial_shape().rank.get_length(), dtype=np.int64))
+        passed = ops.reduce_logical_and(ok, every, keep_dims=False, name=checked + SUFFIX + "/all")
+        condition = passed if condition is None else ops.logical_and(condition, passed)
+    results = list(clone.get_results())
+    sources = [r.input_value(0) for r in results]
+    then_params = [ops.parameter(s.get_partial_shape(), s.get_element_type()) for s in sources]
+    then_body = ov.Model([ops.result(p) for p in then_params], then_params, "checksum_pass")
+    spare = model.clone()
+    else_body = ov.Model([ops.result(r.input_value(0)) for r in spare.get_results()], spare.get_parameters(),
+                         "checksum_recompute")
+    branch = ops.if_op(condition.output(0))
+    branch.set_friendly_name(model.get_friendly_name() + SUFFIX + "/if")
+    branch.set_then_body(then_body)
+    branch.set_else_body(else_body)
+    for source, param in zip(sources, then_params):
+        branch.set_input(source, param, None)
+    for ours, theirs in zip(clone.get_parameters(), else_body.get_parameters()):
+        branch.set_input(ours.output(0), None, theirs)
+    for k, (result, source) in enumerate(zip(results, sources)):
+        out = branch.set_output(then_body.get_results()[k], else_body.get_results()[k])
+        names = set(source.get_names())
+        result.input(0).replace_source_output(out)  # only the Result: the checks still read the layer output
+        if names:
+            source.get_tensor().set_names(set())
+            out.get_tensor().set_names(names)
+
+
 def apply_plan(model: ov.Model, plan: dict[str, Any]) -> ov.Model:
     """A clone of ``model`` with the plan's checks and corrections; the model itself is not touched."""
     clone = model.clone()
+    if plan["correction"] == "recompute" and plan["branch"] == "model":
+        _recompute_model(model, clone, plan)
+        clone.validate_nodes_and_infer_types()
+        return clone
     for checked, check in plan["checks"].items():
         layer = Layer(check["name"], check["kind"], check["bias"])
         y = node_by_name(clone, checked).output(0)
