@@ -132,3 +132,25 @@ def test_a_campaign_at_the_mac_layers_loses_its_sdc_with_recompute():
     before, after = result.rates(0)["sdc"], result.rates(1)["sdc"]
     assert before.k >= 40 and after.k == 0, (before, after)
     assert result.rates(1)["due"].k == 0
+
+
+@pytest.mark.parametrize("gate", ["select", "if"])
+def test_gradient_suppression_gated_by_checksum(gate):
+    x = images(64, seed=1).astype(np.float32)
+    always = ovrange.protect(tiny_lenet(), x, algorithm="GradientSuppression", subset_size=64)
+    gated = ovrange.protect(tiny_lenet(), x, algorithm="GradientSuppression", subset_size=64, gate=gate)
+    from ovrange.protect import protection_info
+
+    extra = protection_info(gated).extra
+    assert extra["gated"] == ["relu1", "relu2", "relu3"] and extra["ungated"] == []
+    clean = images(16, seed=9).astype(np.float32)
+    # Without a detected error the gated model is the original, bit for bit (no suppression can misfire).
+    ours, original = infer(gated, clean)[0], infer(tiny_lenet(), clean)[0]
+    assert np.abs(ours - original).max() <= 1e-5 * np.abs(original).max()
+    golden, faulty = faulty_run(gated, clean[:8], "conv1/bias", 30)
+    _, always_faulty = faulty_run(always, clean[:8], "conv1/bias", 30)
+    _, plain_faulty = faulty_run(tiny_lenet(), clean[:8], "conv1/bias", 30)
+    assert not np.allclose(plain_faulty, golden)
+    assert np.isfinite(faulty).all() and (faulty.argmax(1) == always_faulty.argmax(1)).all()
+    if gate == "if":  # the check fired, so the whole suppression ran: the same output as always on
+        assert np.allclose(faulty, always_faulty, rtol=1e-5, atol=1e-6)

@@ -16,8 +16,9 @@ Inserted after activation ``A`` (all named ``A/gradient_suppression...``; ``prev
     |                                                           '-> previous (of "normal") ---'          |
     '---------------------------------------------------------------------------------------------------------'
 
-The paper triggers suppression only when a separate detector flags an error (to save hardware work); in a graph
-it is always on, and its result is the same whenever the detector would not have fired on clean data.
+The paper triggers suppression only when a separate detector flags an error (to save hardware work). By default
+it is always on here; ``gate: select`` / ``gate: if`` gate it with the Checksum of the MAC layer feeding the
+activation (:func:`ovrange.passes.checksum.gate`), per row/pixel or for the batch inside an ``If``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ovrange import data as data_mod
 from ovrange.config import AlgorithmConfig, Param, one_of
 from ovrange.errors import DataError, ModelError
 from ovrange.graph import insert_after, node_by_name
-from ovrange.passes import PassResult, range_supervision
+from ovrange.passes import PassResult, checksum, range_supervision
 from ovrange.passes.range_supervision import EXTENDED_ACTIVATIONS, require_targets
 from ovrange.stats import CHANNEL_AXIS, calibration_request, infer_batch
 
@@ -60,6 +61,10 @@ PARAMS: dict[str, Param] = {
                        "unchanged for margin >= 1); sigma: T = k * std (the paper's t-test form)"),
     "margin": Param(float, 1.0, _positive, "multiplier of the largest observed deviation (threshold: max)"),
     "k": Param(float, 6.0, _positive, "number of standard deviations (threshold: sigma)"),
+    "gate": Param(str, "none", one_of("none", "select", "if"),
+                  "seed 003's gating: suppress only where the Checksum of the MAC layer feeding the activation "
+                  "fails (select: per row/pixel, both paths computed; if: the suppression runs only when a check "
+                  "failed); none: always on"),
 }
 
 
@@ -278,14 +283,18 @@ def run(model: ov.Model, dataset: Any, config: AlgorithmConfig, *, device: str, 
                                        progress=progress)
     clone = model.clone()
     nodes: dict[str, dict[str, Any]] = {}
+    gates = {} if p["gate"] == "none" else checksum.detection_gates(model, dataset, config, list(targets),
+                                                                     device=device)
     for name, axis in targets.items():
         rule = make_rule(moments[name], axis, p)
         node = node_by_name(clone, name)
-        insert_after(node.output(0), lambda out, r=rule, n=name: suppression_node(out, r, n + SUFFIX))
+        make = lambda out, r=rule, n=name: suppression_node(out, r, n + SUFFIX)  # noqa: E731
+        insert_after(node.output(0), make if name not in gates else
+                     lambda out, m=make, g=gates[name]: checksum.gate(clone, g, out, m, p["gate"]))
         nodes[name] = _describe(node.get_type_name(), moments[name], rule)
     clone.validate_nodes_and_infer_types()
     extra = {"zeroed_neuron": "i where d[i] = y[i] - y[i-1] is anomalous and d[i-1] is not",
-             "skipped": skipped}
+             "skipped": skipped, "gated": sorted(gates), "ungated": sorted(set(targets) - set(gates))}
     return PassResult(clone, nodes, samples, "f32", extra)
 
 
