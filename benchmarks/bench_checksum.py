@@ -12,8 +12,10 @@
   FashionLeNet at batch 1 and on a DeiT-Tiny-sized ViT (224x224, patch 16, 12 blocks, dim 192, 3 heads, MLP 768,
   random weights: latency does not depend on them) built here with OpenVINO opsets.
 
+* GradientSuppression always on against gated by the checks (``gate: select`` / ``gate: if``), FashionLeNet.
+
 Usage: python benchmarks/bench_checksum.py [--trials 20000] [--time 20] [--sessions 4] [--out /tmp/checksum]
-       [--skip latency,vit]
+       [--skip coverage,latency,gating,vit]
 """
 
 from __future__ import annotations
@@ -50,16 +52,17 @@ def false_positives(model: ov.Model, protected: ov.Model, x: np.ndarray) -> dict
     return counts
 
 
-def coverage(model: ov.Model, protected: ov.Model, sites: list[str], trials: int, seed: int) -> dict:
+def coverage(model: ov.Model, protected: ov.Model, sites: list[str], trials: int, seed: int,
+             bits: str = "all") -> dict:
     result = inject(model, str(LENET.with_name("test.npz")), compare=[protected], trials=trials, inputs=500,
-                    sites=sites, seed=seed, batch_size=64)
+                    sites=sites, seed=seed, batch_size=64, bits=bits)
     a, b = result.models
     changed_top1 = a.outcome != 0
     kept = changed_top1 & (b.outcome == 0)
     moved = a.deviation > 0
     restored = moved & (b.deviation <= 1e-6)
     comparison = result.comparison()
-    return {"trials": trials, "sites": sites, "sdc_original": result.rates(0)["sdc"].to_dict(),
+    return {"trials": trials, "sites": sites, "bits": bits, "sdc_original": result.rates(0)["sdc"].to_dict(),
             "sdc_checksum": result.rates(1)["sdc"].to_dict(), "due_original": result.rates(0)["due"].to_dict(),
             "due_checksum": result.rates(1)["due"].to_dict(), "sdc_reduction": comparison["sdc_reduction"],
             "coverage_top1": Rate(int(kept.sum()), int(changed_top1.sum())).to_dict(),
@@ -145,9 +148,19 @@ def main() -> int:
     if "coverage" not in skip:
         report["coverage_mac"] = coverage(model, protected["model"], MAC_SITES, args.trials, seed=1)
         report["coverage_logits"] = coverage(model, protected["model"], LOGITS, max(args.trials // 4, 1000), seed=2)
+        report["coverage_mac_exponent"] = coverage(model, protected["model"], MAC_SITES, args.trials // 2, seed=3,
+                                                   bits="23-31")
     if "latency" not in skip:
         report["latency_lenet"] = {label: benchmark(LENET, args.out / label / "fashion_lenet.xml", args.time,
                                                     args.sessions, args.out) for label in protected}
+    if "gating" not in skip:  # GradientSuppression always on vs gated by the checks (Select, If)
+        report["latency_gradient_suppression"] = {}
+        for gate in ("none", "select", "if"):
+            suppressed = ovrange.protect(model, calib, algorithm="GradientSuppression", subset_size=1000,
+                                         batch_size=100, gate=gate)
+            save_model(suppressed, args.out / f"gs_{gate}" / "fashion_lenet.xml")
+            report["latency_gradient_suppression"][gate] = benchmark(
+                LENET, args.out / f"gs_{gate}" / "fashion_lenet.xml", args.time, args.sessions, args.out)
     if "vit" not in skip:
         original = vit()
         save_model(original, args.out / "vit" / "deit_tiny.xml")
