@@ -87,19 +87,15 @@ def insert_after(output: ov.Output, make: Callable[[ov.Output], ov.Node]) -> ov.
     return node
 
 
-def nodes_between(source: ov.Output, end: ov.Node) -> list[ov.Node]:
-    """``end`` and every node on a path from ``source`` to it (not ``source``'s own node), plus the constants they
-    read: the nodes an insertion after ``source`` made."""
-    start = source.get_node().get_name()
-    found: dict[str, ov.Node] = {}
-    stack = [end]
-    while stack:
-        node = stack.pop()
-        if node.get_name() in found or node.get_name() == start:
-            continue
-        found[node.get_name()] = node
-        stack.extend(value.get_node() for value in node.input_values())
-    return list(found.values())
+def node_names(model: ov.Model) -> set[str]:
+    """The runtime names of ``model``'s nodes (unique within a process): a snapshot before an edit."""
+    return {node.get_name() for node in model.get_ops()}
+
+
+def added_nodes(model: ov.Model, before: set[str]) -> list[ov.Node]:
+    """The non-constant nodes of ``model`` that were not there at the snapshot ``before`` (:func:`node_names`)."""
+    return [node for node in model.get_ordered_ops()
+            if node.get_name() not in before and node.get_type_name() != "Constant"]
 
 
 def record_inserted(model: ov.Model, nodes: dict[str, str]) -> None:

@@ -33,7 +33,9 @@ class StatRequest:
 
     ``axis``: keep this axis (per-channel statistics), or None to reduce over everything. ``kind``: ``minmax``,
     ``histogram`` (``bins`` equal bins over the observed range) or ``moments`` (count/mean/M2/min/max of the
-    circular neighbour differences along ``neighbour_axis``, GradientSuppression's statistic).
+    circular neighbour differences along ``neighbour_axis``, GradientSuppression's statistic). ``derive``: the
+    statistic is of a value computed in the graph from the target's output (``derive(model, output) -> output``,
+    e.g. a checksum residual); a frozen dataclass, so equal requests compare equal.
     """
 
     target: str
@@ -41,6 +43,7 @@ class StatRequest:
     axis: int | None = None
     bins: int = 0
     neighbour_axis: int | None = None
+    derive: Callable[[ov.Model, ov.Output], ov.Output] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def collect(model: ov.Model, dataset: object, requests: Iterable[StatRequest], *
     if total == 0:
         raise DataError("the calibration dataset is empty")
     histograms = [r for r in wanted if r.kind == "histogram"]
-    ranges = [StatRequest(r.target, "minmax", r.axis) for r in histograms]
+    ranges = [StatRequest(r.target, "minmax", r.axis, derive=r.derive) for r in histograms]
     first = list(dict.fromkeys([r for r in wanted if r.kind != "histogram"] + ranges))
     passes = 2 if histograms else 1
     if histograms:
@@ -147,6 +150,8 @@ def statistics_model(model: ov.Model, requests: list[StatRequest]) -> tuple[ov.M
         if request.target not in outputs:
             raise ConfigError(f"no node output {request.target!r} in model {model.get_friendly_name()!r}")
         value = outputs[request.target]
+        if request.derive is not None:
+            value = request.derive(clone, value)
         if value.get_element_type() != ov.Type.f32:
             value = ops.convert(value, ov.Type.f32).output(0)
         if request.kind == "histogram":
@@ -244,7 +249,7 @@ class _Fold:
 
     def _add_histogram(self, slot: _Slot, tensor: np.ndarray) -> None:
         request = slot.request
-        bound = self.known[StatRequest(request.target, "minmax", request.axis)]
+        bound = self.known[StatRequest(request.target, "minmax", request.axis, derive=request.derive)]
         counts = histogram(tensor, bound.low, bound.high, request.bins, request.axis)
         state = self.state.get(request)
         self.state[request] = counts if state is None else state + counts
@@ -262,7 +267,7 @@ class _Fold:
             elif request.kind == "moments":
                 found[request] = self.state[request]
             else:
-                bound = self.known[StatRequest(request.target, "minmax", request.axis)]
+                bound = self.known[StatRequest(request.target, "minmax", request.axis, derive=request.derive)]
                 found[request] = Histogram(self.state[request], bound.low, bound.high)
         return found
 

@@ -52,7 +52,7 @@ def test_weight_faults_equal_the_model_recompiled_with_the_flipped_constant():
     index = {s.name: i for i, s in enumerate(sites)}
     changed = 0
     for fault in faults:
-        ours = injector.run([x[fault.input:fault.input + 1]], [(index[fault.site], fault.element, fault.bit)])[0]
+        ours = injector.run([x[fault.input:fault.input + 1]], [(index[fault.site], fault.element, fault.mask)])[0]
         clone = recompiled_with_flip(model, fault.site, fault.element, fault.bit)
         assert_same_output(ours, run(clone, x[fault.input:fault.input + 1]))
         changed += not np.array_equal(ours, golden[fault.input], equal_nan=True)
@@ -87,7 +87,7 @@ def test_batched_weight_faults_as_output_corrections_equal_the_recompiled_model(
     taps, rows, elements, values = [], [], [], []
     for b, fault in enumerate(faults):  # fault b strikes input b
         s = names.index(fault.site)
-        index, value = layers[s].faulty_slices(np.array([fault.element]), np.array([fault.bit]),
+        index, value = layers[s].faulty_slices(np.array([fault.element]), np.array([fault.mask]),
                                                FORMATS["fp32"], probes[s][0][b:b + 1], probes[s][1][b:b + 1])
         taps += [s] * index.shape[1]
         rows += [b] * index.shape[1]
@@ -181,7 +181,7 @@ def test_weight_faults_strike_the_stored_theta_of_bounded_weights():
     index = {s.name: i for i, s in enumerate(sites)}
     exploded = 0
     for site in sites:
-        flip_at = (index[site.name], 0, 30)  # exponent MSB of the first stored value
+        flip_at = (index[site.name], 0, 1 << 30)  # exponent MSB of the first stored value
         ours = injector.run([x[:1]], [flip_at])[0]
         clone = protected.clone()
         theta = bounded_theta(clone, site_outputs(clone, "weights")[site.name][0])

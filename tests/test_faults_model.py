@@ -58,7 +58,8 @@ def test_bit_sets_and_their_errors():
 
 
 def test_fault_record_round_trip():
-    fault = Fault(trial=3, input=17, site="conv1", element=123, bit=30)
+    fault = Fault(trial=3, input=17, site="conv1", element=123, mask=1 << 30)
+    assert fault.bit == 30 and fault.op == "flip"
     assert Fault.from_dict(fault.to_dict()) == fault
     with pytest.raises(ConfigError, match="malformed fault"):
         Fault.from_dict({"trial": 1})

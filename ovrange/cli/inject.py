@@ -31,6 +31,16 @@ def inject(
                                                 "fixed32 (1/21/10), fixed16 (14/2), fixed:<bits>:<frac>.")] = None,
     ber: Annotated[Optional[float], Opt("--ber", help="Bit-error-rate mode for weights: every weight bit "
                                         "flips with this probability, e.g. 1e-5.")] = None,
+    fault_model: Annotated[Optional[str], Opt("--fault-model", help="bit (one flip), bits:K (K distinct bits, "
+                                              "e.g. bits:6), word:P (burst: each neighbour of a flipped bit flips "
+                                              "with probability P, e.g. word:0.75), stuck-at-0, stuck-at-1. "
+                                              "Default: bit.")] = None,
+    error_rate: Annotated[Optional[float], Opt("--error-rate", help="Error-rate mode: every value of every site "
+                                               "is struck with this probability (per inference for "
+                                               "activations), e.g. 1e-4.")] = None,
+    sweep: Annotated[Optional[str], Opt("--sweep", help="One campaign per rate: R1,R2,... (error rates) or "
+                                        "ber:R1,R2,... (weight bit-error rates); accuracy and SDC vs rate in the "
+                                        "--report folder (sweep.md, sweep.json, sweep.png).")] = None,
     inputs: Annotated[Optional[int], Opt("--inputs", help="Distinct inputs to draw (correctly classified ones "
                                          "when labels exist). Default: 100.")] = None,
     batch_size: Annotated[Optional[int], Opt("--batch-size", help="Faults per inference (batched engines). "
@@ -88,7 +98,8 @@ def inject(
                                ber=ber, inputs=inputs, batch_size=batch_size, sites=sites or None, exclude=exclude or None,
                                weighting=weighting, sdc=sdc, output=output, device=device,
                                weight_mode=weight_mode, margin=margin, confidence=confidence,
-                               probe_memory=probe_memory, suffix=suffix)
+                               probe_memory=probe_memory, suffix=suffix,
+                               fault_model=fault_model, error_rate=error_rate)
     workers = workers if workers is not None else files.get("workers")
     ray_address, shard_size = ray_address or files.get("ray_address"), shard_size or files.get("shard_size")
     if workers is not None or ray_address is not None:
@@ -108,6 +119,8 @@ def inject(
         raise DataError("no data given: pass --data or set data in the config")
     if resume and report is None:
         raise ConfigError("--resume needs the --report folder of the interrupted campaign")
+    if sweep is not None:
+        return _sweep(model_path, data, compare, sweep, spec, report, json_out, plots, force, quiet)
     if report is not None:
         _check_report_dir(Path(report), force, resume)
     if json_out is not None:
@@ -135,6 +148,33 @@ def inject(
         typer.echo(f"stopped after {stop['trials']} trials: {stop['reason']}")
     if report is not None:
         typer.echo(f"report: {Path(report) / 'summary.md'}")
+
+
+def _sweep(model_path, data, compare, sweep: str, spec, report, json_out, plots: bool, force: bool,
+           quiet: bool) -> None:
+    """``--sweep``: one campaign per rate, the table printed, the curves written to the report folder."""
+    import json
+
+    from ovrange.faults.sweep import parse_rates, run_sweep, sweep_markdown, write_sweep
+    from ovrange.modelio import check_output_file, write_file_atomically
+
+    kind, rates = parse_rates(sweep)
+    if spec.ber is not None or spec.error_rate is not None:
+        raise ConfigError("--sweep sets the rate itself: drop --ber / --error-rate")
+    settings = {k: v for k, v in spec.to_dict().items() if k not in ("ber", "error_rate")}
+    spec.with_overrides(**{kind: rates[0]})  # the combination is valid before any campaign runs
+    if report is not None:
+        _check_report_dir(Path(report), force, False)
+    if json_out is not None:
+        check_output_file(json_out)
+    plots = _plots_wanted(plots) if report is not None else False
+    with progress_bar("sweeping", enabled=not quiet, unit="trials") as progress:
+        summary = run_sweep(model_path, data, kind, rates, compare=compare, progress=progress, **settings)
+    if report is not None:
+        write_sweep(summary, report, plots=plots)
+    if json_out is not None:
+        write_file_atomically(json_out, json.dumps(summary, indent=1))
+    typer.echo(sweep_markdown(summary).rstrip())
 
 
 def _check_report_dir(path: Path, force: bool, resume: bool) -> None:

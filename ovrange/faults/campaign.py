@@ -27,6 +27,7 @@ from ovrange.faults.executors import Job, LocalExecutor, make_shards, shard_size
 from ovrange.faults.faultlist import FaultList
 from ovrange.faults.injectors import check_batchable
 from ovrange.faults.inputs import InputStore, select_inputs
+from ovrange.faults.model import OPS, parse_format
 from ovrange.faults.outcomes import Judge
 from ovrange.faults.report import remove_report
 from ovrange.faults.result import CampaignResult, ModelRun
@@ -108,7 +109,8 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
     else:
         spec = spec.with_overrides(target=plan.target, number_format=plan.number_format, trials=plan.trials,
                                    ber=plan.ber, seed=plan.seed if plan.seed is not None else spec.seed,
-                                   bits=plan.bits() or None)  # report the bits that ran, not the options
+                                   bits=plan.bits() or None,  # report the bits that ran, not the options
+                                   fault_model=plan.fault_model, error_rate=plan.error_rate)
         shapes = store.sample_shapes(plan.inputs[0] if plan.inputs else plan.faults[0].input)
         for name, model in models:
             plan.check_sites(find_sites(model, plan.target, shapes), name)
@@ -120,11 +122,14 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
         inputs, checked = select_inputs(references, store, labels, judge.criterion.metric == "top1", spec.inputs,
                                         spec.seed, spec.batch_size)
         del references
+        rated = spec.ber is not None or spec.error_rate is not None
         faults, trial_inputs = plan_faults(sites, np.array(inputs), spec.trials, spec.bits, spec.seed,
-                                           spec.weighting, spec.ber)
+                                           spec.weighting, spec.ber, spec.fault_model, parse_format(spec.number_format),
+                                           spec.error_rate)
         plan = FaultList(spec.target, spec.number_format, tuple(sites), tuple(inputs), tuple(faults), spec.trials,
-                         spec.seed, spec.ber, data, tuple(int(i) for i in trial_inputs) if spec.ber else ())
-        if spec.ber is None and spec.weighting == "elements":
+                         spec.seed, spec.ber, data, tuple(int(i) for i in trial_inputs) if rated else (),
+                         spec.fault_model, spec.error_rate)
+        if not rated and spec.weighting == "elements":
             population = fault_space([s.size for s in sites], len(inputs), len(spec.bits), spec.trials)
     result = _empty_result(plan, spec, names, data)
     for run, (n_checked, n_correct) in zip(result.models, checked):
@@ -197,11 +202,13 @@ def _run_rounds(result: CampaignResult, executor, stopping: Stopping | None, key
 
 
 def _fault_keys(plan: FaultList) -> np.ndarray:
-    """Per trial, an id of its fault (input, site, element, bit): equal ids are the same fault drawn twice."""
+    """Per trial, an id of its fault (input, site, element, mask, operation): equal ids are the same fault drawn
+    twice."""
     index = {site.name: i for i, site in enumerate(plan.sites)}
-    rows = np.full((plan.trials, 4), -1, np.int64)
+    operations = {op: i for i, op in enumerate(OPS)}
+    rows = np.full((plan.trials, 5), -1, np.int64)
     for fault in plan.faults:  # multi-fault trials keep their last fault: only single-fault plans use the ids
-        rows[fault.trial] = (fault.input, index[fault.site], fault.element, fault.bit)
+        rows[fault.trial] = (fault.input, index[fault.site], fault.element, fault.mask, operations[fault.op])
     return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
 
 
@@ -238,7 +245,7 @@ def _empty_result(plan: FaultList, spec: CampaignSpec, names: list[str], data: s
         trial_input[fault.trial] = fault.input
         trial_site[fault.trial] = index[fault.site] if count[fault.trial] == 1 else -1
         trial_bit[fault.trial] = fault.bit if count[fault.trial] == 1 else -1
-    if plan.ber is None and (count != 1).any():
+    if plan.ber is None and plan.error_rate is None and (count != 1).any():
         raise ConfigError("a single-fault plan must hold exactly one fault per trial")
     if plan.trial_inputs:
         trial_input[:] = plan.trial_inputs

@@ -27,7 +27,7 @@ from ovrange.faults.faultlist import FaultList
 from ovrange.faults.injectors import ScatterInjector, ValueProbe, WeightInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.linear import LinearLayer, linear_layer
-from ovrange.faults.model import Fault, NumberFormat, flip
+from ovrange.faults.model import Fault, NumberFormat, apply_mask
 from ovrange.faults.outcomes import Judge
 from ovrange.faults.sites import Site, site_outputs, static_clone
 from ovrange.faults.spec import CampaignSpec
@@ -58,21 +58,25 @@ def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 
 class _FaultTable:
-    """(site index, element, bit, input) per trial of a one-fault-per-trial plan, built once per plan (a shard
-    looks its trials up instead of scanning the whole fault list)."""
+    """(site index, element, mask, operation, input) per trial of a one-fault-per-trial plan, built once per plan (a
+    shard looks its trials up instead of scanning the whole fault list)."""
 
     def __init__(self) -> None:
         self.plan: FaultList | None = None
         self.table: np.ndarray | None = None
+        self.ops: np.ndarray | None = None
 
     def __call__(self, plan: FaultList, pending: np.ndarray) -> tuple[np.ndarray, ...]:
         if self.plan is not plan:
             index = {site.name: i for i, site in enumerate(plan.sites)}
-            self.table = np.zeros((4, plan.trials), np.int64)
+            self.table = np.zeros((4, plan.trials), np.int64)  # masks of up to 32 bits fit an int64
+            self.ops = np.full(plan.trials, "flip", dtype="<U5")
             for f in plan.faults:
-                self.table[:, f.trial] = (index[f.site], f.element, f.bit, f.input)
+                self.table[:, f.trial] = (index[f.site], f.element, f.mask, f.input)
+                self.ops[f.trial] = f.op
             self.plan = plan
-        return tuple(self.table[:, pending])
+        site, element, mask, inputs = self.table[:, pending]
+        return site, element, mask.astype(np.uint64), self.ops[pending], inputs
 
 
 def _judge(judge: Judge, golden: dict[int, np.ndarray], inputs: np.ndarray, outputs: np.ndarray,
@@ -138,7 +142,7 @@ class ActivationEngine(_ScatterEngine):
                                trash=True, reads=True, device=self.spec.device, config=self.config)
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
-        site, element, bit, inputs = self.faults(plan, pending)
+        site, element, mask, op, inputs = self.faults(plan, pending)
         used = np.unique(inputs)
         original = np.zeros(len(pending), np.float32)
         golden: dict[int, np.ndarray] = {}
@@ -161,7 +165,7 @@ class ActivationEngine(_ScatterEngine):
                 original[here[take]] = probes[s][0].reshape(len(chunk), -1)[rows[take], element[here[take]]]
             # single-site injectors always inject: the probe gives the fault-free output
             golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
-        faulty = flip(original, bit, fmt)
+        faulty = apply_mask(original, mask, fmt, op)
         if self.trash:
             trial = _Trials(pending, site, element, inputs, faulty)
             return self._inject(store, trial, golden if golden else self._golden(store, used), extras)
@@ -215,7 +219,7 @@ class DeltaWeightEngine(_ScatterEngine):
         return self._injector(probe=True, batch=self.probe_batch)
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
-        site, element, bit, inputs = self.faults(plan, pending)
+        site, element, mask, op, inputs = self.faults(plan, pending)
         used = np.unique(inputs)
         writes: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(pending)
         for chunk in _chunks(used, self.probe_batch):
@@ -225,8 +229,8 @@ class DeltaWeightEngine(_ScatterEngine):
             for s in np.unique(site[here]):
                 take = here[site[here] == s]
                 x, y = probes[s]
-                index, values = self.layers[s].faulty_slices(element[take], bit[take], fmt, x[rows[site[here] == s]],
-                                                             y[rows[site[here] == s]])
+                index, values = self.layers[s].faulty_slices(element[take], mask[take], fmt, x[rows[site[here] == s]],
+                                                             y[rows[site[here] == s]], op[take])
                 for k, trial in enumerate(take):
                     writes[trial] = (index[k], values[k])
         golden = self._golden(store, used)
@@ -280,7 +284,7 @@ class ParameterWeightEngine:
             golden = {i: injector.run(rows[i])[self.judge.output][0] for i in rows}
             for part in _chunks(trials, CHUNK):
                 outputs = [injector.run(rows[int(trial_inputs[t])],
-                                        [(names[f.site], f.element, f.bit) for f in faults[int(t)]])[self.judge.output]
+                                        [(names[f.site], f.element, f.mask, f.op) for f in faults[int(t)]])[self.judge.output]
                            for t in part]
                 parts.append(_judge(self.judge, golden, trial_inputs[part], np.concatenate(outputs), part))
             del injector
@@ -291,13 +295,17 @@ def make_engine(model: ov.Model, target: str, sites: list[Site], shapes: list[tu
                 spec: CampaignSpec, judge: Judge, fmt: NumberFormat, config: dict[str, Any] | None = None):
     """The fastest engine that runs ``target`` faults on ``model`` (see the module docstring); ``config`` holds
     extra OpenVINO compile properties (a Ray worker turns CPU pinning off)."""
+    if target == "activations" and spec.error_rate is not None:
+        from ovrange.faults.rate_engine import RateActivationEngine  # many faults per trial, cascading
+
+        return RateActivationEngine(model, sites, shapes, spec, judge, config)
     if target == "activations":
         from ovrange.faults.suffix import SuffixEngine, use_suffix  # it builds on ActivationEngine
 
         if use_suffix(model, sites, spec.suffix, spec.trials):
             return SuffixEngine(model, sites, shapes, spec, judge, config)
         return ActivationEngine(model, sites, shapes, spec, judge, config)
-    if spec.weight_mode != "parameter" and spec.ber is None:
+    if spec.weight_mode != "parameter" and spec.ber is None and spec.error_rate is None:
         layers = _linear_layers(model, sites, shapes)
         if layers is not None and check_batchable(model, shapes, spec.batch_size):
             return DeltaWeightEngine(model, sites, shapes, spec, judge, layers, config)

@@ -1,7 +1,9 @@
 """Fault lists on disk: a JSON-lines file, a header line then one fault per line, replayable exactly.
 
-The header records what the faults refer to (target, number format, the sites with their shapes, the candidate
-inputs and the data source), so a replay on another model can be checked before anything runs.
+The header records what the faults refer to (target, number format, fault model, rates, the sites with their
+shapes, the candidate inputs and the data source), so a replay on another model can be checked before anything
+runs. A row is ``[trial, input, site, element, mask]`` (plus the operation when it is not ``flip``); version-1
+lists (one ``bit`` per row) still load, as single-bit masks.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovrange.errors import ConfigError, ModelError
-from ovrange.faults.model import Fault, parse_format
+from ovrange.faults.model import OPS, Fault, parse_format
 from ovrange.faults.sites import Site
 from ovrange.modelio import write_file_atomically
 
 MAGIC = "ovrange-faults"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -33,24 +35,27 @@ class FaultList:
     seed: int | None = None
     ber: float | None = None
     data: str = ""
-    trial_inputs: tuple[int, ...] = ()  # bit-error-rate plans only: a trial may hold no fault but has an input
+    trial_inputs: tuple[int, ...] = ()  # error-rate plans only: a trial may hold no fault but has an input
+    fault_model: str = "bit"
+    error_rate: float | None = None  # per-element probability (activations per inference, or weights)
 
     def header(self) -> dict:
         return {"format": MAGIC, "version": VERSION, "target": self.target, "number_format": self.number_format,
                 "trials": self.trials, "seed": self.seed, "ber": self.ber, "data": self.data,
                 "inputs": list(self.inputs), "sites": [s.to_dict() for s in self.sites],
-                "trial_inputs": list(self.trial_inputs)}
+                "trial_inputs": list(self.trial_inputs), "fault_model": self.fault_model,
+                "error_rate": self.error_rate}
 
     def fingerprint(self) -> str:
         """A digest of the plan: a checkpoint only resumes the very campaign that wrote it."""
         digest = hashlib.sha256(json.dumps(self.header(), sort_keys=True).encode())
         for fault in self.faults:
-            digest.update(f"{fault.trial},{fault.input},{fault.site},{fault.element},{fault.bit};".encode())
+            digest.update(f"{fault.trial},{fault.input},{fault.site},{fault.element},{fault.mask},{fault.op};".encode())
         return digest.hexdigest()[:16]
 
     def to_text(self) -> str:
         lines = [json.dumps(self.header(), separators=(",", ":"))]
-        lines += [json.dumps([f.trial, f.input, f.site, f.element, f.bit], separators=(",", ":")) for f in self.faults]
+        lines += [json.dumps(_row(f), separators=(",", ":")) for f in self.faults]
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | Path) -> Path:
@@ -70,13 +75,15 @@ class FaultList:
             rows = [json.loads(line) for line in lines[1:] if line.strip()]
             if header.get("format") != MAGIC:
                 raise ValueError("not an ovrange fault list")
-            if header.get("version") != VERSION:
-                raise ValueError(f"unsupported version {header.get('version')}")
-            faults = tuple(Fault(int(r[0]), int(r[1]), str(r[2]), int(r[3]), int(r[4])) for r in rows)
+            version = header.get("version")
+            if version not in (1, VERSION):
+                raise ValueError(f"unsupported version {version}")
+            faults = tuple(_fault(r, version) for r in rows)
             sites = tuple(Site(s["name"], s["op"], tuple(s["shape"])) for s in header["sites"])
             plan = cls(header["target"], header["number_format"], sites, tuple(header["inputs"]), faults,
                        int(header["trials"]), header.get("seed"), header.get("ber"), header.get("data", ""),
-                       tuple(int(i) for i in header.get("trial_inputs", ())))
+                       tuple(int(i) for i in header.get("trial_inputs", ())), header.get("fault_model", "bit"),
+                       header.get("error_rate"))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ConfigError(f"malformed fault list {path}: {exc}") from exc
         plan.validate(str(path))
@@ -94,7 +101,8 @@ class FaultList:
 
     def bits(self) -> tuple[int, ...]:
         """The bit positions the faults strike (what a replayed campaign reports, whatever its options said)."""
-        return tuple(sorted({fault.bit for fault in self.faults}))
+        return tuple(sorted({b for fault in self.faults for b in range(int(fault.mask).bit_length())
+                             if fault.mask >> b & 1}))
 
     def check_sites(self, sites: list[Site], model_name: str) -> None:
         """Raise ModelError unless every site the faults strike exists in ``sites`` with the same shape."""
@@ -113,10 +121,23 @@ def _problem(fault: Fault, sizes: dict[str, int], bits: int, trials: int) -> str
         return "the site is not in the fault list's header"
     if not 0 <= fault.element < sizes[fault.site]:
         return f"element {fault.element} is outside 0..{sizes[fault.site] - 1}"
-    if not 0 <= fault.bit < bits:
-        return f"bit {fault.bit} is outside 0..{bits - 1}"
+    if not 0 < fault.mask < (1 << bits):
+        return f"mask {fault.mask:#x} is not a non-empty mask of bits 0..{bits - 1}"
     if not 0 <= fault.trial < trials:
         return f"trial {fault.trial} is outside 0..{trials - 1}"
     if fault.input < 0:
         return f"input {fault.input} is negative"
     return ""
+
+
+def _row(fault: Fault) -> list:
+    row = [fault.trial, fault.input, fault.site, fault.element, fault.mask]
+    return row if fault.op == "flip" else [*row, fault.op]
+
+
+def _fault(row: list, version: int) -> Fault:
+    if version == 1:  # [trial, input, site, element, bit]
+        return Fault(int(row[0]), int(row[1]), str(row[2]), int(row[3]), 1 << int(row[4]))
+    if int(row[4]) <= 0 or (len(row) > 5 and row[5] not in OPS):
+        raise ValueError(f"bad mask or operation in row {row}")
+    return Fault(int(row[0]), int(row[1]), str(row[2]), int(row[3]), int(row[4]), str(row[5]) if len(row) > 5 else "flip")

@@ -20,7 +20,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from ovrange.faults.model import FORMATS, NumberFormat, flip
+from ovrange.faults.model import FORMATS, NumberFormat, apply_mask
 from ovrange.faults.sites import Site, site_outputs, static_clone
 from ovrange.runtime import compile_model, last_line
 from ovrange.errors import DataError, ModelError
@@ -270,22 +270,23 @@ class WeightInjector:
             flat[...] = values.reshape(-1)
         self._bits = [flat.view(np.uint32) for flat in self.weights]
 
-    def run(self, inputs: list[np.ndarray], flips: list[tuple[int, int, int]] = ()) -> list[np.ndarray]:
-        """Infer one input with bit ``bit`` of element ``element`` of site ``site`` flipped, for each flip."""
+    def run(self, inputs: list[np.ndarray], flips: list[tuple] = ()) -> list[np.ndarray]:
+        """Infer one input with ``mask`` applied to element ``element`` of site ``site`` (by ``op``, default flip),
+        for each ``(site, element, mask[, op])`` of ``flips``."""
         for buffer, array in zip(self.runner.buffers, inputs):
             buffer[...] = array
-        if self.format.is_float:  # XOR in place and XOR back: exact, and no copy of the weights
-            for site, element, bit in flips:
-                self._bits[site][element] ^= np.uint32(1 << bit)
+        if self.format.is_float and self.format.bits == 32 and all(len(f) < 4 or f[3] == "flip" for f in flips):
+            for site, element, mask, *_ in flips:  # XOR in place and XOR back: exact, and no copy of the weights
+                self._bits[site][element] ^= np.uint32(mask)
             try:
                 return self.runner.infer(1)
             finally:
-                for site, element, bit in reversed(flips):
-                    self._bits[site][element] ^= np.uint32(1 << bit)
-        saved = [(site, element, self.weights[site][element]) for site, element, _ in flips]
-        for site, element, bit in flips:
-            self.weights[site][element] = flip(self.weights[site][element:element + 1], np.array([bit]),
-                                               self.format)[0]
+                for site, element, mask, *_ in reversed(flips):
+                    self._bits[site][element] ^= np.uint32(mask)
+        saved = [(f[0], f[1], self.weights[f[0]][f[1]]) for f in flips]
+        for site, element, mask, *op in flips:
+            self.weights[site][element] = apply_mask(self.weights[site][element:element + 1], np.array([mask]),
+                                                     self.format, op[0] if op else "flip")[0]
         try:
             return self.runner.infer(1)
         finally:

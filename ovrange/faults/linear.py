@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import openvino as ov
 
-from ovrange.faults.model import NumberFormat, flip
+from ovrange.faults.model import NumberFormat, apply_mask
 from ovrange.faults.sites import stored_through_transform, weight_values
 
 
@@ -40,13 +40,13 @@ class LinearLayer:
             return int(np.prod(self.out_shape[1:]))
         return int(np.prod(self.out_shape[:-1], dtype=np.int64))
 
-    def faulty_slices(self, element: np.ndarray, bit: np.ndarray, fmt: NumberFormat, x: np.ndarray,
-                      y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def faulty_slices(self, element: np.ndarray, mask: np.ndarray, fmt: NumberFormat, x: np.ndarray,
+                      y: np.ndarray, op: str | np.ndarray = "flip") -> tuple[np.ndarray, np.ndarray]:
         """For n faults with per-fault layer input ``x[n, ...]`` and output ``y[n, ...]``: the flat indices (into
         one sample's output) and the faulty values of the touched outputs, both ``[n, rows]``."""
         flat = self.weights.reshape(-1)
         with np.errstate(invalid="ignore", over="ignore"):  # a flip may make a signalling NaN; inf * 0 is NaN
-            delta = flip(flat[element], bit, fmt).astype(np.float64) - flat[element].astype(np.float64)
+            delta = apply_mask(flat[element], mask, fmt, op).astype(np.float64) - flat[element].astype(np.float64)
             if self.kind == "conv":
                 return self._conv(element, delta, x, y)
             return self._matmul(element, delta, x, y)

@@ -1,9 +1,11 @@
-"""The fault model: number formats, bit sets, bit flips on numpy integer views, and the Fault record.
+"""The fault model: number formats, fault models, bit masks applied on numpy integer views, the Fault record.
 
-A fault is one flipped bit in one value: a weight element (memory fault) or one element of an operator's output
-for one input (datapath fault). Values live in IEEE FP32 in the runtime; the fixed-point formats Ranger used
-(32-bit 1/21/10 and 16-bit 14/2) are emulated on the struck value only: it is quantized to the format, the bit is
-flipped in two's complement, and the result goes back to f32. The rest of the network still computes in f32.
+A fault strikes one value: a weight element (memory fault) or one element of an operator's output for one input
+(datapath fault). It carries a bit *mask* and an operation: ``flip`` (XOR: one bit, K random bits, or a burst of
+neighbouring bits), ``set`` (stuck-at-1: OR) or ``clear`` (stuck-at-0: AND NOT). Values live in IEEE FP32 in the
+runtime; other formats are emulated on the struck value only: it is encoded in the format (fixed point: quantized
+and saturated, two's complement), the mask is applied to the bit pattern, and the result is decoded back to f32.
+The rest of the network still computes in f32.
 """
 
 from __future__ import annotations
@@ -84,13 +86,49 @@ def parse_bits(spec: str | int | list | tuple | None, fmt: NumberFormat) -> tupl
     return tuple(sorted(chosen))
 
 
+OPS = ("flip", "set", "clear")  # XOR, OR (stuck-at-1), AND NOT (stuck-at-0)
+
+
+def apply_mask(values: np.ndarray, masks: np.ndarray, fmt: NumberFormat = FORMATS["fp32"],
+               op: str | np.ndarray = "flip") -> np.ndarray:
+    """Apply ``masks[i]`` with operation ``op`` (one name, or one per value) to ``values[i]`` stored in ``fmt``.
+
+    The one place a fault changes a value: every engine calls it (``flip`` is the single-bit case).
+    """
+    values = np.asarray(values, dtype=np.float32)
+    masks = np.asarray(masks, dtype=np.uint64) & np.uint64((1 << fmt.bits) - 1)
+    patterns = encode(values, fmt)
+    ops = np.asarray(op)
+    if ops.ndim == 0:
+        code = str(ops)
+        if code not in OPS:
+            raise ConfigError(f"unknown fault operation {code!r}; use {', '.join(OPS)}")
+        changed = patterns ^ masks if code == "flip" else patterns | masks if code == "set" else patterns & ~masks
+    else:
+        changed = np.where(ops == "flip", patterns ^ masks, np.where(ops == "set", patterns | masks, patterns & ~masks))
+    return decode(changed, fmt)
+
+
 def flip(values: np.ndarray, bits: np.ndarray, fmt: NumberFormat = FORMATS["fp32"]) -> np.ndarray:
     """Flip bit ``bits[i]`` of ``values[i]`` (float32) in format ``fmt``; returns new float32 values."""
-    values = np.asarray(values, dtype=np.float32)
-    bits = np.asarray(bits, dtype=np.uint32)
+    return apply_mask(values, np.uint64(1) << np.asarray(bits, dtype=np.uint64), fmt)
+
+
+def encode(values: np.ndarray, fmt: NumberFormat) -> np.ndarray:
+    """The bit patterns of ``values`` stored in ``fmt``, as uint64 (a new format adds its branch here and in
+    :func:`decode`)."""
     if fmt.is_float:
-        return (values.view(np.uint32) ^ (np.uint32(1) << bits)).view(np.float32)
-    return from_fixed(to_fixed(values, fmt) ^ (np.int64(1) << bits.astype(np.int64)), fmt)
+        dtype = np.dtype(f"float{fmt.bits}")
+        with np.errstate(over="ignore"):  # an f32 too large for a narrower float stores as inf, as hardware does
+            return values.astype(dtype).view(np.dtype(f"uint{fmt.bits}")).astype(np.uint64)
+    return to_fixed(values, fmt).astype(np.uint64)
+
+
+def decode(patterns: np.ndarray, fmt: NumberFormat) -> np.ndarray:
+    if fmt.is_float:
+        unsigned = np.asarray(patterns, np.uint64).astype(np.dtype(f"uint{fmt.bits}"))
+        return unsigned.view(np.dtype(f"float{fmt.bits}")).astype(np.float32)
+    return from_fixed(np.asarray(patterns, np.uint64).astype(np.int64), fmt)
 
 
 def to_fixed(values: np.ndarray, fmt: NumberFormat) -> np.ndarray:
@@ -109,19 +147,89 @@ def from_fixed(patterns: np.ndarray, fmt: NumberFormat) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class FaultModel:
+    """How one fault corrupts a value: which bits (the mask) and how (the operation).
+
+    ``bit``: one bit of the allowed ones; ``bits:K``: K distinct allowed bits (seed 003's six-bit errors);
+    ``word:P``: a burst around one allowed bit, each neighbour of a flipped bit flipping too with probability P
+    (seed 003's word errors, P = 0.75), within the format's width; ``stuck-at-0`` / ``stuck-at-1``: one allowed
+    bit forced to 0 / 1 (masked when it already holds that value).
+    """
+
+    kind: str = "bit"
+    k: int = 1
+    p: float = 0.0
+
+    @property
+    def op(self) -> str:
+        return {"stuck-at-0": "clear", "stuck-at-1": "set"}.get(self.kind, "flip")
+
+    def __str__(self) -> str:
+        return {"bits": f"bits:{self.k}", "word": f"word:{self.p:g}"}.get(self.kind, self.kind)
+
+    def check(self, bits: tuple[int, ...]) -> None:
+        if self.kind == "bits" and self.k > len(bits):
+            raise ConfigError(f"fault model {self} needs {self.k} distinct bits but only {len(bits)} are allowed")
+
+    def draw_masks(self, rng: np.random.Generator, n: int, bits: tuple[int, ...], fmt: NumberFormat) -> np.ndarray:
+        """``n`` masks (uint64) drawn from ``rng``; ``bit`` draws exactly as single-bit plans always did."""
+        allowed = np.asarray(bits, np.int64)
+        if self.kind == "bits":
+            order = rng.random((n, len(allowed))).argsort(axis=1)[:, : self.k]
+            return np.bitwise_or.reduce(np.uint64(1) << allowed[order].astype(np.uint64), axis=1)
+        centre = rng.choice(allowed, size=n)
+        if self.kind != "word":
+            return np.uint64(1) << centre.astype(np.uint64)
+        # Bits flipped beyond the centre in each direction: a run of successes of probability p, cut at the edge.
+        runs = [np.full(n, fmt.bits) if self.p >= 1 else rng.geometric(1 - self.p, size=n) - 1 for _ in range(2)]
+        low = np.maximum(centre - runs[0], 0)
+        high = np.minimum(centre + runs[1], fmt.bits - 1)
+        width = (high - low + 1).astype(np.uint64)
+        return ((np.uint64(1) << width) - np.uint64(1)) << low.astype(np.uint64)
+
+
+def parse_fault_model(spec: str | FaultModel | None) -> FaultModel:
+    """``bit``, ``bits:K`` (K >= 1), ``word:P`` (0 <= P <= 1), ``stuck-at-0`` or ``stuck-at-1``."""
+    if isinstance(spec, FaultModel):
+        return spec
+    text = "bit" if spec is None else str(spec).strip().lower()
+    if text in ("bit", "stuck-at-0", "stuck-at-1"):
+        return FaultModel(text)
+    match = re.fullmatch(r"bits:(\d+)", text)
+    if match and int(match[1]) >= 1:
+        return FaultModel("bits", k=int(match[1]))
+    match = re.fullmatch(r"word:([0-9.eE+-]+)", text)
+    if match:
+        try:
+            p = float(match[1])
+        except ValueError:
+            p = -1.0
+        if 0 <= p <= 1:
+            return FaultModel("word", p=p)
+        raise ConfigError(f"word fault probability must be in [0, 1], got {match[1]}")
+    raise ConfigError(f"unknown fault model {spec!r}; use bit, bits:<K>, word:<P>, stuck-at-0 or stuck-at-1")
+
+
+@dataclass(frozen=True)
 class Fault:
-    """One flipped bit in one trial. A trial has one fault (Ranger's model) or several (bit-error-rate mode).
+    """One corrupted value in one trial. A trial has one fault (Ranger's model) or several (error-rate modes).
 
     ``site`` is the node friendly name (the layer for weights; the producer, with ``:port`` when port > 0, for
     activations); ``element`` is the flat index into the weight tensor, or into one sample's output tensor;
-    ``input`` is the index of the input sample in the dataset.
+    ``input`` is the index of the input sample in the dataset; ``mask`` the bits ``op`` acts on.
     """
 
     trial: int
     input: int
     site: str
     element: int
-    bit: int
+    mask: int
+    op: str = "flip"
+
+    @property
+    def bit(self) -> int:
+        """The most significant bit of the mask (the one that dominates the damage; the bit of a single flip)."""
+        return int(self.mask).bit_length() - 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +238,6 @@ class Fault:
     def from_dict(cls, data: dict) -> Fault:
         try:
             return cls(int(data["trial"]), int(data["input"]), str(data["site"]), int(data["element"]),
-                       int(data["bit"]))
+                       int(data["mask"]), str(data.get("op", "flip")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed fault record {data!r}") from exc

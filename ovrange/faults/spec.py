@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ovrange.errors import ConfigError
-from ovrange.faults.model import TARGETS, parse_bits, parse_format
+from ovrange.faults.model import TARGETS, parse_bits, parse_fault_model, parse_format
 
 SDC_METRICS = ("auto", "top1", "tokens", "linf", "cosine")
 WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.execute
@@ -77,6 +77,8 @@ class CampaignSpec:
     confidence: float = 0.95
     suffix: str = "auto"  # activation trials run only the network after the fault site: auto, on, off
     probe_memory: int = 2048  # MB the fault-free probe of weight campaigns may hold (its batch shrinks to fit)
+    fault_model: str = "bit"
+    error_rate: float | None = None
 
     @classmethod
     def create(cls, **settings: Any) -> CampaignSpec:
@@ -91,6 +93,8 @@ class CampaignSpec:
             settings["bits"] = parse_bits(settings["bits"], fmt)
         else:
             settings["bits"] = parse_bits("all", fmt)
+        if "fault_model" in settings:
+            settings["fault_model"] = str(parse_fault_model(settings["fault_model"]))
         if "sdc" in settings and not isinstance(settings["sdc"], SdcCriterion):
             settings["sdc"] = SdcCriterion.parse(settings["sdc"])
         for key in ("sites", "exclude"):
@@ -123,6 +127,15 @@ class CampaignSpec:
             raise ConfigError(f"margin must be in (0, 0.5), got {self.margin!r}")
         if not (isinstance(self.confidence, (int, float)) and 0 < self.confidence < 1):
             raise ConfigError(f"confidence must be in (0, 1), got {self.confidence!r}")
+        fault_model = parse_fault_model(self.fault_model)
+        fault_model.check(self.bits)
+        if self.error_rate is not None:
+            if not 0 < self.error_rate < 1:
+                raise ConfigError(f"error_rate must be in (0, 1), got {self.error_rate}")
+            if self.ber is not None:
+                raise ConfigError("give ber (per bit) or error_rate (per value), not both")
+        if self.ber is not None and fault_model.kind != "bit":
+            raise ConfigError(f"ber flips single bits; use error_rate with fault model {fault_model}")
         fmt = parse_format(self.number_format)
         bad = [b for b in self.bits if not 0 <= b < fmt.bits]
         if bad:

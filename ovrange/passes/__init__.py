@@ -32,6 +32,7 @@ ALGORITHMS: dict[str, str] = {
     "Ranger": "ovrange.passes.ranger",
     "GradientSuppression": "ovrange.passes.gradient_suppression",
     "BoundedWeights": "ovrange.passes.bounded_weights",
+    "Checksum": "ovrange.passes.checksum",
 }
 
 

@@ -31,7 +31,8 @@ from openvino import passes as ov_passes
 
 from ovrange import data as data_mod
 from ovrange.errors import DataError, ModelError
-from ovrange.graph import constant_values, constant_weight, inserted_nodes, nodes_between, record_inserted, stored_weight
+from ovrange.graph import (added_nodes, constant_values, constant_weight, inserted_nodes, node_names, record_inserted,
+                           stored_weight)
 from ovrange.params import Param, one_of
 from ovrange.passes import PassResult, Selection
 from ovrange.runtime import Runner
@@ -172,7 +173,8 @@ def plan(selection: Selection, stats: Any, params: dict[str, Any]) -> tuple[dict
 def apply(model: ov.Model, plan: Any) -> PassResult:
     """Replace each planned layer's weight by ``s * tanh(g * theta)`` with ``theta = artanh(w / s) / g``."""
     outputs = outputs_by_id(model)
-    inserted: dict[str, str] = {}
+    before = node_names(model)
+    thetas = []
     for key, guard in plan.guards.items():
         node = outputs[key].get_node()
         source = weight_output(node)
@@ -185,15 +187,11 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
         theta_node = ops.constant(theta, name=name + THETA_SUFFIX)
         chain = decode_chain(theta_node.output(0), scale, float(guard["gain"]), name)
         node.input(1).replace_source_output(chain.output(0))
-        inserted[name + THETA_SUFFIX] = "weight"
-        inserted.update({n.get_friendly_name(): "decode" for n in _chain_nodes(chain, theta_node)})
+        thetas.append(name + THETA_SUFFIX)
     model.validate_nodes_and_infer_types()
-    record_inserted(model, inserted)
-    return PassResult(model, bool(inserted))
-
-
-def _chain_nodes(chain: ov.Node, theta: ov.Node) -> list[ov.Node]:
-    return [n for n in nodes_between(theta.output(0), chain) if n.get_type_name() != "Constant"]
+    record_inserted(model, {**{n.get_friendly_name(): "decode" for n in added_nodes(model, before)},
+                            **{theta: "weight" for theta in thetas}})
+    return PassResult(model, bool(thetas))
 
 
 def theta_for(w: np.ndarray, scale: np.ndarray, gain: float) -> np.ndarray:

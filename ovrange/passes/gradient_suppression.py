@@ -16,8 +16,9 @@ Inserted after activation ``A`` (all named ``A/gradient_suppression...``; ``prev
     |                                                           '-> previous (of "normal") ---'          |
     '---------------------------------------------------------------------------------------------------------'
 
-The paper triggers suppression only when a separate detector flags an error (to save hardware work); in a graph
-it is always on, and its result is the same whenever the detector would not have fired on clean data.
+The paper triggers suppression only when a separate detector flags an error (to save hardware work). By default
+it is always on here; ``gate: select`` / ``gate: if`` gate it with the Checksum of the MAC layer feeding the
+activation (:func:`ovrange.passes.checksum.gate`), per row/pixel or for the batch inside an ``If``.
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from ovrange.errors import ModelError
-from ovrange.graph import insert_after, record_inserted
+from ovrange.graph import added_nodes, insert_after, node_ids, node_names, record_inserted
 from ovrange.moments import RunningMoments, differences, previous
 from ovrange.params import Param, one_of, positive
-from ovrange.passes import PassResult, Selection, ranger
-from ovrange.passes.guards import inserted_block
+from ovrange.passes import PassResult, Selection, checksum, ranger
+from ovrange.passes.checksum import find_layers
+from ovrange.passes.checksum_graph import Layer, gate
 from ovrange.stats import StatRequest, Statistics
 from ovrange.targets import ACTIVATIONS, Target, find_targets, outputs_by_id, require, select as select_targets
 
 SUFFIX = "/gradient_suppression"
+CHECK_DEFAULTS = {key: param.default for key, param in checksum.PARAMS.items()}
 # Last-bit differences between the statistics run and the protected model's kernels (other batch size, other
 # kernel choice) must not make a calibration value look anomalous: the threshold is widened by this factor.
 THRESHOLD_SLACK = 1e-5
@@ -57,6 +60,10 @@ PARAMS: dict[str, Param] = {
                        "unchanged for margin >= 1); sigma: T = k * std (the paper's t-test form)"),
     "margin": Param(float, 1.0, positive, "multiplier of the largest observed deviation (threshold: max)"),
     "k": Param(float, 6.0, positive, "number of standard deviations (threshold: sigma)"),
+    "gate": Param(str, "none", one_of("none", "select", "if"),
+                  "seed 003's gating: suppress only where the Checksum of the MAC layer feeding the activation "
+                  "fails (select: per row/pixel, both paths computed; if: the suppression runs only when a check "
+                  "failed); none: always on"),
 }
 
 
@@ -165,7 +172,22 @@ def select(model: ov.Model, params: dict[str, Any]) -> Selection:
     if not chosen:
         raise ModelError(f"model {model.get_friendly_name()!r} has no activation GradientSuppression can protect: "
                          + "; ".join(f"{name}: {why}" for name, why in skipped.items()))
-    return Selection(chosen, {"skipped": skipped})
+    gates = {} if params["gate"] == "none" else feeding_layers(model, chosen)
+    return Selection(chosen, {"skipped": skipped, "gates": gates})
+
+
+def feeding_layers(model: ov.Model, targets: list[Target]) -> dict[str, Layer]:
+    """Activation id -> the Checksum layer whose checked output feeds it directly (seed 003 gates suppression by
+    that layer's check). Activations fed by anything else get no gate."""
+    by_output = {layer.checked: layer for layer in find_layers(model)[0]}
+    ids = {node.get_name(): key for key, node in node_ids(model)}
+    outputs = outputs_by_id(model)
+    feeding = {}
+    for target in targets:
+        source = ids[outputs[target.id].get_node().input_value(0).get_node().get_name()]
+        if source in by_output:
+            feeding[target.id] = by_output[source]
+    return feeding
 
 
 def _request(target: Target, params: dict[str, Any]) -> StatRequest:
@@ -174,8 +196,10 @@ def _request(target: Target, params: dict[str, Any]) -> StatRequest:
 
 
 def requests(selection: Selection, params: dict[str, Any]) -> list[StatRequest]:
-    """Moments of every target's neighbour differences (per layer, or per channel)."""
-    return [_request(t, params) for t in selection.targets]
+    """Moments of every target's neighbour differences (per layer, or per channel), and the clean residuals of
+    the checks that gate them."""
+    gates = list({layer.checked: layer for layer in selection.facts["gates"].values()}.values())
+    return [_request(t, params) for t in selection.targets] + checksum.layer_requests(gates)
 
 
 def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
@@ -187,24 +211,36 @@ def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
         moments = stats[request]
         rule = make_rule(moments, request.neighbour_axis, params, request.axis)
         guards[target.id] = _describe(target, moments, rule)
+    gates = selection.facts["gates"]
+    if gates:
+        layers = list({layer.checked: layer for layer in gates.values()}.values())
+        checks = checksum.make_checks(layers, stats, {**CHECK_DEFAULTS, "correction": "zero"},
+                                      {layer.checked: ("", "") for layer in layers})
+        for key, layer in gates.items():
+            guards[key]["gate"] = {**checks[layer.checked], "mode_of_gate": params["gate"]}
     report = {"zeroed_neuron": "i where d[i] = y[i] - y[i-1] is anomalous and d[i-1] is not",
-              "skipped": selection.facts["skipped"]}
+              "skipped": selection.facts["skipped"], "gated": sorted(gates),
+              "ungated": sorted(t.id for t in selection.targets if t.id not in gates)}
     return guards, report
 
 
 def apply(model: ov.Model, plan: Any) -> PassResult:
     """Insert one suppression block after every target of the plan."""
     outputs = outputs_by_id(model)
-    inserted = {}
+    before = node_names(model)
+    guards: set[str] = set()
     for key, guard in plan.guards.items():
         rule = Rule(int(guard["axis"]), np.asarray(guard["centre"], np.float32).reshape(-1),
                     np.asarray(guard["threshold"], np.float32).reshape(-1), int(guard.get("group_axis", 1)))
         name = key + SUFFIX
-        guard = insert_after(outputs[key], lambda out, r=rule, n=name: suppression_node(out, r, n))
-        inserted.update(inserted_block(outputs[key], guard))
+        make = lambda out, r=rule, n=name: suppression_node(out, r, n)  # noqa: E731
+        if "gate" in guard:
+            make = lambda out, m=make, g=guard["gate"]: gate(model, g, out, m, g["mode_of_gate"])  # noqa: E731
+        guards.add(insert_after(outputs[key], make).get_friendly_name())
     model.validate_nodes_and_infer_types()
-    record_inserted(model, inserted)
-    return PassResult(model, bool(inserted))
+    record_inserted(model, {n.get_friendly_name(): "guard" if n.get_friendly_name() in guards else "check"
+                            for n in added_nodes(model, before)})
+    return PassResult(model, bool(guards))
 
 
 def _describe(target: Target, moments: RunningMoments, rule: Rule) -> dict[str, Any]:

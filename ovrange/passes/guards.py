@@ -17,7 +17,7 @@ import openvino.opset13 as ops
 
 from ovrange.bounds import Bound
 from ovrange.errors import ConfigError
-from ovrange.graph import insert_after, nodes_between, record_inserted
+from ovrange.graph import added_nodes, insert_after, node_names, record_inserted
 from ovrange.targets import outputs_by_id
 
 CLAMP_SUFFIX = "/min_max_Clamp"
@@ -52,28 +52,21 @@ def zero_guard(output: ov.Output, bound: Bound, name: str) -> ov.Node:
     return ops.select(outside, ops.constant(np.float32(0.0)), output, name=name)
 
 
-def inserted_block(source: ov.Output, guard: ov.Node) -> dict[str, str]:
-    """``{name: role}`` of a guard inserted after ``source`` and of its helper ops (constants are not recorded)."""
-    block = {node.get_friendly_name(): "check" for node in nodes_between(source, guard)
-             if node.get_type_name() != "Constant"}
-    block[guard.get_friendly_name()] = "guard"
-    return block
-
-
 GuardFn = Callable[[ov.Output, Bound, str], ov.Node]
 
 
 def insert_guards(model: ov.Model, bounds: dict[str, Bound], make: GuardFn, suffix: str) -> bool:
     """Insert ``make`` after every bounded target of ``model`` (edited in place); record what was inserted."""
     outputs = outputs_by_id(model)
-    inserted: dict[str, str] = {}
+    before = node_names(model)
+    guards = set()
     for target, bound in bounds.items():
         if target not in outputs:
             raise ConfigError(f"the plan names node {target!r}, which model {model.get_friendly_name()!r} lacks")
         name = target + suffix
-        guard = insert_after(outputs[target], lambda out, b=bound, n=name: make(out, b, n))
-        inserted.update(inserted_block(outputs[target], guard))
-    if inserted:
+        guards.add(insert_after(outputs[target], lambda out, b=bound, n=name: make(out, b, n)).get_friendly_name())
+    if guards:
         model.validate_nodes_and_infer_types()
-        record_inserted(model, inserted)
-    return bool(inserted)
+        record_inserted(model, {n.get_friendly_name(): "guard" if n.get_friendly_name() in guards else "check"
+                                for n in added_nodes(model, before)})
+    return bool(guards)

@@ -1,0 +1,99 @@
+"""Error-rate campaigns on activations: many faults per trial, at many sites, each applied to the *actual* value.
+
+A fault at a later site must corrupt the value that site computes from earlier faulty values, not its fault-free
+value. OpenVINO has no bitcast, so masks are applied in numpy, and the trial is run as a cascade over the struck
+sites in topological order: infer with the faulty values written so far, read the next struck site's actual
+output from a probe, apply the masks there, add those writes, and so on; one last inference gives the output.
+A batch of trials costs (struck sites + 1) inferences. The injection graph is the one of :class:`ScatterInjector`
+(a trash batch element absorbs idle writes), sized for the most faults any trial puts at each site.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+
+from ovrange.errors import ModelError
+from ovrange.faults.execute import Outcomes
+from ovrange.faults.faultlist import FaultList
+from ovrange.faults.injectors import ScatterInjector, check_batchable
+from ovrange.faults.inputs import InputStore
+from ovrange.faults.model import NumberFormat, apply_mask
+from ovrange.faults.outcomes import Judge
+from ovrange.faults.sites import Site
+from ovrange.faults.spec import CampaignSpec
+
+
+class RateActivationEngine:
+    kind = "activations"
+
+    def __init__(self, model: ov.Model, sites: list[Site], shapes: list[tuple[int, ...]], spec: CampaignSpec,
+                 judge: Judge, config: dict | None = None):
+        if not check_batchable(model, shapes, spec.batch_size):
+            raise ModelError("activation error-rate campaigns need a model whose batch can change")
+        self.model, self.sites, self.shapes, self.spec, self.judge = model, sites, shapes, spec, judge
+        self.batch = spec.batch_size
+        self.config = config
+        self.description = (f"activation error rate {spec.error_rate:g} ({spec.fault_model}): cascaded "
+                            f"ScatterNDUpdate at {len(sites)} sites, {self.batch} trials per inference round")
+
+    def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
+        """Run the trials ``pending`` and return their outcomes."""
+        index = {site.name: i for i, site in enumerate(self.sites)}
+        trial_inputs = np.asarray(plan.trial_inputs, np.int64)
+        by_trial = trial_faults(plan, index)
+        capacity = np.ones(len(self.sites), np.int64)
+        for site, _, _, _ in by_trial.values():
+            if len(site):
+                np.maximum.at(capacity, site, np.bincount(site, minlength=len(self.sites))[site])
+        injector = ScatterInjector(self.model, "activations", [s.name for s in self.sites], self.shapes, self.batch,
+                                   rows=capacity.tolist(), probe=True, device=self.spec.device, config=self.config)
+        golden = {}
+        used = np.unique(trial_inputs[pending])
+        for start in range(0, len(used), self.batch):
+            chunk = used[start:start + self.batch]
+            outputs, _ = injector.run(store.batch(chunk))
+            golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
+        parts = []
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, "<U5"))
+        for start in range(0, len(pending), self.batch):
+            part = pending[start:start + self.batch]
+            faults = [by_trial.get(int(t), empty) for t in part]
+            inputs = store.batch(trial_inputs[part])
+            outputs = cascade(injector, inputs, faults, fmt)[self.judge.output]
+            codes, top1, deviation = self.judge.classify(np.stack([golden[int(i)] for i in trial_inputs[part]]),
+                                                         outputs)
+            parts.append(Outcomes(part, codes, top1, deviation))
+        return Outcomes.concat(parts)
+
+
+def trial_faults(plan: FaultList, index: dict[str, int]) -> dict[int, tuple[np.ndarray, ...]]:
+    """Per trial: (site index, element, mask, operation) arrays of its faults."""
+    grouped: dict[int, list] = {}
+    for fault in plan.faults:
+        grouped.setdefault(fault.trial, []).append((index[fault.site], fault.element, fault.mask, fault.op))
+    return {t: (np.array([f[0] for f in rows], np.int64), np.array([f[1] for f in rows], np.int64),
+                np.array([f[2] for f in rows], np.uint64), np.array([f[3] for f in rows]))
+            for t, rows in grouped.items()}
+
+
+def cascade(injector: ScatterInjector, inputs: list[np.ndarray], faults: list[tuple[np.ndarray, ...]],
+            fmt: NumberFormat) -> list[np.ndarray]:
+    """Outputs of ``injector`` on ``inputs`` (row r carrying ``faults[r]``), each fault applied to the value its
+    site actually computes given the faults upstream of it."""
+    rows = np.concatenate([np.full(len(f[0]), r, np.int64) for r, f in enumerate(faults)])
+    site, element, mask, op = (np.concatenate([f[k] for f in faults]) for k in range(4))
+    taps, where, values = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    done_rows: list[np.ndarray] = [np.zeros(0, np.int64)]
+    for s in np.unique(site):  # site indices are in topological order
+        _, probes = injector.run(inputs, np.concatenate(taps), np.concatenate(done_rows), np.concatenate(where),
+                                 np.concatenate(values))
+        here = site == s
+        actual = probes[s][0].reshape(len(inputs[0]), -1)[rows[here], element[here]]
+        taps.append(np.full(int(here.sum()), s, np.int64))
+        done_rows.append(rows[here])
+        where.append(element[here])
+        values.append(apply_mask(actual, mask[here], fmt, op[here]))
+    outputs, _ = injector.run(inputs, np.concatenate(taps), np.concatenate(done_rows), np.concatenate(where),
+                              np.concatenate(values))
+    return outputs
