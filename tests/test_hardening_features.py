@@ -134,7 +134,7 @@ def test_replay_reports_the_bits_that_ran_and_bad_fault_lists_fail_early(tiny, t
     replayed = ovrange.inject(str(tiny / "m.xml"), x, replay=tmp_path / "first" / "faults.jsonl")  # bits: all
     assert replayed.spec.bits == (30,) and "bits: 30\n" in markdown(replayed)
     plan = FaultList.load(tmp_path / "first" / "faults.jsonl")
-    for change, problem in (({"element": 10 ** 9}, "element 1000000000 is outside"), ({"bit": 99}, "bit 99"),
+    for change, problem in (({"element": 10 ** 9}, "element 1000000000 is outside"), ({"mask": 1 << 40}, "mask 0x10000000000 is not"),
                             ({"site": "nowhere"}, "not in the fault list's header")):
         bad = replace(plan, faults=(replace(plan.faults[0], **change), *plan.faults[1:]))
         with pytest.raises(ConfigError, match=problem):

@@ -84,7 +84,7 @@ SETUP: dict[str, Callable[[Path], None]] = {
     "malformed config": lambda w: (w / "c.json").write_text('{"engine": {'),
     "a file": lambda w: (w / "a_file").write_text("not a folder"),
     "binary replay": lambda w: (w / "campaign" / "faults.jsonl").write_bytes(bytes(range(256))),
-    "bit 99": lambda w: _edit_json_lines(w / "campaign" / "faults.jsonl", _set(4, 99)),
+    "bit 40": lambda w: _edit_json_lines(w / "campaign" / "faults.jsonl", _set(4, 1 << 40)),  # the mask
     "element 1e9": lambda w: _edit_json_lines(w / "campaign" / "faults.jsonl", _set(3, 10 ** 9)),
     "garbage checkpoint": lambda w: (w / "campaign" / "checkpoint.jsonl").write_bytes(b"\x00\x01garbage\n"),
     "json is a folder": lambda w: (w / "result_dir").mkdir(),
@@ -163,7 +163,8 @@ CASES: dict[str, tuple[str | None, tuple[str, ...], str]] = {
     "inject: zero trials": (None, INJECT[:5] + ("0",), "trials must be a positive integer"),
     "inject: binary replay file": ("binary replay", INJECT + ("--replay", "{w}/campaign/faults.jsonl"),
                                    "binary data"),
-    "inject: replayed bit 99": ("bit 99", INJECT + ("--replay", "{w}/campaign/faults.jsonl"), "bit 99 is outside"),
+    "inject: replayed bit 40": ("bit 40", INJECT + ("--replay", "{w}/campaign/faults.jsonl"),
+                                "mask 0x10000000000 is not a non-empty mask of bits 0..31"),
     "inject: replayed element 1e9": ("element 1e9", INJECT + ("--replay", "{w}/campaign/faults.jsonl"),
                                      "element 1000000000 is outside"),
     "inject: garbage checkpoint": ("garbage checkpoint", INJECT + ("--report", "{w}/campaign", "--resume"),
