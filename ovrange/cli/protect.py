@@ -35,24 +35,25 @@ def protect(
                                                        "(YAML value), e.g. -p bound=percentile -p percentile=99.9; "
                                                        "repeatable.")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Results go to "
-                                             "<output-dir>/<model_name>_<algorithm>/.")] = Path("results"),
+                                             "<output-dir>/<model_name>_<algorithm>/ (a POT chain: "
+                                             "<model_name>_<step>_..._<algorithm>/).")] = Path("results"),
     device: Device = None,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
     """Insert range-supervision Clamps after the activations of MODEL, with bounds from calibration data.
 
-    Writes <output-dir>/<model_name>_<algorithm>/<model_name>.xml/.bin (f32 weights) and bounds.json.
+    Writes <output-dir>/<model_name>_<algorithm>/<model_name>.xml/.bin (f32 weights) and bounds.json. A POT chain
+    (DefaultQuantization / WeightCompression, then the protection) quantizes with nncf first.
     """
     from ovrange import config as config_mod
     from ovrange import data as data_mod
     from ovrange.modelio import prepare_output_dir, read_model
-    from ovrange.protect import protect as protect_model
-    from ovrange.protect import save_protected
+    from ovrange.protect import chain_name, run_chain, save_protected
 
     cfg = config_mod.load_config(config) if config else config_mod.ProtectConfig()
-    if algorithm and algorithm != cfg.algorithm.name:
-        cfg = replace(cfg, algorithms=(config_mod.default_algorithm(algorithm),))
+    if algorithm and algorithm != cfg.algorithm.name:  # replaces the protection; a chain keeps its quantization
+        cfg = replace(cfg, algorithms=(*cfg.quantization, config_mod.default_algorithm(algorithm)))
     cfg = cfg.with_overrides(stat_subset_size=subset_size, stat_batch_size=batch_size, shuffle_data=shuffle, seed=seed,
                              **config_mod.parse_assignments(param or []))
     model_path = model or cfg.model
@@ -62,15 +63,11 @@ def protect(
     if data_path is None:
         raise DataError("no calibration data given: pass --data or set engine.data_source in the config")
     name = cfg.model_name or model_path.stem
-    algo = cfg.algorithm
-    out_dir = prepare_output_dir(output_dir / f"{name}_{algo.name}", force)
+    out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force)
     ov_model = read_model(model_path, None if model else cfg.weights)
     dataset = data_mod.load(data_path, ov_model, cfg.layout).dataset
-    own = {k: v for k, v in algo.params.items() if k not in config_mod.COMMON_PARAMS}
     with progress_bar("calibrating", enabled=not quiet) as progress:
-        protected = protect_model(ov_model, dataset, algorithm=algo.name, subset_size=algo.subset_size,
-                                  batch_size=algo.batch_size, shuffle=algo.shuffle, seed=algo.seed,
-                                  device=device or cfg.device, progress=progress, **own)
+        protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress)
     save_protected(protected, out_dir, name, force=force)
     _print_summary(protected, out_dir, name)
 
