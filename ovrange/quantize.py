@@ -191,7 +191,7 @@ def _nncf_call(step: AlgorithmConfig, call: Callable[[], ov.Model]) -> ov.Model:
             return call()
     except nncf.InvalidGroupSizeError as exc:
         raise ConfigError(f"{step.name} group_size {step.params['group_size']} does not divide the input channels "
-                          f"of every layer ({_failed_nodes(exc)}); use a divisor of them or -1") from exc
+                          f"of {_failed_nodes(exc)}; use a divisor of them or -1 (per channel)") from exc
     except (nncf.ValidationError, nncf.ParameterNotSupportedError, nncf.UnsupportedModelError) as exc:
         raise ConfigError(f"{step.name}: {_first_line(exc)}") from exc
     except nncf.InternalError as exc:
@@ -206,8 +206,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _failed_nodes(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if "channel size" in line]
-    return f"{lines[0]}" + (f" and {len(lines) - 1} more" if len(lines) > 1 else "") if lines else _first_line(exc)
+    """nncf lists one failed layer per line: ``"name" (channel size: 120)``."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip().startswith('"')]
+    if not lines:
+        return "some layers"
+    return f"{len(lines)} layer(s), e.g. {lines[0]}"
 
 
 def quantization_info(model: ov.Model) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from ovrange.faults.inputs import InputStore, select_inputs
 from ovrange.faults.model import parse_format
 from ovrange.faults.outcomes import Judge
 from ovrange.faults.result import CampaignResult, ModelRun
-from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults
+from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults, sites_in_format
 from ovrange.faults.spec import CampaignSpec
 from ovrange.graph import with_dynamic_batch
 from ovrange.modelio import read_model
@@ -85,11 +85,10 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
     judge = Judge.for_model(reference, spec.sdc, spec.output)
     spec = replace(spec, sdc=judge.criterion)
     store = InputStore(dataset, reference)
-    fmt = parse_format(plan.number_format if plan else spec.number_format)
     checked: list[tuple[int, int]] = [(0, 0)] * len(models)
     if plan is None:
         shapes = store.sample_shapes(0)
-        sites = _sites(models, spec, shapes)
+        spec, sites = _sites(models, spec, shapes)
     else:
         spec = spec.with_overrides(target=plan.target, number_format=plan.number_format, trials=plan.trials,
                                    ber=plan.ber, seed=plan.seed if plan.seed is not None else spec.seed)
@@ -97,6 +96,7 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
         for name, model in models:
             plan.check_sites(find_sites(model, plan.target, shapes), name)
         sites = list(plan.sites)
+    fmt = parse_format(plan.number_format if plan else spec.number_format)
     if plan is None:
         # Plain compiled models pick the inputs; the injection engines are built one model at a time below (each
         # holds its weights and batch-sized buffers: several at once ran a large model out of memory).
@@ -160,13 +160,20 @@ def _plain_reference(model: ov.Model, judge: Judge, shapes: list[tuple[int, ...]
     return reference
 
 
-def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[tuple[int, ...]]) -> list[Site]:
+def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[tuple[int, ...]]
+           ) -> tuple[CampaignSpec, list[Site]]:
+    """The sites of the campaign and its spec with the number format resolved (``auto``: from the model)."""
     include, exclude = list(spec.sites), list(spec.exclude)
-    sites = find_sites(models[0][1], spec.target, shapes, include, exclude)
+    found = find_sites(models[0][1], spec.target, shapes, include, exclude)
+    number_format, sites = sites_in_format(found, spec.number_format, models[0][0])
     for name, model in models[1:]:
         protected_twin = protection_info(model) is not None
-        match_sites(sites, find_sites(model, spec.target, shapes, include, exclude), name, protected_twin)
-    return sites
+        _, theirs = sites_in_format(find_sites(model, spec.target, shapes, include, exclude), number_format, name)
+        match_sites(sites, theirs, name, protected_twin)
+    if number_format != spec.number_format:  # bits given as 'all' under auto become all bits of the format
+        every = spec.bits == tuple(range(32))
+        spec = spec.with_overrides(number_format=number_format, bits="all" if every else list(spec.bits))
+    return spec, sites
 
 
 def _empty_result(plan: FaultList, spec: CampaignSpec, names: list[str], data: str) -> CampaignResult:

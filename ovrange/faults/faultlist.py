@@ -71,7 +71,7 @@ class FaultList:
             if header.get("version") != VERSION:
                 raise ValueError(f"unsupported version {header.get('version')}")
             faults = tuple(Fault(int(r[0]), int(r[1]), str(r[2]), int(r[3]), int(r[4])) for r in rows)
-            sites = tuple(Site(s["name"], s["op"], tuple(s["shape"])) for s in header["sites"])
+            sites = tuple(Site(s["name"], s["op"], tuple(s["shape"]), s.get("format", "fp32")) for s in header["sites"])
             return cls(header["target"], header["number_format"], sites, tuple(header["inputs"]), faults,
                        int(header["trials"]), header.get("seed"), header.get("ber"), header.get("data", ""),
                        tuple(int(i) for i in header.get("trial_inputs", ())))

@@ -192,7 +192,7 @@ class WeightInjector:
         """Infer one input with bit ``bit`` of element ``element`` of site ``site`` flipped, for each flip."""
         for buffer, array in zip(self.runner.buffers, inputs):
             buffer[...] = array
-        if self.format.is_float:  # XOR in place and XOR back: exact, and no copy of the weights
+        if self.format == FORMATS["fp32"]:  # XOR in place and XOR back: exact, and no copy of the weights
             for site, element, bit in flips:
                 self._bits[site][element] ^= np.uint32(1 << bit)
             try:

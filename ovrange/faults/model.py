@@ -45,16 +45,63 @@ FORMATS = {
 }
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Storage formats of low-precision IRs (docs/quantized.md): the bit is flipped in the pattern the weight memory
+# holds, not emulated. Values in and out are the *stored* numbers as float32 (integers for the int formats); the
+# decoding the IR does (Convert, zero point, scale) stays in the graph. ``auto`` takes the format from the model.
+
+
+@dataclass(frozen=True)
+class StoredFormat(NumberFormat):
+    """IEEE half (``frac`` None) or a plain integer (``frac`` 0), signed (two's complement) or unsigned."""
+
+    signed: bool = True
+
+    def named_bits(self) -> dict[str, tuple[int, ...]]:
+        if self.is_float:
+            return {"sign": (15,), "exponent": tuple(range(10, 15)), "mantissa": tuple(range(10))}
+        top = self.bits - 1
+        return {"sign": (top,), "magnitude": tuple(range(top))} if self.signed else {"magnitude": tuple(range(top + 1))}
+
+
+STORED_FORMATS = {
+    "fp16": StoredFormat("fp16", 16),
+    "int8": StoredFormat("int8", 8, 0),
+    "uint8": StoredFormat("uint8", 8, 0, signed=False),
+    "int4": StoredFormat("int4", 4, 0),
+    "uint4": StoredFormat("uint4", 4, 0, signed=False),
+}
+AUTO = "auto"
+
+
+def flip_stored(values: np.ndarray, bits: np.ndarray, fmt: StoredFormat) -> np.ndarray:
+    """Flip bit ``bits[i]`` of the stored number ``values[i]`` (f16 values, or integers held in float32)."""
+    bits = np.asarray(bits, dtype=np.int64)
+    if fmt.is_float:
+        half = np.asarray(values, dtype=np.float32).astype(np.float16).view(np.uint16)
+        return (half ^ (np.uint16(1) << bits.astype(np.uint16))).view(np.float16).astype(np.float32)
+    pattern = (np.rint(np.asarray(values, dtype=np.float64)).astype(np.int64) & ((1 << fmt.bits) - 1)) ^ (1 << bits)
+    if fmt.signed:
+        pattern = np.where(pattern >= 1 << (fmt.bits - 1), pattern - (1 << fmt.bits), pattern)
+    return pattern.astype(np.float32)
+
+
 def parse_format(spec: str) -> NumberFormat:
-    """``fp32``, ``fixed32``, ``fixed16`` or ``fixed:<bits>:<fraction bits>``."""
+    """``fp32``, ``fixed32``, ``fixed16``, ``fixed:<bits>:<fraction bits>``, a storage format (``fp16``,
+    ``int8``, ``uint8``, ``int4``, ``uint4``) or ``auto`` (resolved from the model; parsed as fp32 until then)."""
     if spec in FORMATS:
         return FORMATS[spec]
+    if spec in STORED_FORMATS:
+        return STORED_FORMATS[spec]
+    if spec == AUTO:
+        return FORMATS["fp32"]
     match = re.fullmatch(r"fixed:(\d+):(\d+)", spec)
     if match:
         bits, frac = int(match[1]), int(match[2])
         if 2 <= bits <= 32 and 0 <= frac < bits:
             return NumberFormat(spec, bits, frac)
-    raise ConfigError(f"unknown number format {spec!r}; use fp32, fixed32, fixed16 or fixed:<bits>:<fraction>")
+    raise ConfigError(f"unknown number format {spec!r}; use auto, fp32, fp16, int8, uint8, int4, uint4, fixed32, "
+                      "fixed16 or fixed:<bits>:<fraction>")
 
 
 def parse_bits(spec: str | int | list | tuple | None, fmt: NumberFormat) -> tuple[int, ...]:
@@ -86,6 +133,8 @@ def parse_bits(spec: str | int | list | tuple | None, fmt: NumberFormat) -> tupl
 
 def flip(values: np.ndarray, bits: np.ndarray, fmt: NumberFormat = FORMATS["fp32"]) -> np.ndarray:
     """Flip bit ``bits[i]`` of ``values[i]`` (float32) in format ``fmt``; returns new float32 values."""
+    if isinstance(fmt, StoredFormat):
+        return flip_stored(values, bits, fmt)
     values = np.asarray(values, dtype=np.float32)
     bits = np.asarray(bits, dtype=np.uint32)
     if fmt.is_float:

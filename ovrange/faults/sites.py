@@ -1,6 +1,7 @@
 """Where faults can strike: site discovery, matching two models by node name, and the seeded fault plan.
 
-Weight sites are the constant weights of Convolution / GroupConvolution / MatMul (memory faults). Activation sites
+Weight sites are the constant weights of Convolution / GroupConvolution / MatMul (memory faults), as stored: f32,
+f16 (decompressed by a Convert) or the integer Constant of a quantized layer (docs/quantized.md). Activation sites
 are the outputs of compute operators (datapath faults, as in Ranger): convolutions, MatMul, element-wise arithmetic,
 pooling and activations; data-movement ops (Reshape, Concat, Transpose...) are left out because a fault there is
 the same as a fault in their input. Clamps that a protection pass inserted are never sites: a fault at a protected
@@ -16,7 +17,8 @@ import numpy as np
 import openvino as ov
 
 from ovrange.errors import ModelError
-from ovrange.faults.model import Fault
+from ovrange.errors import ConfigError
+from ovrange.faults.model import AUTO, STORED_FORMATS, Fault
 from ovrange.graph import constant_values, constant_weight
 
 WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
@@ -37,13 +39,14 @@ class Site:
     name: str
     op: str
     shape: tuple[int, ...]
+    format: str = "fp32"  # how the memory holds it: fp32, fp16, int8, uint8, int4, uint4 (docs/quantized.md)
 
     @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "op": self.op, "shape": list(self.shape)}
+        return {"name": self.name, "op": self.op, "shape": list(self.shape), "format": self.format}
 
 
 def is_protection(node: ov.Node) -> bool:
@@ -56,7 +59,41 @@ def weight_source(node: ov.Node) -> ov.Output | None:
     from ovrange.passes.bounded_weights import bounded_theta  # the one protection that changes how weights are stored
 
     theta = bounded_theta(node) if node.get_input_size() > 1 else None
-    return theta.output(0) if theta is not None else constant_weight(node)
+    if theta is not None:
+        return theta.output(0)
+    return stored_integers(node) or constant_weight(node)
+
+
+# Low-precision weights (NNCF INT8 IRs, compress_weights INT8/INT4): Constant(i8/u8/i4/u4) -> Convert
+# [-> Subtract(zero point)] [-> Multiply(scale)] [-> Reshape (INT4 groups)] [-> Convert] -> layer. The site is the
+# stored integer Constant; scales and zero points are not sites (docs/quantized.md says why).
+STORAGE_FORMATS = {"f32": "fp32", "f16": "fp16", "i8": "int8", "u8": "uint8", "i4": "int4", "u4": "uint4"}
+DECODE_OPS = ("Convert", "Subtract", "Multiply", "Reshape")
+
+
+def stored_integers(node: ov.Node) -> ov.Output | None:
+    """The integer Constant a layer's weight is decoded from (following the data input 0 of each decode op)."""
+    if node.get_input_size() < 2:
+        return None
+    out = node.input_value(1)
+    for _ in range(len(DECODE_OPS) + 2):
+        producer = out.get_node()
+        if producer.get_type_name() == "Constant":
+            kind = STORAGE_FORMATS.get(producer.get_output_element_type(0).to_string())
+            return out if kind is not None and kind.startswith(("int", "uint")) else None
+        if producer.get_type_name() not in DECODE_OPS:
+            return None
+        out = producer.input_value(0)
+    return None
+
+
+def storage_format(source: ov.Output) -> str:
+    """The format of a weight site's stored values (through an f16 decompression Convert); fp32 for f32."""
+    producer = source.get_node()
+    if producer.get_type_name() == "Convert":
+        producer = producer.input_value(0).get_node()
+    kind = producer.get_output_element_type(0).to_string() if producer.get_type_name() == "Constant" else "f32"
+    return STORAGE_FORMATS.get(kind, "fp32")
 
 
 def stored_through_transform(node: ov.Node, source: ov.Output) -> bool:
@@ -64,7 +101,20 @@ def stored_through_transform(node: ov.Node, source: ov.Output) -> bool:
     return source != node.input_value(1)
 
 
-weight_values = constant_values
+def weight_values(source: ov.Output) -> np.ndarray:
+    """The stored values of a weight site as float32: f32/f16 weights, or the integers of a low-precision Constant
+    (packed u4/i4 unpacked, low nibble first, as OpenVINO packs them)."""
+    node = source.get_node()
+    kind = node.get_output_element_type(0).to_string() if node.get_type_name() == "Constant" else ""
+    if kind not in ("u4", "i4"):
+        return constant_values(source)
+    packed = np.frombuffer(np.ascontiguousarray(node.get_data()).tobytes(), dtype=np.uint8)
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=1).reshape(-1).astype(np.int16)
+    shape = tuple(int(d) for d in source.get_shape())
+    values = nibbles[:int(np.prod(shape, dtype=np.int64))]
+    if kind == "i4":
+        values = np.where(values >= 8, values - 16, values)
+    return values.astype(np.float32).reshape(shape)
 
 
 def find_sites(model: ov.Model, target: str, sample_shapes: list[tuple[int, ...]] | None = None,
@@ -78,7 +128,10 @@ def find_sites(model: ov.Model, target: str, sample_shapes: list[tuple[int, ...]
         if not out.get_partial_shape().is_static:
             raise ModelError(f"{target} site {name!r} has a dynamic shape {out.get_partial_shape()}")
         shape = tuple(int(d) for d in out.get_shape())
-        sites.append(Site(name, node.get_type_name(), shape if target == "weights" else shape[1:]))
+        if target == "weights":
+            sites.append(Site(name, node.get_type_name(), shape, storage_format(out)))
+        else:
+            sites.append(Site(name, node.get_type_name(), shape[1:]))
     if not sites:
         raise ModelError(f"no injectable {target} site in model {model.get_friendly_name()!r}"
                          + (" after the site filters" if include or exclude else ""))
@@ -137,6 +190,29 @@ def static_clone(model: ov.Model, sample_shapes: list[tuple[int, ...]] | None, b
     except RuntimeError as exc:
         raise ModelError(f"model cannot run a batch of {batch}: {str(exc).strip().splitlines()[-1]}") from exc
     return clone
+
+
+def sites_in_format(sites: list[Site], number_format: str, model_name: str) -> tuple[str, list[Site]]:
+    """(the campaign's format, the sites it strikes). ``auto``: the one format the sites are stored in (a model
+    mixing formats, e.g. INT4 layers plus INT8 first/last layers, needs ``--format``). A storage format keeps the
+    sites stored in it; fp32 and fixed-point formats (emulated on the f32 value) keep the fp32 and fp16 sites."""
+    counts: dict[str, int] = {}
+    for site in sites:
+        counts[site.format] = counts.get(site.format, 0) + 1
+    if number_format == AUTO:
+        if len(counts) > 1:
+            listed = ", ".join(f"{k}: {n} site(s)" for k, n in sorted(counts.items()))
+            raise ConfigError(f"the weights of {model_name} are stored in several formats ({listed}); run one "
+                              f"campaign per format with --format {' or --format '.join(sorted(counts))}")
+        return (next(iter(counts)) if counts else "fp32"), sites
+    if number_format in STORED_FORMATS:
+        kept = [s for s in sites if s.format == number_format]
+    else:
+        kept = [s for s in sites if s.format in ("fp32", "fp16")]
+    if not kept:
+        raise ConfigError(f"no weights of {model_name} are stored as {number_format}: they are "
+                          f"{', '.join(sorted(counts))} (use --format auto)")
+    return number_format, kept
 
 
 def match_sites(reference: list[Site], other: list[Site], other_name: str, allow_extra: bool = False) -> None:
