@@ -162,6 +162,7 @@ class WeightInjector:
     def __init__(self, model: ov.Model, sites: list[Site], sample_shapes: list[tuple[int, ...]], *,
                  device: str = "CPU", precision: str = "f32", number_format: NumberFormat = FORMATS["fp32"]):
         from ovrange.faults.sites import stored_through_transform, weight_values
+        from ovrange.faults.stored import stored_weight
 
         self.sites = sites
         self.index = {site.name: i for i, site in enumerate(sites)}
@@ -170,11 +171,13 @@ class WeightInjector:
         found = site_outputs(clone, "weights")
         self.n_inputs = len(clone.inputs)
         params, golden = [], []
+        self.stored = [stored_weight(found[site.name][0]) for site in sites]  # quantized layers: decoded here
         for i, site in enumerate(sites):
             node, source = found[site.name]
-            golden.append(weight_values(source))
-            param = ops.parameter(list(site.shape), ov.Type.f32, name=f"ovrange_fi_w_{i}")
-            if stored_through_transform(node, source):  # e.g. BoundedWeights: the graph decodes theta
+            stored = self.stored[i]
+            golden.append(weight_values(source) if stored is None else stored.decoded())
+            param = ops.parameter(list(golden[-1].shape), ov.Type.f32, name=f"ovrange_fi_w_{i}")
+            if stored is None and stored_through_transform(node, source):  # BoundedWeights: the graph decodes theta
                 for target in list(source.get_target_inputs()):
                     target.replace_source_output(param.output(0))
             else:
@@ -201,9 +204,16 @@ class WeightInjector:
                 for site, element, bit in reversed(flips):
                     self._bits[site][element] ^= np.uint32(1 << bit)
         saved = [(site, element, self.weights[site][element]) for site, element, _ in flips]
+        current: dict[tuple[int, int], np.ndarray] = {}  # stored integers already flipped (several flips per element)
         for site, element, bit in flips:
-            self.weights[site][element] = flip(self.weights[site][element:element + 1], np.array([bit]),
-                                               self.format)[0]
+            stored = self.stored[site]
+            if stored is None:
+                self.weights[site][element] = flip(self.weights[site][element:element + 1], np.array([bit]),
+                                                   self.format)[0]
+                continue
+            value = flip(current.get((site, element), stored.stored[element:element + 1]), np.array([bit]), self.format)
+            current[(site, element)] = value
+            self.weights[site][element] = stored.decode(value, np.array([element]))[0]
         try:
             return self.runner.infer(1)
         finally:

@@ -19,6 +19,7 @@ import openvino as ov
 from ovrange.errors import ModelError
 from ovrange.errors import ConfigError
 from ovrange.faults.model import AUTO, STORED_FORMATS, Fault
+from ovrange.faults.stored import INTEGER_FORMATS, constant_array, stored_integers
 from ovrange.graph import constant_values, constant_weight
 
 WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
@@ -61,30 +62,11 @@ def weight_source(node: ov.Node) -> ov.Output | None:
     theta = bounded_theta(node) if node.get_input_size() > 1 else None
     if theta is not None:
         return theta.output(0)
-    return stored_integers(node) or constant_weight(node)
+    stored = stored_integers(node)
+    return stored if stored is not None else constant_weight(node)
 
 
-# Low-precision weights (NNCF INT8 IRs, compress_weights INT8/INT4): Constant(i8/u8/i4/u4) -> Convert
-# [-> Subtract(zero point)] [-> Multiply(scale)] [-> Reshape (INT4 groups)] [-> Convert] -> layer. The site is the
-# stored integer Constant; scales and zero points are not sites (docs/quantized.md says why).
-STORAGE_FORMATS = {"f32": "fp32", "f16": "fp16", "i8": "int8", "u8": "uint8", "i4": "int4", "u4": "uint4"}
-DECODE_OPS = ("Convert", "Subtract", "Multiply", "Reshape")
-
-
-def stored_integers(node: ov.Node) -> ov.Output | None:
-    """The integer Constant a layer's weight is decoded from (following the data input 0 of each decode op)."""
-    if node.get_input_size() < 2:
-        return None
-    out = node.input_value(1)
-    for _ in range(len(DECODE_OPS) + 2):
-        producer = out.get_node()
-        if producer.get_type_name() == "Constant":
-            kind = STORAGE_FORMATS.get(producer.get_output_element_type(0).to_string())
-            return out if kind is not None and kind.startswith(("int", "uint")) else None
-        if producer.get_type_name() not in DECODE_OPS:
-            return None
-        out = producer.input_value(0)
-    return None
+STORAGE_FORMATS = {"f32": "fp32", "f16": "fp16", **INTEGER_FORMATS}
 
 
 def storage_format(source: ov.Output) -> str:
@@ -102,19 +84,8 @@ def stored_through_transform(node: ov.Node, source: ov.Output) -> bool:
 
 
 def weight_values(source: ov.Output) -> np.ndarray:
-    """The stored values of a weight site as float32: f32/f16 weights, or the integers of a low-precision Constant
-    (packed u4/i4 unpacked, low nibble first, as OpenVINO packs them)."""
-    node = source.get_node()
-    kind = node.get_output_element_type(0).to_string() if node.get_type_name() == "Constant" else ""
-    if kind not in ("u4", "i4"):
-        return constant_values(source)
-    packed = np.frombuffer(np.ascontiguousarray(node.get_data()).tobytes(), dtype=np.uint8)
-    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=1).reshape(-1).astype(np.int16)
-    shape = tuple(int(d) for d in source.get_shape())
-    values = nibbles[:int(np.prod(shape, dtype=np.int64))]
-    if kind == "i4":
-        values = np.where(values >= 8, values - 16, values)
-    return values.astype(np.float32).reshape(shape)
+    """The stored values of a weight site as float32 (f32, f16, or the integers of a quantized layer)."""
+    return constant_array(source) if source.get_node().get_type_name() == "Constant" else constant_values(source)
 
 
 def find_sites(model: ov.Model, target: str, sample_shapes: list[tuple[int, ...]] | None = None,
