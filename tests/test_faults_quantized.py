@@ -188,3 +188,22 @@ def test_delta_and_parameter_engines_agree_on_a_quantized_model(models):
     assert "corrections" in next(iter(runs[0].meta["engines"].values()))
     assert np.array_equal(runs[0].models[0].outcome, runs[1].models[0].outcome)
     assert np.array_equal(runs[0].models[0].top1, runs[1].models[0].top1)
+
+
+def test_cli_inject_weights_on_a_saved_int8_ir_reports_the_format(models, tmp_path):
+    import subprocess
+    import sys
+
+    ov.save_model(models["nncf_int8"], str(tmp_path / "q.xml"), compress_to_fp16=False)
+    np.save(tmp_path / "x.npy", images(30, seed=9).astype(np.float32))
+    result = subprocess.run([sys.executable, "-m", "ovrange", "inject", tmp_path / "q.xml", "--data",
+                             tmp_path / "x.npy", "-t", "weights", "-n", "64", "--inputs", "8", "--report",
+                             tmp_path / "report", "--no-plots", "-q"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "in int8 values" in summary and "| fc2 | MatMul, int8 |" in summary
+    mixed = tmp_path / "mixed.xml"
+    ov.save_model(models["int4_asym"], str(mixed), compress_to_fp16=False)
+    refused = subprocess.run([sys.executable, "-m", "ovrange", "inject", mixed, "--data", tmp_path / "x.npy", "-t",
+                              "weights", "-n", "8", "-q"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--format uint4" in refused.stderr
