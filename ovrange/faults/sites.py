@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import openvino as ov
 
-from ovrange.errors import ModelError
-from ovrange.errors import ConfigError
+from ovrange.errors import ConfigError, ModelError
 from ovrange.faults.model import AUTO, STORED_FORMATS, Fault
 from ovrange.faults.stored import INTEGER_FORMATS, constant_array, stored_integers
 from ovrange.graph import constant_values, constant_weight
@@ -181,7 +180,8 @@ def sites_in_format(sites: list[Site], number_format: str, model_name: str) -> t
     else:
         kept = [s for s in sites if s.format in ("fp32", "fp16")]
     if not kept:
-        raise ConfigError(f"no weights of {model_name} are stored as {number_format}: they are "
+        wanted = number_format if number_format in STORED_FORMATS else f"fp32 or fp16 (for {number_format})"
+        raise ConfigError(f"no weights of {model_name} are stored as {wanted}: they are "
                           f"{', '.join(sorted(counts))} (use --format auto)")
     return number_format, kept
 
