@@ -207,3 +207,17 @@ def test_cli_inject_weights_on_a_saved_int8_ir_reports_the_format(models, tmp_pa
     refused = subprocess.run([sys.executable, "-m", "ovrange", "inject", mixed, "--data", tmp_path / "x.npy", "-t",
                               "weights", "-n", "8", "-q"], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--format uint4" in refused.stderr
+
+
+def test_stored_formats_flip_the_pattern_the_memory_holds():
+    f = STORED_FORMATS
+    assert flip(np.array([3.0, -128.0, 127.0]), np.array([7, 7, 0]), f["int8"]).tolist() == [-125.0, 0.0, 126.0]
+    assert flip(np.array([3.0, 255.0]), np.array([7, 0]), f["uint8"]).tolist() == [131.0, 254.0]
+    assert flip(np.array([3.0, -8.0]), np.array([3, 3]), f["int4"]).tolist() == [-5.0, 0.0]
+    assert flip(np.array([3.0, 15.0]), np.array([3, 0]), f["uint4"]).tolist() == [11.0, 14.0]
+    half = flip(np.array([1.0, 0.5, 65504.0]), np.array([14, 15, 0]), f["fp16"])
+    assert half[0] == np.inf and half[1] == -0.5 and half[2] == np.float32(np.float16(65472.0))
+    assert parse_bits("exponent", f["fp16"]) == tuple(range(10, 15)) and parse_bits("sign", f["int8"]) == (7,)
+    assert parse_bits("all", f["uint4"]) == (0, 1, 2, 3)
+    with pytest.raises(ConfigError, match="outside 0..3 of int4"):
+        parse_bits("5", f["int4"])
