@@ -221,3 +221,14 @@ def test_stored_formats_flip_the_pattern_the_memory_holds():
     assert parse_bits("all", f["uint4"]) == (0, 1, 2, 3)
     with pytest.raises(ConfigError, match="outside 0..3 of int4"):
         parse_bits("5", f["int4"])
+
+
+def test_bit_error_rate_mode_on_integer_weights_and_named_bits_need_a_format(models):
+    x = images(20, seed=4).astype(np.float32)
+    result = inject(models["nncf_int8"], x, target="weights", trials=20, inputs=5, ber=2e-3, seed=1)
+    assert result.spec.number_format == "int8" and int(result.faults_per_trial.sum()) > 20  # several flips per trial
+    assert all(run.done.all() for run in result.models)
+    with pytest.raises(ConfigError, match="depends on the number format"):
+        inject(models["nncf_int8"], x, target="weights", trials=5, inputs=5, bits="sign")
+    signs = inject(models["nncf_int8"], x, target="weights", trials=20, inputs=5, bits="sign", number_format="int8")
+    assert signs.spec.bits == (7,)
