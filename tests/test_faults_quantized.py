@@ -223,12 +223,14 @@ def test_stored_formats_flip_the_pattern_the_memory_holds():
         parse_bits("5", f["int4"])
 
 
-def test_bit_error_rate_mode_on_integer_weights_and_named_bits_need_a_format(models):
+def test_bit_error_rate_mode_and_named_bits_on_stored_formats(models):
     x = images(20, seed=4).astype(np.float32)
     result = inject(models["nncf_int8"], x, target="weights", trials=20, inputs=5, ber=2e-3, seed=1)
     assert result.spec.number_format == "int8" and int(result.faults_per_trial.sum()) > 20  # several flips per trial
     assert all(run.done.all() for run in result.models)
-    with pytest.raises(ConfigError, match="depends on the number format"):
-        inject(models["nncf_int8"], x, target="weights", trials=5, inputs=5, bits="sign")
-    signs = inject(models["nncf_int8"], x, target="weights", trials=20, inputs=5, bits="sign", number_format="int8")
-    assert signs.spec.bits == (7,)
+    signs = inject(models["nncf_int8"], x, target="weights", trials=20, inputs=5, bits="sign")
+    assert signs.spec.bits == (7,)  # named groups under auto are taken in the model's format
+    exponent = inject(models["fp16"], x, target="weights", trials=20, inputs=5, bits="exponent")
+    assert exponent.spec.bits == tuple(range(10, 15))
+    with pytest.raises(ConfigError, match="outside 0..7 of int8"):
+        inject(models["nncf_int8"], x, target="weights", trials=5, inputs=5, bits="12")

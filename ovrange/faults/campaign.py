@@ -24,7 +24,7 @@ from ovrange.faults.execute import make_engine
 from ovrange.faults.faultlist import FaultList
 from ovrange.faults.injectors import check_batchable
 from ovrange.faults.inputs import InputStore, select_inputs
-from ovrange.faults.model import parse_format
+from ovrange.faults.model import parse_format, rebase_bits
 from ovrange.faults.outcomes import Judge
 from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults, sites_in_format
@@ -170,9 +170,9 @@ def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[
         protected_twin = protection_info(model) is not None
         _, theirs = sites_in_format(find_sites(model, spec.target, shapes, include, exclude), number_format, name)
         match_sites(sites, theirs, name, protected_twin)
-    if number_format != spec.number_format:  # bits given as 'all' under auto become all bits of the format
-        every = spec.bits == tuple(range(32))
-        spec = spec.with_overrides(number_format=number_format, bits="all" if every else list(spec.bits))
+    if number_format != spec.number_format:  # 'all' and named bit groups under auto: taken in the model's format
+        spec = spec.with_overrides(number_format=number_format,
+                                   bits=list(rebase_bits(spec.bits, parse_format(number_format))))
     return spec, sites
 
 

@@ -86,6 +86,19 @@ def flip_stored(values: np.ndarray, bits: np.ndarray, fmt: StoredFormat) -> np.n
     return pattern.astype(np.float32)
 
 
+def rebase_bits(bits: tuple[int, ...], fmt: NumberFormat) -> tuple[int, ...]:
+    """Bits parsed under ``auto`` (as fp32) for the format the model turned out to store: ``all`` and the named
+    groups (``sign``, ``exponent``, ``mantissa`` and unions of them) are taken again in ``fmt``; other positions
+    are kept (and checked against its width by the caller)."""
+    named = FORMATS["fp32"].named_bits()
+    if set(bits) == set(range(32)):
+        return parse_bits("all", fmt)
+    groups = [name for name, members in named.items() if set(members) <= set(bits)]
+    if groups and set().union(*(named[g] for g in groups)) == set(bits):
+        return parse_bits(",".join(groups), fmt)  # a group the format lacks (int8 exponent) is an error
+    return bits
+
+
 def parse_format(spec: str) -> NumberFormat:
     """``fp32``, ``fixed32``, ``fixed16``, ``fixed:<bits>:<fraction bits>``, a storage format (``fp16``,
     ``int8``, ``uint8``, ``int4``, ``uint4``) or ``auto`` (resolved from the model; parsed as fp32 until then)."""

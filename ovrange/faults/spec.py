@@ -82,10 +82,6 @@ class CampaignSpec:
         if unknown:
             raise ConfigError(f"unknown campaign setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         fmt = parse_format(str(settings.get("number_format", "auto")))
-        if settings.get("number_format", "auto") == "auto" and isinstance(settings.get("bits"), str) and \
-                re.search(r"[a-z]", settings["bits"].replace("all", "")):
-            raise ConfigError(f"bit group {settings['bits']!r} depends on the number format: give --format too "
-                              "(auto is resolved from the model only when the campaign starts)")
         if "bits" in settings:
             settings["bits"] = parse_bits(settings["bits"], fmt)
         else:
