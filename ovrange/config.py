@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from ovrange.errors import ConfigError
-from ovrange.params import COMMON_PARAMS, Param, one_of, validate  # noqa: F401  (Param, one_of: re-exported)
+from ovrange.params import COMMON_PARAMS, Param, validate
 from ovrange.passes import ALGORITHMS, algorithm as algorithm_module
 
 ENGINE_TYPES = ("simplified",)
+
+
+# POT chains: quantization steps that nncf runs before the protection (schemas in ovrange/quantize.py).
+QUANTIZATION_ALGORITHMS = ("DefaultQuantization", "WeightCompression", "AccuracyAwareQuantization")
 
 
 @dataclass(frozen=True)
@@ -65,15 +69,26 @@ class ProtectConfig:
 
     @property
     def algorithm(self) -> AlgorithmConfig:
-        return self.algorithms[0]
+        """The protection step (a chain lists quantization steps too: see :attr:`quantization`)."""
+        return self.algorithms[self._protection_index]
+
+    @property
+    def quantization(self) -> tuple[AlgorithmConfig, ...]:
+        """The quantization steps of a POT chain, in the order listed (they run before the protection)."""
+        return tuple(a for a in self.algorithms if a.name in QUANTIZATION_ALGORITHMS)
+
+    @property
+    def _protection_index(self) -> int:
+        return next((i for i, a in enumerate(self.algorithms) if a.name not in QUANTIZATION_ALGORITHMS), 0)
 
     def with_overrides(self, **params: Any) -> "ProtectConfig":
-        """Apply command-line overrides (None means 'not given') to the algorithm parameters."""
+        """Apply command-line overrides (None means 'not given') to the protection step's parameters."""
         given = {key: value for key, value in params.items() if value is not None}
         if not given:
             return self
         algorithm = make_algorithm(self.algorithm.name, {**self.algorithm.params, **given}, "command line")
-        return replace(self, algorithms=(algorithm, *self.algorithms[1:]))
+        index = self._protection_index
+        return replace(self, algorithms=(*self.algorithms[:index], algorithm, *self.algorithms[index + 1:]))
 
 
 def default_algorithm(name: str = "RangeSupervision") -> AlgorithmConfig:
@@ -82,11 +97,21 @@ def default_algorithm(name: str = "RangeSupervision") -> AlgorithmConfig:
 
 def make_algorithm(name: str, params: dict[str, Any], where: str) -> AlgorithmConfig:
     """Validate ``params`` of algorithm ``name`` against its schema and fill defaults."""
-    if name not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {name!r} in {where}; available: {', '.join(ALGORITHMS)}")
+    if name not in ALGORITHMS and name not in QUANTIZATION_ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {name!r} in {where}; available: "
+                          f"{', '.join([*ALGORITHMS, *QUANTIZATION_ALGORITHMS[:2]])}")
+    schema, check = _schema(name)
+    return AlgorithmConfig(name, validate(name, schema, params, where, check))
+
+
+def _schema(name: str) -> tuple[dict[str, Param], Any]:
+    """(parameter schema, combination check) of a protection or quantization algorithm."""
+    if name in QUANTIZATION_ALGORITHMS:
+        from ovrange import quantize
+
+        return quantize.schema(name), quantize.check_params
     module = algorithm_module(name)
-    values = validate(name, {**COMMON_PARAMS, **module.PARAMS}, params, where, getattr(module, "check_params", None))
-    return AlgorithmConfig(name, values)
+    return {**COMMON_PARAMS, **module.PARAMS}, getattr(module, "check_params", None)
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
@@ -187,13 +212,11 @@ def parse_config(raw: dict[str, Any], base_dir: Path = Path("."), source: Path |
     if engine_type not in ENGINE_TYPES:
         raise ConfigError(f"engine.type {engine_type!r} in {where} is not supported; use 'simplified' "
                           "(accuracy_checker engines are not part of ovrange)")
-    algorithms = tuple(_parse_algorithm(entry, i, where) for i, entry in enumerate(compression.get("algorithms", [])))
+    algorithms = tuple(_parse_algorithm(_with_target_device(entry, compression), i, where)
+                       for i, entry in enumerate(compression.get("algorithms", [])))
     if "algorithms" in compression and not algorithms:
         raise ConfigError(f"compression.algorithms in {where} is empty")
-    if len(algorithms) > 1:  # never run the first and silently drop the rest
-        raise ConfigError(f"compression.algorithms in {where} lists {len(algorithms)} protections "
-                          f"({', '.join(a.name for a in algorithms)}); a model carries one protection: "
-                          "keep the one you want")
+    _check_chain(algorithms, where)
 
     def resolve(value: str | None) -> Path | None:
         return None if value is None else (base_dir / Path(value).expanduser())
@@ -223,3 +246,22 @@ def _parse_algorithm(entry: Any, index: int, where: str) -> AlgorithmConfig:
     if not isinstance(params, dict):
         raise ConfigError(f"compression.algorithms[{index}].params in {where} must be a mapping")
     return make_algorithm(entry["name"], params, where)
+
+
+def _with_target_device(entry: Any, compression: dict[str, Any]) -> Any:
+    """POT put ``target_device`` beside the algorithms; DefaultQuantization takes it unless its params set one."""
+    if (isinstance(entry, dict) and entry.get("name") == "DefaultQuantization" and "target_device" in compression
+            and isinstance(entry.get("params", {}), dict) and "target_device" not in entry.get("params", {})):
+        return {**entry, "params": {**entry.get("params", {}), "target_device": compression["target_device"]}}
+    return entry
+
+
+def _check_chain(algorithms: tuple[AlgorithmConfig, ...], where: str) -> None:
+    """A POT chain: any quantization steps, and exactly one protection (the quantization steps run first)."""
+    protections = [a.name for a in algorithms if a.name not in QUANTIZATION_ALGORITHMS]
+    if algorithms and not protections:
+        raise ConfigError(f"compression.algorithms in {where} has no protection step; add one of "
+                          f"{', '.join(ALGORITHMS)} after {algorithms[-1].name}")
+    if len(protections) > 1:
+        raise ConfigError(f"compression.algorithms in {where} lists {len(protections)} protections "
+                          f"({', '.join(protections)}); a chain holds one")

@@ -16,6 +16,7 @@ from typing import Any
 import openvino as ov
 
 from ovrange import __version__
+from ovrange.config import QUANTIZATION_ALGORITHMS, AlgorithmConfig
 from ovrange.errors import ConfigError, ModelError
 from ovrange.graph import get_rt_json, set_rt_json
 from ovrange.modelio import save_model, write_dir_atomically
@@ -108,6 +109,26 @@ def check_plan_fits(model: ov.Model, plan: ProtectionPlan) -> None:
             if shape.rank.is_dynamic or shape[axis].is_dynamic or shape[axis].get_length() != len(high):
                 raise ConfigError(f"{where}: node {key!r} has shape {shape}, the plan has {len(high)} channels on "
                                   f"axis {axis}")
+
+
+def run_chain(model: ov.Model, dataset: Any, algorithms: tuple[AlgorithmConfig, ...], *, device: str = "CPU",
+              progress: ProgressFn | None = None) -> ov.Model:
+    """A POT chain: its quantization steps (nncf, in the order listed), then its one protection, on a copy."""
+    from ovrange import quantize
+
+    for step in (a for a in algorithms if a.name in QUANTIZATION_ALGORITHMS):
+        model = quantize.apply(model, dataset, step, progress=progress)
+    last = next(a for a in algorithms if a.name not in QUANTIZATION_ALGORITHMS)
+    own = {k: v for k, v in last.params.items() if k not in COMMON_PARAMS}
+    return protect(model, dataset, algorithm=last.name, subset_size=last.subset_size, batch_size=last.batch_size,
+                   shuffle=last.shuffle, seed=last.seed, device=device, progress=progress, **own)
+
+
+def chain_name(algorithms: tuple[AlgorithmConfig, ...]) -> str:
+    """The result folder suffix: the steps in the order they run, e.g. ``DefaultQuantization_RangeSupervision``."""
+    steps = [a for a in algorithms if a.name in QUANTIZATION_ALGORITHMS]
+    steps += [a for a in algorithms if a.name not in QUANTIZATION_ALGORITHMS][:1]
+    return "_".join(a.name for a in steps)
 
 
 def protection_info(model: ov.Model) -> ProtectionPlan | None:

@@ -99,7 +99,7 @@ def algo(params: dict) -> dict:
         (algo({"stat_batch_size": 1.5}), "must be int, got float"),
         (algo({"shuffle_data": 1}), "must be bool"),
         (algo({"subset": 3}), "unknown parameter 'subset'"),
-        ({"compression": {"algorithms": [{"name": "DefaultQuantization"}]}}, "unknown algorithm 'DefaultQuantization'"),
+        ({"compression": {"algorithms": [{"name": "DefaultQuantization"}]}}, "no protection step"),
         ({"compression": {"algorithms": []}}, "empty"),
     ],
 )

@@ -27,8 +27,10 @@ def inject(
     seed: Annotated[Optional[int], Opt("--seed", help="Seed of the fault list. Default: 0.")] = None,
     bits: Annotated[Optional[str], Opt("--bits", help="Bit positions: all, 30, 23-30, exponent, sign, "
                                        "mantissa, or a comma list. Default: all.")] = None,
-    number_format: Annotated[Optional[str], Opt("--format", help="Number format of the struck value: fp32, "
-                                                "fixed32 (1/21/10), fixed16 (14/2), fixed:<bits>:<frac>.")] = None,
+    number_format: Annotated[Optional[str], Opt("--format", help="Number format of the struck value. Default "
+                                                "auto: as the model stores its weights (fp32, fp16, int8, uint8, "
+                                                "int4, uint4), fp32 for activations. fixed32 (1/21/10), fixed16 "
+                                                "(14/2), fixed:<bits>:<frac> emulate fixed point.")] = None,
     ber: Annotated[Optional[float], Opt("--ber", help="Bit-error-rate mode for weights: every weight bit "
                                         "flips with this probability, e.g. 1e-5.")] = None,
     fault_model: Annotated[Optional[str], Opt("--fault-model", help="bit (one flip), bits:K (K distinct bits, "

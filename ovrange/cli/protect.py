@@ -47,27 +47,28 @@ def protect(
     color_order: Annotated[Optional[str], typer.Option("--color-order", help="Channel order images are fed in: "
                                                        "BGR (POT's cv2, default) or RGB (engine.color_order).")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Results go to "
-                                             "<output-dir>/<model_name>_<algorithm>/.")] = Path("results"),
+                                             "<output-dir>/<model_name>_<algorithm>/ (a POT chain: "
+                                             "<model_name>_<step>_..._<algorithm>/).")] = Path("results"),
     device: Device = None,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
     """Insert range-supervision Clamps after the activations of MODEL, with bounds from calibration data.
 
-    Writes <output-dir>/<model_name>_<algorithm>/<model_name>.xml/.bin (f32 weights) and bounds.json.
+    Writes <output-dir>/<model_name>_<algorithm>/<model_name>.xml/.bin (f32 weights) and bounds.json. A POT chain
+    (DefaultQuantization / WeightCompression, then the protection) quantizes with nncf first.
     """
     from ovrange import config as config_mod
     from ovrange import data as data_mod
     from ovrange.modelio import prepare_output_dir, read_model
-    from ovrange.protect import protect as protect_model
-    from ovrange.protect import save_protected
+    from ovrange.protect import chain_name, run_chain, save_protected
 
     if bounds is not None:
         _protect_with_plan(model, bounds, output_dir, force, config, data)
         return
     cfg = config_mod.load_config(config) if config else config_mod.ProtectConfig()
-    if algorithm and algorithm != cfg.algorithm.name:
-        cfg = replace(cfg, algorithms=(config_mod.default_algorithm(algorithm),))
+    if algorithm and algorithm != cfg.algorithm.name:  # replaces the protection; a chain keeps its quantization
+        cfg = replace(cfg, algorithms=(*cfg.quantization, config_mod.default_algorithm(algorithm)))
     cfg = cfg.with_overrides(stat_subset_size=subset_size, stat_batch_size=batch_size, shuffle_data=shuffle, seed=seed,
                              **config_mod.parse_assignments(param or []))
     model_path = model or cfg.model
@@ -77,7 +78,6 @@ def protect(
     if data_path is None:
         raise DataError("no calibration data given: pass --data or set engine.data_source in the config")
     name = cfg.model_name or model_path.stem
-    algo = cfg.algorithm
     ov_model = read_model(model_path, None if model else cfg.weights)  # inputs first, outputs last: a bad input
     images = _image_options(cfg.images, ov_model, shape=shape, layout=layout or cfg.layout, mean=mean, scale=scale,
                             color_order=color_order)
@@ -85,12 +85,9 @@ def protect(
         raise ConfigError(f"--shape/--mean/--scale/--color-order describe image folders; {data_path} is not one "
                           "(arrays are fed as they are)")
     dataset = data_mod.load(data_path, ov_model, images=images).dataset  # leaves no folder behind
-    out_dir = prepare_output_dir(output_dir / f"{name}_{algo.name}", force)
-    own = {k: v for k, v in algo.params.items() if k not in config_mod.COMMON_PARAMS}
+    out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force)
     with progress_bar("calibrating", enabled=not quiet) as progress:
-        protected = protect_model(ov_model, dataset, algorithm=algo.name, subset_size=algo.subset_size,
-                                  batch_size=algo.batch_size, shuffle=algo.shuffle, seed=algo.seed,
-                                  device=device or cfg.device, progress=progress, **own)
+        protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress)
     save_protected(protected, out_dir, name, force=force)
     _print_summary(protected, out_dir, name)
 

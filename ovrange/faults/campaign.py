@@ -27,11 +27,11 @@ from ovrange.faults.executors import Job, LocalExecutor, make_shards, shard_size
 from ovrange.faults.faultlist import FaultList
 from ovrange.faults.injectors import check_batchable
 from ovrange.faults.inputs import InputStore, select_inputs
-from ovrange.faults.model import OPS, parse_format
+from ovrange.faults.model import OPS, parse_format, rebase_bits
 from ovrange.faults.outcomes import Judge
 from ovrange.faults.report import remove_report
 from ovrange.faults.result import CampaignResult, ModelRun
-from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults
+from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults, sites_in_format
 from ovrange.faults.spec import CampaignSpec
 from ovrange.faults.stopping import Stopping, fault_space
 from ovrange.modelio import read_model
@@ -105,7 +105,7 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
     population = None
     if plan is None:
         shapes = store.sample_shapes(0)
-        sites = _sites(models, spec, shapes)
+        spec, sites = _sites(models, spec, shapes)
     else:
         spec = spec.with_overrides(target=plan.target, number_format=plan.number_format, trials=plan.trials,
                                    ber=plan.ber, seed=plan.seed if plan.seed is not None else spec.seed,
@@ -223,13 +223,20 @@ def _plain_reference(model: ov.Model, judge: Judge, shapes: list[tuple[int, ...]
     return reference
 
 
-def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[tuple[int, ...]]) -> list[Site]:
+def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[tuple[int, ...]]
+           ) -> tuple[CampaignSpec, list[Site]]:
+    """The sites of the campaign and its spec with the number format resolved (``auto``: from the model)."""
     include, exclude = list(spec.sites), list(spec.exclude)
-    sites = find_sites(models[0][1], spec.target, shapes, include, exclude)
+    found = find_sites(models[0][1], spec.target, shapes, include, exclude)
+    number_format, sites = sites_in_format(found, spec.number_format, models[0][0])
     for name, model in models[1:]:
         protected_twin = protection_info(model) is not None
-        match_sites(sites, find_sites(model, spec.target, shapes, include, exclude), name, protected_twin)
-    return sites
+        _, theirs = sites_in_format(find_sites(model, spec.target, shapes, include, exclude), number_format, name)
+        match_sites(sites, theirs, name, protected_twin)
+    if number_format != spec.number_format:  # 'all' and named bit groups under auto: taken in the model's format
+        spec = spec.with_overrides(number_format=number_format,
+                                   bits=list(rebase_bits(spec.bits, parse_format(number_format))))
+    return spec, sites
 
 
 def _empty_result(plan: FaultList, spec: CampaignSpec, names: list[str], data: str) -> CampaignResult:

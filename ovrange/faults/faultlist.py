@@ -79,7 +79,7 @@ class FaultList:
             if version not in (1, VERSION):
                 raise ValueError(f"unsupported version {version}")
             faults = tuple(_fault(r, version) for r in rows)
-            sites = tuple(Site(s["name"], s["op"], tuple(s["shape"])) for s in header["sites"])
+            sites = tuple(Site(s["name"], s["op"], tuple(s["shape"]), s.get("format", "fp32")) for s in header["sites"])
             plan = cls(header["target"], header["number_format"], sites, tuple(header["inputs"]), faults,
                        int(header["trials"]), header.get("seed"), header.get("ber"), header.get("data", ""),
                        tuple(int(i) for i in header.get("trial_inputs", ())), header.get("fault_model", "bit"),

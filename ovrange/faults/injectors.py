@@ -244,6 +244,7 @@ class WeightInjector:
                  device: str = "CPU", precision: str = "f32", number_format: NumberFormat = FORMATS["fp32"],
                  config: dict | None = None):
         from ovrange.faults.sites import stored_through_transform, weight_values
+        from ovrange.faults.stored import stored_weight
 
         self.sites = sites
         self.index = {site.name: i for i, site in enumerate(sites)}
@@ -252,11 +253,13 @@ class WeightInjector:
         found = site_outputs(clone, "weights")
         self.n_inputs = len(clone.inputs)
         params, golden = [], []
+        self.stored = [stored_weight(found[site.name][0]) for site in sites]  # quantized layers: decoded here
         for i, site in enumerate(sites):
             node, source = found[site.name]
-            golden.append(weight_values(source))
-            param = ops.parameter(list(site.shape), ov.Type.f32, name=f"ovrange_fi_w_{i}")
-            if stored_through_transform(node, source):  # e.g. BoundedWeights: the graph decodes theta
+            stored = self.stored[i]
+            golden.append(weight_values(source) if stored is None else stored.decoded())
+            param = ops.parameter(list(golden[-1].shape), ov.Type.f32, name=f"ovrange_fi_w_{i}")
+            if stored is None and stored_through_transform(node, source):  # BoundedWeights: the graph decodes theta
                 for target in list(source.get_target_inputs()):
                     target.replace_source_output(param.output(0))
             else:
@@ -275,7 +278,7 @@ class WeightInjector:
         for each ``(site, element, mask[, op])`` of ``flips``."""
         for buffer, array in zip(self.runner.buffers, inputs):
             buffer[...] = array
-        if self.format.is_float and self.format.bits == 32 and all(len(f) < 4 or f[3] == "flip" for f in flips):
+        if self.format == FORMATS["fp32"] and all(len(f) < 4 or f[3] == "flip" for f in flips):
             for site, element, mask, *_ in flips:  # XOR in place and XOR back: exact, and no copy of the weights
                 self._bits[site][element] ^= np.uint32(mask)
             try:
@@ -284,9 +287,18 @@ class WeightInjector:
                 for site, element, mask, *_ in reversed(flips):
                     self._bits[site][element] ^= np.uint32(mask)
         saved = [(f[0], f[1], self.weights[f[0]][f[1]]) for f in flips]
+        current: dict[tuple[int, int], np.ndarray] = {}  # stored integers already struck (several faults per element)
         for site, element, mask, *op in flips:
-            self.weights[site][element] = apply_mask(self.weights[site][element:element + 1], np.array([mask]),
-                                                     self.format, op[0] if op else "flip")[0]
+            operation = op[0] if op else "flip"
+            stored = self.stored[site]
+            if stored is None:
+                self.weights[site][element] = apply_mask(self.weights[site][element:element + 1], np.array([mask]),
+                                                         self.format, operation)[0]
+                continue
+            value = apply_mask(current.get((site, element), stored.stored[element:element + 1]), np.array([mask]),
+                               self.format, operation)
+            current[(site, element)] = value
+            self.weights[site][element] = stored.decode(value, np.array([element]))[0]
         try:
             return self.runner.infer(1)
         finally:

@@ -5,7 +5,8 @@ one output channel of a convolution (the input slice under that kernel tap), one
 the fault-free input ``x`` and output ``y`` of the layer (read from a probe) the faulty output slice is computed in
 numpy and written into the running model like an activation fault, so a batch carries one weight fault per
 element. ``inf * 0`` gives NaN as in the layer itself; kernel taps that fall into the zero padding contribute
-nothing (convolution kernels skip padding rather than multiply by it).
+nothing (convolution kernels skip padding rather than multiply by it). For a quantized layer the weight is
+``decode(q)`` and a fault flips the stored integer ``q`` (:mod:`ovrange.faults.stored`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import openvino as ov
 
 from ovrange.faults.model import NumberFormat, apply_mask
 from ovrange.faults.sites import stored_through_transform, weight_values
+from ovrange.faults.stored import StoredWeight, stored_weight
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class LinearLayer:
     pads: tuple[int, ...] = ()
     grouped: bool = False
     transpose_b: bool = False
+    stored: StoredWeight | None = None  # a quantized layer: faults flip the stored integer, decoded in f32
 
     @property
     def rows(self) -> int:
@@ -46,7 +49,9 @@ class LinearLayer:
         one sample's output) and the faulty values of the touched outputs, both ``[n, rows]``."""
         flat = self.weights.reshape(-1)
         with np.errstate(invalid="ignore", over="ignore"):  # a flip may make a signalling NaN; inf * 0 is NaN
-            delta = apply_mask(flat[element], mask, fmt, op).astype(np.float64) - flat[element].astype(np.float64)
+            faulty = apply_mask(flat[element], mask, fmt, op) if self.stored is None else \
+                self.stored.decode(apply_mask(self.stored.stored[element], mask, fmt, op), element)
+            delta = faulty.astype(np.float64) - flat[element].astype(np.float64)
             if self.kind == "conv":
                 return self._conv(element, delta, x, y)
             return self._matmul(element, delta, x, y)
@@ -98,21 +103,23 @@ def linear_layer(node: ov.Node, source: ov.Output) -> LinearLayer | None:
     """The correction geometry of a weight site, or None when the layer is not supported (then faults go through
     the weight-as-input injector)."""
     kind = node.get_type_name()
-    if stored_through_transform(node, source):
+    stored = stored_weight(node)
+    if stored is None and stored_through_transform(node, source):
         return None  # the layer sees decode(stored), not the stored values: faults go through the graph
     shape_in, shape_out = node.input_value(0).get_partial_shape(), node.output(0).get_partial_shape()
     if not (shape_in.is_static and shape_out.is_static):
         return None
     in_shape, out_shape = tuple(int(d) for d in shape_in.to_shape()[1:]), tuple(int(d) for d in
                                                                               shape_out.to_shape()[1:])
-    weights = weight_values(source)
+    weights = weight_values(source) if stored is None else stored.decoded()
     if kind in ("Convolution", "GroupConvolution"):
         if str(node.get_auto_pad()).lower().rsplit(".", 1)[-1] not in ("explicit", "notset", "valid"):
             return None
         pads = tuple(int(p) for p in node.get_pads_begin()) if "valid" not in str(node.get_auto_pad()).lower() \
             else (0,) * (len(in_shape) - 1)
         return LinearLayer("conv", weights, in_shape, out_shape, tuple(int(s) for s in node.get_strides()),
-                           tuple(int(d) for d in node.get_dilations()), pads, kind == "GroupConvolution")
+                           tuple(int(d) for d in node.get_dilations()), pads, kind == "GroupConvolution",
+                           stored=stored)
     if kind == "MatMul" and weights.ndim == 2 and not node.get_transpose_a() and len(in_shape) >= 1:
-        return LinearLayer("matmul", weights, in_shape, out_shape, transpose_b=node.get_transpose_b())
+        return LinearLayer("matmul", weights, in_shape, out_shape, transpose_b=node.get_transpose_b(), stored=stored)
     return None

@@ -47,16 +47,64 @@ FORMATS = {
 }
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Storage formats of low-precision IRs (docs/quantized.md): the bit is flipped in the pattern the weight memory
+# holds, not emulated. Values in and out are the *stored* numbers as float32 (integers for the int formats); the
+# decoding the IR does (Convert, zero point, scale) stays in the graph. ``auto`` takes the format from the model.
+
+
+@dataclass(frozen=True)
+class StoredFormat(NumberFormat):
+    """IEEE half (``frac`` None) or a plain integer (``frac`` 0), signed (two's complement) or unsigned."""
+
+    signed: bool = True
+
+    def named_bits(self) -> dict[str, tuple[int, ...]]:
+        if self.is_float:
+            return {"sign": (15,), "exponent": tuple(range(10, 15)), "mantissa": tuple(range(10))}
+        top = self.bits - 1
+        return {"sign": (top,), "magnitude": tuple(range(top))} if self.signed else {"magnitude": tuple(range(top + 1))}
+
+
+STORED_FORMATS = {
+    "fp16": StoredFormat("fp16", 16),
+    "int8": StoredFormat("int8", 8, 0),
+    "uint8": StoredFormat("uint8", 8, 0, signed=False),
+    "int4": StoredFormat("int4", 4, 0),
+    "uint4": StoredFormat("uint4", 4, 0, signed=False),
+}
+AUTO = "auto"
+
+
+def rebase_bits(bits: tuple[int, ...], fmt: NumberFormat) -> tuple[int, ...]:
+    """Bits parsed under ``auto`` (as fp32) for the format the model turned out to store: ``all`` and the named
+    groups (``sign``, ``exponent``, ``mantissa`` and unions of them) are taken again in ``fmt``; other positions
+    are kept (and checked against its width by the caller)."""
+    named = FORMATS["fp32"].named_bits()
+    if set(bits) == set(range(32)):
+        return parse_bits("all", fmt)
+    groups = [name for name, members in named.items() if set(members) <= set(bits)]
+    if groups and set().union(*(named[g] for g in groups)) == set(bits):
+        return parse_bits(",".join(groups), fmt)  # a group the format lacks (int8 exponent) is an error
+    return bits
+
+
 def parse_format(spec: str) -> NumberFormat:
-    """``fp32``, ``fixed32``, ``fixed16`` or ``fixed:<bits>:<fraction bits>``."""
+    """``fp32``, ``fixed32``, ``fixed16``, ``fixed:<bits>:<fraction bits>``, a storage format (``fp16``,
+    ``int8``, ``uint8``, ``int4``, ``uint4``) or ``auto`` (resolved from the model; parsed as fp32 until then)."""
     if spec in FORMATS:
         return FORMATS[spec]
+    if spec in STORED_FORMATS:
+        return STORED_FORMATS[spec]
+    if spec == AUTO:
+        return FORMATS["fp32"]
     match = re.fullmatch(r"fixed:(\d+):(\d+)", spec)
     if match:
         bits, frac = int(match[1]), int(match[2])
         if 2 <= bits <= 32 and 0 <= frac < bits:
             return NumberFormat(spec, bits, frac)
-    raise ConfigError(f"unknown number format {spec!r}; use fp32, fixed32, fixed16 or fixed:<bits>:<fraction>")
+    raise ConfigError(f"unknown number format {spec!r}; use auto, fp32, fp16, int8, uint8, int4, uint4, fixed32, "
+                      "fixed16 or fixed:<bits>:<fraction>")
 
 
 def parse_bits(spec: str | int | list | tuple | None, fmt: NumberFormat) -> tuple[int, ...]:
@@ -121,10 +169,17 @@ def encode(values: np.ndarray, fmt: NumberFormat) -> np.ndarray:
         dtype = np.dtype(f"float{fmt.bits}")
         with np.errstate(over="ignore"):  # an f32 too large for a narrower float stores as inf, as hardware does
             return values.astype(dtype).view(np.dtype(f"uint{fmt.bits}")).astype(np.uint64)
+    if isinstance(fmt, StoredFormat):  # a stored integer (int8/int4...), held in float32
+        return (np.rint(values.astype(np.float64)).astype(np.int64) & ((1 << fmt.bits) - 1)).astype(np.uint64)
     return to_fixed(values, fmt).astype(np.uint64)
 
 
 def decode(patterns: np.ndarray, fmt: NumberFormat) -> np.ndarray:
+    if isinstance(fmt, StoredFormat) and not fmt.is_float:
+        pattern = np.asarray(patterns, np.uint64).astype(np.int64) & ((1 << fmt.bits) - 1)
+        if fmt.signed:
+            pattern = np.where(pattern >= 1 << (fmt.bits - 1), pattern - (1 << fmt.bits), pattern)
+        return pattern.astype(np.float32)
     if fmt.is_float:
         unsigned = np.asarray(patterns, np.uint64).astype(np.dtype(f"uint{fmt.bits}"))
         return unsigned.view(np.dtype(f"float{fmt.bits}")).astype(np.float32)

@@ -109,13 +109,13 @@ def markdown(result: CampaignResult, images: list[str] | tuple[str, ...] = ()) -
         per_bit = [result.per_bit(i) for i in range(len(names))]
         for bit in per_bit[0]:
             lines.append(f"| {bit} | " + " | ".join(f"{_pct(p[bit])} ({p[bit].k}/{p[bit].n})" for p in per_bit) + " |")
-        lines += ["", "## SDC rate per layer", "", "| site | op | elements | " + " | ".join(names) + " |",
+        lines += ["", "## SDC rate per layer", "", "| site | op, stored as | elements | " + " | ".join(names) + " |",
                   "|---" * (len(names) + 3) + "|"]
         per_layer = [result.per_layer(i) for i in range(len(names))]
         for site in result.sites:
             if site.name in per_layer[0]:
                 cells = " | ".join(f"{_pct(p[site.name])} ({p[site.name].k}/{p[site.name].n})" for p in per_layer)
-                lines.append(f"| {site.name} | {site.op} | {site.size} | {cells} |")
+                lines.append(f"| {site.name} | {site.op}, {site.format} | {site.size} | {cells} |")
     lines += [""] + [f"![{name}]({name})" for name in images]
     return "\n".join(lines) + "\n"
 

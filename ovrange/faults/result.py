@@ -142,7 +142,7 @@ class CampaignResult:
             raise ConfigError(f"not an ovrange campaign result (schema {data.get('schema')!r})")
         trials = data["trials"]
         return cls(CampaignSpec.from_dict(data["spec"]),
-                   [Site(s["name"], s["op"], tuple(s["shape"])) for s in data["sites"]],
+                   [Site(s["name"], s["op"], tuple(s["shape"]), s.get("format", "fp32")) for s in data["sites"]],
                    np.array(trials["site"], np.int32), np.array(trials["bit"], np.int16),
                    np.array(trials["input"], np.int64), np.array(trials["faults"], np.int32),
                    [ModelRun.from_dict(m) for m in data["models"]], data.get("data", ""),

@@ -1,6 +1,7 @@
 """Where faults can strike: site discovery, matching two models by node name, and the seeded fault plan.
 
-Weight sites are the constant weights of Convolution / GroupConvolution / MatMul (memory faults). Activation sites
+Weight sites are the constant weights of Convolution / GroupConvolution / MatMul (memory faults), as stored: f32,
+f16 (decompressed by a Convert) or the integer Constant of a quantized layer (docs/quantized.md). Activation sites
 are the outputs of compute operators (datapath faults, as in Ranger): convolutions, MatMul, element-wise arithmetic,
 pooling and activations; data-movement ops (Reshape, Concat, Transpose...) are left out because a fault there is
 the same as a fault in their input. Nodes that a protection pass inserted (recorded in the model's rt_info) are never
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import openvino as ov
 
-from ovrange.errors import ModelError
-from ovrange.faults.model import FORMATS, Fault, FaultModel, NumberFormat, parse_fault_model
+from ovrange.errors import ConfigError, ModelError
+from ovrange.faults.model import AUTO, FORMATS, STORED_FORMATS, Fault, FaultModel, NumberFormat, parse_fault_model
+from ovrange.faults.stored import INTEGER_FORMATS, constant_array, stored_integers
 from ovrange.graph import constant_values, inserted_nodes, stored_weight
 
 WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
@@ -36,19 +38,37 @@ class Site:
     name: str
     op: str
     shape: tuple[int, ...]
+    format: str = "fp32"  # how the memory holds it: fp32, fp16, int8, uint8, int4, uint4 (docs/quantized.md)
 
     @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "op": self.op, "shape": list(self.shape)}
+        return {"name": self.name, "op": self.op, "shape": list(self.shape), "format": self.format}
 
 
 def weight_source(node: ov.Node, inserted: dict[str, str]) -> ov.Output | None:
-    """The stored f32 values a memory fault strikes for a Convolution/MatMul: its constant weight, or the stored
-    values a protection decodes into the weight (BoundedWeights' ``theta``), found through the inserted-node record."""
-    return stored_weight(node, inserted)
+    """The stored values a memory fault strikes for a Convolution/MatMul: the values a protection decodes into the
+    weight (BoundedWeights' ``theta``, found through the inserted-node record), the integer Constant of a quantized
+    layer, or its constant weight (f32, or f16 behind a decompression Convert)."""
+    stored = stored_weight(node, inserted)
+    if stored is not None and inserted.get(stored.get_node().get_friendly_name()) == "weight":
+        return stored
+    integers = stored_integers(node)
+    return integers if integers is not None else stored
+
+
+STORAGE_FORMATS = {"f32": "fp32", "f16": "fp16", **INTEGER_FORMATS}
+
+
+def storage_format(source: ov.Output) -> str:
+    """The format of a weight site's stored values (through an f16 decompression Convert); fp32 for f32."""
+    producer = source.get_node()
+    if producer.get_type_name() == "Convert":
+        producer = producer.input_value(0).get_node()
+    kind = producer.get_output_element_type(0).to_string() if producer.get_type_name() == "Constant" else "f32"
+    return STORAGE_FORMATS.get(kind, "fp32")
 
 
 def stored_through_transform(node: ov.Node, source: ov.Output) -> bool:
@@ -56,7 +76,9 @@ def stored_through_transform(node: ov.Node, source: ov.Output) -> bool:
     return source != node.input_value(1)
 
 
-weight_values = constant_values
+def weight_values(source: ov.Output) -> np.ndarray:
+    """The stored values of a weight site as float32 (f32, f16, or the integers of a quantized layer)."""
+    return constant_array(source) if source.get_node().get_type_name() == "Constant" else constant_values(source)
 
 
 def find_sites(model: ov.Model, target: str, sample_shapes: list[tuple[int, ...]] | None = None,
@@ -70,7 +92,10 @@ def find_sites(model: ov.Model, target: str, sample_shapes: list[tuple[int, ...]
         if not out.get_partial_shape().is_static:
             raise ModelError(f"{target} site {name!r} has a dynamic shape {out.get_partial_shape()}")
         shape = tuple(int(d) for d in out.get_shape())
-        sites.append(Site(name, node.get_type_name(), shape if target == "weights" else shape[1:]))
+        if target == "weights":
+            sites.append(Site(name, node.get_type_name(), shape, storage_format(out)))
+        else:
+            sites.append(Site(name, node.get_type_name(), shape[1:]))
     if not sites:
         raise ModelError(f"no injectable {target} site in model {model.get_friendly_name()!r}"
                          + (" after the site filters" if include or exclude else ""))
@@ -130,6 +155,30 @@ def static_clone(model: ov.Model, sample_shapes: list[tuple[int, ...]] | None, b
     except RuntimeError as exc:
         raise ModelError(f"model cannot run a batch of {batch}: {str(exc).strip().splitlines()[-1]}") from exc
     return clone
+
+
+def sites_in_format(sites: list[Site], number_format: str, model_name: str) -> tuple[str, list[Site]]:
+    """(the campaign's format, the sites it strikes). ``auto``: the one format the sites are stored in (a model
+    mixing formats, e.g. INT4 layers plus INT8 first/last layers, needs ``--format``). A storage format keeps the
+    sites stored in it; fp32 and fixed-point formats (emulated on the f32 value) keep the fp32 and fp16 sites."""
+    counts: dict[str, int] = {}
+    for site in sites:
+        counts[site.format] = counts.get(site.format, 0) + 1
+    if number_format == AUTO:
+        if len(counts) > 1:
+            listed = ", ".join(f"{k}: {n} site(s)" for k, n in sorted(counts.items()))
+            raise ConfigError(f"the weights of {model_name} are stored in several formats ({listed}); run one "
+                              f"campaign per format with --format {' or --format '.join(sorted(counts))}")
+        return (next(iter(counts)) if counts else "fp32"), sites
+    if number_format in STORED_FORMATS:
+        kept = [s for s in sites if s.format == number_format]
+    else:
+        kept = [s for s in sites if s.format in ("fp32", "fp16")]
+    if not kept:
+        wanted = number_format if number_format in STORED_FORMATS else f"fp32 or fp16 (for {number_format})"
+        raise ConfigError(f"no weights of {model_name} are stored as {wanted}: they are "
+                          f"{', '.join(sorted(counts))} (use --format auto)")
+    return number_format, kept
 
 
 def match_sites(reference: list[Site], other: list[Site], other_name: str, allow_extra: bool = False) -> None:

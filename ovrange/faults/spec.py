@@ -62,7 +62,7 @@ class CampaignSpec:
     trials: int = 1000
     seed: int = 0
     bits: tuple[int, ...] = tuple(range(32))
-    number_format: str = "fp32"
+    number_format: str = "auto"  # from the model: how its weights are stored (fp32 for activations)
     ber: float | None = None
     inputs: int = 100
     batch_size: int = 64
@@ -88,7 +88,7 @@ class CampaignSpec:
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ConfigError(f"unknown campaign setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        fmt = parse_format(str(settings.get("number_format", "fp32")))
+        fmt = parse_format(str(settings.get("number_format", "auto")))
         if "bits" in settings:
             settings["bits"] = parse_bits(settings["bits"], fmt)
         else:
