@@ -21,6 +21,16 @@ def protect(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="POT-style config, JSON (comments "
                                                     "allowed) or YAML.")] = None,
     data: DataPath = None,
+    shape: Annotated[Optional[str], typer.Option("--shape", help="Static input shape for image folders when the "
+                                                 "model's spatial dims are dynamic: [1,3,48,320] (engine.shape).")] = None,
+    layout: Annotated[Optional[str], typer.Option("--layout", help="Image layout: NCHW or NHWC. Default: guessed "
+                                                  "from the model input (engine.layout).")] = None,
+    mean: Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean subtracted from image pixels, "
+                                                "e.g. 123.675,116.28,103.53 (engine.mean_values).")] = None,
+    scale: Annotated[Optional[str], typer.Option("--scale", help="Per-channel divisor applied after --mean, e.g. "
+                                                 "58.395,57.12,57.375 (engine.scale_values).")] = None,
+    color_order: Annotated[Optional[str], typer.Option("--color-order", help="Channel order images are fed in: "
+                                                       "BGR (POT's cv2, default) or RGB (engine.color_order).")] = None,
     subset_size: Annotated[Optional[int], typer.Option("--subset-size", help="Calibration samples "
                                                         "(stat_subset_size). Default: 300.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Calibration batch "
@@ -36,16 +46,6 @@ def protect(
                                                        "repeatable.")] = None,
     bounds: Annotated[Optional[Path], typer.Option("--bounds", help="Apply a saved plan (a result's bounds.json) "
                                                    "as it is: no calibration data, the same IR.")] = None,
-    shape: Annotated[Optional[str], typer.Option("--shape", help="Static input shape for image folders when the "
-                                                 "model's spatial dims are dynamic: [1,3,48,320] (engine.shape).")] = None,
-    layout: Annotated[Optional[str], typer.Option("--layout", help="Image layout: NCHW or NHWC. Default: guessed "
-                                                  "from the model input (engine.layout).")] = None,
-    mean: Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean subtracted from image pixels, "
-                                                "e.g. 123.675,116.28,103.53 (engine.mean_values).")] = None,
-    scale: Annotated[Optional[str], typer.Option("--scale", help="Per-channel divisor applied after --mean, e.g. "
-                                                 "58.395,57.12,57.375 (engine.scale_values).")] = None,
-    color_order: Annotated[Optional[str], typer.Option("--color-order", help="Channel order images are fed in: "
-                                                       "BGR (POT's cv2, default) or RGB (engine.color_order).")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Results go to "
                                              "<output-dir>/<model_name>_<algorithm>/ (a POT chain: "
                                              "<model_name>_<step>_..._<algorithm>/).")] = Path("results"),
@@ -110,28 +110,6 @@ def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, fo
     out_dir = prepare_output_dir(output_dir / f"{name}_{plan.algorithm}", force)
     save_protected(protected, out_dir, name, force=force)
     _print_summary(protected, out_dir, name)
-def _image_options(config: dict, model, *, shape: str | None, layout: str | None, mean: str | None,
-                   scale: str | None, color_order: str | None):
-    """Image preprocessing from the options, else the config's engine section (options win)."""
-    from ovrange.data import ImageOptions
-
-    shape = shape or config.get("shape")
-    if isinstance(shape, list):
-        shape = "[" + ",".join(map(str, shape)) + "]"
-    dims = next(iter(static_shapes(shape, model).values())) if shape else None
-    return ImageOptions(layout=layout, color_order=color_order or config.get("color_order", "BGR"),
-                        mean=_floats(mean, config.get("mean_values"), "mean"),
-                        scale=_floats(scale, config.get("scale_values"), "scale"),
-                        shape=tuple(dims) if dims else None)
-
-
-def _floats(text: str | None, values: list | None, what: str) -> tuple[float, ...]:
-    """``123.7,116.3,103.5`` (brackets allowed, as MO wrote them) or a config list, as floats."""
-    items = text.strip("[]() ").split(",") if text else values or []
-    try:
-        return tuple(float(v) for v in items)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be numbers separated by commas, got {text or values!r}") from None
 
 
 def _print_summary(protected, out_dir: Path, name: str) -> None:
@@ -200,3 +178,27 @@ def evaluate(
             parts.append(f"agrees with {models[0].name} on {agreement(reference, output, judge):.2%} "
                          f"({judge.criterion if judge else 'top-1'})")
         typer.echo(f"{path}: {', '.join(parts)}")
+
+
+def _image_options(config: dict, model, *, shape: str | None, layout: str | None, mean: str | None,
+                   scale: str | None, color_order: str | None):
+    """Image preprocessing from the options, else the config's engine section (options win)."""
+    from ovrange.data import ImageOptions
+
+    shape = shape or config.get("shape")
+    if isinstance(shape, list):
+        shape = "[" + ",".join(map(str, shape)) + "]"
+    dims = next(iter(static_shapes(shape, model).values())) if shape else None
+    return ImageOptions(layout=layout, color_order=color_order or config.get("color_order", "BGR"),
+                        mean=_floats(mean, config.get("mean_values"), "mean"),
+                        scale=_floats(scale, config.get("scale_values"), "scale"),
+                        shape=tuple(dims) if dims else None)
+
+
+def _floats(text: str | None, values: list | None, what: str) -> tuple[float, ...]:
+    """``123.7,116.3,103.5`` (brackets allowed, as MO wrote them) or a config list, as floats."""
+    items = text.strip("[]() ").split(",") if text else values or []
+    try:
+        return tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be numbers separated by commas, got {text or values!r}") from None
