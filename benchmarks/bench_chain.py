@@ -8,7 +8,7 @@ Contenders, each from the same in-memory model and samples:
   chain     ``ovrange.protect.run_chain``: the step, then RangeSupervision calibrated on the same N samples.
 
 Usage: python benchmarks/bench_chain.py [--model build/default/fashion_lenet.xml] [--data build/default/calib.npz]
-                                        [--subset-size 300] [--rounds 9]
+                                        [--subset-size 300] [--rounds 9] [--protect-batch 1]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO / "build/default/calib.npz")
     parser.add_argument("--subset-size", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--protect-batch", type=int, default=1, help="RangeSupervision's stat_batch_size")
     args = parser.parse_args()
     import nncf  # imported once, before timing
 
@@ -47,7 +48,7 @@ def main() -> int:
     n = len(samples)
     config = parse_config({"compression": {"algorithms": [
         {"name": "DefaultQuantization", "params": {"stat_subset_size": n}},
-        {"name": "RangeSupervision", "params": {"stat_subset_size": n}}]}})
+        {"name": "RangeSupervision", "params": {"stat_subset_size": n, "stat_batch_size": args.protect_batch}}]}})
 
     def nncf_alone() -> None:  # quiet as ovrange runs it: drawing nncf's progress bar is not quantizing
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
