@@ -140,7 +140,26 @@ class ActivationEngine(_ScatterEngine):
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         site, element, bit, inputs = self.faults(plan, pending)
         used = np.unique(inputs)
-        original = np.zeros(len(pending), np.float32)
+        original, golden, extras = self._read(store, used, site, element, inputs)
+        faulty = flip(original, bit, fmt)
+        if self.trash:
+            trial = _Trials(pending, site, element, inputs, faulty)
+            return self._inject(store, trial, golden if golden else self._golden(store, used), extras)
+        parts = []
+        for s in np.unique(site):  # fixed-batch model: one single-site injector at a time
+            injector = self._injector(names=[self.sites[s].name])
+            for part in _chunks(np.nonzero(site == s)[0], CHUNK):
+                outputs = [injector.run(store.batch(inputs[[k]]), np.zeros(1, np.int64), np.zeros(1, np.int64),
+                                        element[[k]], faulty[[k]])[0][self.judge.output] for k in part]
+                parts.append(_judge(self.judge, golden, inputs[part], np.concatenate(outputs), pending[part]))
+            del injector
+        return Outcomes.concat(parts)
+
+    def _read(self, store: InputStore, used: np.ndarray, site: np.ndarray, element: np.ndarray, inputs: np.ndarray
+              ) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, list[np.ndarray]]]:
+        """Fault-free: the struck values, the outputs (when the reading model is the injector) and a probe's
+        extra tensors, per input."""
+        original = np.zeros(len(site), np.float32)
         golden: dict[int, np.ndarray] = {}
         extras: dict[int, list[np.ndarray]] = {}  # per input: the probe's extra tensors (suffix frontiers)
         for chunk in _chunks(used, self.batch):
@@ -161,19 +180,7 @@ class ActivationEngine(_ScatterEngine):
                 original[here[take]] = probes[s][0].reshape(len(chunk), -1)[rows[take], element[here[take]]]
             # single-site injectors always inject: the probe gives the fault-free output
             golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
-        faulty = flip(original, bit, fmt)
-        if self.trash:
-            trial = _Trials(pending, site, element, inputs, faulty)
-            return self._inject(store, trial, golden if golden else self._golden(store, used), extras)
-        parts = []
-        for s in np.unique(site):  # fixed-batch model: one single-site injector at a time
-            injector = self._injector(names=[self.sites[s].name])
-            for part in _chunks(np.nonzero(site == s)[0], CHUNK):
-                outputs = [injector.run(store.batch(inputs[[k]]), np.zeros(1, np.int64), np.zeros(1, np.int64),
-                                        element[[k]], faulty[[k]])[0][self.judge.output] for k in part]
-                parts.append(_judge(self.judge, golden, inputs[part], np.concatenate(outputs), pending[part]))
-            del injector
-        return Outcomes.concat(parts)
+        return original, golden, extras
 
     def _inject(self, store: InputStore, trial: _Trials, golden: dict[int, np.ndarray],
                 extras: dict[int, list[np.ndarray]]) -> Outcomes:
