@@ -29,6 +29,7 @@ from ovrange.faults.sites import Site, site_outputs, static_clone
 TAG = "ovrange_fi_pos"
 SEGMENTS = 12
 MIN_ELEMENTS = 1 << 20  # "auto" runs suffixes when a sample's sites hold >= 1M values: below, inference overhead rules
+CHECKED = 32  # faults per segment a cut is checked on, bit for bit against the whole model
 MIN_TRIALS = 2000  # ... and for campaigns long enough to pay for compiling the suffixes (at 400 ViT trials: ~1x)
 
 
@@ -183,7 +184,7 @@ class SuffixEngine(ActivationEngine):
         """Check the cuts on the plan's first faults of each segment: the same trials wherever the engine runs,
         so every worker keeps the same cuts."""
         every = self.faults(plan, np.arange(plan.trials))[0]
-        picks = np.concatenate([np.nonzero(np.isin(every, s.sites))[0][: self.batch] for s in self.segments])
+        picks = np.concatenate([np.nonzero(np.isin(every, s.sites))[0][: CHECKED] for s in self.segments])
         site, element, bit, inputs = self.faults(plan, picks)
         used = np.unique(inputs)
         original, golden, extras = self._read(store, used, site, element, inputs)
@@ -191,24 +192,28 @@ class SuffixEngine(ActivationEngine):
         self._keep_exact(store, trial, golden or self._golden(store, used), extras)
 
     def _keep_exact(self, store, trial, golden, extras) -> None:
-        """Keep the cuts whose suffix gives the whole model's outputs bit for bit, fault-free and on faults in the
-        cut's own segment (OpenVINO may fuse across a cut differently, e.g. fold a scaling Multiply into the next
-        Convolution's weights)."""
+        """Keep the cuts whose suffix gives the whole model's outputs bit for bit, fault-free and on faults at
+        every site the cut will serve (its segment and the later segments of dropped cuts): OpenVINO may fuse
+        across a cut differently (e.g. fold a scaling Multiply into the next Convolution's weights)."""
         some = np.array(sorted(golden)[: self.batch])
-        keep = []
-        for j, suffix in enumerate(self.suffixes):
+        keep: list[int] = []
+        for j in reversed(range(len(self.suffixes))):  # latest cut first: it decides what earlier cuts serve
+            suffix = self.suffixes[j]
             outputs, _ = suffix.run(self._frontier(j, some, extras))
             same = np.array_equal(outputs[self.judge.output], np.stack([golden[int(i)] for i in some]))
-            own = np.nonzero(np.isin(trial.site, self.segments[j].sites))[0][: self.batch]
-            if same and len(own):
-                local = np.searchsorted(self.later[j], trial.site[own])
-                ours, _ = suffix.run(self._frontier(j, trial.inputs[own], extras), local, np.arange(len(own)),
-                                     trial.element[own], trial.faulty[own])
-                whole, _ = self.injector.run(store.batch(trial.inputs[own]), trial.site[own], np.arange(len(own)),
-                                             trial.element[own], trial.faulty[own])
+            served = [i for seg in self.segments[j:keep[-1] if keep else None] for i in seg.sites]
+            for part in _chunks(np.nonzero(np.isin(trial.site, served))[0], self.batch):
+                if not same:
+                    break
+                local = np.searchsorted(self.later[j], trial.site[part])
+                ours, _ = suffix.run(self._frontier(j, trial.inputs[part], extras), local, np.arange(len(part)),
+                                     trial.element[part], trial.faulty[part])
+                whole, _ = self.injector.run(store.batch(trial.inputs[part]), trial.site[part],
+                                             np.arange(len(part)), trial.element[part], trial.faulty[part])
                 same = np.array_equal(ours[self.judge.output], whole[self.judge.output], equal_nan=True)
             if same:
                 keep.append(j)
+        keep.reverse()
         self.segments = [self.segments[j] for j in keep]
         self.suffixes = [self.suffixes[j] for j in keep]
         self.later = [self.later[j] for j in keep]
