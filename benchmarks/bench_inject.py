@@ -137,6 +137,7 @@ def main() -> int:
     parser.add_argument("--suffix", action="store_true", help="time activation campaigns with suffix-only "
                         "execution forced off and on")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     parser.add_argument("--inputs", type=int, default=100)
     parser.add_argument("--sdc", default=None, help="SDC criterion (default: top1 with the labels)")
     args = parser.parse_args()
@@ -153,7 +154,9 @@ def main() -> int:
 
     print(f"model {args.model}, OpenVINO {ov.__version__}, f32 on CPU; {args.rounds} rounds, batch "
           f"{args.batch_size}")
-    contenders = {"plain": lambda: plain_inference(model, x, n), "activations": lambda: campaign("activations")}
+    contenders = {"plain": lambda: plain_inference(model, x, n)}
+    if not args.suffix:  # with --suffix, "auto" is one of the two below
+        contenders["activations"] = lambda: campaign("activations")
     if args.weights:
         contenders["weights"] = lambda: campaign("weights")
     if args.suffix:
@@ -170,7 +173,7 @@ def main() -> int:
         contenders["pytorchfi_b1"] = lambda: outcomes.__setitem__("pfi1", single.run(args.pfi_trials))
         contenders["pytorchfi_b64"] = lambda: outcomes.__setitem__("pfi64", batched.run(args.pfi_batched_trials))
     started = time.perf_counter()
-    times = interleaved(contenders, rounds=args.rounds)
+    times = interleaved(contenders, rounds=args.rounds, warmup=args.warmup)
     trials = {"plain": n, "activations": n, "weights": n, "whole": n, "suffix": n, "pytorchfi_b1": args.pfi_trials,
               "pytorchfi_b64": args.pfi_batched_trials}
     trials = {k: v for k, v in trials.items() if k in times}

@@ -7,6 +7,7 @@ import numpy as np
 from ovrange.faults import inject
 from ovrange.faults.injectors import ScatterInjector, ValueProbe
 from ovrange.faults.sites import find_sites
+from ovrange.modelio import read_model
 from tests.test_faults_sites import SHAPES, images, tiny_lenet
 
 
@@ -26,11 +27,11 @@ def test_the_value_probe_reads_exactly_the_elements_of_the_whole_tensor_probe():
     assert np.array_equal(values, expected) and np.array_equal(outputs[0], expected_outputs[0])
 
 
-def test_a_weight_campaign_in_a_small_probe_memory_gives_the_same_outcomes(bundled):
+def test_a_weight_campaign_in_a_small_memory_gives_the_same_outcomes(bundled):
     lenet = bundled["lenet"]
     settings = dict(target="weights", trials=600, seed=3, inputs=40, bits="23-31")
     roomy = inject(str(lenet["xml"]), str(lenet["test_npz"]), **settings)
-    tight = inject(str(lenet["xml"]), str(lenet["test_npz"]), probe_memory=1, **settings)
+    tight = inject(str(lenet["xml"]), str(lenet["test_npz"]), memory=1, **settings)
     assert "probe: 64 inputs" in next(iter(roomy.meta["engines"].values()))
     engine = next(iter(tight.meta["engines"].values()))
     assert "probe: 64 inputs" not in engine and "probe: " in engine  # 1 MB holds fewer than 64 inputs' tensors
@@ -85,3 +86,16 @@ def test_suffix_only_on_lenet_keeps_only_bit_exact_cuts_and_the_same_outcomes(bu
     assert np.array_equal(whole.models[0].deviation, suffix.models[0].deviation)
     auto = inject(str(lenet["xml"]), str(lenet["test_npz"]), **settings)
     assert "suffix" not in next(iter(auto.meta["engines"].values()))  # too small for suffixes to pay
+
+
+def test_the_activation_batch_shrinks_to_fit_the_memory_setting_with_the_same_outcomes(bundled):
+    lenet = bundled["lenet"]
+    settings = dict(trials=800, seed=2, inputs=30, bits="20-31")
+    roomy = inject(str(lenet["xml"]), str(lenet["test_npz"]), **settings)
+    tight = inject(str(lenet["xml"]), str(lenet["test_npz"]), memory=1, **settings)
+    sites = find_sites(read_model(lenet["xml"]), "activations", [(1, 28, 28)])
+    fitting = 2**20 // (4 * sum(s.size for s in sites)) - 1  # batch + 1 rows of every site's output in 1 MB
+    assert "64 faults per inference" in next(iter(roomy.meta["engines"].values()))
+    assert f"{fitting} faults per inference" in next(iter(tight.meta["engines"].values())) and fitting < 64
+    assert np.array_equal(roomy.models[0].outcome, tight.models[0].outcome)
+    assert np.array_equal(roomy.models[0].deviation, tight.models[0].deviation)

@@ -83,8 +83,8 @@ def inject(
                                                "Default: 0.95.")] = None,
     suffix: Annotated[Optional[str], Opt("--suffix", help="Activation trials re-run only the network after the "
                                          "fault site: auto (large models), on, off.")] = None,
-    probe_memory: Annotated[Optional[int], Opt("--probe-memory", help="MB the fault-free probe of a weight "
-                                               "campaign may hold (layer inputs and outputs). Default: 2048.")] = None,
+    memory: Annotated[Optional[int], Opt("--memory", help="MB the batch-sized injection and probe buffers may "
+                                         "hold; the batch shrinks to fit. Default: 2048.")] = None,
     device: Device = None,
     force: Force = False,
     quiet: Quiet = False,
@@ -100,8 +100,7 @@ def inject(
                                ber=ber, inputs=inputs, batch_size=batch_size, sites=sites or None, exclude=exclude or None,
                                weighting=weighting, sdc=sdc, output=output, device=device,
                                weight_mode=weight_mode, margin=margin, confidence=confidence,
-                               probe_memory=probe_memory, suffix=suffix,
-                               fault_model=fault_model, error_rate=error_rate)
+                               memory=memory, suffix=suffix, fault_model=fault_model, error_rate=error_rate)
     workers = workers if workers is not None else files.get("workers")
     ray_address, shard_size = ray_address or files.get("ray_address"), shard_size or files.get("shard_size")
     if workers is not None or ray_address is not None:

@@ -57,6 +57,11 @@ def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield items[start:start + size]
 
 
+def _fitting(batch: int, memory_mb: int, per_sample: int) -> int:
+    """The largest batch up to ``batch`` whose ``batch + 1`` rows of ``per_sample`` bytes fit in ``memory_mb``."""
+    return int(max(1, min(batch, memory_mb * 2**20 // max(per_sample, 1) - 1)))
+
+
 class _FaultTable:
     """(site index, element, mask, operation, input) per trial of a one-fault-per-trial plan, built once per plan (a
     shard looks its trials up instead of scanning the whole fault list)."""
@@ -97,10 +102,14 @@ class _ScatterEngine:
         self.model, self.sites, self.shapes, self.spec, self.judge, self.rows = model, sites, shapes, spec, judge, rows
         self.trash, self.config = batchable, config
         self.faults = _FaultTable()
-        self.batch = spec.batch_size if batchable else 1
+        # Every tap's batch-sized output stays alive in the injection model: the batch is what fits in ``memory``.
+        self.batch = _fitting(spec.batch_size, spec.memory, 4 * self._tap_elements()) if batchable else 1
         self.probe = self._probe()
         # A fixed-batch model builds one single-site injector per site later instead.
         self.injector = self._injector() if batchable else None
+
+    def _tap_elements(self) -> int:
+        return sum(s.size for s in self.sites)
 
     def _probe(self):
         return self._injector(probe=True)
@@ -144,7 +153,26 @@ class ActivationEngine(_ScatterEngine):
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         site, element, mask, op, inputs = self.faults(plan, pending)
         used = np.unique(inputs)
-        original = np.zeros(len(pending), np.float32)
+        original, golden, extras = self._read(store, used, site, element, inputs)
+        faulty = apply_mask(original, mask, fmt, op)
+        if self.trash:
+            trial = _Trials(pending, site, element, inputs, faulty)
+            return self._inject(store, trial, golden if golden else self._golden(store, used), extras)
+        parts = []
+        for s in np.unique(site):  # fixed-batch model: one single-site injector at a time
+            injector = self._injector(names=[self.sites[s].name])
+            for part in _chunks(np.nonzero(site == s)[0], CHUNK):
+                outputs = [injector.run(store.batch(inputs[[k]]), np.zeros(1, np.int64), np.zeros(1, np.int64),
+                                        element[[k]], faulty[[k]])[0][self.judge.output] for k in part]
+                parts.append(_judge(self.judge, golden, inputs[part], np.concatenate(outputs), pending[part]))
+            del injector
+        return Outcomes.concat(parts)
+
+    def _read(self, store: InputStore, used: np.ndarray, site: np.ndarray, element: np.ndarray, inputs: np.ndarray
+              ) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, list[np.ndarray]]]:
+        """Fault-free: the struck values, the outputs (when the reading model is the injector) and a probe's
+        extra tensors, per input."""
+        original = np.zeros(len(site), np.float32)
         golden: dict[int, np.ndarray] = {}
         extras: dict[int, list[np.ndarray]] = {}  # per input: the probe's extra tensors (suffix frontiers)
         for chunk in _chunks(used, self.batch):
@@ -165,19 +193,7 @@ class ActivationEngine(_ScatterEngine):
                 original[here[take]] = probes[s][0].reshape(len(chunk), -1)[rows[take], element[here[take]]]
             # single-site injectors always inject: the probe gives the fault-free output
             golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
-        faulty = apply_mask(original, mask, fmt, op)
-        if self.trash:
-            trial = _Trials(pending, site, element, inputs, faulty)
-            return self._inject(store, trial, golden if golden else self._golden(store, used), extras)
-        parts = []
-        for s in np.unique(site):  # fixed-batch model: one single-site injector at a time
-            injector = self._injector(names=[self.sites[s].name])
-            for part in _chunks(np.nonzero(site == s)[0], CHUNK):
-                outputs = [injector.run(store.batch(inputs[[k]]), np.zeros(1, np.int64), np.zeros(1, np.int64),
-                                        element[[k]], faulty[[k]])[0][self.judge.output] for k in part]
-                parts.append(_judge(self.judge, golden, inputs[part], np.concatenate(outputs), pending[part]))
-            del injector
-        return Outcomes.concat(parts)
+        return original, golden, extras
 
     def _inject(self, store: InputStore, trial: _Trials, golden: dict[int, np.ndarray],
                 extras: dict[int, list[np.ndarray]]) -> Outcomes:
@@ -210,13 +226,16 @@ class DeltaWeightEngine(_ScatterEngine):
         # The probe returns each layer's whole input and output: its batch is what fits in the probe's memory.
         per_sample = 2 * 4 * sum(int(np.prod(layer.in_shape)) + int(np.prod(layer.out_shape))  # f32, held by
                                  for layer in layers)  # OpenVINO and copied out
-        self.probe_batch = int(max(1, min(spec.batch_size, spec.probe_memory * 2**20 // max(per_sample, 1))))
+        self.probe_batch = _fitting(spec.batch_size, spec.memory, per_sample)
         super().__init__(model, sites, shapes, spec, judge, rows=[layer.rows for layer in layers], config=config)
         self.description = (f"weight faults as layer-output corrections at {len(sites)} layers, {self.batch} per "
                             f"inference (probe: {self.probe_batch} inputs per inference)")
 
     def _probe(self):
         return self._injector(probe=True, batch=self.probe_batch)
+
+    def _tap_elements(self) -> int:
+        return sum(int(np.prod(layer.out_shape)) for layer in self.layers)
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         site, element, mask, op, inputs = self.faults(plan, pending)

@@ -76,7 +76,7 @@ class CampaignSpec:
     margin: float | None = None  # statistical stopping: SDC interval half-width to reach (ovrange.faults.stopping)
     confidence: float = 0.95
     suffix: str = "auto"  # activation trials run only the network after the fault site: auto, on, off
-    probe_memory: int = 2048  # MB the fault-free probe of weight campaigns may hold (its batch shrinks to fit)
+    memory: int = 2048  # MB the batch-sized injection/probe buffers may hold (above the model): batches shrink to fit
     fault_model: str = "bit"
     error_rate: float | None = None
 
@@ -108,7 +108,7 @@ class CampaignSpec:
     def validate(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"unknown target {self.target!r}; use activations or weights")
-        for name in ("trials", "inputs", "batch_size", "probe_memory"):
+        for name in ("trials", "inputs", "batch_size", "memory"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -21,13 +21,15 @@ import openvino as ov
 import openvino.opset13 as ops
 from openvino.passes import ConstantFolding, Manager
 
-from ovrange.faults.execute import ActivationEngine, Outcomes, _chunks, _judge
+from ovrange.faults.execute import ActivationEngine, Outcomes, _chunks, _judge, _Trials
+from ovrange.faults.model import apply_mask
 from ovrange.faults.injectors import ScatterInjector, ValueProbe
 from ovrange.faults.sites import Site, site_outputs, static_clone
 
 TAG = "ovrange_fi_pos"
 SEGMENTS = 12
 MIN_ELEMENTS = 1 << 20  # "auto" runs suffixes when a sample's sites hold >= 1M values: below, inference overhead rules
+CHECKED = 32  # faults per segment a cut is checked on, bit for bit against the whole model
 MIN_TRIALS = 2000  # ... and for campaigns long enough to pay for compiling the suffixes (at 400 ViT trials: ~1x)
 
 
@@ -173,15 +175,45 @@ class SuffixEngine(ActivationEngine):
         return [np.concatenate([extras[int(i)][self.keys.index(k)] for i in inputs])
                 for k in self.segments[j].frontier]
 
-    def _keep_exact(self, golden, extras) -> None:
-        """Keep the suffixes that, fault-free, give the whole model's output bit for bit (OpenVINO may fuse
-        across a cut differently, e.g. fold a scaling Multiply into the next Convolution's weights)."""
+    def run(self, plan, pending, store, fmt) -> Outcomes:
+        if self.suffixes and not self.checked:
+            self._check(plan, store, fmt)
+        return super().run(plan, pending, store, fmt)
+
+    def _check(self, plan, store, fmt) -> None:
+        """Check the cuts on the plan's first faults of each segment: the same trials wherever the engine runs,
+        so every worker keeps the same cuts."""
+        every = self.faults(plan, np.arange(plan.trials))[0]
+        picks = np.concatenate([np.nonzero(np.isin(every, s.sites))[0][: CHECKED] for s in self.segments])
+        site, element, mask, op, inputs = self.faults(plan, picks)
+        used = np.unique(inputs)
+        original, golden, extras = self._read(store, used, site, element, inputs)
+        trial = _Trials(picks, site, element, inputs, apply_mask(original, mask, fmt, op))
+        self._keep_exact(store, trial, golden or self._golden(store, used), extras)
+
+    def _keep_exact(self, store, trial, golden, extras) -> None:
+        """Keep the cuts whose suffix gives the whole model's outputs bit for bit, fault-free and on faults at
+        every site the cut will serve (its segment and the later segments of dropped cuts): OpenVINO may fuse
+        across a cut differently (e.g. fold a scaling Multiply into the next Convolution's weights)."""
         some = np.array(sorted(golden)[: self.batch])
-        keep = []
-        for j, suffix in enumerate(self.suffixes):
+        keep: list[int] = []
+        for j in reversed(range(len(self.suffixes))):  # latest cut first: it decides what earlier cuts serve
+            suffix = self.suffixes[j]
             outputs, _ = suffix.run(self._frontier(j, some, extras))
-            if np.array_equal(outputs[self.judge.output], np.stack([golden[int(i)] for i in some])):
+            same = np.array_equal(outputs[self.judge.output], np.stack([golden[int(i)] for i in some]))
+            served = [i for seg in self.segments[j:keep[-1] if keep else None] for i in seg.sites]
+            for part in _chunks(np.nonzero(np.isin(trial.site, served))[0], self.batch):
+                if not same:
+                    break
+                local = np.searchsorted(self.later[j], trial.site[part])
+                ours, _ = suffix.run(self._frontier(j, trial.inputs[part], extras), local, np.arange(len(part)),
+                                     trial.element[part], trial.faulty[part])
+                whole, _ = self.injector.run(store.batch(trial.inputs[part]), trial.site[part],
+                                             np.arange(len(part)), trial.element[part], trial.faulty[part])
+                same = np.array_equal(ours[self.judge.output], whole[self.judge.output], equal_nan=True)
+            if same:
                 keep.append(j)
+        keep.reverse()
         self.segments = [self.segments[j] for j in keep]
         self.suffixes = [self.suffixes[j] for j in keep]
         self.later = [self.later[j] for j in keep]
@@ -194,8 +226,6 @@ class SuffixEngine(ActivationEngine):
         self.checked = True
 
     def _inject(self, store, trial, golden, extras) -> Outcomes:
-        if self.suffixes and not self.checked:
-            self._keep_exact(golden, extras)
         if not self.suffixes:
             return super()._inject(store, trial, golden, extras)
         route = self.route[trial.site]
