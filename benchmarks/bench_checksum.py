@@ -34,7 +34,7 @@ import ovrange
 from ovrange.faults import inject
 from ovrange.faults.metrics import Rate
 from ovrange.modelio import read_model, save_model
-from ovrange.passes.checksum import flag_model, plan_of
+from ovrange.passes.checksum_gate import flag_model, plan_of
 from ovrange.runtime import compile_model
 
 LENET = Path("build/default/fashion_lenet.xml")

@@ -14,7 +14,8 @@ from ovrange.faults import inject
 from ovrange.faults.injectors import ScatterInjector
 from ovrange.faults.model import flip
 from ovrange.faults.sites import find_sites
-from ovrange.passes.checksum import find_layers, flag_model, plan_of
+from ovrange.passes.checksum import find_layers
+from ovrange.passes.checksum_gate import flag_model, plan_of
 from ovrange.runtime import compile_model
 from tests.test_faults_cli import cli
 from tests.test_faults_sites import SHAPES, images, tiny_lenet
@@ -37,7 +38,7 @@ def protected() -> dict[str, ov.Model]:
 
 def test_every_constant_weight_mac_layer_is_encoded_with_its_bias():
     layers, skipped = find_layers(tiny_lenet())
-    assert [(l.name, l.bias) for l in layers] == [("conv1", "conv1/bias"), ("conv2", "conv2/bias"),
+    assert [(layer.name, layer.bias) for layer in layers] == [("conv1", "conv1/bias"), ("conv2", "conv2/bias"),
                                                  ("fc1", "fc1/bias"), ("fc2", "logits")]
     assert skipped == {}
 

@@ -128,7 +128,7 @@ def test_delta_engine_applies_masks_and_operations():
     layers = [linear_layer(*found[name]) for name in names]
     faults, _ = plan_faults(sites, np.arange(8), 8, tuple(range(24, 31)), seed=2, weighting="uniform",
                             fault_model="stuck-at-1")
-    _, probes = ScatterInjector(model, "weights", names, SHAPES, 8, rows=[l.rows for l in layers], probe=True).run([x])
+    _, probes = ScatterInjector(model, "weights", names, SHAPES, 8, rows=[la.rows for la in layers], probe=True).run([x])
     for b, fault in enumerate(faults):
         s = names.index(fault.site)
         index, value = layers[s].faulty_slices(np.array([fault.element]), np.array([fault.mask], np.uint64),

@@ -18,7 +18,7 @@ Inserted after activation ``A`` (all named ``A/gradient_suppression...``; ``prev
 
 The paper triggers suppression only when a separate detector flags an error (to save hardware work). By default
 it is always on here; ``gate: select`` / ``gate: if`` gate it with the Checksum of the MAC layer feeding the
-activation (:func:`ovrange.passes.checksum.gate`), per row/pixel or for the batch inside an ``If``.
+activation (:func:`ovrange.passes.checksum_gate.gate`), per row/pixel or for the batch inside an ``If``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ovrange import data as data_mod
 from ovrange.config import AlgorithmConfig, Param, one_of
 from ovrange.errors import DataError, ModelError
 from ovrange.graph import insert_after, node_by_name
-from ovrange.passes import PassResult, checksum, range_supervision
+from ovrange.passes import PassResult, checksum_gate, range_supervision
 from ovrange.passes.range_supervision import EXTENDED_ACTIVATIONS, require_targets
 from ovrange.stats import CHANNEL_AXIS, calibration_request, infer_batch
 
@@ -283,14 +283,14 @@ def run(model: ov.Model, dataset: Any, config: AlgorithmConfig, *, device: str, 
                                        progress=progress)
     clone = model.clone()
     nodes: dict[str, dict[str, Any]] = {}
-    gates = {} if p["gate"] == "none" else checksum.detection_gates(model, dataset, config, list(targets),
+    gates = {} if p["gate"] == "none" else checksum_gate.detection_gates(model, dataset, config, list(targets),
                                                                      device=device)
     for name, axis in targets.items():
         rule = make_rule(moments[name], axis, p)
         node = node_by_name(clone, name)
         make = lambda out, r=rule, n=name: suppression_node(out, r, n + SUFFIX)  # noqa: E731
         insert_after(node.output(0), make if name not in gates else
-                     lambda out, m=make, g=gates[name]: checksum.gate(clone, g, out, m, p["gate"]))
+                     lambda out, m=make, g=gates[name]: checksum_gate.gate(clone, g, out, m, p["gate"]))
         nodes[name] = _describe(node.get_type_name(), moments[name], rule)
     clone.validate_nodes_and_infer_types()
     extra = {"zeroed_neuron": "i where d[i] = y[i] - y[i-1] is anomalous and d[i-1] is not",
