@@ -170,7 +170,7 @@ def main() -> int:
                             "summary": summary, "at_damage": kept_at_damage(summary),
                             "plot": f"error-rates/{ident}.png"})
             print(f"{ident}: {time.perf_counter() - started:.0f}s", flush=True)
-    (plots / "error-rates.json").write_text(json.dumps(results, indent=1))
+            (plots / "error-rates.json").write_text(json.dumps(results, indent=1))  # partial results survive
     (args.out / "error-rates.md").write_text(markdown(results, args, time.perf_counter() - started))
     return 0
 

@@ -37,7 +37,7 @@ def protected() -> dict[str, ov.Model]:
 
 def test_every_constant_weight_mac_layer_is_encoded_with_its_bias():
     layers, skipped = find_layers(tiny_lenet())
-    assert [(l.name, l.bias) for l in layers] == [("conv1", "conv1/bias"), ("conv2", "conv2/bias"),
+    assert [(layer.name, layer.bias) for layer in layers] == [("conv1", "conv1/bias"), ("conv2", "conv2/bias"),
                                                  ("fc1", "fc1/bias"), ("fc2", "logits")]
     assert skipped == {}
 

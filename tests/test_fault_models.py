@@ -128,7 +128,7 @@ def test_delta_engine_applies_masks_and_operations():
     layers = [linear_layer(*found[name]) for name in names]
     faults, _ = plan_faults(sites, np.arange(8), 8, tuple(range(24, 31)), seed=2, weighting="uniform",
                             fault_model="stuck-at-1")
-    _, probes = ScatterInjector(model, "weights", names, SHAPES, 8, rows=[l.rows for l in layers], probe=True).run([x])
+    _, probes = ScatterInjector(model, "weights", names, SHAPES, 8, rows=[la.rows for la in layers], probe=True).run([x])
     for b, fault in enumerate(faults):
         s = names.index(fault.site)
         index, value = layers[s].faulty_slices(np.array([fault.element]), np.array([fault.mask], np.uint64),
@@ -224,3 +224,29 @@ def test_version_one_fault_lists_still_load(tmp_path):
     path.write_text(json.dumps(header) + "\n" + json.dumps([0, 0, "conv1", 3, 30]) + "\n")
     loaded = FaultList.load(path)
     assert loaded.faults == (Fault(0, 0, "conv1", 3, 1 << 30),) and loaded.fault_model == "bit"
+
+
+def test_many_fixed_point_weight_faults_in_one_inference_equal_the_recompiled_constant():
+    model = tiny_lenet()
+    x = images(2).astype(np.float32)
+    sites = find_sites(model, "weights")
+    fmt = FORMATS["fixed16"]
+    injector = WeightInjector(model, sites, SHAPES, number_format=fmt)
+    faults, _ = plan_faults(sites, np.arange(2), 1, tuple(range(16)), seed=4, error_rate=0.05, fault_model="bits:3",
+                            fmt=fmt)
+    assert len(faults) > 20 and len({f.site for f in faults}) >= 3
+    index = {s.name: i for i, s in enumerate(sites)}
+    ours = injector.run([x[faults[0].input:faults[0].input + 1]],
+                        [(index[f.site], f.element, f.mask, f.op) for f in faults])[0]
+    clone = model.clone()
+    found = site_outputs(clone, "weights")
+    for site in {f.site for f in faults}:
+        node, source = found[site]
+        weights = source.get_node().get_data().copy().reshape(-1)
+        mine = [f for f in faults if f.site == site]
+        where = np.array([f.element for f in mine])
+        weights[where] = apply_mask(weights[where], np.array([f.mask for f in mine]), fmt)
+        node.input(1).replace_source_output(ops.constant(weights.reshape(source.get_shape())).output(0))
+    assert_same_output(ours, run(clone, x[faults[0].input:faults[0].input + 1]))
+    golden = injector.run([x[faults[0].input:faults[0].input + 1]])[0]  # every value restored
+    assert_same_output(golden, run(model, x[faults[0].input:faults[0].input + 1]))

@@ -24,7 +24,7 @@ def test_sweep_writes_curves_for_every_compared_model(workspace, capsys):  # noq
     report = workspace / "sweep"
     code, out, err = cli(capsys, "inject", workspace / "tiny.xml", "--compare", workspace / "protected.xml",
                          "--data", workspace / "data.npz", "--trials", "40", "--inputs", "8", "--fault-model",
-                         "bits:6", "--sweep", "1e-3,3e-2", "--report", report, "--no-plots", "-q")
+                         "bits:6", "--sweep", "1e-3,3e-2", "--report", report, "-q")
     assert code == 0, err
     summary = json.loads((report / "sweep.json").read_text())
     assert summary["kind"] == "error_rate" and summary["rates"] == [1e-3, 3e-2]
@@ -37,7 +37,7 @@ def test_sweep_writes_curves_for_every_compared_model(workspace, capsys):  # noq
             assert p["kept"]["k"] + p["sdc"]["k"] + p["due"]["k"] == 40
     plain = summary["models"][str(workspace / "tiny.xml")]
     assert plain[1]["kept"]["rate"] < plain[0]["kept"]["rate"]  # a 30x higher rate costs accuracy
-    assert "| 0.03 |" in out and (report / "sweep.md").exists()
+    assert "| 0.03 |" in out and (report / "sweep.md").exists() and (report / "sweep.png").stat().st_size > 1000
 
 
 def test_weight_ber_sweep(workspace, capsys):  # noqa: F811

@@ -286,24 +286,31 @@ class WeightInjector:
             finally:
                 for site, element, mask, *_ in reversed(flips):
                     self._bits[site][element] ^= np.uint32(mask)
-        saved = [(f[0], f[1], self.weights[f[0]][f[1]]) for f in flips]
-        current: dict[tuple[int, int], np.ndarray] = {}  # stored integers already struck (several faults per element)
-        for site, element, mask, *op in flips:
-            operation = op[0] if op else "flip"
+        saved = []
+        for site in sorted({f[0] for f in flips}):  # one vectorized apply per site (a BER trial has thousands)
+            mine = [f for f in flips if f[0] == site]
+            elements = np.array([f[1] for f in mine], np.int64)
+            # the same value struck twice: apply one after the other
+            groups = [[f] for f in mine] if len(np.unique(elements)) < len(elements) else [mine]
             stored = self.stored[site]
-            if stored is None:
-                self.weights[site][element] = apply_mask(self.weights[site][element:element + 1], np.array([mask]),
-                                                         self.format, operation)[0]
-                continue
-            value = apply_mask(current.get((site, element), stored.stored[element:element + 1]), np.array([mask]),
-                               self.format, operation)
-            current[(site, element)] = value
-            self.weights[site][element] = stored.decode(value, np.array([element]))[0]
+            struck: dict[int, float] = {}  # stored integers already struck in this run
+            for group in groups:
+                where = np.array([f[1] for f in group], np.int64)
+                masks = np.array([f[2] for f in group])
+                operations = np.array([f[3] if len(f) > 3 else "flip" for f in group])
+                saved.append((site, where, self.weights[site][where].copy()))
+                if stored is None:
+                    self.weights[site][where] = apply_mask(self.weights[site][where], masks, self.format, operations)
+                    continue
+                base = np.array([struck.get(int(e), stored.stored[int(e)]) for e in where], np.float32)
+                value = apply_mask(base, masks, self.format, operations)
+                struck.update(zip(where.tolist(), value.tolist()))
+                self.weights[site][where] = stored.decode(value, where)
         try:
             return self.runner.infer(1)
         finally:
-            for site, element, original in reversed(saved):
-                self.weights[site][element] = original
+            for site, where, original in reversed(saved):
+                self.weights[site][where] = original
 
 
 def check_batchable(model: ov.Model, sample_shapes: list[tuple[int, ...]], batch: int) -> bool:

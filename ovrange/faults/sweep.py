@@ -108,17 +108,17 @@ def plot_sweep(summary: dict[str, Any], path: Path, title: str = "") -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     rates = summary["rates"]
-    for name, points in summary["models"].items():
+    for index, (name, points) in enumerate(summary["models"].items()):
+        style = {"marker": "osD^vP*X"[index % 8], "linestyle": ("-", "--", ":", "-.")[index % 4], "capsize": 3,
+                 "label": Path(name).stem, "alpha": 0.85}  # overlapping curves stay visible
         use_acc = all(p["accuracy"] is not None for p in points)
         y = [p["accuracy"] if use_acc else p["kept"]["rate"] for p in points]
         lo = [p["accuracy_ci"][0] if use_acc else p["kept"]["low"] for p in points]
         hi = [p["accuracy_ci"][1] if use_acc else p["kept"]["high"] for p in points]
-        left.errorbar(rates, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
-                      marker="o", capsize=3, label=Path(name).stem)
+        left.errorbar(rates, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]], **style)
         sdc = [p["sdc"]["rate"] for p in points]
         right.errorbar(rates, sdc, yerr=[[p["sdc"]["rate"] - p["sdc"]["low"] for p in points],
-                                         [p["sdc"]["high"] - p["sdc"]["rate"] for p in points]],
-                       marker="o", capsize=3, label=Path(name).stem)
+                                         [p["sdc"]["high"] - p["sdc"]["rate"] for p in points]], **style)
     for axis, label in ((left, "accuracy"), (right, "SDC rate")):
         axis.set_xscale("log")
         axis.set_xlabel("bit-error rate" if summary["kind"] == "ber" else "error rate")
