@@ -14,7 +14,7 @@ same correctly classified test images, and is timed in the same rounds in altern
 of per-round ratios with 95% intervals.
 
 4. With ``--suffix``: activation faults with suffix-only execution forced off (``whole``) and on (``suffix``), to
-   show what re-running only the network after the fault site buys (``auto`` picks it for large models only).
+   show what re-running only the network after the fault site buys (``--suffix on``; off by default).
 
 Models without labels (``--data`` holding only ``x``, e.g. the random-weight ViT of ``benchmarks/vit_random.py``)
 run with ``--no-pytorchfi`` and ``--sdc``.
@@ -148,14 +148,14 @@ def main() -> int:
     n, outcomes = args.trials, {}
     settings = dict(batch_size=args.batch_size, inputs=args.inputs, sdc=args.sdc)
 
-    def campaign(target: str, suffix: str = "auto") -> None:
+    def campaign(target: str, suffix: str = "off") -> None:
         outcomes[target + suffix] = inject(model, x, labels=y, target=target, trials=n, seed=0,
                                            suffix=suffix, **settings)
 
     print(f"model {args.model}, OpenVINO {ov.__version__}, f32 on CPU; {args.rounds} rounds, batch "
           f"{args.batch_size}")
     contenders = {"plain": lambda: plain_inference(model, x, n)}
-    if not args.suffix:  # with --suffix, "auto" is one of the two below
+    if not args.suffix:  # with --suffix, the default ("whole") is one of the two below
         contenders["activations"] = lambda: campaign("activations")
     if args.weights:
         contenders["weights"] = lambda: campaign("weights")

@@ -84,8 +84,8 @@ def test_suffix_only_on_lenet_keeps_only_bit_exact_cuts_and_the_same_outcomes(bu
     assert "bit-exact cuts" in next(iter(suffix.meta["engines"].values()))
     assert np.array_equal(whole.models[0].outcome, suffix.models[0].outcome)
     assert np.array_equal(whole.models[0].deviation, suffix.models[0].deviation)
-    auto = inject(str(lenet["xml"]), str(lenet["test_npz"]), **settings)
-    assert "suffix" not in next(iter(auto.meta["engines"].values()))  # too small for suffixes to pay
+    default = inject(str(lenet["xml"]), str(lenet["test_npz"]), **settings)
+    assert "suffix" not in next(iter(default.meta["engines"].values()))  # only when asked
 
 
 def test_the_activation_batch_shrinks_to_fit_the_memory_setting_with_the_same_outcomes(bundled):
@@ -94,7 +94,7 @@ def test_the_activation_batch_shrinks_to_fit_the_memory_setting_with_the_same_ou
     roomy = inject(str(lenet["xml"]), str(lenet["test_npz"]), **settings)
     tight = inject(str(lenet["xml"]), str(lenet["test_npz"]), memory=1, **settings)
     sites = find_sites(read_model(lenet["xml"]), "activations", [(1, 28, 28)])
-    fitting = 2**20 // (4 * sum(s.size for s in sites)) - 1  # batch + 1 rows of every site's output in 1 MB
+    fitting = 2**20 // (5 * sum(s.size for s in sites)) - 1  # batch + 1 rows of every site's output (+1/4) in 1 MB
     assert "64 faults per inference" in next(iter(roomy.meta["engines"].values()))
     assert f"{fitting} faults per inference" in next(iter(tight.meta["engines"].values())) and fitting < 64
     assert np.array_equal(roomy.models[0].outcome, tight.models[0].outcome)

@@ -81,8 +81,8 @@ def inject(
                                            "(default 100000).")] = None,
     confidence: Annotated[Optional[float], Opt("--confidence", help="Confidence of the --margin interval. "
                                                "Default: 0.95.")] = None,
-    suffix: Annotated[Optional[str], Opt("--suffix", help="Activation trials re-run only the network after the "
-                                         "fault site: auto (large models), on, off.")] = None,
+    suffix: Annotated[Optional[str], Opt("--suffix", help="on: activation trials re-run only the network after "
+                                         "the fault site, from cuts checked bit-exact. Default: off.")] = None,
     memory: Annotated[Optional[int], Opt("--memory", help="MB the batch-sized injection and probe buffers may "
                                          "hold; the batch shrinks to fit. Default: 2048.")] = None,
     device: Device = None,

@@ -102,8 +102,9 @@ class _ScatterEngine:
         self.model, self.sites, self.shapes, self.spec, self.judge, self.rows = model, sites, shapes, spec, judge, rows
         self.trash, self.config = batchable, config
         self.faults = _FaultTable()
-        # Every tap's batch-sized output stays alive in the injection model: the batch is what fits in ``memory``.
-        self.batch = _fitting(spec.batch_size, spec.memory, 4 * self._tap_elements()) if batchable else 1
+        # Every tap's batch-sized output stays alive in the injection model, and the ops between taps (reshapes,
+        # transposes) add about a quarter on a ViT: the batch is what fits in ``memory``.
+        self.batch = _fitting(spec.batch_size, spec.memory, 5 * self._tap_elements()) if batchable else 1
         self.probe = self._probe()
         # A fixed-batch model builds one single-site injector per site later instead.
         self.injector = self._injector() if batchable else None
@@ -319,9 +320,9 @@ def make_engine(model: ov.Model, target: str, sites: list[Site], shapes: list[tu
 
         return RateActivationEngine(model, sites, shapes, spec, judge, config)
     if target == "activations":
-        from ovrange.faults.suffix import SuffixEngine, use_suffix  # it builds on ActivationEngine
+        if spec.suffix == "on":
+            from ovrange.faults.suffix import SuffixEngine  # it builds on ActivationEngine
 
-        if use_suffix(model, sites, spec.suffix, spec.trials):
             return SuffixEngine(model, sites, shapes, spec, judge, config)
         return ActivationEngine(model, sites, shapes, spec, judge, config)
     if spec.weight_mode != "parameter" and spec.ber is None and spec.error_rate is None:

@@ -75,7 +75,7 @@ class CampaignSpec:
     weight_mode: str = "auto"
     margin: float | None = None  # statistical stopping: SDC interval half-width to reach (ovrange.faults.stopping)
     confidence: float = 0.95
-    suffix: str = "auto"  # activation trials run only the network after the fault site: auto, on, off
+    suffix: str = "off"  # "on": activation trials run only the network after the fault site (ovrange.faults.suffix)
     memory: int = 2048  # MB the batch-sized injection/probe buffers may hold (above the model): batches shrink to fit
     fault_model: str = "bit"
     error_rate: float | None = None
@@ -112,8 +112,8 @@ class CampaignSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.suffix not in ("auto", "on", "off"):
-            raise ConfigError(f"unknown suffix mode {self.suffix!r}; use auto, on or off")
+        if self.suffix not in ("on", "off"):
+            raise ConfigError(f"unknown suffix mode {self.suffix!r}; use on or off")
         if self.weight_mode not in WEIGHT_MODES:
             raise ConfigError(f"unknown weight_mode {self.weight_mode!r}; use {', '.join(WEIGHT_MODES)}")
         if self.weighting not in ("elements", "uniform"):
