@@ -46,6 +46,7 @@ def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=
 from ovrange.cli import protect as _protect  # noqa: E402,F401  (protect, evaluate)
 # (one import line per command module)
 from ovrange.cli import benchmark as _benchmark  # noqa: E402,F401
+from ovrange.cli import check as _check  # noqa: E402,F401
 from ovrange.cli import inject as _inject  # noqa: E402,F401
 
 

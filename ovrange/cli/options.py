@@ -93,3 +93,22 @@ def progress_bar(description: str, enabled: bool = True, unit: str = "") -> Iter
             bar.update(task, completed=done, total=total, rate=rate)
 
         yield update
+
+
+Seconds = Annotated[float, typer.Option("--time", "-t", help="Seconds of timing in total (both models).",
+                                        callback=positive_finite)]
+Shape = Annotated[Optional[str], typer.Option("--shape", help="Static input shape(s), benchmark_app syntax: "
+                                                              "[1,3,48,320] or x[1,3,48,320]. Default: the "
+                                                              "model's, batch 1.")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON here.")]
+
+
+def finite_json(value: object) -> object:
+    """JSON has no NaN/Infinity (strict parsers such as jq reject them): write null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value

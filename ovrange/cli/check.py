@@ -1,0 +1,78 @@
+"""``ovrange check``: a protected model gated in CI (accuracy, overhead, SDC reduction)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ovrange.cli import app
+from ovrange.cli.options import (Device, JsonOut, Quiet, Sdc, Seconds, Shape, finite_json, progress_bar,
+                                 static_shapes)
+
+Opt = typer.Option
+ModelArg = typer.Argument
+
+
+@app.command()
+def check(
+    original: Annotated[Path, ModelArg(help="The original model (.xml or .onnx).")],
+    protected: Annotated[Path, ModelArg(help="The protected model.")],
+    data: Annotated[Path, Opt("--data", "-d", help=".npz with x (and labels y), .npy or image folder.")],
+    max_accuracy_drop: Annotated[Optional[float], Opt("--max-accuracy-drop", help="Largest allowed top-1 drop, "
+                                                      "in percentage points (vs labels, else vs the original's "
+                                                      "predictions).")] = None,
+    max_overhead: Annotated[Optional[float], Opt("--max-overhead", help="Largest allowed latency overhead in "
+                                                 "percent (paired median of `ovrange benchmark`).")] = None,
+    min_sdc_reduction: Annotated[Optional[float], Opt("--min-sdc-reduction", help="Smallest allowed SDC "
+                                                      "reduction, times fewer SDCs (fault injection, same faults "
+                                                      "on both models).")] = None,
+    trials: Annotated[int, Opt("--trials", "-n", help="Fault-injection trials for --min-sdc-reduction.",
+                               min=1)] = 1000,
+    seconds: Seconds = 10.0,
+    shape: Shape = None,
+    limit: Annotated[Optional[int], Opt("--limit", help="Accuracy on the first N samples only.", min=1)] = None,
+    batch_size: Annotated[int, Opt("--batch-size", help="Inference batch for accuracy.", min=1)] = 64,
+    sdc: Sdc = None,
+    seed: Annotated[int, Opt("--seed", help="Seed of the fault list.")] = 0,
+    device: Device = None,
+    json_out: JsonOut = None,
+    quiet: Quiet = False,
+) -> None:
+    """Gate a protected model in CI: exit 10 with a one-line reason when a threshold fails; --json writes the report.
+
+    Accuracy is always measured; the overhead and SDC gates run only when their threshold is given.
+    """
+    from ovrange import data as data_mod
+    from ovrange.check import Thresholds
+    from ovrange.check import check as run_check
+    from ovrange.modelio import check_output_file, read_model, write_file_atomically
+
+    thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)
+    models = [read_model(original), read_model(protected)]
+    labelled = data_mod.load(data, models[0])
+    shapes = static_shapes(shape, models[0])
+    if json_out:
+        check_output_file(json_out)
+    with progress_bar("checking", enabled=not quiet) as progress:
+        result = run_check(models[0], models[1], labelled, thresholds, device=device or "CPU",
+                           batch_size=batch_size, limit=limit, bench_seconds=seconds, shapes=shapes, seed=seed,
+                           sdc=sdc, progress=progress)
+    accuracy = result.accuracy
+    typer.echo(f"top-1 vs {accuracy.reference} on {accuracy.samples} samples: original {accuracy.original:.2%}, "
+               f"protected {accuracy.protected:.2%} (drop {accuracy.drop_pp:.3g} pp)")
+    for gate in result.gates:
+        typer.echo(f"{'PASS' if gate.passed else 'FAIL'}  {gate.message}")
+    if json_out:
+        report = {"original": str(original), "protected": str(protected), "data": str(data),
+                  "thresholds": {"max_accuracy_drop_pp": max_accuracy_drop, "max_overhead_pct": max_overhead,
+                                 "min_sdc_reduction_x": min_sdc_reduction, "trials": trials},
+                  **result.to_json()}
+        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n")
+        typer.echo(f"report: {json_out}")
+    if not result.gates:
+        typer.echo("no threshold given: nothing was gated (use --max-accuracy-drop, --max-overhead, "
+                   "--min-sdc-reduction)")
+    result.raise_for_failure()
