@@ -160,9 +160,9 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, seconds: f
               "faults but collapses under weight faults: a weight fault is persistent and fails the check on "
               "every row / pixel the weight feeds, so zeroing erases whole layer outputs.",
               "- BoundedWeights equals the original under activation faults (it only changes how weights are "
-              "stored) and holds up best among the non-detecting methods under weight faults, including 8-bit "
-              "fixed point, where clamping activations (Ranger, GradientSuppression) barely helps: a flipped "
-              "8-bit weight stays small, it is just wrong.",
+              "stored). Under weight faults it is among the best in fp32 (GradientSuppression is level or ahead "
+              "for six-bit weight errors) and by far the best in 8-bit fixed point, where clamping activations "
+              "(Ranger, GradientSuppression) barely helps: a flipped 8-bit weight stays small, it is just wrong.",
               "- Ranger and GradientSuppression keep most of the accuracy under activation faults at the rate "
               "where the original has lost 10 points; word (burst) faults cost them more than single bits.", ""]
     lines += ["## Curves", ""]
