@@ -182,12 +182,15 @@ def test_a_killed_driver_resumes_from_its_checkpoint(lenet, local, cluster, tmp_
     same_trials(local, CampaignResult.load(report / "result.json"))
 
 
-@pytest.mark.parametrize("case", ["zero workers", "unreachable", "ray missing"])
+@pytest.mark.parametrize("case", ["zero workers", "zero workers in the config", "unreachable", "ray missing"])
 def test_bad_ray_settings_fail_in_one_line_and_leave_no_report(lenet, tmp_path, capsys, monkeypatch, case):
     report = tmp_path / "report"
     args = [lenet["xml"], "--data", lenet["test_npz"], "--trials", "50", "--report", report]
     if case == "zero workers":
         args += ["--workers", "0"]
+    elif case == "zero workers in the config":
+        (tmp_path / "campaign.yaml").write_text("workers: 0\nshard_size: 500\n")
+        args += ["--config", tmp_path / "campaign.yaml"]
     elif case == "unreachable":
         args += ["--ray-address", f"127.0.0.1:{free_port()}"]  # nothing listens there
     else:

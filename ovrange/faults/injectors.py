@@ -51,9 +51,10 @@ class _Runner:
         except RuntimeError as exc:
             raise DataError(f"inference failed: {last_line(exc)}") from exc
 
-    def infer(self, n: int) -> list[np.ndarray]:
+    def infer(self, n: int, count: int | None = None) -> list[np.ndarray]:
+        """Infer; copies of the first ``count`` outputs (default all), ``n`` rows each."""
         self.run()
-        return [self.request.get_output_tensor(i).data[:n].copy() for i in range(len(self.compiled.outputs))]
+        return [self.request.get_output_tensor(i).data[:n].copy() for i in range(count or len(self.compiled.outputs))]
 
 
 class ValueProbe:
@@ -212,7 +213,7 @@ class ScatterInjector:
                 indices[: len(writes), 1:] = np.stack(np.unravel_index(element[writes], self.shapes[i]), axis=1)
                 updates[: len(writes)] = value[writes]
                 dirty.append(int(i))
-        outputs = self.runner.infer(n)
+        outputs = self.runner.infer(n, self.n_outputs + sum(self.probe_counts))  # not the read outputs
         self._reset(dirty)
         probes, position = [], self.n_outputs
         for count in self.probe_counts:
