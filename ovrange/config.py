@@ -63,6 +63,7 @@ ALGORITHMS: dict[str, str] = {
     "Ranger": "ovrange.passes.ranger",
     "GradientSuppression": "ovrange.passes.gradient_suppression",
     "BoundedWeights": "ovrange.passes.bounded_weights",
+    "GlobalClipper": "ovrange.passes.global_clipper",
 }
 
 
