@@ -9,7 +9,8 @@ overhead and the fused/standalone guard counts::
         --placement default --placement activation,norm,residual,attention,linear
 
 A placement is ``default`` (GlobalClipper's defaults) or a comma-separated role list; ``:scalar`` at the end
-uses one bound per tensor instead of per channel, ``:zero`` the explicit NaN filter.
+uses one bound per tensor instead of per channel, ``:zero`` the explicit NaN filter, ``:edges`` guards on the
+SDPA input edges (no hoisting), ``:noout`` no guard on the SDPA output; options combine (``:scalar+noout``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def protect(original: Path, placement: str, out: Path, calib: int = 8) -> Path:
         params["per_channel"] = False
     if "zero" in options:
         params["nonfinite"] = "zero"
+    if "edges" in options:
+        params["hoist"] = False
+    if "noout" in options:
+        params["attention_output"] = False
     data = np.random.default_rng(0).uniform(0, 255, (calib, *SHAPE)).astype(np.float32)
     protected = ovrange.protect(read_model(original), data, algorithm="GlobalClipper", subset_size=calib, **params)
     folder = out / placement.replace(",", "+").replace(":", "-")

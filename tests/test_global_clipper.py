@@ -83,13 +83,21 @@ def roles_of(model: ov.Model, roles=ROLES) -> Counter:
 def test_roles_of_an_sdpa_block():
     found = {t.id: t for t in find_targets(block_model(), ROLES)}
     counts = Counter(t.role for t in found.values())
-    # q/k/v inputs + output of SDPA; 2 residual Adds; 2 LayerNorms after their affine Add; q, k, v, proj, fc2 and
-    # head linears (fc1 feeds the Gelu, whose guard covers it); the Gelu
-    assert counts == {"attention": 4, "residual": 2, "norm": 2, "linear": 6, "activation": 1}
+    # SDPA output; 2 residual Adds; 2 LayerNorms after their affine Add; q, k, v, proj, fc2 and head linears (fc1
+    # feeds the Gelu, whose guard covers it); the Gelu. The q/k/v inputs of SDPA are the q/k/v linears' outputs.
+    assert counts == {"attention": 1, "residual": 2, "norm": 2, "linear": 6, "activation": 1}
     assert {"norm1/Add", "norm2/Add", "residual1", "residual2", "sdpa", "gelu", "proj/Add"} <= set(found)
     assert "fc1/Add" not in found
     assert all(t.axis == t.rank - 1 for t in found.values())  # [N, T, C] and [N, heads, T, d]: the last axis
     assert found["norm1/Add"].channels == DIM
+
+
+def test_attention_inputs_hoisted_through_data_movement_or_on_the_edges():
+    hoisted = [t.id for t in find_targets(block_model(), ["attention"])]
+    assert hoisted == ["q/Add", "k/Add", "v/Add", "sdpa"]  # through Reshape + Transpose, fusable into the linear
+    edges = [t for t in find_targets(block_model(), ["attention"], hoist=False, skip=["attention_output"])]
+    assert [t.edge for t in edges] == [("sdpa", 0), ("sdpa", 1), ("sdpa", 2)]
+    assert all(t.op == "Transpose" and t.axis == 3 for t in edges)
 
 
 def test_roles_of_decomposed_attention():
@@ -118,7 +126,7 @@ def test_every_role_guarded_and_calibration_outputs_unchanged(decomposed, per_ch
 
 def test_per_channel_with_dynamic_sequence_length():
     model = block_model()
-    protected = ovrange.protect(model, tokens(8, 5), algorithm="GlobalClipper", subset_size=8)
+    protected = ovrange.protect(model, tokens(8, 5), algorithm="GlobalClipper", subset_size=8, per_channel=True)
     bounds = ovrange.protection_info(protected).nodes["residual2"]
     assert bounds["axis"] == 2 and len(bounds["high"]) == DIM
     longer = tokens(4, 11, seed=1) * 0.5  # another T, values well inside the range
@@ -152,7 +160,7 @@ def test_nonfinite_keep_lets_nan_through_for_a_runtime_check():
 def test_a_fault_in_a_linear_output_is_cut_by_the_residual_guard():
     model = block_model()
     calib = tokens(16, 5)
-    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16)
+    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16, per_channel=True)
     # a huge value in the proj output (as an exponent-bit flip makes) reaches the guarded residual Add
     faulty = {}
     for label, m in (("original", model), ("protected", protected)):
@@ -174,7 +182,8 @@ def test_bad_combinations_are_config_errors():
     x = ops.parameter([4], np.float32, name="x")
     flat = ov.Model([ops.result(ops.relu(ops.add(x, ops.constant(np.ones(4, np.float32)))))], [x])
     with pytest.raises(ConfigError, match="per-channel bounds need a feature axis"):
-        ovrange.protect(flat, np.ones((2, 4), np.float32), algorithm="GlobalClipper", subset_size=2)
+        ovrange.protect(flat, np.ones((2, 4), np.float32), algorithm="GlobalClipper", subset_size=2,
+                        per_channel=True)
     with pytest.raises(ConfigError, match="nonfinite"):
         ovrange.protect(block_model(), tokens(2, 3), algorithm="GlobalClipper", nonfinite="drop")
 

@@ -37,13 +37,16 @@ NONFINITE = ("bound", "zero", "keep")
 
 PARAMS: dict[str, Param] = {
     "targets": Param(list, DEFAULT_ROLES, None, f"roles to guard, of: {', '.join(ROLES)}"),
-    "per_channel": Param(bool, True, None, "one bound per feature channel (last axis of [N, T, C], axis 1 of "
-                                            "NCHW); targets whose feature axis is dynamic get one bound"),
+    "per_channel": Param(bool, False, None, "one bound per feature channel (last axis of [N, T, C], axis 1 of "
+                                             "NCHW); targets whose feature axis is dynamic get one bound"),
     "nonfinite": Param(str, "bound", one_of(*NONFINITE), "NaN handling: bound (the guard maps it to a bound on "
                                                           "CPU), zero (explicit Select), keep (let NaN through)"),
     "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
                     "widen each bound by this fraction of its range on both sides"),
     "activations": Param(list, list(EXTENDED_ACTIVATIONS), None, "activation op types of the activation role"),
+    "hoist": Param(bool, True, None, "guard SDPA inputs at the op computing them, through data movement "
+                                     "(fusable), rather than on the SDPA input edges"),
+    "attention_output": Param(bool, True, None, "guard the SDPA output too"),
 }
 
 
@@ -61,7 +64,8 @@ def check_params(params: dict[str, Any]) -> str | None:
 
 def run(model: ov.Model, dataset: Any, config: AlgorithmConfig, *, device: str, progress=None) -> PassResult:
     p = config.params
-    targets = find_targets(model, p["targets"], p["activations"])
+    targets = find_targets(model, p["targets"], p["activations"], p["hoist"],
+                           () if p["attention_output"] else ("attention_output",))
     if not targets:
         raise ModelError(f"model {model.get_friendly_name()!r} has no target of role(s) "
                          f"{', '.join(p['targets'])}; nothing to protect")

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import openvino as ov
 
+from ovrange.passes.placement import DATA_MOVEMENT
 from ovrange.passes.range_supervision import EXTENDED_ACTIVATIONS
 
 ROLES = ("activation", "linear", "norm", "residual", "attention", "pooling")
@@ -62,9 +63,17 @@ def node_ids(model: ov.Model) -> dict[str, ov.Node]:
     return found
 
 
-def find_targets(model: ov.Model, roles: Iterable[str], activations: Iterable[str] = EXTENDED_ACTIVATIONS
-                 ) -> list[Target]:
-    """Every target of ``roles`` in ``model``, in topological order, each tensor once."""
+def find_targets(model: ov.Model, roles: Iterable[str], activations: Iterable[str] = EXTENDED_ACTIVATIONS,
+                 hoist: bool = True, skip: Iterable[str] = ()) -> list[Target]:
+    """Every target of ``roles`` in ``model``, in topological order, each tensor once.
+
+    ``hoist``: an SDPA input that comes through data movement only (Reshape, Transpose, Split, Squeeze...; no
+    fault site lies there) is guarded at the op that computed it -- the q/k/v linear's bias Add, where the CPU
+    plugin fuses the guard into the FullyConnected -- instead of on the SDPA input edge (a kernel of its own).
+    ``skip``: ``attention_output`` leaves the SDPA output unguarded (its faults reach the next linear and the
+    residual guard).
+    """
+    skip = set(skip)
     roles, activations = set(roles), set(activations)
     ids = node_ids(model)
     id_of = {node.get_name(): key for key, node in ids.items()}
@@ -98,8 +107,12 @@ def find_targets(model: ov.Model, roles: Iterable[str], activations: Iterable[st
         elif kind in ATTENTION_OPS and "attention" in roles:
             for port in range(min(3, node.get_input_size())):
                 source = node.input_value(port)
-                add(source.get_node(), "attention", (node, port)) if source.get_index() == 0 else None
-            add(node, "attention")
+                if hoist and (producer := _through_data_movement(source, live)) is not None:
+                    add(producer, "attention")  # one guard before the Reshape/Split/Squeeze covers q, k and v
+                elif source.get_index() == 0:
+                    add(source.get_node(), "attention", (node, port))
+            if "attention_output" not in skip:
+                add(node, "attention")
         elif kind in ("Softmax", "SoftMax") and "attention" in roles:
             source = node.input_value(0)
             if source.get_index() == 0 and source.get_node().get_name() in live:
@@ -121,6 +134,20 @@ def _layout(out: ov.Output, node: ov.Node, role: str) -> tuple[int, int | None, 
     axis = 1 if n >= 4 and role != "attention" and node.get_type_name() != "MatMul" else n - 1
     dim = out.get_partial_shape()[axis]
     return n, axis, dim.get_length() if dim.is_static else None
+
+
+def _through_data_movement(source: ov.Output, live: set[str]) -> ov.Node | None:
+    """The computing op behind ``source`` when only data movement lies between them (output 0), else None."""
+    node, moved = source.get_node(), False
+    while node.get_type_name() in DATA_MOVEMENT:
+        ports = DATA_MOVEMENT[node.get_type_name()]
+        if ports is None:  # Concat: several sources
+            return None
+        source, moved = node.input_value(ports[0]), True
+        node = source.get_node()
+    if not moved or source.get_index() != 0 or node.get_name() not in live or node.get_type_name() == "Parameter":
+        return None
+    return node
 
 
 def _datapath(model: ov.Model) -> set[str]:
