@@ -32,7 +32,7 @@ from ovrange.passes.range_supervision import CLAMP_SUFFIX, EXTENDED_ACTIVATIONS
 from ovrange.passes.roles import ROLES, Target, find_targets, node_ids
 from ovrange.stats import calibration_request, infer_batch
 
-DEFAULT_ROLES = ["activation", "norm", "residual", "attention"]
+DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling"]
 NONFINITE = ("bound", "zero", "keep")
 
 PARAMS: dict[str, Param] = {

@@ -7,9 +7,9 @@ axis for ``[N, T, C]`` transformer tensors and attention inputs).
 
 Roles (Global Clipper's, Qutub et al. 2024, extended to OpenVINO's op set):
 
-- ``activation``: Relu, Gelu, Swish, HSwish, ... (as RangeSupervision);
-- ``linear``: MatMul / Convolution outputs, after their bias ``Add``; skipped when every consumer is a guarded
-  activation (the activation's guard sees the linear output's faults already, amplified or cut);
+- ``activation``: Relu, Gelu, Swish, HSwish, ... (as RangeSupervision), after a constant affine that follows;
+- ``linear``: MatMul / Convolution outputs, after their bias ``Add`` (any constant affine chain); skipped when every
+  consumer is a guarded activation (the activation's guard sees the linear output's faults already);
 - ``norm``: MVN / NormalizeL2 outputs, after the LayerNorm affine ``Multiply`` + ``Add``;
 - ``residual``: ``Add`` of two computed tensors (not a bias);
 - ``attention``: ScaledDotProductAttention's Q/K/V inputs (edge targets) and output; decomposed attention: the
@@ -32,6 +32,7 @@ LINEAR_OPS = ("MatMul", "Convolution", "GroupConvolution", "ConvolutionBackpropD
 NORM_OPS = ("MVN", "NormalizeL2")
 POOLING_OPS = ("MaxPool", "AvgPool")
 ATTENTION_OPS = ("ScaledDotProductAttention",)
+AFFINE_OPS = ("Add", "Multiply", "Subtract", "Divide")
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,13 @@ def find_targets(model: ov.Model, roles: Iterable[str], activations: Iterable[st
             continue
         kind = node.get_type_name()
         if kind in activations and "activation" in roles:
-            add(node, "activation")
+            add(_follow_affine(node, live), "activation")
         elif kind in LINEAR_OPS and "linear" in roles and _has_constant_input(node, live):
-            out = _follow(node, ("Add",), live)
+            out = _follow_affine(node, live)
             if not all(c.get_type_name() in activations for c in _consumers(out)) or "activation" not in roles:
                 add(out, "linear")
         elif kind in NORM_OPS and "norm" in roles:
-            add(_follow(_follow(node, ("Multiply",), live), ("Add",), live), "norm")
+            add(_follow_affine(node, live), "norm")
         elif kind == "Add" and "residual" in roles and _live_inputs(node, live) == 2:
             add(node, "residual")
         elif kind in ATTENTION_OPS and "attention" in roles:
@@ -171,9 +172,12 @@ def _consumers(node: ov.Node) -> list[ov.Node]:
     return [t.get_node() for t in node.output(0).get_target_inputs()]
 
 
-def _follow(node: ov.Node, kinds: tuple[str, ...], live: set[str]) -> ov.Node:
-    """The single consumer of ``node`` when it is one of ``kinds`` with a constant other input, else ``node``."""
-    users = _consumers(node)
-    if len(users) == 1 and users[0].get_type_name() in kinds and _live_inputs(users[0], live) == 1:
-        return users[0]
-    return node
+def _follow_affine(node: ov.Node, live: set[str]) -> ov.Node:
+    """The end of the element-wise affine chain after ``node`` (a bias Add, LayerNorm's Multiply + Add, PP-LCNet's
+    learnable affine after an activation): single consumers with a constant other input. A guard there also sees
+    faults in the affine ops, and still fuses into the producer's post-ops."""
+    while True:
+        users = _consumers(node)
+        if len(users) != 1 or users[0].get_type_name() not in AFFINE_OPS or _live_inputs(users[0], live) != 1:
+            return node
+        node = users[0]
