@@ -42,7 +42,8 @@ def inject(
     weighting: Annotated[Optional[str], Opt("--weighting", help="elements (sites in proportion to their size) "
                                             "or uniform.")] = None,
     sdc: Annotated[Optional[str], Opt("--sdc", help="SDC criterion: top1 (classifiers), tokens "
-                                      "(per-position top-1 of [N, T, classes], e.g. OCR), linf:<t> or cosine:<t>. "
+                                      "(per-position top-1 of [N, T, classes], e.g. OCR), linf:<t>, cosine:<t> or boxes[:<pixels>] "
+                                      "(text-detection map binarized at 0.3 flips). "
                                       "Default: top1 when the output is [N, classes].")] = None,
     output: Annotated[Optional[str], Opt("--output", help="Name of the model output to judge. Default: the "
                                          "first.")] = None,
