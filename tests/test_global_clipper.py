@@ -243,3 +243,30 @@ def test_protected_vit_agrees_with_the_original(vit):
     assert set(Counter(n["role"] for n in info.nodes.values())) == {"activation", "norm", "residual", "attention"}
     assert (run_model(model, test).argmax(1) == run_model(protected, test).argmax(1)).all()
     np.testing.assert_array_equal(run_model(model, calib[:50]), run_model(protected, calib[:50]))
+
+
+def test_ppocr_rec_reads_the_same_text_with_global_clipper():
+    from ovrange.modelio import read_model
+    from scripts import ocr_data
+
+    model = read_model(ocr_data.rec_model_path())
+    protected = ovrange.protect(model, ocr_data.calibration_inputs(32, seed=0), algorithm="GlobalClipper",
+                                subset_size=32)
+    roles = Counter(n["role"] for n in ovrange.protection_info(protected).nodes.values())
+    assert roles["attention"] >= 4 and roles["norm"] == 5 and roles["residual"] >= 4  # the SVTR neck is guarded
+    texts = ocr_data.sample_texts(16, seed=123)  # unseen lines
+    images = np.concatenate([ocr_data.preprocess(ocr_data.render_line(t)) for t in texts])
+    assert ocr_data.recognize(protected, images) == ocr_data.recognize(model, images)
+
+
+def test_ppocr_det_maps_identical_on_unseen_pages():
+    from ovrange.modelio import read_model
+    from scripts import ocr_det
+
+    model = read_model(ocr_det.det_model_path())
+    protected = ovrange.protect(model, ocr_det.pages(64, seed=0), algorithm="GlobalClipper", subset_size=64,
+                                stat_batch_size=8, margin=0.25)
+    pages = ocr_det.pages(12, seed=123)
+    original = ocr_det.binary_maps(model, pages)
+    assert original.mean() > 0.02  # the pages hold text the model finds
+    np.testing.assert_array_equal(ocr_det.binary_maps(protected, pages), original)
