@@ -98,6 +98,7 @@ def check_plan_fits(model: ov.Model, plan: ProtectionPlan) -> None:
     outputs = outputs_by_id(model)
     where = f"the plan ({plan.algorithm}) does not fit model {model.get_friendly_name()!r}"
     for key, guard in plan.guards.items():
+        key = guard.get("node", key)  # a guard on an input edge names the node whose output it guards
         if key not in outputs:
             raise ConfigError(f"{where}: it has no node {key!r}")
         node = outputs[key].get_node()

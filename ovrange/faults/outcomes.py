@@ -3,7 +3,8 @@
 DUE: the output holds NaN or Inf (a runtime could detect it). SDC: for classifiers (output ``[N, classes]``) the
 top-1 class changed, as in Ranger; for sequence outputs (``tokens``: ``[N, T, classes]``, e.g. CTC text
 recognition) any position's top-1 changed; otherwise the deviation passed a user-chosen threshold, relative
-L-infinity (``max|y' - y| / max|y|``) or cosine distance (``1 - cos(y', y)``). Anything else is masked.
+L-infinity (``max|y' - y| / max|y|``) or cosine distance (``1 - cos(y', y)``); for text detectors (``boxes``: a
+DBNet probability map) more than N pixels of the map binarized at 0.3 flipped. Anything else is masked.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import openvino as ov
 from ovrange.errors import ConfigError
 from ovrange.faults.metrics import DUE, MASKED, SDC
 from ovrange.faults.spec import SdcCriterion
+
+BOXES_THRESHOLD = 0.3  # DBNet's binarization threshold (PaddleOCR det_db_thresh, rapidocr's default)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class Judge:
             tokens_g = g.reshape(n, -1, classes).argmax(axis=2)
             tokens_f = f.reshape(n, -1, classes).argmax(axis=2)
             sdc = (tokens_f != tokens_g).any(axis=1)
+        elif self.criterion.metric == "boxes":
+            flipped = ((f > BOXES_THRESHOLD) != (g > BOXES_THRESHOLD)).sum(axis=1)
+            sdc = flipped > self.criterion.threshold
         elif self.criterion.metric == "linf":
             sdc = deviation > self.criterion.threshold
         else:

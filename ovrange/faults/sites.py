@@ -27,7 +27,7 @@ ACTIVATION_OPS = (
     "Add", "Subtract", "Multiply", "Divide", "MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool",
     "ReduceMean", "ReduceMax", "ReduceSum", "Relu", "PRelu", "Sigmoid", "Tanh", "Elu", "Gelu", "Swish", "HSwish",
     "HSigmoid", "Mish", "SoftPlus", "Clamp", "Exp", "Sqrt", "Power", "Softmax", "SoftMax", "MVN", "NormalizeL2",
-    "BatchNormInference",
+    "BatchNormInference", "ScaledDotProductAttention",
 )
 
 

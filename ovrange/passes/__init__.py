@@ -33,6 +33,7 @@ ALGORITHMS: dict[str, str] = {
     "GradientSuppression": "ovrange.passes.gradient_suppression",
     "BoundedWeights": "ovrange.passes.bounded_weights",
     "Checksum": "ovrange.passes.checksum",
+    "GlobalClipper": "ovrange.passes.global_clipper",
 }
 
 

@@ -1,0 +1,189 @@
+"""Global Clipper (Qutub, Paulitsch, Pattabiraman et al., 2024): range restriction by *role*, for transformers.
+
+Ranger and RangeSupervision guard activations only; in a transformer the vulnerable values are elsewhere (linear
+layers, normalisation outputs, the residual stream, attention). This pass guards targets chosen by role
+(:mod:`ovrange.passes.roles`) with bounds observed on calibration data, per channel on each target's feature axis
+(the last axis of ``[N, T, C]`` tensors, with a dynamic ``T``; axis 1 of NCHW tensors).
+
+The four steps of every protection: :func:`select` (targets by role, :func:`roles.find_targets`) ->
+:func:`requests` (min/max per target, served by the one statistics loop) -> :func:`plan` (a JSON dict) ->
+:func:`apply` (graph only; a saved plan re-applies without data).
+
+Guards: a scalar bound is one ``Clamp``; a per-channel bound is ``Minimum(Maximum(x, low), high)``, which the CPU
+plugin fuses as post-ops like a bias. Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the
+CPU plugin's Clamp and Maximum map NaN to the lower bound and +-Inf to the bounds (measured, checked by
+tests/test_global_clipper.py; OpenVINO's reference Clamp would pass NaN); ``zero`` replaces NaN by 0 explicitly
+(``Select(IsNaN)``, an extra kernel); ``keep`` lets NaN through so that a runtime check can see it (DUE, not SDC).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+
+from ovrange.errors import ConfigError, ModelError
+from ovrange.graph import added_nodes, node_ids, node_names, record_inserted
+from ovrange.params import Param, one_of
+from ovrange.passes import PassResult, Selection
+from ovrange.passes.guards import CLAMP_SUFFIX
+from ovrange.passes.roles import ROLES, Target, find_targets
+from ovrange.stats import StatRequest, Statistics
+from ovrange.targets import ACTIVATIONS
+
+DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling"]
+NONFINITE = ("bound", "zero", "keep")
+
+PARAMS: dict[str, Param] = {
+    "targets": Param(list, DEFAULT_ROLES, None, f"roles to guard, of: {', '.join(ROLES)}"),
+    "per_channel": Param(bool, False, None, "one bound per feature channel (last axis of [N, T, C], axis 1 of "
+                                             "NCHW); targets whose feature axis is dynamic get one bound"),
+    "nonfinite": Param(str, "bound", one_of(*NONFINITE), "NaN handling: bound (the guard maps it to a bound on "
+                                                          "CPU), zero (explicit Select), keep (let NaN through)"),
+    "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
+                    "widen each bound by this fraction of its range on both sides"),
+    "activations": Param(list, list(ACTIVATIONS), None, "activation op types of the activation role"),
+    "hoist": Param(bool, True, None, "guard SDPA inputs at the op computing them, through data movement "
+                                     "(fusable), rather than on the SDPA input edges"),
+    "attention_output": Param(bool, True, None, "guard the SDPA output too"),
+}
+
+
+def check_params(params: dict[str, Any]) -> str | None:
+    unknown = [r for r in params["targets"] if r not in ROLES]
+    if unknown:
+        return f"unknown target role(s) {unknown}; roles: {', '.join(ROLES)}"
+    if not params["targets"]:
+        return "targets is empty"
+    bad = [t for t in params["activations"] if t not in ACTIVATIONS]
+    if bad:
+        return f"unsupported activation type(s) {bad}; supported: {', '.join(ACTIVATIONS)}"
+    return None
+
+
+def select(model: ov.Model, params: dict[str, Any]) -> Selection:
+    """The tensors of the chosen roles (each once), checked for per-channel bounds."""
+    targets = find_targets(model, params["targets"], params["activations"], params["hoist"],
+                           () if params["attention_output"] else ("attention_output",))
+    if not targets:
+        raise ModelError(f"model {model.get_friendly_name()!r} has no target of role(s) "
+                         f"{', '.join(params['targets'])}; nothing to protect")
+    check_targets(targets, params["per_channel"])
+    return Selection(targets)
+
+
+def requests(selection: Selection, params: dict[str, Any]) -> list[StatRequest]:
+    return [StatRequest(t.node, "minmax", _axis(t, params["per_channel"])) for t in selection.targets]
+
+
+def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
+         ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Observed min/max per target (widened by ``margin``), as JSON guards."""
+    found = [stats[StatRequest(t.node, "minmax", _axis(t, params["per_channel"]))] for t in selection.targets]
+    guards = make_plan(selection.targets, [f.low for f in found], [f.high for f in found], stats.samples,
+                       params["margin"])
+    counts = {role: sum(e["role"] == role for e in guards.values()) for role in params["targets"]}
+    return guards, {"guards_by_role": counts}
+
+
+def apply(model: ov.Model, plan: Any) -> PassResult:
+    """A guard on every tensor of the plan, in ``model`` (edited); every inserted node recorded."""
+    return PassResult(model, insert(model, plan.guards, plan.params.get("nonfinite", "bound")))
+
+
+def check_targets(targets: list[Target], per_channel: bool) -> None:
+    """Per-channel bounds need a feature axis: a target of rank < 2 is a ConfigError (one line)."""
+    flat = next((t for t in targets if t.rank < 2), None)
+    if per_channel and flat is not None:
+        what = "dynamic-rank" if flat.rank < 0 else f"{flat.rank}-D"
+        raise ConfigError(f"per-channel bounds need a feature axis, but {flat.id!r} ({flat.role}) has a {what} "
+                          "output; set per_channel: false")
+
+
+def _axis(target: Target, per_channel: bool) -> int | None:
+    """The axis kept by the reduction, or None for one bound over the whole tensor."""
+    return target.axis if per_channel and target.channels is not None else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plan (pure JSON) and apply (graph only)
+
+
+def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarray], samples: int,
+              margin: float = 0.0) -> dict[str, dict[str, Any]]:
+    """Target id -> its guard: role, op, feature axis (None: one bound), low/high (floats or per-channel lists)."""
+    plan = {}
+    for target, lo, hi in zip(targets, low, high):
+        lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+        if margin:
+            lo, hi = lo - margin * (hi - lo), hi + margin * (hi - lo)
+        lo, hi = lo.astype(np.float32), hi.astype(np.float32)
+        scalar = lo.size == 1
+        plan[target.id] = {
+            "node": target.node, "type": target.op, "role": target.role, "edge": list(target.edge or []) or None,
+            "axis": None if scalar else target.axis, "rank": target.rank,
+            "low": float(lo.reshape(-1)[0]) if scalar else [float(v) for v in lo],
+            "high": float(hi.reshape(-1)[0]) if scalar else [float(v) for v in hi],
+            "samples": samples, "method": "max" if not margin else f"max+{margin:g}",
+        }
+    return plan
+
+
+def apply_plan(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "bound") -> ov.Model:
+    """A clone of ``model`` with a guard on every tensor of ``plan``; ``model`` is not modified."""
+    clone = model.clone()
+    insert(clone, plan, nonfinite)
+    return clone
+
+
+def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "bound") -> bool:
+    """Insert a guard on every tensor of ``plan`` into ``model`` (edited) and record the inserted nodes."""
+    if nonfinite not in NONFINITE:
+        raise ConfigError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
+    nodes = dict(node_ids(model))
+    before = node_names(model)
+    guards = set()
+    for key, entry in plan.items():
+        source = nodes[entry["node"]].output(0)
+        name = key.replace(">", "/to/")
+        if entry["edge"]:
+            consumer, port = nodes[entry["edge"][0]], int(entry["edge"][1])
+            node = guard(source, entry, nonfinite, name)
+            consumer.input(port).replace_source_output(node.output(0))
+        else:
+            targets = list(source.get_target_inputs())
+            node = guard(source, entry, nonfinite, name)
+            for target in targets:
+                target.replace_source_output(node.output(0))
+            names = set(source.get_names())
+            if names:  # model outputs keep their tensor names
+                source.get_tensor().set_names(set())
+                node.output(0).get_tensor().set_names(names)
+        guards.add(node.get_friendly_name())
+    model.validate_nodes_and_infer_types()
+    record_inserted(model, {n.get_friendly_name(): "guard" if n.get_friendly_name() in guards else "check"
+                            for n in added_nodes(model, before)})
+    return bool(guards)
+
+
+def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.Node:
+    """The guard of one plan entry on ``x``; its last node is named ``<name>/min_max_Clamp`` (as POT named guards;
+    the fusion report and the fault-site list know guards from the inserted-node record)."""
+    value = x
+    if nonfinite == "zero":
+        value = ops.select(ops.is_nan(x), ops.constant(np.float32(0.0)), x, name=f"{name}/nan_Select").output(0)
+    if entry["axis"] is None:
+        node = ops.clamp(value, float(entry["low"]), float(entry["high"]))
+    else:
+        shape = [1] * entry["rank"]
+        shape[entry["axis"]] = len(entry["high"])
+        low = ops.constant(np.asarray(entry["low"], np.float32).reshape(shape))
+        high = ops.constant(np.asarray(entry["high"], np.float32).reshape(shape))
+        node = ops.minimum(ops.maximum(value, low, name=f"{name}/min_max_Maximum"), high)
+    if nonfinite == "keep":
+        node.set_friendly_name(f"{name}/min_max_Bound")
+        node = ops.select(ops.is_nan(x), x, node)
+    node.set_friendly_name(name + CLAMP_SUFFIX)
+    return node
