@@ -54,10 +54,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shard-size", type=int, default=None, help="trials per shard (both contenders)")
     parser.add_argument("--suffix", default="off", help="suffix-only execution: off (default: measures the "
-                        "executors alone), auto, on")
+                        "executors alone) or on")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="ovrange-bench-ray-"))
+    with tempfile.TemporaryDirectory(prefix="ovrange-bench-ray-") as scratch:
+        return measure(args, Path(scratch))
+
+
+def measure(args: argparse.Namespace, scratch: Path) -> int:
     if args.model is None:
         from benchmarks.vit_random import build
 

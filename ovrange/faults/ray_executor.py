@@ -38,7 +38,7 @@ def check_ray(workers: int | None, address: str | None) -> None:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     if importlib.util.find_spec("ray") is None:  # not imported here: Ray reads its settings at import
         raise DeviceError(f"Ray is not installed: {EXTRA_HINT}") from None
-    address = resolve_address(workers, address)
+    address = resolve_address(address)
     if address not in (None, "auto") and not address.startswith("ray://"):
         host, _, port = address.rpartition(":")
         try:
@@ -49,7 +49,7 @@ def check_ray(workers: int | None, address: str | None) -> None:
             raise DeviceError(f"cannot reach the Ray cluster at {address}: {reason}") from None
 
 
-def resolve_address(workers: int | None, address: str | None) -> str | None:
+def resolve_address(address: str | None) -> str | None:
     """The cluster to join: ``address``, else ``RAY_ADDRESS`` (as ``ray.init`` reads it), else None (start one)."""
     return address or os.environ.get("RAY_ADDRESS") or None
 
@@ -104,7 +104,7 @@ class RayExecutor:
     def __init__(self, job: Job, models: list[ov.Model], workers: int | None = None, address: str | None = None,
                  temp_root: str | os.PathLike | None = None):
         check_ray(workers, address)
-        self.job, self.models, self.address = job, models, resolve_address(workers, address)
+        self.job, self.models, self.address = job, models, resolve_address(address)
         self.workers = workers or 0
         self.temp_root = temp_root
         self.temp_dir: str | None = None
