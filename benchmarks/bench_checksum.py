@@ -55,7 +55,7 @@ def false_positives(model: ov.Model, protected: ov.Model, x: np.ndarray) -> dict
 def coverage(model: ov.Model, protected: ov.Model, sites: list[str], trials: int, seed: int,
              bits: str = "all") -> dict:
     result = inject(model, str(LENET.with_name("test.npz")), compare=[protected], trials=trials, inputs=500,
-                    sites=sites, seed=seed, batch_size=64, bits=bits)
+                    sites=sites, seed=seed, batch_size=1, bits=bits)  # the If decides per batch: one trial each
     a, b = result.models
     changed_top1 = a.outcome != 0
     kept = changed_top1 & (b.outcome == 0)

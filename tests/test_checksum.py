@@ -128,7 +128,7 @@ def test_a_campaign_at_the_mac_layers_loses_its_sdc_with_recompute():
     y = infer(tiny_lenet(), x.astype(np.float32))[0].argmax(1)
     protected = ovrange.protect(tiny_lenet(), x.astype(np.float32), algorithm="Checksum", subset_size=64)
     result = inject(tiny_lenet(), x, labels=y, compare=[protected], trials=600, inputs=32, bits="27-31",
-                    sites=LAYER_SITES, weighting="uniform", seed=2)
+                    sites=LAYER_SITES, weighting="uniform", seed=2, batch_size=1)  # the If decides per batch
     before, after = result.rates(0)["sdc"], result.rates(1)["sdc"]
     assert before.k >= 40 and after.k == 0, (before, after)
     assert result.rates(1)["due"].k == 0
