@@ -152,6 +152,7 @@ class Runner:
                         from exc
                 runnable, self.batch_size = model, 1
         self.compiled = compile_model(runnable, device, precision=precision, config=config)
+        self.outputs = len(self.compiled.outputs)
         # Two requests: the host prepares and folds one batch while the device runs the other (run()).
         self.requests = [self.compiled.create_infer_request() for _ in range(2)]
 
@@ -205,7 +206,7 @@ class Runner:
             request.wait()
         except RuntimeError as exc:
             raise self._data_error(arrays, exc) from exc
-        outputs = tuple(request.get_output_tensor(k).data for k in range(len(self.compiled.outputs)))
+        outputs = tuple(request.get_output_tensor(k).data for k in range(self.outputs))
         return self._checked(outputs, arrays)
 
     def _checked(self, outputs: tuple, arrays: list[np.ndarray]) -> tuple:

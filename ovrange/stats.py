@@ -130,8 +130,8 @@ class _Slot:
     """Where one request's reduced values sit in the concatenated output (or which raw output holds its tensor)."""
 
     request: StatRequest
-    start: int
-    sizes: tuple[int, ...]  # lengths of its consecutive parts (min, max / mean, m2, min, max, shape)
+    start: int  # min/max: where its minima start (its maxima sit ``minima`` further on); else its first value
+    sizes: tuple[int, ...]  # lengths of its parts (min / mean, m2, min, max, shape)
     raw: int | None = None  # index of the raw output (histograms)
 
 
@@ -142,10 +142,10 @@ def statistics_model(model: ov.Model, requests: list[StatRequest]) -> tuple[ov.M
     clone = model.clone()
     outputs = outputs_by_id(clone)
     flat = ops.constant(np.array([-1], np.int64))
-    parts: list[ov.Output] = []
-    raws: list[ov.Output] = []
-    layout = []
-    start = 0
+    # Layout of the vector: every min/max request's minima, then their maxima in the same order, then the other
+    # reductions: folding a batch is then two ufuncs over contiguous halves.
+    lows, highs, others, raws = [], [], [], []
+    found: list[tuple[StatRequest, tuple[int, ...], int | None]] = []
     for request in requests:
         if request.target not in outputs:
             raise ConfigError(f"no node output {request.target!r} in model {model.get_friendly_name()!r}")
@@ -155,14 +155,26 @@ def statistics_model(model: ov.Model, requests: list[StatRequest]) -> tuple[ov.M
         if value.get_element_type() != ov.Type.f32:
             value = ops.convert(value, ov.Type.f32).output(0)
         if request.kind == "histogram":
-            layout.append(_Slot(request, start, (), len(raws)))
+            found.append((request, (), len(raws)))
             raws.append(value)
             continue
-        pieces = _reductions(value, request)
-        sizes = tuple(_static_length(p, request) for p in pieces)
-        parts += [ops.reshape(p, flat, special_zero=False).output(0) for p in pieces]
-        layout.append(_Slot(request, start, sizes))
-        start += sum(sizes)
+        pieces = [ops.reshape(p, flat, special_zero=False).output(0) for p in _reductions(value, request)]
+        found.append((request, tuple(_static_length(p, request) for p in pieces), None))
+        if request.kind == "minmax":
+            lows.append(pieces[0])
+            highs.append(pieces[1])
+        else:
+            others += pieces
+    minima = sum(sizes[0] for request, sizes, _ in found if request.kind == "minmax")
+    layout, low_at, other_at = [], 0, 2 * minima
+    for request, sizes, raw in found:
+        if request.kind == "minmax":
+            layout.append(_Slot(request, low_at, sizes[:1]))
+            low_at += sizes[0]
+        else:
+            layout.append(_Slot(request, other_at, sizes, raw))
+            other_at += sum(sizes)
+    parts = lows + highs + others
     results = [ops.result(ops.concat(parts, 0) if len(parts) > 1 else parts[0])] if parts else []
     results += [ops.result(r) for r in raws]
     return ov.Model(results, clone.get_parameters(), f"{model.get_friendly_name()}_stats"), layout
@@ -208,36 +220,33 @@ def _static_length(value: ov.Output, request: StatRequest) -> int:
 
 
 class _Fold:
-    """Folds batch after batch into the running results: min/max with two in-place ufuncs over the whole vector
-    (a mask picks the max slots; per-batch host work is a visible share of calibration time on small models),
-    moments with Chan's merge, histograms with bincount."""
+    """Folds batch after batch into the running results: min/max with two in-place ufuncs over the contiguous
+    halves of the vector (per-batch host work is a visible share of calibration time on small models), moments
+    with Chan's merge, histograms with bincount."""
 
     def __init__(self, layout: list[_Slot], known: dict):
         self.layout = layout
         self.known = known
-        total = sum(sum(s.sizes) for s in layout)
-        self.is_min = np.zeros(total, bool)
-        self.is_max = np.zeros(total, bool)
-        for slot in layout:
-            if slot.request.kind == "minmax":
-                self.is_min[slot.start: slot.start + slot.sizes[0]] = True
-                self.is_max[slot.start + slot.sizes[0]: slot.start + sum(slot.sizes)] = True
+        self.minima = sum(s.sizes[0] for s in layout if s.request.kind == "minmax")
+        self.reduced = any(s.request.kind != "histogram" for s in layout)  # output 0 is the reduced vector
+        self.others = [s for s in layout if s.request.kind != "minmax"]
         self.vector: np.ndarray | None = None
         self.state: dict[StatRequest, RunningMoments | np.ndarray] = {}
 
     def add(self, outputs: tuple) -> None:
-        reduced = outputs[0] if self.is_min.size else None
+        reduced = outputs[0] if self.reduced else None
         if reduced is not None:
             if self.vector is None:
                 self.vector = reduced.astype(np.float32, copy=True)
-            else:
-                np.minimum(self.vector, reduced, out=self.vector, where=self.is_min)
-                np.maximum(self.vector, reduced, out=self.vector, where=self.is_max)
-        first_raw = 1 if self.is_min.size else 0
-        for slot in self.layout:
+            elif self.minima:
+                n = self.minima
+                np.minimum(self.vector[:n], reduced[:n], out=self.vector[:n])
+                np.maximum(self.vector[n:2 * n], reduced[n:2 * n], out=self.vector[n:2 * n])
+        first_raw = 1 if self.reduced else 0
+        for slot in self.others:
             if slot.request.kind == "moments":
                 self._merge_moments(slot, reduced)
-            elif slot.request.kind == "histogram":
+            else:
                 self._add_histogram(slot, outputs[first_raw + slot.raw])
 
     def _merge_moments(self, slot: _Slot, reduced: np.ndarray) -> None:
@@ -259,8 +268,9 @@ class _Fold:
         for slot in self.layout:
             request = slot.request
             if request.kind == "minmax":
-                low = self.vector[slot.start: slot.start + slot.sizes[0]].astype(np.float64)
-                high = self.vector[slot.start + slot.sizes[0]: slot.start + sum(slot.sizes)].astype(np.float64)
+                width, start = slot.sizes[0], slot.start
+                low = self.vector[start: start + width].astype(np.float64)
+                high = self.vector[self.minima + start: self.minima + start + width].astype(np.float64)
                 if request.axis is None:
                     low, high = low.reshape(()), high.reshape(())
                 found[request] = MinMax(low, high)
