@@ -49,7 +49,8 @@ def protect(
         model: the model to protect (not modified).
         dataset: an ``ovrange.Dataset``, an ``nncf.Dataset``, a numpy array (samples on axis 0) or any iterable of
             samples (array, tuple of arrays, or ``{input name: array}``). Not needed with ``plan``.
-        algorithm: ``RangeSupervision`` (POT), ``Ranger``, ``GradientSuppression`` or ``BoundedWeights``.
+        algorithm: a name of ``ovrange.passes.ALGORITHMS``: ``RangeSupervision`` (POT), ``Ranger``,
+            ``GradientSuppression``, ``BoundedWeights``, ``Checksum`` or ``GlobalClipper``.
         plan: a saved plan (``ovrange.plan.load_plan("bounds.json")``) to apply as it is, without calibration.
         subset_size, batch_size, shuffle, seed: POT's ``stat_subset_size``, ``stat_batch_size``,
             ``shuffle_data`` and ``seed``.

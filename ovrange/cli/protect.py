@@ -39,7 +39,8 @@ def protect(
                                                      "(shuffle_data). Default: no-shuffle.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random subset. Default: 0.")] = None,
     algorithm: Annotated[Optional[str], typer.Option("--algorithm", "-a", help="Protection algorithm: "
-                                                      "RangeSupervision, Ranger, GradientSuppression, BoundedWeights. "
+                                                      "RangeSupervision, Ranger, GradientSuppression, BoundedWeights, "
+                                                      "Checksum, GlobalClipper. "
                                                       "Default: the config's, else RangeSupervision.")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Algorithm parameter KEY=VALUE "
                                                        "(YAML value), e.g. -p bound=percentile -p percentile=99.9; "
