@@ -57,8 +57,8 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
     ``dataset`` is a path (image folder, .npy, .npz with labels ``y``), an array, or any ovrange/nncf dataset;
     ``labels`` gives labels for non-path datasets. ``settings`` are the other CampaignSpec fields (bits,
     number_format, ber, inputs, batch_size, sites, exclude, weighting, sdc, output, device, weight_mode, margin,
-    confidence, suffix, memory, fault_model, error_rate). ``trials`` defaults to 1000, or to a cap of 100,000 with a ``margin``. ``workers`` runs the
-    shards on that many Ray workers of a local Ray instance, ``ray_address`` (or ``RAY_ADDRESS``) on a cluster;
+    confidence, suffix, memory, fault_model, error_rate). ``trials`` defaults to 1000, or to a cap of 100,000 with a
+    ``margin``. ``workers`` runs the shards on that many Ray workers of a local Ray instance, ``ray_address`` (or ``RAY_ADDRESS``) on a cluster;
     ``shard_size`` sets the trials per shard (default: see :func:`ovrange.faults.executors.shard_size`).
     """
     if trials is None:
