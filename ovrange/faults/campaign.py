@@ -59,7 +59,8 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
     number_format, ber, inputs, batch_size, sites, exclude, weighting, sdc, output, device, weight_mode, margin,
     confidence, suffix, memory, fault_model, error_rate). ``trials`` defaults to 1000, or to a cap of 100,000 with a
     ``margin``. ``workers`` runs the shards on that many Ray workers of a local Ray instance, ``ray_address`` (or
-    ``RAY_ADDRESS``) on a cluster; ``shard_size`` sets the trials per shard (default: see :func:`ovrange.faults.executors.shard_size`).
+    ``RAY_ADDRESS``) on a cluster; ``shard_size`` sets the trials per shard (default:
+    :func:`ovrange.faults.executors.shard_size`).
     """
     if trials is None:
         trials = MARGIN_CAP if settings.get("margin") is not None else 1000
