@@ -112,15 +112,12 @@ def role_of(node: ov.Node, live: set[str]) -> str:
         live_inputs = [v for v in node.input_values() if v.get_node().get_name() in live]
         if len(live_inputs) >= 2 and kind == "Add":
             return "residual"
-        if len(live_inputs) == 1 and _producer(live_inputs[0]).get_type_name() in (*LINEAR, *NORMS):
+        source = live_inputs[0].get_node() if len(live_inputs) == 1 else None
+        if source is not None and source.get_type_name() in (*LINEAR, *NORMS):
             return "bias" if kind in ("Add", "Subtract") else "norm"  # affine part of a LayerNorm / scale
-        if len(live_inputs) == 1 and _producer(live_inputs[0]).get_type_name() == "Multiply":
-            return "norm" if _producer(_producer(live_inputs[0]).input_value(0)).get_type_name() in NORMS else "other"
+        if source is not None and source.get_type_name() == "Multiply":
+            return "norm" if source.input_value(0).get_node().get_type_name() in NORMS else "other"
     return "other"
-
-
-def _producer(value: ov.Output) -> ov.Node:
-    return value.get_node()
 
 
 def feature_axis(output: ov.Output) -> int | None:
