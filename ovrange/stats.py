@@ -11,7 +11,7 @@ Inference is f32: the CPU plugin here defaults to bf16, whose rounding would giv
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import openvino as ov
@@ -67,7 +67,6 @@ class Statistics:
     samples: int
     batch_size: int
     precision: str = "f32"
-    types: dict[str, str] = field(default_factory=dict)  # target id -> op type
 
     def __getitem__(self, request: StatRequest):
         return self.values[request]
@@ -98,9 +97,7 @@ def collect(model: ov.Model, dataset: object, requests: Iterable[StatRequest], *
     if histograms:
         more, _ = _pass(model, samples, histograms, values, batch_size, device, _scaled(progress, 1, passes, total))
         values.update(more)
-    outputs = outputs_by_id(model)
-    types = {r.target: outputs[r.target].get_node().get_type_name() for r in wanted}
-    return Statistics({r: values[r] for r in wanted}, seen, batch_size, "f32", types)
+    return Statistics({r: values[r] for r in wanted}, seen, batch_size, "f32")
 
 
 def _scaled(progress: ProgressFn | None, index: int, passes: int, total: int) -> ProgressFn | None:

@@ -120,9 +120,8 @@ def plan(selection: Selection, stats: Statistics | None, params: dict[str, Any]
 
 def apply(model: ov.Model, plan: Any) -> PassResult:
     """Insert a guard after every target of the plan (Clamp, per-channel Minimum/Maximum, or zeroing Select)."""
-    bounds = {key: Bound.from_json({**node, "node": key}) for key, node in plan.guards.items()}
     zero = plan.params.get("correction") == "zero"
-    modified = insert_guards(model, bounds, zero_guard if zero else clamp_guard, ZERO_SUFFIX if zero else CLAMP_SUFFIX)
+    modified = insert_guards(model, plan.bounds, zero_guard if zero else clamp_guard, ZERO_SUFFIX if zero else CLAMP_SUFFIX)
     return PassResult(model, modified)
 
 
