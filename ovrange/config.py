@@ -186,7 +186,7 @@ def strip_json_comments(text: str) -> str:
 _SECTIONS = {
     "model": {"model_name": str, "model": str, "weights": str},
     "engine": {"type": str, "data_source": str, "layout": str, "device": str,
-               # image-folder preprocessing (ovrange.data.ImageOptions): MO's mean/scale values, colour, static shape
+               # image-folder preprocessing (ovrange.images.ImageOptions): MO's mean/scale values, colour, static shape
                "mean_values": list, "scale_values": list, "color_order": str, "shape": (str, list)},
     "compression": {"target_device": str, "algorithms": list},
 }

@@ -19,6 +19,7 @@ from PIL import Image
 import ovrange
 from ovrange import data as data_mod
 from ovrange.errors import ConfigError, DataError
+from ovrange.images import ImageOptions
 from ovrange.faults.faultlist import FaultList
 from ovrange.faults.report import RESULT_FILE, SUMMARY_FILE, markdown, write_report
 from tests.models import seven_activation_model
@@ -95,12 +96,12 @@ def test_image_preprocessing_and_shape_for_dynamic_spatial_dims(tmp_path):
     model = ov.Model([ops.result(ops.relu(x))], [x], "dynamic")
     with pytest.raises(DataError, match="give --shape"):
         data_mod.load(folder, model)
-    options = data_mod.ImageOptions(color_order="RGB", mean=(10.0, 20.0, 30.0), scale=(2.0, 4.0, 8.0),
+    options = ImageOptions(color_order="RGB", mean=(10.0, 20.0, 30.0), scale=(2.0, 4.0, 8.0),
                                     shape=(1, 3, 6, 10))
     sample = next(data_mod.load(folder, model, images=options).dataset.get_inference_data())
     expected = ((rgb.astype(np.float32) - [10, 20, 30]) / [2, 4, 8]).transpose(2, 0, 1)
     np.testing.assert_allclose(sample, expected, rtol=1e-6)
-    default = next(data_mod.load(folder, model, images=data_mod.ImageOptions(shape=(1, 3, 6, 10)))
+    default = next(data_mod.load(folder, model, images=ImageOptions(shape=(1, 3, 6, 10)))
                    .dataset.get_inference_data())
     np.testing.assert_array_equal(default, rgb[..., ::-1].transpose(2, 0, 1))  # POT: raw BGR pixels
     ov.save_model(model, str(tmp_path / "d.xml"))

@@ -184,7 +184,7 @@ def evaluate(
 def _image_options(config: dict, model, *, shape: str | None, layout: str | None, mean: str | None,
                    scale: str | None, color_order: str | None):
     """Image preprocessing from the options, else the config's engine section (options win)."""
-    from ovrange.data import ImageOptions
+    from ovrange.images import ImageOptions
 
     shape = shape or config.get("shape")
     if isinstance(shape, list):
