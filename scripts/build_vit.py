@@ -31,10 +31,10 @@ import openvino as ov
 
 from ovrange.errors import OvrangeError
 from ovrange.modelio import save_model, write_dir_atomically
-from scripts.build_default_model import (BATCH_SIZE, CALIB_SIZE, DATA_DIR, INPUT_NAME, OUTPUT_NAME, SEED,
-                                         BuildError, _log, _torch, accuracy, check_ops, dataset_files,
-                                         deterministic_torch, load_fashion_mnist, op_type_counts, openvino_logits,
+from scripts.build_default_model import (BATCH_SIZE, CALIB_SIZE, INPUT_NAME, OUTPUT_NAME, SEED, _log, _torch,
+                                         accuracy, check_ops, deterministic_torch, op_type_counts, openvino_logits,
                                          sha256, torch_logits, write_data)
+from scripts.fashion_data import DATA_DIR, BuildError, dataset_files, load_fashion_mnist
 
 FOLDER, STEM = "vit", "fashion_vit"
 RECIPE = {"version": 1, "model": "FashionViT", "patch": 7, "dim": 64, "depth": 4, "heads": 4, "mlp": 128,

@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:  # scripts/ is a folder of the repository, not par
     sys.path.insert(0, str(ROOT))
 
 from scripts import build_default_model as bdm  # noqa: E402
+from scripts import fashion_data  # noqa: E402
 
 Paths = dict[str, dict[str, Path]]
 
@@ -29,7 +30,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Paths:
     repo_build = ROOT / "build"
     if all(bdm.is_up_to_date(repo_build, arch) for arch in bdm.SPECS):
         return bdm.build_default(repo_build, log=False)
-    if not all((bdm.DATA_DIR / name).is_file() for name in bdm.DATA_FILES.values()):
+    if not all((fashion_data.DATA_DIR / name).is_file() for name in fashion_data.DATA_FILES.values()):
         pytest.skip("Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist")
     pytest.importorskip("torch", reason="building the default models needs torch (pip install -e '.[train]')")
     return bdm.build_default(tmp_path_factory.mktemp("build"), log=False)
