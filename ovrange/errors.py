@@ -49,3 +49,18 @@ class Interrupted(OvrangeError):
     """The run was interrupted (Ctrl-C, SIGINT); nothing half-written is left, partial work may be resumable."""
 
     exit_code = 130  # 128 + SIGINT, what shells report: CI must never read an interrupted gate as passed
+
+
+def exit_if_command_starting(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C while the ``ovrange`` command is still importing its libraries (about a second: OpenVINO, numpy):
+    the same one line and exit code 130 as an interrupted command, not Python's import traceback. Nothing has
+    been written yet. A program that imports ovrange as a library gets its KeyboardInterrupt back."""
+    import os
+    import sys
+
+    launcher = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if launcher in ("ovrange", "-m", "__main__.py"):  # console script, or `python -m ovrange` (argv[0] is "-m"
+        sys.stderr.write("error: interrupted\n")      # while the package imports)
+        sys.stderr.flush()
+        os._exit(Interrupted.exit_code)
+    raise exc

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,17 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(lenet, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot write") and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.4, 0.8])
+def test_ctrl_c_while_the_command_starts_up(lenet, tmp_path, delay):
+    """The command spends about a second importing OpenVINO and numpy: a Ctrl-C then is one line and 130 too."""
+    process = start("inject", lenet["xml"], "--data", lenet["test_npz"], "--trials", "200000",
+                    "--report", tmp_path / "report")
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert process.returncode == 130, err
+    assert len(errors) == 1 and errors[0].startswith("error: interrupted") and "Traceback" not in err + out
+    assert not (tmp_path / "report" / "result.json").exists()
