@@ -75,7 +75,7 @@ def inject(
                                               "auto) started with `ray start --head`; one worker per CPU "
                                               "unless --workers.")] = None,
     shard_size: Annotated[Optional[int], Opt("--shard-size", help="Trials per shard (one remote call). "
-                                             "Default: 1/16 of the trials, 400 to 4096.")] = None,
+                                             "Default: 1/8 of the trials, 400 to 8192.")] = None,
     lanes: Annotated[Optional[int], Opt("--lanes", help="Parallel inference lanes of a local run, each with "
                                         "cores/lanes OpenVINO threads. Default: one per core, at most 2.")] = None,
     margin: Annotated[Optional[float], Opt("--margin", help="Stop when every model's SDC interval half-width "
