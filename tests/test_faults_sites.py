@@ -138,3 +138,18 @@ def tiny_geometry(seed: int = 0) -> ov.Model:
                         name="logits")
     logits.output(0).get_tensor().set_names({"logits"})
     return ov.Model([ops.result(logits)], [x], "tiny_geometry")
+
+
+def test_site_names_are_the_node_ids_of_targets_even_with_repeated_friendly_names():
+    from ovrange.targets import find_targets
+
+    x = ops.parameter([-1, 4, 6, 6], ov.Type.f32, name="x")
+    mask = ops.convert(ops.greater(x, np.float32(0)), "i32", name="act")  # not a site, but it holds the name first
+    h = ops.relu(ops.multiply(x, ops.convert(mask, "f32")), name="act")
+    h = ops.convolution(h, np.ones((4, 4, 1, 1), np.float32), [1, 1], [0, 0], [0, 0], [1, 1], name="conv")
+    h = ops.relu(h, name="act")
+    model = ov.Model([ops.result(h)], [x], "repeats")
+    names = [s.name for s in find_sites(model, "activations", [(4, 6, 6)])]
+    assert "act#2" in names and "act#3" in names and "act" not in names
+    targets = {t.id for t in find_targets(model)}
+    assert set(names) <= targets  # one id scheme: a fault's site is the target a protection would guard

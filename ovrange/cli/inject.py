@@ -75,14 +75,14 @@ def inject(
                                               "auto) started with `ray start --head`; one worker per CPU "
                                               "unless --workers.")] = None,
     shard_size: Annotated[Optional[int], Opt("--shard-size", help="Trials per shard (one remote call). "
-                                             "Default: 1/16 of the trials, 400 to 4096.")] = None,
+                                             "Default: 1/8 of the trials, 400 to 8192.")] = None,
+    lanes: Annotated[Optional[int], Opt("--lanes", help="Parallel inference lanes of a local run, each with "
+                                        "cores/lanes OpenVINO threads. Default: one per core, at most 2.")] = None,
     margin: Annotated[Optional[float], Opt("--margin", help="Stop when every model's SDC interval half-width "
                                            "is at most this (e.g. 0.002); --trials is then the cap "
                                            "(default 100000).")] = None,
     confidence: Annotated[Optional[float], Opt("--confidence", help="Confidence of the --margin interval. "
                                                "Default: 0.95.")] = None,
-    suffix: Annotated[Optional[str], Opt("--suffix", help="on: activation trials re-run only the network after "
-                                         "the fault site, from cuts checked bit-exact. Default: off.")] = None,
     memory: Annotated[Optional[int], Opt("--memory", help="MB the batch-sized injection and probe buffers may "
                                          "hold; the batch shrinks to fit. Default: 2048.")] = None,
     device: Device = None,
@@ -100,9 +100,10 @@ def inject(
                                ber=ber, inputs=inputs, batch_size=batch_size, sites=sites or None, exclude=exclude or None,
                                weighting=weighting, sdc=sdc, output=output, device=device,
                                weight_mode=weight_mode, margin=margin, confidence=confidence,
-                               memory=memory, suffix=suffix, fault_model=fault_model, error_rate=error_rate)
+                               memory=memory, fault_model=fault_model, error_rate=error_rate)
     workers = workers if workers is not None else files.get("workers")
     ray_address, shard_size = ray_address or files.get("ray_address"), shard_size or files.get("shard_size")
+    lanes = lanes or files.get("lanes")
     if workers is not None or ray_address is not None:
         from ovrange.faults.ray_executor import check_ray
 
@@ -131,7 +132,7 @@ def inject(
         with progress_bar("injecting", enabled=not quiet, unit="trials") as progress:
             result = run_inject(model_path, data, compare=compare, replay=replay, checkpoint_dir=report,
                                 resume=resume, progress=progress, workers=workers, ray_address=ray_address,
-                                shard_size=shard_size, **spec.to_dict())
+                                shard_size=shard_size, lanes=lanes, **spec.to_dict())
         if json_out is not None:
             write_json(result, json_out)
         if report is not None:

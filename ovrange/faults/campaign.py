@@ -51,20 +51,24 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
            labels: np.ndarray | None = None, target: str = "activations", trials: int | None = None, seed: int = 0,
            replay: FaultList | str | os.PathLike | None = None, checkpoint_dir: str | os.PathLike | None = None,
            resume: bool = False, progress: ProgressFn | None = None, workers: int | None = None,
-           ray_address: str | None = None, shard_size: int | None = None, **settings: Any) -> CampaignResult:
+           ray_address: str | None = None, shard_size: int | None = None, lanes: int | None = None,
+           **settings: Any) -> CampaignResult:
     """Run a fault-injection campaign on ``model`` (and the same faults on each ``compare`` model); see CampaignSpec.
 
     ``dataset`` is a path (image folder, .npy, .npz with labels ``y``), an array, or any ovrange/nncf dataset;
     ``labels`` gives labels for non-path datasets. ``settings`` are the other CampaignSpec fields (bits,
     number_format, ber, inputs, batch_size, sites, exclude, weighting, sdc, output, device, weight_mode, margin,
-    confidence, suffix, memory, fault_model, error_rate). ``trials`` defaults to 1000, or to a cap of 100,000 with a
+    confidence, memory, fault_model, error_rate). ``trials`` defaults to 1000, or to a cap of 100,000 with a
     ``margin``. ``workers`` runs the shards on that many Ray workers of a local Ray instance, ``ray_address`` (or
     ``RAY_ADDRESS``) on a cluster; ``shard_size`` sets the trials per shard (default:
-    :func:`ovrange.faults.executors.shard_size`).
+    :func:`ovrange.faults.executors.shard_size`); ``lanes`` sets the parallel engines of a local run (default:
+    :func:`ovrange.faults.executors.local_lanes`).
     """
     if trials is None:
         trials = MARGIN_CAP if settings.get("margin") is not None else 1000
     spec = CampaignSpec.create(target=target, trials=trials, seed=seed, **settings)
+    if lanes is not None and lanes < 1:
+        raise ConfigError(f"lanes must be at least 1, got {lanes}")
     if workers is not None or ray_address is not None:
         from ovrange.faults.ray_executor import check_ray
 
@@ -80,7 +84,8 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
     plan = FaultList.load(replay) if isinstance(replay, (str, os.PathLike)) else replay
     return run_campaign(models, data_mod.as_dataset(dataset), spec, labels=labels, plan=plan, data=source,
                         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None, resume=resume,
-                        progress=progress, workers=workers, ray_address=ray_address, shard_size=shard_size)
+                        progress=progress, workers=workers, ray_address=ray_address, shard_size=shard_size,
+                        lanes=lanes)
 
 
 def _as_model(model: ModelLike) -> tuple[str, ov.Model]:
@@ -93,7 +98,7 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
                  labels: np.ndarray | None = None, plan: FaultList | None = None, data: str = "",
                  checkpoint_dir: Path | None = None, resume: bool = False, progress: ProgressFn | None = None,
                  workers: int | None = None, ray_address: str | None = None,
-                 shard_size: int | None = None) -> CampaignResult:
+                 shard_size: int | None = None, lanes: int | None = None) -> CampaignResult:
     """Plan (or take ``plan``), then run every trial on every model; returns the (possibly partial) result."""
     names = [name for name, _ in models]
     if len(set(names)) != len(names):
@@ -138,7 +143,7 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
     checkpoint = _Checkpoint(checkpoint_dir, plan, result, [m for _, m in models], resume) if checkpoint_dir else None
     job = Job(plan, sites, shapes, spec, judge)
     if workers is None and ray_address is None:
-        executor = LocalExecutor(job, [m for _, m in models], store)
+        executor = LocalExecutor(job, [m for _, m in models], store, lanes)
     else:
         from ovrange.faults.ray_executor import RayExecutor
 

@@ -24,7 +24,7 @@ import openvino as ov
 
 from ovrange.errors import ModelError
 from ovrange.faults.faultlist import FaultList
-from ovrange.faults.injectors import ScatterInjector, ValueProbe, WeightInjector, check_batchable
+from ovrange.faults.injectors import ScatterInjector, WeightInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.linear import LinearLayer, linear_layer
 from ovrange.faults.model import Fault, NumberFormat, apply_mask
@@ -33,6 +33,9 @@ from ovrange.faults.sites import Site, site_outputs, static_clone
 from ovrange.faults.spec import CampaignSpec
 
 WEIGHT_GROUP_LIMIT = 1 << 25  # above 32M weights, one weights-as-inputs model per layer instead of one for all
+# The weight probe and injection model live side by side, each with a full model's intermediate tensors the estimates
+# do not count: each gets 3/8 of ``memory`` (DeiT-Tiny-sized ViT, batch 64: the rest covered what was measured).
+WEIGHT_SHARE = 3 / 8
 CHUNK = 64  # trials of a one-input-per-inference engine classified and checkpointed together
 
 
@@ -57,7 +60,7 @@ def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield items[start:start + size]
 
 
-def _fitting(batch: int, memory_mb: int, per_sample: int) -> int:
+def _fitting(batch: int, memory_mb: float, per_sample: int) -> int:
     """The largest batch up to ``batch`` whose ``batch + 1`` rows of ``per_sample`` bytes fit in ``memory_mb``."""
     return int(max(1, min(batch, memory_mb * 2**20 // max(per_sample, 1) - 1)))
 
@@ -103,14 +106,18 @@ class _ScatterEngine:
         self.trash, self.config = batchable, config
         self.faults = _FaultTable()
         # Every tap's batch-sized output stays alive in the injection model, and the ops between taps (reshapes,
-        # transposes) add about a quarter on a ViT: the batch is what fits in ``memory``.
-        self.batch = _fitting(spec.batch_size, spec.memory, 5 * self._tap_elements()) if batchable else 1
+        # transposes) add about a quarter on a ViT: the batch is what fits in the injection model's share of memory.
+        self.batch = _fitting(spec.batch_size, self._share(), 5 * self._tap_elements()) if batchable else 1
         self.probe = self._probe()
         # A fixed-batch model builds one single-site injector per site later instead.
         self.injector = self._injector() if batchable else None
 
     def _tap_elements(self) -> int:
         return sum(s.size for s in self.sites)
+
+    def _share(self) -> float:
+        """MB of ``memory`` for the injection model's batch buffers."""
+        return self.spec.memory
 
     def _probe(self):
         return self._injector(probe=True)
@@ -139,7 +146,7 @@ class ActivationEngine(_ScatterEngine):
         self.description = (f"ScatterNDUpdate at {len(sites)} sites, {self.batch} faults per inference" if batchable
                             else "ScatterNDUpdate at one site per model, one fault per inference (fixed batch)")
 
-    def _probe(self) -> ScatterInjector | ValueProbe | None:
+    def _probe(self) -> ScatterInjector | None:
         if not self.trash:  # fixed batch: the probe reads whole tensors, one input at a time
             return super()._probe()
         return None  # the injector reads the struck values itself (``reads``), with the fault-free outputs
@@ -154,11 +161,10 @@ class ActivationEngine(_ScatterEngine):
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         site, element, mask, op, inputs = self.faults(plan, pending)
         used = np.unique(inputs)
-        original, golden, extras = self._read(store, used, site, element, inputs)
+        original, golden = self._read(store, used, site, element, inputs)
         faulty = apply_mask(original, mask, fmt, op)
         if self.trash:
-            trial = _Trials(pending, site, element, inputs, faulty)
-            return self._inject(store, trial, golden if golden else self._golden(store, used), extras)
+            return self._inject(store, _Trials(pending, site, element, inputs, faulty), golden)
         parts = []
         for s in np.unique(site):  # fixed-batch model: one single-site injector at a time
             injector = self._injector(names=[self.sites[s].name])
@@ -170,21 +176,14 @@ class ActivationEngine(_ScatterEngine):
         return Outcomes.concat(parts)
 
     def _read(self, store: InputStore, used: np.ndarray, site: np.ndarray, element: np.ndarray, inputs: np.ndarray
-              ) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, list[np.ndarray]]]:
-        """Fault-free: the struck values, the outputs (when the reading model is the injector) and a probe's
-        extra tensors, per input."""
+              ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """Fault-free: the struck values and the outputs, per input."""
         original = np.zeros(len(site), np.float32)
         golden: dict[int, np.ndarray] = {}
-        extras: dict[int, list[np.ndarray]] = {}  # per input: the probe's extra tensors (suffix frontiers)
         for chunk in _chunks(used, self.batch):
             here = np.nonzero(np.isin(inputs, chunk))[0]
             rows = np.searchsorted(chunk, inputs[here])  # ``used`` is sorted, so chunks are too
-            if self.trash and self.probe is not None:  # a probe of its own: suffix frontiers
-                outputs, original[here] = self.probe.read(store.batch(chunk), site[here], rows, element[here])
-                extras.update((int(i), [o[r:r + 1] for o in outputs[self.probe.n_outputs:]])
-                              for r, i in enumerate(chunk))
-                continue
-            if self.trash:
+            if self.trash:  # the injector reads the struck values itself
                 outputs, original[here] = self.injector.read(store.batch(chunk), site[here], rows, element[here])
                 golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
                 continue
@@ -194,10 +193,9 @@ class ActivationEngine(_ScatterEngine):
                 original[here[take]] = probes[s][0].reshape(len(chunk), -1)[rows[take], element[here[take]]]
             # single-site injectors always inject: the probe gives the fault-free output
             golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
-        return original, golden, extras
+        return original, golden
 
-    def _inject(self, store: InputStore, trial: _Trials, golden: dict[int, np.ndarray],
-                extras: dict[int, list[np.ndarray]]) -> Outcomes:
+    def _inject(self, store: InputStore, trial: _Trials, golden: dict[int, np.ndarray]) -> Outcomes:
         """Whole-model trials, a batch of faults per inference."""
         parts = []
         for part in _chunks(np.arange(len(trial.pending)), self.batch):
@@ -227,7 +225,7 @@ class DeltaWeightEngine(_ScatterEngine):
         # The probe returns each layer's whole input and output: its batch is what fits in the probe's memory.
         per_sample = 2 * 4 * sum(int(np.prod(layer.in_shape)) + int(np.prod(layer.out_shape))  # f32, held by
                                  for layer in layers)  # OpenVINO and copied out
-        self.probe_batch = _fitting(spec.batch_size, spec.memory, per_sample)
+        self.probe_batch = _fitting(spec.batch_size, spec.memory * WEIGHT_SHARE, per_sample)
         super().__init__(model, sites, shapes, spec, judge, rows=[layer.rows for layer in layers], config=config)
         self.description = (f"weight faults as layer-output corrections at {len(sites)} layers, {self.batch} per "
                             f"inference (probe: {self.probe_batch} inputs per inference)")
@@ -237,6 +235,9 @@ class DeltaWeightEngine(_ScatterEngine):
 
     def _tap_elements(self) -> int:
         return sum(int(np.prod(layer.out_shape)) for layer in self.layers)
+
+    def _share(self) -> float:
+        return self.spec.memory * WEIGHT_SHARE
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         site, element, mask, op, inputs = self.faults(plan, pending)
@@ -320,10 +321,6 @@ def make_engine(model: ov.Model, target: str, sites: list[Site], shapes: list[tu
 
         return RateActivationEngine(model, sites, shapes, spec, judge, config)
     if target == "activations":
-        if spec.suffix == "on":
-            from ovrange.faults.suffix import SuffixEngine  # it builds on ActivationEngine
-
-            return SuffixEngine(model, sites, shapes, spec, judge, config)
         return ActivationEngine(model, sites, shapes, spec, judge, config)
     if spec.weight_mode != "parameter" and spec.ber is None and spec.error_rate is None:
         layers = _linear_layers(model, sites, shapes)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ import openvino as ov
 
 from ovrange.faults.execute import Outcomes, make_engine
 from ovrange.faults.faultlist import FaultList
+from ovrange.faults.injectors import Stopped, lane_stop
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.model import parse_format
 from ovrange.faults.outcomes import Judge
@@ -32,6 +35,7 @@ from ovrange.faults.spec import CampaignSpec
 
 MIN_SHARD = 400  # trials per remote call: one inference per call ran at 0.13x native under Ray, >= 400 at ~1x
 MAX_SHARD = 8192
+MAX_LANES = 2  # measured on 2 cores; more lanes than cores only add engines
 SHARDS_PER_ROUND = 8  # per round: enough to keep 2 workers busy to its end (2 per worker with more workers)
 
 
@@ -109,20 +113,88 @@ class Bench:
         return ShardResult(shard, outcomes, time.perf_counter() - started, self.name, self.engine.description)
 
 
+def local_lanes(cores: int | None = None) -> int:
+    """Lanes of a local run: one per core, at most 2 (see :class:`LocalExecutor`)."""
+    return max(1, min(MAX_LANES, cores or os.cpu_count() or 1))
+
+
 class LocalExecutor:
-    """Today's behaviour: shards run one after the other in this process."""
+    """Shards run in this process on ``lanes`` threads, each with its own engine compiled for cores/lanes OpenVINO
+    threads without CPU pinning (``infer`` releases the GIL). Two one-thread lanes beat one two-thread engine:
+    OpenVINO splits small layers badly over threads (see docs/distributed.md for the measurements). ``memory`` is
+    shared: each lane's engine gets memory/lanes."""
 
-    workers = 1
+    def __init__(self, job: Job, models: list[ov.Model], store: InputStore, lanes: int | None = None):
+        self.lanes = lanes or local_lanes()
+        name = f"local:{socket.gethostname()}:{os.getpid()}"
+        if self.lanes == 1:
+            self.benches = [Bench(job, lambda i: models[i], store, name=name)]
+        else:
+            plan = job.plan  # every input loaded here: the dataset is not read from two threads
+            store.load(sorted({int(i) for i in (*plan.inputs, *plan.trial_inputs)} | {f.input for f in plan.faults}))
+            threads = max(1, (os.cpu_count() or 1) // self.lanes)
+            config = {"INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}  # pinned lanes share a core
+            lane_job = replace(job, spec=replace(job.spec, memory=max(1, job.spec.memory // self.lanes)))
+            self.benches = [Bench(lane_job, lambda i: models[i], store, config, f"{name}:{k}")
+                            for k in range(self.lanes)]
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
 
-    def __init__(self, job: Job, models: list[ov.Model], store: InputStore):
-        self.bench = Bench(job, lambda i: models[i], store, name=f"local:{socket.gethostname()}:{os.getpid()}")
+    workers = property(lambda self: self.lanes)
 
     def __enter__(self) -> LocalExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bench.engine = None
+        self.stop.set()  # lanes stop at their next inference (Ctrl-C, an error elsewhere)
+        for lane in self.threads:
+            lane.join()
+        for bench in self.benches:
+            bench.engine = None
 
     def run(self, shards: list[Shard]) -> Iterator[ShardResult]:
+        if len(self.benches) == 1:
+            for shard in shards:
+                yield self.benches[0].run(shard)
+            return
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        done: queue.SimpleQueue = queue.SimpleQueue()
         for shard in shards:
-            yield self.bench.run(shard)
+            todo.put(shard)
+        self.threads = lanes = [threading.Thread(target=_lane, args=(bench, todo, done, self.stop), daemon=True)
+                                for bench in self.benches[:len(shards)]]
+        for lane in lanes:
+            lane.start()
+        try:
+            for _ in shards:
+                while True:
+                    try:
+                        result = done.get(timeout=0.2)  # a timeout keeps Ctrl-C responsive
+                        break
+                    except queue.Empty:
+                        continue
+                if isinstance(result, BaseException):
+                    raise result
+                yield result
+        finally:
+            self.stop.set()
+            for lane in lanes:
+                lane.join()
+            self.stop.clear()
+
+
+def _lane(bench: Bench, todo: queue.SimpleQueue, done: queue.SimpleQueue, stop: threading.Event) -> None:
+    """Run shards from ``todo`` until it is empty or ``stop`` is set; results (or the error) go to ``done``."""
+    with lane_stop(stop):
+        while not stop.is_set():
+            try:
+                shard = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put(bench.run(shard))
+            except Stopped:
+                return
+            except BaseException as exc:  # the driver re-raises it
+                done.put(exc)
+                return

@@ -16,6 +16,10 @@ computes the corrected layer output (:mod:`ovrange.faults.linear`).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
@@ -33,6 +37,23 @@ def _move_names(old: ov.Output, new: ov.Output) -> None:
         new.get_tensor().set_names(names)
 
 
+class Stopped(Exception):
+    """A lane of a local executor was told to stop (Ctrl-C or an error elsewhere) before its next inference."""
+
+
+_LANE = threading.local()  # the stop flag of the executor lane running in this thread, if any
+
+
+@contextmanager
+def lane_stop(stop: threading.Event) -> Iterator[None]:
+    """Inferences in this thread raise :class:`Stopped` once ``stop`` is set."""
+    _LANE.stop = stop
+    try:
+        yield
+    finally:
+        _LANE.stop = None
+
+
 class _Runner:
     """A compiled model with preallocated shared-memory input buffers."""
 
@@ -46,6 +67,9 @@ class _Runner:
             self.buffers.append(buffer)
 
     def run(self) -> None:
+        stop = getattr(_LANE, "stop", None)
+        if stop is not None and stop.is_set():
+            raise Stopped()
         try:
             self.request.infer()
         except RuntimeError as exc:
@@ -55,40 +79,6 @@ class _Runner:
         """Infer; copies of the first ``count`` outputs (default all), ``n`` rows each."""
         self.run()
         return [self.request.get_output_tensor(i).data[:n].copy() for i in range(count or len(self.compiled.outputs))]
-
-
-class ValueProbe:
-    """Reads chosen elements of activation sites, fault-free: one GatherND per site fed with indices, so an
-    inference returns the few values a batch of faults strikes, not every site's tensor (those held 9.5 GB for a
-    ViT at batch 64). Returns the model outputs too."""
-
-    def __init__(self, model: ov.Model, names: list[str], sample_shapes: list[tuple[int, ...]], batch: int, *,
-                 extra=None, device: str = "CPU", precision: str = "f32", config: dict | None = None):
-        """``extra(clone)`` names more tensors of the clone to return whole (the frontiers of suffix models)."""
-        self.batch, self.n_inputs = batch, len(sample_shapes)
-        clone = static_clone(model, sample_shapes, batch=batch)
-        found = site_outputs(clone, "activations")
-        extras = [ops.result(out) for out in (extra(clone) if extra else [])]
-        self.n_extra = len(extras)
-        params, results, self.shapes = [], [], []
-        for i, name in enumerate(names):
-            out = found[name][1]
-            self.shapes.append(tuple(int(d) for d in out.get_shape()[1:]))
-            indices = ops.parameter([batch, 1 + len(self.shapes[-1])], ov.Type.i32, name=f"ovrange_fi_read_{i}")
-            results.append(ops.result(ops.gather_nd(out, indices)))
-            params.append(indices)
-        clone.add_parameters(params)
-        clone.add_results(extras + results)
-        clone.validate_nodes_and_infer_types()
-        self.n_outputs = len(clone.outputs) - len(results) - len(extras)
-        self.runner = _Runner(clone, device, precision, config)
-
-    def read(self, inputs: list[np.ndarray], site: np.ndarray, row: np.ndarray, element: np.ndarray
-             ) -> tuple[list[np.ndarray], np.ndarray]:
-        """Outputs for ``inputs`` (n rows: the model's, then the extra tensors) and the value of flat element
-        ``element[k]`` of site ``site[k]`` in row ``row[k]``, for every k."""
-        first = self.n_outputs + self.n_extra
-        return _gather(self.runner, inputs, first, self.n_inputs, self.shapes, self.batch, site, row, element)
 
 
 def _gather(runner: _Runner, inputs: list[np.ndarray], first: int, index_at: int, shapes: list[tuple[int, ...]],

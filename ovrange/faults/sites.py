@@ -19,7 +19,7 @@ import openvino as ov
 from ovrange.errors import ConfigError, ModelError
 from ovrange.faults.model import AUTO, FORMATS, STORED_FORMATS, Fault, FaultModel, NumberFormat, parse_fault_model
 from ovrange.faults.stored import INTEGER_FORMATS, constant_array, stored_integers
-from ovrange.graph import constant_values, inserted_nodes, stored_weight
+from ovrange.graph import constant_values, inserted_nodes, node_ids, stored_weight
 
 WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
 ACTIVATION_OPS = (
@@ -105,10 +105,11 @@ def find_sites(model: ov.Model, target: str, sample_shapes: list[tuple[int, ...]
 def site_outputs(model: ov.Model, target: str) -> dict[str, tuple[ov.Node, ov.Output]]:
     """Site name -> (node, the f32 output a fault strikes): the weight feeding the layer, or the op's output.
 
-    Names are friendly names (``:port`` for ports > 0); a repeated name gets ``#k``, in topological order, so
-    the same model always yields the same names.
+    Names are the node ids of :func:`ovrange.graph.node_ids` (the friendly name, ``name#k`` for its k-th use in
+    topological order; ``:port`` for ports > 0): the target ids of :mod:`ovrange.targets`, stable for a model.
     """
     found: dict[str, tuple[ov.Node, ov.Output]] = {}
+    ids = {node.get_name(): node_id for node_id, node in node_ids(model)}
     inserted = inserted_nodes(model)  # nodes a protection added are never sites: a fault strikes what they guard
     live: set[str] = set()  # nodes computed from the model inputs (constant subgraphs are not datapath)
     for node in model.get_ordered_ops():
@@ -119,23 +120,15 @@ def site_outputs(model: ov.Model, target: str) -> dict[str, tuple[ov.Node, ov.Ou
         if target == "weights":
             source = weight_source(node, inserted) if kind in WEIGHT_OPS else None
             if source is not None:
-                _add(found, node.get_friendly_name(), node, source)
+                found[ids[node.get_name()]] = (node, source)
             continue
         if node.get_name() not in live or kind not in ACTIVATION_OPS or node.get_friendly_name() in inserted:
             continue
         for port, out in enumerate(node.outputs()):
             rank = out.get_partial_shape().rank
             if out.get_element_type() == ov.Type.f32 and rank.is_static and rank.get_length() >= 2:
-                _add(found, node.get_friendly_name() + (f":{port}" if port else ""), node, out)
+                found[ids[node.get_name()] + (f":{port}" if port else "")] = (node, out)
     return found
-
-
-def _add(found: dict, name: str, node: ov.Node, out: ov.Output) -> None:
-    key, k = name, 1
-    while key in found:
-        k += 1
-        key = f"{name}#{k}"
-    found[key] = (node, out)
 
 
 def _matches(name: str, patterns: list[str]) -> bool:

@@ -19,7 +19,7 @@ from ovrange.faults.model import TARGETS, parse_bits, parse_fault_model, parse_f
 SDC_METRICS = ("auto", "top1", "tokens", "linf", "cosine", "boxes")
 WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.execute
 FILE_KEYS = ("model", "compare", "data", "json", "report", "replay")
-RUN_KEYS = ("workers", "ray_address", "shard_size")  # where a campaign runs: never part of its result
+RUN_KEYS = ("workers", "ray_address", "shard_size", "lanes")  # where a campaign runs: never part of its result
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,6 @@ class CampaignSpec:
     weight_mode: str = "auto"
     margin: float | None = None  # statistical stopping: SDC interval half-width to reach (ovrange.faults.stopping)
     confidence: float = 0.95
-    suffix: str = "off"  # "on": activation trials run only the network after the fault site (ovrange.faults.suffix)
     memory: int = 2048  # MB the batch-sized injection/probe buffers may hold (above the model): batches shrink to fit
     fault_model: str = "bit"
     error_rate: float | None = None
@@ -118,8 +117,6 @@ class CampaignSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.suffix not in ("on", "off"):
-            raise ConfigError(f"unknown suffix mode {self.suffix!r}; use on or off")
         if self.weight_mode not in WEIGHT_MODES:
             raise ConfigError(f"unknown weight_mode {self.weight_mode!r}; use {', '.join(WEIGHT_MODES)}")
         if self.weighting not in ("elements", "uniform"):
@@ -160,12 +157,13 @@ class CampaignSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CampaignSpec:
-        return cls.create(**data)
+        retired = ("suffix",)  # suffix-only execution was removed; results that recorded it still load
+        return cls.create(**{k: v for k, v in data.items() if k not in retired})
 
 
 def load_file(path: str | Path) -> tuple[CampaignSpec, dict[str, Any]]:
     """Read a YAML/JSON campaign file: (settings, file entries such as model/compare/data/json/report, and where it
-    runs: workers/ray_address/shard_size)."""
+    runs: workers/ray_address/shard_size/lanes)."""
     path = Path(path)
     try:
         text = path.read_text()
