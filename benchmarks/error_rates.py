@@ -37,7 +37,8 @@ from ovrange.faults.sweep import plot_sweep, run_sweep
 from ovrange.modelio import read_model
 
 MODELS = {"FashionLeNet": Path("build/default/fashion_lenet.xml"),
-          "FashionSevenAct": Path("build/seven_act/fashion_seven_act.xml")}
+          "FashionSevenAct": Path("build/seven_act/fashion_seven_act.xml"),
+          "FashionViT": Path("build/vit/fashion_vit.xml")}
 METHODS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("original", None, {}), ("Ranger", "Ranger", {}), ("GradientSuppression", "GradientSuppression", {}),
     ("GradientSuppression gated", "GradientSuppression", {"gate": "if"}),
@@ -197,6 +198,10 @@ def main() -> int:
                         help="trials per inference; 1 because Checksum's and gated GradientSuppression's If decides "
                              "for the whole batch: with several trials per batch one trial's detection would "
                              "re-run (or suppress) its batch neighbours too")
+    parser.add_argument("--sweeps", default="",
+                        help="only the sweeps whose id contains one of these comma-separated parts (e.g. fp16)")
+    parser.add_argument("--max-activation-rate", type=float, default=1.0,
+                        help="drop activation rates above this (the cascade engine's cost grows with the rate)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--from-json", action="store_true", help="redraw the doc from the saved error-rates.json")
     args = parser.parse_args()
@@ -217,7 +222,12 @@ def main() -> int:
             s = entry["settings"]
             plot_sweep(entry["summary"], args.out / entry["plot"], title=f"{name}: {s['target']} "
                        f"{'BER' if s['kind'] == 'ber' else 'error rate'}, {s['fault_model']}, {s['number_format']}")
+        wanted = [part for part in args.sweeps.split(",") if part]
         for s in [] if args.from_json else settings_list(args.quick):
+            if wanted and not any(part in sweep_id(name, s) for part in wanted):
+                continue
+            if s["target"] == "activations":
+                s = dict(s, rates=tuple(r for r in s["rates"] if r <= args.max_activation_rate))
             summary = run_sweep(models["original"], str(path.with_name("test.npz")), s["kind"], s["rates"],
                                 compare=[models[n] for n in names[1:]], target=s["target"], trials=args.trials,
                                 inputs=args.inputs, fault_model=s["fault_model"], number_format=s["number_format"],

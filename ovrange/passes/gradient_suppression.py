@@ -36,7 +36,7 @@ from ovrange.moments import RunningMoments, differences, previous
 from ovrange.params import Param, one_of, positive
 from ovrange.passes import PassResult, Selection, checksum, ranger
 from ovrange.passes.checksum import find_layers
-from ovrange.passes.checksum_graph import Layer, gate
+from ovrange.passes.checksum_graph import Layer, gate, nodes_of
 from ovrange.stats import StatRequest, Statistics
 from ovrange.targets import ACTIVATIONS, Target, find_targets, outputs_by_id, require, select as select_targets
 
@@ -227,6 +227,7 @@ def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
 def apply(model: ov.Model, plan: Any) -> PassResult:
     """Insert one suppression block after every target of the plan."""
     outputs = outputs_by_id(model)
+    nodes = nodes_of(model)
     before = node_names(model)
     guards: set[str] = set()
     for key, guard in plan.guards.items():
@@ -235,7 +236,7 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
         name = key + SUFFIX
         make = lambda out, r=rule, n=name: suppression_node(out, r, n)  # noqa: E731
         if "gate" in guard:
-            make = lambda out, m=make, g=guard["gate"]: gate(model, g, out, m, g["mode_of_gate"])  # noqa: E731
+            make = lambda out, m=make, g=guard["gate"]: gate(nodes, g, out, m, g["mode_of_gate"])  # noqa: E731
         guards.add(insert_after(outputs[key], make).get_friendly_name())
     model.validate_nodes_and_infer_types()
     record_inserted(model, {n.get_friendly_name(): "guard" if n.get_friendly_name() in guards else "check"
