@@ -45,6 +45,7 @@ METHODS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("BoundedWeights", "BoundedWeights", {}), ("Checksum", "Checksum", {}),
     ("Checksum zero", "Checksum", {"correction": "zero"}),
 ]
+METHODS_LABELS = [label for label, _, _ in METHODS]
 ACTIVATION_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 WEIGHT_BERS = {"fp32": (1e-7, 1e-6, 1e-5, 1e-4), "fixed:8:6": (1e-5, 1e-4, 1e-3, 1e-2), "fp16": (1e-6, 1e-5, 1e-4, 1e-3)}
 WEIGHT_RATES = (1e-6, 1e-5, 1e-4, 1e-3)
@@ -67,11 +68,26 @@ def settings_list(quick: bool) -> list[dict[str, Any]]:
     return sweeps
 
 
-def protected_models(path: Path, calib: np.ndarray) -> dict[str, Any]:
-    original = read_model(path)
-    return {label: original if algorithm is None else
-            ovrange.protect(original, calib, algorithm=algorithm, subset_size=len(calib), batch_size=50, **params)
-            for label, algorithm, params in METHODS}
+def stored_fp16(model: Any) -> Any:
+    """``model`` with its weights stored in FP16 (as ``ov.save_model`` writes by default), read back."""
+    import tempfile
+
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as folder:
+        ov.save_model(model, f"{folder}/m.xml", compress_to_fp16=True)
+        return read_model(Path(folder) / "m.xml")
+
+
+def protected_models(path: Path, calib: np.ndarray, fp16: bool = False) -> dict[str, Any]:
+    """Every method's model; ``fp16``: protected from the FP16-stored original (seed 002's FP16 weights)."""
+    original = stored_fp16(read_model(path)) if fp16 else read_model(path)
+    models = {label: original if algorithm is None else
+              ovrange.protect(original, calib, algorithm=algorithm, subset_size=len(calib), batch_size=50, **params)
+              for label, algorithm, params in METHODS}
+    if fp16:  # BoundedWeights writes its clipped weights in f32: store them in FP16 as the original's
+        models["BoundedWeights"] = stored_fp16(models["BoundedWeights"])
+    return models
 
 
 def clean_accuracy(models: dict[str, Any], test: Path) -> dict[str, float]:
@@ -213,19 +229,25 @@ def main() -> int:
     for name in args.models.split(","):
         path = MODELS[name]
         calib = np.load(path.with_name("calib.npz"))["x"][:500].astype(np.float32)
-        models = protected_models(path, calib)
-        names = list(models)
-        clean = clean_accuracy(models, path.with_name("test.npz"))
+        wanted = [part for part in args.sweeps.split(",") if part]
+        chosen = [s for s in ([] if args.from_json else settings_list(args.quick))
+                  if not wanted or any(part in sweep_id(name, s) for part in wanted)]
+        formats = {"fp16" if s["number_format"] == "fp16" else "fp32" for s in chosen} or {"fp32"}
+        if args.from_json:
+            formats |= {"fp16" if e["settings"]["number_format"] == "fp16" else "fp32"
+                        for e in results if e["model"] == name}
+        by_format = {fmt: protected_models(path, calib, fmt == "fp16") for fmt in sorted(formats)}
+        cleans = {fmt: clean_accuracy(ms, path.with_name("test.npz")) for fmt, ms in by_format.items()}
+        names = list(METHODS_LABELS)
         for entry in (e for e in results if e["model"] == name):  # --from-json: accuracy and plots again
-            rescale(entry["summary"], clean)
+            rescale(entry["summary"], cleans["fp16" if entry["settings"]["number_format"] == "fp16" else "fp32"])
             entry["at_damage"] = kept_at_damage(entry["summary"])
             s = entry["settings"]
             plot_sweep(entry["summary"], args.out / entry["plot"], title=f"{name}: {s['target']} "
                        f"{'BER' if s['kind'] == 'ber' else 'error rate'}, {s['fault_model']}, {s['number_format']}")
-        wanted = [part for part in args.sweeps.split(",") if part]
-        for s in [] if args.from_json else settings_list(args.quick):
-            if wanted and not any(part in sweep_id(name, s) for part in wanted):
-                continue
+        for s in chosen:
+            fmt = "fp16" if s["number_format"] == "fp16" else "fp32"
+            models, clean = by_format[fmt], cleans[fmt]
             if s["target"] == "activations":
                 s = dict(s, rates=tuple(r for r in s["rates"] if r <= args.max_activation_rate))
             summary = run_sweep(models["original"], str(path.with_name("test.npz")), s["kind"], s["rates"],

@@ -154,3 +154,18 @@ def test_gradient_suppression_gated_by_checksum(gate):
     assert np.isfinite(faulty).all() and (faulty.argmax(1) == always_faulty.argmax(1)).all()
     if gate == "if":  # the check fired, so the whole suppression ran: the same output as always on
         assert np.allclose(faulty, always_faulty, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("gate", ["select", "if"])
+def test_a_fault_at_a_relu_output_opens_the_gate_through_the_relu_check(gate):
+    """Seed 003's second detector: the MAC check before relu1 passes (its output is intact), the ReLU check fails
+    (relu1's output is no longer max(input, 0)), so the gated suppression runs as the always-on one does."""
+    x = images(64, seed=1).astype(np.float32)
+    always = ovrange.protect(tiny_lenet(), x, algorithm="GradientSuppression", subset_size=64)
+    gated = ovrange.protect(tiny_lenet(), x, algorithm="GradientSuppression", subset_size=64, gate=gate)
+    clean = images(8, seed=9).astype(np.float32)
+    golden, faulty = faulty_run(gated, clean, "relu1", 30)
+    _, always_faulty = faulty_run(always, clean, "relu1", 30)
+    _, plain_faulty = faulty_run(tiny_lenet(), clean, "relu1", 30)
+    assert not np.allclose(plain_faulty, golden) and (always_faulty.argmax(1) == golden.argmax(1)).all()
+    assert np.allclose(faulty, always_faulty, rtol=1e-5, atol=1e-6)  # suppressed, as always on

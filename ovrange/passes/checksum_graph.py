@@ -257,12 +257,16 @@ def recompute_model(original: ov.Model, model: ov.Model, checks: dict[str, dict[
             branch.output(k).get_tensor().set_names(names)
 
 
-def gate(nodes: Mapping[str, ov.Node], check: dict[str, Any], out: ov.Output, make, mode: str) -> ov.Node:
-    """``make(out)`` (a correction of an activation output) applied only where ``check`` fails: per row / pixel
-    with ``select`` (both computed, always), or for the whole batch inside an ``If`` run only when a check failed."""
+def gate(nodes: Mapping[str, ov.Node], check: dict[str, Any], out: ov.Output, make, mode: str,
+         also: ov.Output | None = None) -> ov.Node:
+    """``make(out)`` (a correction of an activation output) applied only where ``check`` (or the detector ``also``,
+    True where fine, broadcast against it) fails: per row / pixel with ``select`` (both computed, always), or for
+    the whole batch inside an ``If`` run only when a check failed."""
     layer = layer_of(check)
     y = nodes[layer.checked].output(0)
     ok = pass_node(nodes, layer, y, check, layer.checked + SUFFIX + "/gate")
+    if also is not None:
+        ok = ops.logical_and(ok, also)
     if mode == "select":
         return ops.select(ok, out, make(out))
     return if_else(all_passed(ok).output(0), [out], [out], lambda xs: [make(xs[0]).output(0)],
