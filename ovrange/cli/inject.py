@@ -46,7 +46,9 @@ def inject(
     inputs: Annotated[Optional[int], Opt("--inputs", help="Distinct inputs to draw (correctly classified ones "
                                          "when labels exist). Default: 100.")] = None,
     batch_size: Annotated[Optional[int], Opt("--batch-size", help="Faults per inference (batched engines). "
-                                             "Default: 64.")] = None,
+                                             "Default: 64; 1 for a model with an If "
+                                             "deciding per batch (Checksum recompute, gated "
+                                             "GradientSuppression), which refuses a larger one.")] = None,
     sites: Annotated[Optional[list[str]], Opt("--sites", help="Only sites whose name matches this glob "
                                               "(repeatable).")] = None,
     exclude: Annotated[Optional[list[str]], Opt("--exclude", help="Leave out sites matching this glob "
