@@ -3,6 +3,8 @@ the other corrections, SDC removed in a campaign, and one-line errors for layers
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
@@ -152,6 +154,10 @@ def test_campaigns_on_a_model_that_decides_per_batch_run_one_trial_per_inference
                        tmp_path / "p.xml", "--trials", "20", "--batch-size", "8", "--report", report)
     assert code != 0 and len(err.strip().splitlines()) == 1 and "--batch-size 1" in err, err
     assert not report.exists()
+    code, _, err = cli(capsys, "inject", tmp_path / "m.xml", "--data", tmp_path / "x.npy", "--compare",
+                       tmp_path / "p.xml", "--trials", "20", "--inputs", "8", "--json", tmp_path / "r.json", "-q")
+    assert code == 0, err  # no --batch-size: one trial per inference by itself
+    assert json.loads((tmp_path / "r.json").read_text())["spec"]["batch_size"] == 1
 
 
 @pytest.mark.parametrize("stride, pads, dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2), (3, 1, 1)])
