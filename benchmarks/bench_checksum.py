@@ -118,7 +118,8 @@ def flags_on_benchmark_input(model: ov.Model, protected: ov.Model, batch: int = 
     from ovrange.bench.shapes import random_inputs
 
     static = model.clone()
-    static.reshape({static.inputs[0]: [batch, *[d.get_length() for d in list(model.inputs[0].get_partial_shape())[1:]]]})
+    sample = [d.get_length() for d in list(model.inputs[0].get_partial_shape())[1:]]
+    static.reshape({static.inputs[0]: [batch, *sample]})
     flags = compile_model(flag_model(model, plan_of(protected)), "CPU").create_infer_request().infer(
         random_inputs(static)).to_tuple()
     return int(sum(int(np.sum(f)) for f in flags))

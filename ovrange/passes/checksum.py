@@ -186,7 +186,8 @@ def make_checks(layers: list[Layer], stats: Statistics, params: dict[str, Any],
         tolerance = max(params["margin"] * (residual if mode == "absolute" else ratio), floor)
         name, op = names[layer.checked]
         checks[layer.checked] = {"name": name, "type": op, "layer": layer.name, "kind": layer.kind,
-                                 "bias": layer.bias, "whole": layer.whole, "layer_type": "MatMul" if layer.kind == "matmul" else "Convolution",
+                                 "bias": layer.bias, "whole": layer.whole,
+                                 "layer_type": "MatMul" if layer.kind == "matmul" else "Convolution",
                                  "mode": mode, "tolerance": tolerance, "clean_residual": residual,
                                  "clean_ratio": ratio, "low": low, "high": high}
     return checks

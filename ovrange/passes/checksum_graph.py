@@ -74,7 +74,7 @@ def input_weights(mac: ov.Node) -> np.ndarray:
     pads = [0] * len(in_shape) if valid else list(mac.get_pads_begin())
     weights = np.zeros((kernel.shape[0], *in_shape))
     for tap in np.ndindex(*kernel.shape[1:]):
-        index, keep = [], []
+        index = []
         for axis, (k, size) in enumerate(zip(tap, in_shape)):
             read = np.arange(out_shape[axis]) * mac.get_strides()[axis] - pads[axis] + k * mac.get_dilations()[axis]
             index.append(read[(read >= 0) & (read < size)])
