@@ -3,18 +3,21 @@ the other corrections, SDC removed in a campaign, and one-line errors for layers
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import pytest
 
 import ovrange
-from ovrange.errors import ModelError
+from ovrange.errors import ConfigError, ModelError
 from ovrange.faults import inject
 from ovrange.faults.injectors import ScatterInjector
 from ovrange.faults.model import flip
 from ovrange.faults.sites import find_sites
 from ovrange.passes.checksum import find_layers, flag_model, plan_of
+from ovrange.passes.checksum_graph import input_weights
 from ovrange.runtime import compile_model
 from tests.test_faults_cli import cli
 from tests.test_faults_sites import SHAPES, images, tiny_lenet
@@ -134,6 +137,42 @@ def test_a_campaign_at_the_mac_layers_loses_its_sdc_with_recompute():
     assert result.rates(1)["due"].k == 0
 
 
+def test_campaigns_on_a_model_that_decides_per_batch_run_one_trial_per_inference(tmp_path, capsys):
+    x = images(64, seed=3)
+    protected = ovrange.protect(tiny_lenet(), x.astype(np.float32), algorithm="Checksum", subset_size=64)
+    result = inject(tiny_lenet(), x, compare=[protected], trials=20, inputs=8, sites=LAYER_SITES, seed=2)
+    assert result.spec.batch_size == 1  # not the default 64: the If would rescue a faulty trial's neighbours
+    plain = inject(tiny_lenet(), x, trials=20, inputs=8, sites=LAYER_SITES, seed=2)
+    assert plain.spec.batch_size == 64
+    with pytest.raises(ConfigError, match="decides for its whole batch"):
+        inject(tiny_lenet(), x, compare=[protected], trials=20, inputs=8, seed=2, batch_size=8)
+    ov.save_model(protected, str(tmp_path / "p.xml"), compress_to_fp16=False)
+    ov.save_model(tiny_lenet(), str(tmp_path / "m.xml"), compress_to_fp16=False)
+    np.save(tmp_path / "x.npy", x)
+    report = tmp_path / "report"
+    code, _, err = cli(capsys, "inject", tmp_path / "m.xml", "--data", tmp_path / "x.npy", "--compare",
+                       tmp_path / "p.xml", "--trials", "20", "--batch-size", "8", "--report", report)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "--batch-size 1" in err, err
+    assert not report.exists()
+    code, _, err = cli(capsys, "inject", tmp_path / "m.xml", "--data", tmp_path / "x.npy", "--compare",
+                       tmp_path / "p.xml", "--trials", "20", "--inputs", "8", "--json", tmp_path / "r.json", "-q")
+    assert code == 0, err  # no --batch-size: one trial per inference by itself
+    assert json.loads((tmp_path / "r.json").read_text())["spec"]["batch_size"] == 1
+
+
+@pytest.mark.parametrize("stride, pads, dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2), (3, 1, 1)])
+def test_whole_sample_conv_weights_give_the_sum_of_the_convolution(stride, pads, dilation):
+    """sum over channels and pixels of conv(x, W) = sum(x * M): the per-sample check's encoding, against OpenVINO."""
+    rng = np.random.default_rng(stride + 7 * pads + 31 * dilation)
+    x = ops.parameter([-1, 3, 13, 11], ov.Type.f32, name="x")
+    conv = ops.convolution(x, ops.constant(rng.standard_normal((5, 3, 3, 3)).astype(np.float32)), [stride] * 2,
+                           [pads] * 2, [pads + 1] * 2, [dilation] * 2)
+    values = rng.standard_normal((4, 3, 13, 11)).astype(np.float32)
+    y = infer(ov.Model([ops.result(conv)], [x], "conv"), values)[0].astype(np.float64)
+    ours = (values.astype(np.float64) * input_weights(conv)[None]).sum(axis=(1, 2, 3))
+    assert np.allclose(ours, y.sum(axis=(1, 2, 3)), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("gate", ["select", "if"])
 def test_gradient_suppression_gated_by_checksum(gate):
     x = images(64, seed=1).astype(np.float32)
@@ -154,3 +193,18 @@ def test_gradient_suppression_gated_by_checksum(gate):
     assert np.isfinite(faulty).all() and (faulty.argmax(1) == always_faulty.argmax(1)).all()
     if gate == "if":  # the check fired, so the whole suppression ran: the same output as always on
         assert np.allclose(faulty, always_faulty, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("gate", ["select", "if"])
+def test_a_fault_at_a_relu_output_opens_the_gate_through_the_relu_check(gate):
+    """Seed 003's second detector: the MAC check before relu1 passes (its output is intact), the ReLU check fails
+    (relu1's output is no longer max(input, 0)), so the gated suppression runs as the always-on one does."""
+    x = images(64, seed=1).astype(np.float32)
+    always = ovrange.protect(tiny_lenet(), x, algorithm="GradientSuppression", subset_size=64)
+    gated = ovrange.protect(tiny_lenet(), x, algorithm="GradientSuppression", subset_size=64, gate=gate)
+    clean = images(8, seed=9).astype(np.float32)
+    golden, faulty = faulty_run(gated, clean, "relu1", 30)
+    _, always_faulty = faulty_run(always, clean, "relu1", 30)
+    _, plain_faulty = faulty_run(tiny_lenet(), clean, "relu1", 30)
+    assert not np.allclose(plain_faulty, golden) and (always_faulty.argmax(1) == golden.argmax(1)).all()
+    assert np.allclose(faulty, always_faulty, rtol=1e-5, atol=1e-6)  # suppressed, as always on

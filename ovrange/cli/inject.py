@@ -46,7 +46,9 @@ def inject(
     inputs: Annotated[Optional[int], Opt("--inputs", help="Distinct inputs to draw (correctly classified ones "
                                          "when labels exist). Default: 100.")] = None,
     batch_size: Annotated[Optional[int], Opt("--batch-size", help="Faults per inference (batched engines). "
-                                             "Default: 64.")] = None,
+                                             "Default: 64; 1 for a model with an If "
+                                             "deciding per batch (Checksum recompute, gated "
+                                             "GradientSuppression), which refuses a larger one.")] = None,
     sites: Annotated[Optional[list[str]], Opt("--sites", help="Only sites whose name matches this glob "
                                               "(repeatable).")] = None,
     exclude: Annotated[Optional[list[str]], Opt("--exclude", help="Leave out sites matching this glob "
@@ -101,6 +103,8 @@ def inject(
                                weighting=weighting, sdc=sdc, output=output, device=device,
                                weight_mode=weight_mode, margin=margin, confidence=confidence,
                                memory=memory, fault_model=fault_model, error_rate=error_rate)
+    # A batch size nobody chose is left to inject(): batch 1 for a model that decides per batch.
+    default_batch = batch_size is None and spec.batch_size == CampaignSpec.batch_size
     workers = workers if workers is not None else files.get("workers")
     ray_address, shard_size = ray_address or files.get("ray_address"), shard_size or files.get("shard_size")
     lanes = lanes or files.get("lanes")
@@ -122,7 +126,7 @@ def inject(
     if resume and report is None:
         raise ConfigError("--resume needs the --report folder of the interrupted campaign")
     if sweep is not None:
-        return _sweep(model_path, data, compare, sweep, spec, report, json_out, plots, force, quiet)
+        return _sweep(model_path, data, compare, sweep, spec, report, json_out, plots, force, quiet, default_batch)
     if report is not None:
         _check_report_dir(Path(report), force, resume)
     if json_out is not None:
@@ -132,7 +136,7 @@ def inject(
         with progress_bar("injecting", enabled=not quiet, unit="trials") as progress:
             result = run_inject(model_path, data, compare=compare, replay=replay, checkpoint_dir=report,
                                 resume=resume, progress=progress, workers=workers, ray_address=ray_address,
-                                shard_size=shard_size, lanes=lanes, **spec.to_dict())
+                                shard_size=shard_size, lanes=lanes, **_settings(spec, default_batch))
         if json_out is not None:
             write_json(result, json_out)
         if report is not None:
@@ -152,8 +156,12 @@ def inject(
         typer.echo(f"report: {Path(report) / 'summary.md'}")
 
 
+def _settings(spec, default_batch: bool) -> dict:
+    return {k: v for k, v in spec.to_dict().items() if not (default_batch and k == "batch_size")}
+
+
 def _sweep(model_path, data, compare, sweep: str, spec, report, json_out, plots: bool, force: bool,
-           quiet: bool) -> None:
+           quiet: bool, default_batch: bool = False) -> None:
     """``--sweep``: one campaign per rate, the table printed, the curves written to the report folder."""
     import json
 
@@ -163,7 +171,7 @@ def _sweep(model_path, data, compare, sweep: str, spec, report, json_out, plots:
     kind, rates = parse_rates(sweep)
     if spec.ber is not None or spec.error_rate is not None:
         raise ConfigError("--sweep sets the rate itself: drop --ber / --error-rate")
-    settings = {k: v for k, v in spec.to_dict().items() if k not in ("ber", "error_rate")}
+    settings = {k: v for k, v in _settings(spec, default_batch).items() if k not in ("ber", "error_rate")}
     spec.with_overrides(**{kind: rates[0]})  # the combination is valid before any campaign runs
     if report is not None:
         _check_report_dir(Path(report), force, False)

@@ -34,6 +34,7 @@ from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults, sites_in_format
 from ovrange.faults.spec import CampaignSpec
 from ovrange.faults.stopping import Stopping, fault_space
+from ovrange.graph import inserted_nodes
 from ovrange.modelio import read_model
 from ovrange.runtime import Runner
 from ovrange.protect import protection_info
@@ -75,6 +76,7 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
         check_ray(workers, ray_address)  # before anything is read or written
     others = [] if compare is None else list(compare) if isinstance(compare, (list, tuple)) else [compare]
     models = [_as_model(m) for m in [model, *others]]
+    spec = one_trial_per_inference(spec, models, explicit=settings.get("batch_size") is not None)
     source = str(dataset) if isinstance(dataset, (str, os.PathLike)) else type(dataset).__name__
     if isinstance(dataset, (str, os.PathLike)):
         loaded = data_mod.load(dataset, models[0][1])
@@ -86,6 +88,26 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
                         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None, resume=resume,
                         progress=progress, workers=workers, ray_address=ray_address, shard_size=shard_size,
                         lanes=lanes)
+
+
+def decides_per_batch(model: ov.Model) -> bool:
+    """True when ovrange inserted an ``If`` into ``model`` (Checksum's recompute, gated GradientSuppression): its
+    condition covers the whole batch, so one row's detection re-runs or suppresses every row."""
+    inserted = inserted_nodes(model)
+    return any(op.get_type_name() == "If" and op.get_friendly_name() in inserted for op in model.get_ordered_ops())
+
+
+def one_trial_per_inference(spec: CampaignSpec, models: list[tuple[str, ov.Model]], explicit: bool) -> CampaignSpec:
+    """Batch 1 when a model decides per batch (each trial is a batch row: a neighbour's detection would rescue
+    it); an explicit larger batch size is refused rather than silently measuring the wrong thing."""
+    deciding = [name for name, model in models if decides_per_batch(model)]
+    if not deciding or spec.batch_size == 1:
+        return spec
+    if explicit:
+        raise ConfigError(f"{deciding[0]} has an If that decides for its whole batch (Checksum recompute or gated "
+                          "GradientSuppression): one trial's detection would correct its batch neighbours; "
+                          "use --batch-size 1 (the default for such models)")
+    return replace(spec, batch_size=1)
 
 
 def _as_model(model: ModelLike) -> tuple[str, ov.Model]:

@@ -29,6 +29,7 @@ The graph builders live in :mod:`ovrange.passes.checksum_graph`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -39,8 +40,8 @@ from ovrange.errors import DataError, ModelError
 from ovrange.graph import added_nodes, constant_weight, insert_after, node_ids, node_names, record_inserted
 from ovrange.params import Param, one_of, positive
 from ovrange.passes import PassResult, Selection
-from ovrange.passes.checksum_graph import (SUFFIX, Layer, Residual, corrected, layer_of, node, pass_node,
-                                          recompute_model)
+from ovrange.passes.checksum_graph import (SUFFIX, Layer, Residual, corrected, layer_of, nodes_of, pass_node,
+                                          recompute_model, wholly_encodable)
 from ovrange.stats import StatRequest, Statistics
 
 LAYER_TYPES = ("MatMul", "Convolution")
@@ -139,9 +140,17 @@ def find_layers(model: ov.Model, names: list[str] | None = None) -> tuple[list[L
 # The four steps
 
 
+def whole_sample(params: dict[str, Any]) -> bool:
+    """Convolutions are checked once per sample where the correction acts on the whole inference or layer anyway
+    (recompute by ``If``); zero, clamp and Select need the per-pixel verdict."""
+    return params["correction"] == "recompute" and params["branch"] != "select"
+
+
 def select(model: ov.Model, params: dict[str, Any]) -> Selection:
     layers, skipped = find_layers(model, params["layers"] or None)
-    nodes = dict(node_ids(model))
+    nodes = nodes_of(model)
+    if whole_sample(params):
+        layers = [replace(layer, whole=wholly_encodable(nodes[layer.name])) for layer in layers]
     names = {layer.checked: (nodes[layer.checked].get_friendly_name(), nodes[layer.checked].get_type_name())
              for layer in layers}
     return Selection([], {"layers": layers, "skipped": skipped, "names": names})
@@ -177,7 +186,8 @@ def make_checks(layers: list[Layer], stats: Statistics, params: dict[str, Any],
         tolerance = max(params["margin"] * (residual if mode == "absolute" else ratio), floor)
         name, op = names[layer.checked]
         checks[layer.checked] = {"name": name, "type": op, "layer": layer.name, "kind": layer.kind,
-                                 "bias": layer.bias, "layer_type": "MatMul" if layer.kind == "matmul" else "Convolution",
+                                 "bias": layer.bias, "whole": layer.whole,
+                                 "layer_type": "MatMul" if layer.kind == "matmul" else "Convolution",
                                  "mode": mode, "tolerance": tolerance, "clean_residual": residual,
                                  "clean_ratio": ratio, "low": low, "high": high}
     return checks
@@ -200,9 +210,10 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
         recompute_model(model.clone(), model, plan.guards)
         guards = {n.get_friendly_name() for n in added_nodes(model, before) if n.get_type_name() == "If"}
     else:
+        nodes = nodes_of(model)
         for checked, check in plan.guards.items():
-            y = node(model, checked).output(0)
-            guard = insert_after(y, lambda out, c=check: corrected(model, layer_of(c), c, correction, branch, out))
+            y = nodes[checked].output(0)
+            guard = insert_after(y, lambda out, c=check: corrected(nodes, layer_of(c), c, correction, branch, out))
             guards.add(guard.get_friendly_name())
     model.validate_nodes_and_infer_types()
     record_inserted(model, {n.get_friendly_name(): "guard" if n.get_friendly_name() in guards else "check"
@@ -218,10 +229,11 @@ def flag_model(model: ov.Model, plan: dict[str, Any]) -> ov.Model:
     """A clone of the *unprotected* ``model`` whose outputs are, per checked layer, how many checks fail for each
     sample (``[N]`` int32): false positives on clean data, detections under faults."""
     clone = model.clone()
+    nodes = nodes_of(clone)
     results = []
     for checked, check in plan["checks"].items():
-        y = node(clone, checked).output(0)
-        failed = ops.convert(ops.logical_not(pass_node(clone, layer_of(check), y, check, checked + SUFFIX)),
+        y = nodes[checked].output(0)
+        failed = ops.convert(ops.logical_not(pass_node(nodes, layer_of(check), y, check, checked + SUFFIX)),
                              ov.Type.i32)
         axes = ops.constant(np.arange(1, y.get_partial_shape().rank.get_length(), dtype=np.int64))
         results.append(ops.result(ops.reduce_sum(failed, axes, keep_dims=False)))

@@ -1,11 +1,13 @@
 """The graph side of Checksum: encoded sums, residuals, the pass test and the corrections (see checksum.py).
 
-Layers are named by target id (:func:`ovrange.graph.node_ids`); every builder takes the model it edits.
+Layers are named by target id (:func:`ovrange.graph.node_ids`); every builder takes ``nodes``, the id -> node map
+of the model it edits (built once per pass: :func:`nodes_of`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -21,20 +23,22 @@ TINY = 1e-30  # keeps the calibration ratio finite for an all-zero row
 @dataclass(frozen=True)
 class Layer:
     """One checked layer: the MAC node's id, its kind (``matmul`` / ``conv``), the id of its constant bias Add
-    (or None), and so the id of the output that is checked."""
+    (or None), and so the id of the output that is checked. ``whole``: a convolution checked once per sample
+    (sums over channels and pixels) instead of per output pixel -- see :func:`input_weights`."""
 
     name: str
     kind: str
     bias: str | None
+    whole: bool = False
 
     @property
     def checked(self) -> str:
         return self.bias or self.name
 
 
-def node(model: ov.Model, key: str) -> ov.Node:
-    """The node with id ``key``."""
-    return dict(node_ids(model))[key]
+def nodes_of(model: ov.Model) -> dict[str, ov.Node]:
+    """id -> node of ``model`` (build it once per pass: ids come from one topological walk)."""
+    return dict(node_ids(model))
 
 
 def feature_axis(layer: Layer, y: ov.Output) -> int:
@@ -42,6 +46,8 @@ def feature_axis(layer: Layer, y: ov.Output) -> int:
 
 
 def _axis(layer: Layer, y: ov.Output) -> ov.Node:
+    if layer.whole:  # channels and pixels
+        return ops.constant(np.arange(1, y.get_partial_shape().rank.get_length(), dtype=np.int64))
     return ops.constant(np.array([feature_axis(layer, y)], np.int64))
 
 
@@ -49,8 +55,40 @@ def auto_pad(mac: ov.Node) -> str:
     return str(mac.get_auto_pad()).lower().rsplit(".", 1)[-1].replace("notset", "explicit")
 
 
-def encoded_sum(mac: ov.Node, x: ov.Output, name: str) -> ov.Node:
-    """C_R without the bias: ``x (W 1)`` or ``conv(x, sum_o W[o])``, from weights summed in float64 once."""
+def wholly_encodable(mac: ov.Node) -> bool:
+    """A convolution whose input and output have static channels and pixels and explicit (or no) padding: its
+    checksum over a whole sample is a constant-weighted sum of its input (:func:`input_weights`)."""
+    shapes = (mac.input_value(0).get_partial_shape(), mac.output(0).get_partial_shape())
+    return (mac.get_type_name() == "Convolution" and auto_pad(mac) in ("explicit", "valid")
+            and all(s.rank.is_static and all(d.is_static for d in list(s)[1:]) for s in shapes))
+
+
+def input_weights(mac: ov.Node) -> np.ndarray:
+    """``M`` with ``sum over channels and pixels of conv(x, W) = sum(x * M)``: each input value times the summed
+    kernel taps that read it, over every output pixel (float64). One multiply and one reduction of the input
+    replace the single-output-channel convolution, a slow kernel case on CPU."""
+    kernel = constant_values(constant_weight(mac)).astype(np.float64).sum(axis=0)  # [C, k1, k2, ...]
+    in_shape = [d.get_length() for d in list(mac.input_value(0).get_partial_shape())[2:]]
+    out_shape = [d.get_length() for d in list(mac.output(0).get_partial_shape())[2:]]
+    valid = auto_pad(mac) == "valid"
+    pads = [0] * len(in_shape) if valid else list(mac.get_pads_begin())
+    weights = np.zeros((kernel.shape[0], *in_shape))
+    for tap in np.ndindex(*kernel.shape[1:]):
+        index = []
+        for axis, (k, size) in enumerate(zip(tap, in_shape)):
+            read = np.arange(out_shape[axis]) * mac.get_strides()[axis] - pads[axis] + k * mac.get_dilations()[axis]
+            index.append(read[(read >= 0) & (read < size)])
+        weights[(slice(None), *np.ix_(*index))] += kernel[(slice(None), *tap)].reshape(-1, *[1] * len(in_shape))
+    return weights
+
+
+def encoded_sum(mac: ov.Node, x: ov.Output, name: str, whole: bool = False) -> ov.Node:
+    """C_R without the bias: ``x (W 1)`` or ``conv(x, sum_o W[o])`` (``whole``: ``sum(x * M)``), from weights
+    summed in float64 once."""
+    if whole:
+        axes = ops.constant(np.arange(1, x.get_partial_shape().rank.get_length(), dtype=np.int64))
+        return ops.reduce_sum(ops.multiply(x, ops.constant(input_weights(mac)[None].astype(np.float32))), axes,
+                              keep_dims=True, name=name)
     weights = constant_values(constant_weight(mac)).astype(np.float64)
     if mac.get_type_name() == "MatMul":
         # x (W 1) as a multiply and a reduction, not a MatMul: the CPU plugin would fuse a MatMul on the same input
@@ -63,21 +101,23 @@ def encoded_sum(mac: ov.Node, x: ov.Output, name: str) -> ov.Node:
                            mac.get_dilations(), auto_pad(mac), name=name)
 
 
-def bias_values(model: ov.Model, layer: Layer) -> np.ndarray | None:
+def bias_values(nodes: Mapping[str, ov.Node], layer: Layer) -> np.ndarray | None:
     if layer.bias is None:
         return None
-    add, layer_out = node(model, layer.bias), node(model, layer.name).output(0)
+    add, layer_out = nodes[layer.bias], nodes[layer.name].output(0)
     return constant_values(add.input_value(1) if add.input_value(0) == layer_out else add.input_value(0))
 
 
-def residual(model: ov.Model, layer: Layer, y: ov.Output, name: str) -> ov.Node:
-    """``|C_L - C_R|`` per row / pixel (the feature axis kept, size 1)."""
-    mac = node(model, layer.name)
-    bias = bias_values(model, layer)
+def residual(nodes: Mapping[str, ov.Node], layer: Layer, y: ov.Output, name: str) -> ov.Node:
+    """``|C_L - C_R|`` per row / pixel (the feature axis kept, size 1), or per sample (``layer.whole``)."""
+    mac = nodes[layer.name]
+    bias = bias_values(nodes, layer)
     total = 0.0 if bias is None else float(bias.astype(np.float64).sum())
+    if layer.whole:  # the bias is added at every output pixel
+        total *= float(np.prod([d.get_length() for d in list(mac.output(0).get_partial_shape())[2:]]))
     left = ops.reduce_sum(y, _axis(layer, y), keep_dims=True, name=name + "/C_L")
-    right = ops.add(encoded_sum(mac, mac.input_value(0), name + "/encode"), ops.constant(np.float32(total)),
-                    name=name + "/C_R")
+    right = ops.add(encoded_sum(mac, mac.input_value(0), name + "/encode", layer.whole),
+                    ops.constant(np.float32(total)), name=name + "/C_R")
     return ops.abs(ops.subtract(left, right), name=name + "/residual")
 
 
@@ -95,20 +135,27 @@ class Residual:
 
     def __call__(self, model: ov.Model, y: ov.Output) -> ov.Output:
         name = self.layer.checked + SUFFIX
-        res = residual(model, self.layer, y, name)
+        res = residual(nodes_of(model), self.layer, y, name)
         if not self.ratio:
             return res.output(0)
         return ops.divide(res, ops.maximum(magnitude(self.layer, y, name), ops.constant(np.float32(TINY)))).output(0)
 
 
-def pass_node(model: ov.Model, layer: Layer, y: ov.Output, check: dict[str, Any], name: str) -> ov.Node:
-    """True where the check passes (NaN/Inf residuals fail)."""
-    res = residual(model, layer, y, name)
+def excess(nodes: Mapping[str, ov.Node], layer: Layer, y: ov.Output, check: dict[str, Any], name: str) -> ov.Node:
+    """``residual - tolerance``: <= 0 exactly where the check passes (IEEE subtraction keeps the order), NaN or
+    positive where it fails (NaN/Inf outputs make the residual NaN/Inf)."""
+    res = residual(nodes, layer, y, name)
     tol = ops.constant(np.float32(check["tolerance"]))
     if check["mode"] == "absolute":
-        return ops.less_equal(res, tol, name=name + "/pass")  # False for NaN and +Inf
-    within = ops.less_equal(res, ops.multiply(magnitude(layer, y, name), tol))
-    return ops.logical_and(within, ops.is_finite(res), name=name + "/pass")
+        return ops.subtract(res, tol, name=name + "/excess")
+    res = ops.select(ops.is_finite(res), res, ops.constant(np.float32(np.nan)))
+    return ops.subtract(res, ops.multiply(magnitude(layer, y, name), tol), name=name + "/excess")
+
+
+def pass_node(nodes: Mapping[str, ov.Node], layer: Layer, y: ov.Output, check: dict[str, Any],
+              name: str) -> ov.Node:
+    """True where the check passes (False for NaN)."""
+    return ops.less_equal(excess(nodes, layer, y, check, name), ops.constant(np.float32(0.0)), name=name + "/pass")
 
 
 def all_passed(ok: ov.Node, name: str | None = None) -> ov.Node:
@@ -156,13 +203,13 @@ def if_else(condition: ov.Output, passed: list[ov.Output], body_inputs: list[ov.
     return branch
 
 
-def corrected(model: ov.Model, layer: Layer, check: dict[str, Any], correction: str, branch: str,
+def corrected(nodes: Mapping[str, ov.Node], layer: Layer, check: dict[str, Any], correction: str, branch: str,
               y: ov.Output) -> ov.Node:
     """The node that replaces ``y`` (the checked output) for its consumers."""
     name = layer.checked + SUFFIX
-    mac = node(model, layer.name)
-    ok = pass_node(model, layer, y, check, name)
-    bias = bias_values(model, layer)
+    mac = nodes[layer.name]
+    ok = pass_node(nodes, layer, y, check, name)
+    bias = bias_values(nodes, layer)
     if correction == "recompute" and branch == "if":
         return if_else(all_passed(ok, name + "/all").output(0), [y], [mac.input_value(0)],
                        lambda xs: [layer_copy(mac, bias, xs[0], name).output(0)], name)
@@ -175,15 +222,20 @@ def corrected(model: ov.Model, layer: Layer, check: dict[str, Any], correction: 
     return ops.select(ok, y, fixed, name=name + "/select")
 
 
+def all_checks_pass(nodes: Mapping[str, ov.Node], checks: dict[str, dict[str, Any]], name: str) -> ov.Node:
+    """One flag for the whole model: every layer's excess flattened per sample, concatenated, compared with 0
+    once and reduced once (few small kernels: at batch 1 their count, not their size, is the cost)."""
+    flat = ops.constant(np.array([0, -1], np.int64))
+    parts = [ops.reshape(excess(nodes, layer_of(check), nodes[checked].output(0), check, checked + SUFFIX), flat,
+                         True) for checked, check in checks.items()]
+    joined = ops.concat(parts, 1) if len(parts) > 1 else parts[0]
+    return all_passed(ops.less_equal(joined, ops.constant(np.float32(0.0))), name + "/all")
+
+
 def recompute_model(original: ov.Model, model: ov.Model, checks: dict[str, dict[str, Any]]) -> None:
     """One ``If`` on the outputs of ``model`` (edited): all checks pass -> the outputs; else a clean copy of
     ``original`` re-runs the inference from the inputs (only the outputs are passed through)."""
-    condition = None
-    for checked, check in checks.items():
-        layer = layer_of(check)
-        y = node(model, checked).output(0)
-        passed = all_passed(pass_node(model, layer, y, check, checked + SUFFIX), checked + SUFFIX + "/all")
-        condition = passed if condition is None else ops.logical_and(condition, passed)
+    condition = all_checks_pass(nodes_of(model), checks, original.get_friendly_name() + SUFFIX)
     results = list(model.get_results())
     sources = [r.input_value(0) for r in results]
     spare = original.clone()
@@ -205,12 +257,16 @@ def recompute_model(original: ov.Model, model: ov.Model, checks: dict[str, dict[
             branch.output(k).get_tensor().set_names(names)
 
 
-def gate(model: ov.Model, check: dict[str, Any], out: ov.Output, make, mode: str) -> ov.Node:
-    """``make(out)`` (a correction of an activation output) applied only where ``check`` fails: per row / pixel
-    with ``select`` (both computed, always), or for the whole batch inside an ``If`` run only when a check failed."""
+def gate(nodes: Mapping[str, ov.Node], check: dict[str, Any], out: ov.Output, make, mode: str,
+         also: ov.Output | None = None) -> ov.Node:
+    """``make(out)`` (a correction of an activation output) applied only where ``check`` (or the detector ``also``,
+    True where fine, broadcast against it) fails: per row / pixel with ``select`` (both computed, always), or for
+    the whole batch inside an ``If`` run only when a check failed."""
     layer = layer_of(check)
-    y = node(model, layer.checked).output(0)
-    ok = pass_node(model, layer, y, check, layer.checked + SUFFIX + "/gate")
+    y = nodes[layer.checked].output(0)
+    ok = pass_node(nodes, layer, y, check, layer.checked + SUFFIX + "/gate")
+    if also is not None:
+        ok = ops.logical_and(ok, also)
     if mode == "select":
         return ops.select(ok, out, make(out))
     return if_else(all_passed(ok).output(0), [out], [out], lambda xs: [make(xs[0]).output(0)],
@@ -218,4 +274,4 @@ def gate(model: ov.Model, check: dict[str, Any], out: ov.Output, make, mode: str
 
 
 def layer_of(check: dict[str, Any]) -> Layer:
-    return Layer(check["layer"], check["kind"], check["bias"])
+    return Layer(check["layer"], check["kind"], check["bias"], bool(check.get("whole", False)))

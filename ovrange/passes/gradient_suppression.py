@@ -18,7 +18,8 @@ Inserted after activation ``A`` (all named ``A/gradient_suppression...``; ``prev
 
 The paper triggers suppression only when a separate detector flags an error (to save hardware work). By default
 it is always on here; ``gate: select`` / ``gate: if`` gate it with the Checksum of the MAC layer feeding the
-activation (:func:`ovrange.passes.checksum.gate`), per row/pixel or for the batch inside an ``If``.
+activation (:func:`ovrange.passes.checksum_graph.gate`), per row/pixel or for the batch inside an ``If``, and for a
+ReLU also with seed 003's second detector, the ReLU check (:func:`relu_check`: the output must be ``max(x, 0)``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ovrange.moments import RunningMoments, differences, previous
 from ovrange.params import Param, one_of, positive
 from ovrange.passes import PassResult, Selection, checksum, ranger
 from ovrange.passes.checksum import find_layers
-from ovrange.passes.checksum_graph import Layer, gate
+from ovrange.passes.checksum_graph import Layer, gate, nodes_of
 from ovrange.stats import StatRequest, Statistics
 from ovrange.targets import ACTIVATIONS, Target, find_targets, outputs_by_id, require, select as select_targets
 
@@ -62,8 +63,8 @@ PARAMS: dict[str, Param] = {
     "k": Param(float, 6.0, positive, "number of standard deviations (threshold: sigma)"),
     "gate": Param(str, "none", one_of("none", "select", "if"),
                   "seed 003's gating: suppress only where the Checksum of the MAC layer feeding the activation "
-                  "fails (select: per row/pixel, both paths computed; if: the suppression runs only when a check "
-                  "failed); none: always on"),
+                  "fails, or (ReLU) the output is not max(input, 0) (select: per row/pixel, both paths "
+                  "computed; if: the suppression runs only when a check failed); none: always on"),
 }
 
 
@@ -139,6 +140,15 @@ def suppression_node(output: ov.Output, rule: Rule, name: str) -> ov.Node:
     previous_normal = previous(normal.output(0), rule.axis, name + "/previous_normal")
     first = ops.logical_and(anomalous, previous_normal, name=name + "/first_anomalous")
     return ops.select(first, _broadcast(np.zeros(1), output), output, name=name)
+
+
+def relu_check(y: ov.Output, name: str) -> ov.Node:
+    """Seed 003's second detector: a ReLU's output is its input or zero. True where ``y == max(x, 0)`` exactly
+    (x: the ReLU's input); a fault striking the activation *output* -- which the MAC check before it cannot see --
+    fails it, and so does NaN. ``Maximum``, not a second ``Relu``: OpenVINO would merge an identical node with the
+    one under test."""
+    x = y.get_node().input_value(0)
+    return ops.equal(y, ops.maximum(x, ops.constant(np.float32(0.0))), name=name + "/relu_check")
 
 
 def neighbour_axis(target: Target, axis: str) -> int:
@@ -217,7 +227,8 @@ def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
         checks = checksum.make_checks(layers, stats, {**CHECK_DEFAULTS, "correction": "zero"},
                                       {layer.checked: ("", "") for layer in layers})
         for key, layer in gates.items():
-            guards[key]["gate"] = {**checks[layer.checked], "mode_of_gate": params["gate"]}
+            guards[key]["gate"] = {**checks[layer.checked], "mode_of_gate": params["gate"],
+                                   "relu_check": guards[key]["type"] == "Relu"}
     report = {"zeroed_neuron": "i where d[i] = y[i] - y[i-1] is anomalous and d[i-1] is not",
               "skipped": selection.facts["skipped"], "gated": sorted(gates),
               "ungated": sorted(t.id for t in selection.targets if t.id not in gates)}
@@ -227,6 +238,7 @@ def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
 def apply(model: ov.Model, plan: Any) -> PassResult:
     """Insert one suppression block after every target of the plan."""
     outputs = outputs_by_id(model)
+    nodes = nodes_of(model)
     before = node_names(model)
     guards: set[str] = set()
     for key, guard in plan.guards.items():
@@ -235,7 +247,8 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
         name = key + SUFFIX
         make = lambda out, r=rule, n=name: suppression_node(out, r, n)  # noqa: E731
         if "gate" in guard:
-            make = lambda out, m=make, g=guard["gate"]: gate(model, g, out, m, g["mode_of_gate"])  # noqa: E731
+            make = lambda out, m=make, g=guard["gate"], n=name: gate(  # noqa: E731
+                nodes, g, out, m, g["mode_of_gate"], relu_check(out, n) if g.get("relu_check") else None)
         guards.add(insert_after(outputs[key], make).get_friendly_name())
     model.validate_nodes_and_infer_types()
     record_inserted(model, {n.get_friendly_name(): "guard" if n.get_friendly_name() in guards else "check"
