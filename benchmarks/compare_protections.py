@@ -70,7 +70,7 @@ class Subject:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method label -> parameter overrides
 
     def accuracy(self, model: ov.Model) -> float:
-        if self.sdc.startswith("boxes"):  # eval_y: the original's binarized maps; a page counts if identical
+        if self.sdc.startswith(("boxes", "regions")):  # eval_y: the original's binarized maps; a page counts if identical
             from scripts import ocr_det
 
             maps = ocr_det.binary_maps(model, self.eval_x)
@@ -109,7 +109,8 @@ def subjects(which: list[str], det_sdc: str = "boxes") -> list[Subject]:
         pages = ocr_det.pages(40, seed=123)  # unseen pages (calibration: seed 0)
         # 128 calibration pages do not cover every unseen page's range: GlobalClipper widens its bounds by 25%
         # (with the observed max, 7 of 40 unseen pages flip pixels; docs/transformers.md)
-        found.append(Subject("PP-OCRv4 det", det, ocr_det.pages(128, seed=0), pages, ocr_det.binary_maps(det, pages),
+        name = "PP-OCRv4 det" if det_sdc == "boxes" else f"PP-OCRv4 det ({det_sdc})"
+        found.append(Subject(name, det, ocr_det.pages(128, seed=0), pages, ocr_det.binary_maps(det, pages),
                              det_sdc, 20, trials_scale=0.25, latency_reps=5, batch_size=8,
                              params={"GlobalClipper": {"margin": 0.25}}))
     if "ppocr" in which:
@@ -170,7 +171,7 @@ def compare(subject: Subject, trials: int, rounds: int, seed: int, log, methods=
             entry = summary["models"][run.name]
             rows[label][target] = {"sdc": entry["sdc"], "due": entry["due"], "trials": n}
     sample = subject.eval_x[:1]
-    for label, model in models[1:]:
+    for label, model in models[1:] if rounds > 0 else []:  # --rounds 0: no timing (a loaded machine)
         ratio = latency_overhead(subject.model, model, sample, subject.latency_reps, rounds)
         rows[label]["latency_ratio"] = {"median": ratio.median, "low": ratio.low, "high": ratio.high,
                                         "rounds": ratio.rounds}
@@ -181,7 +182,10 @@ def compare(subject: Subject, trials: int, rounds: int, seed: int, log, methods=
 SDC_TEXT = {"top1": "top-1 change on correctly classified inputs",
             "tokens": "any decoded position (per-position top-1) changes",
             "boxes": "any pixel of the probability map binarized at 0.3 flips (the map DBNet's boxes come from); "
-                     "clean accuracy = unseen pages whose binarized map equals the original's"}
+                     "clean accuracy = unseen pages whose binarized map equals the original's",
+            "regions": "the text regions of the map binarized at 0.3 change (a region DBNet keeps appears, vanishes, "
+                       "merges or splits, or a box side moves by more than N pixels; ovrange.faults.regions); clean "
+                       "accuracy = unseen pages whose binarized map equals the original's"}
 
 
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -218,13 +222,14 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3000, help="faults per target for the CNNs (OCR: a quarter)")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved latency rounds per method")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved latency rounds per method (0: no "
+                        "latency)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", default="lenet,seven,vit,ppocr,ppocr_det")
     parser.add_argument("--methods", default=None, help="comma-separated method labels (default: all); the "
                         "original is always included")
     parser.add_argument("--det-sdc", default="boxes", help="SDC criterion of PP-OCRv4 det: boxes (any pixel of "
-                        "the binarized map flips) or boxes:N (more than N pixels)")
+                        "the binarized map flips), boxes:N (more than N pixels) or regions:N (DBNet's text regions change)")
     parser.add_argument("--ocr-scale", type=float, default=None, help="OCR trials as a fraction of --trials")
     parser.add_argument("--merge", action="store_true", help="keep the other models' results of an existing "
                         "comparison.json (update only --models)")
