@@ -134,6 +134,18 @@ def latency_overhead(original: ov.Model, protected: ov.Model, sample: np.ndarray
     return paired_ratio(times["original"], times["protected"])
 
 
+def tenths(log, label: str):
+    """A campaign progress callback that logs every tenth (long OCR campaigns run in the background)."""
+    seen = set()
+
+    def progress(done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth not in seen:
+            seen.add(tenth)
+            log(f"{label}: {done}/{total} trials, {time.strftime('%H:%M:%S')}")
+    return progress
+
+
 def rate_cell(rate: dict) -> str:
     return f"{rate['rate']:.2%} [{rate['low']:.2%}, {rate['high']:.2%}]"
 
@@ -165,7 +177,8 @@ def compare(subject: Subject, trials: int, rounds: int, seed: int, log, methods=
         log(f"   {target} campaign: {n} faults x {len(models)} models")
         result = inject(models[0][1], subject.eval_x, compare=[m for _, m in models[1:]], labels=
                         subject.eval_y if subject.sdc == "top1" else None, target=target, trials=n, seed=seed,
-                        sdc=subject.sdc, inputs=subject.inputs, batch_size=subject.batch_size)
+                        sdc=subject.sdc, inputs=subject.inputs, batch_size=subject.batch_size,
+                        progress=tenths(log, f"   {target}"))
         summary = result.summary()
         for (label, _), run in zip(models, result.models):
             entry = summary["models"][run.name]

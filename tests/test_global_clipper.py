@@ -240,7 +240,8 @@ def test_protected_vit_agrees_with_the_original(vit):
     test = np.load(vit["test_npz"])["x"][:2000].astype(np.float32)
     protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=300, stat_batch_size=50)
     info = ovrange.protection_info(protected)
-    assert set(Counter(n["role"] for n in info.nodes.values())) == {"activation", "norm", "residual", "attention"}
+    assert set(Counter(n["role"] for n in info.nodes.values())) == {"activation", "norm", "residual", "attention",
+                                                                         "weights"}
     assert (run_model(model, test).argmax(1) == run_model(protected, test).argmax(1)).all()
     np.testing.assert_array_equal(run_model(model, calib[:50]), run_model(protected, calib[:50]))
 
