@@ -84,6 +84,17 @@ def test_exponent_flip_in_a_stored_weight_is_cut_to_the_channel_range(protected,
                                                                       nan=np.inf).max()
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_stored_weight_is_bounded_after_folding(protected, calib, value):
+    """Constant folding (at compile time) uses reference kernels, whose Maximum passes NaN: the chain zeroes NaN."""
+    layer = "conv_Relu"
+    w = np.array(stored(protected, layer).get_data())
+    faulty = w.copy()
+    faulty[0, 0, 0, 0] = value
+    out = run(with_values(protected, stored(protected, layer), faulty), calib)
+    assert np.all(np.isfinite(out))
+
+
 def test_weight_injector_strikes_the_stored_values(protected, calib):
     """Weight sites are the stored Constants; exponent-MSB flips end as NaN/Inf or wild outputs unprotected, and
     never as NaN/Inf through the bounds."""

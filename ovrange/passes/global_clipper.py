@@ -106,7 +106,7 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The weights role: Constant (recorded ``weight``) -> Minimum(Maximum(w, low), high) (``decode``) -> layer.
+# The weights role: Constant (recorded ``weight``) -> Select(IsNaN) -> Minimum(Maximum(w, low), high) (``decode``).
 # The bounds are each output channel's own min/max, so clean outputs are bit-identical; a flipped exponent or sign
 # in the stored weight is cut to the channel's range. The chain is constant: the CPU plugin folds it at compile
 # time, so it costs nothing and protects the *stored* weights (file, host memory), not the compiled copy.
@@ -147,7 +147,10 @@ def bound_weights(model: ov.Model, plan: dict[str, dict[str, Any]]) -> None:
         weight = ops.constant(weight_array(source), name=f"{key}/stored")
         low = ops.constant(np.asarray(entry["low"], np.float32).reshape(entry["shape"]), name=f"{key}/low")
         high = ops.constant(np.asarray(entry["high"], np.float32).reshape(entry["shape"]), name=f"{key}/high")
-        bounded = ops.minimum(ops.maximum(weight, low, name=f"{key}/Maximum"), high, name=f"{key}/Minimum")
+        # NaN -> 0 first: constant folding (reference kernels) lets NaN through Maximum/Minimum, the CPU kernels don't
+        finite = ops.select(ops.is_nan(weight, name=f"{key}/IsNaN"), ops.constant(np.float32(0)), weight,
+                            name=f"{key}/Select")
+        bounded = ops.minimum(ops.maximum(finite, low, name=f"{key}/Maximum"), high, name=f"{key}/Minimum")
         layer.input(1).replace_source_output(bounded.output(0))
         stored.append(f"{key}/stored")
     model.validate_nodes_and_infer_types()
