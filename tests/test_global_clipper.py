@@ -258,6 +258,15 @@ def test_ppocr_rec_reads_the_same_text_with_global_clipper():
     texts = ocr_data.sample_texts(16, seed=123)  # unseen lines
     images = np.concatenate([ocr_data.preprocess(ocr_data.render_line(t)) for t in texts])
     assert ocr_data.recognize(protected, images) == ocr_data.recognize(model, images)
+    # the fusion report names every guard: the CPU plugin's attention fusion rewrites the guard on the scaled q
+    # together with its MatMul into a node it names itself; the report finds it through the consumer
+    from ovrange.bench.fusion import fusion_report
+    from ovrange.bench.shapes import static_shapes, with_static_shapes
+
+    fixed = with_static_shapes(protected, static_shapes(protected, {protected.inputs[0].get_any_name(): [1, 3, 48,
+                                                                                                          320]}))
+    counts = fusion_report(compile_model(fixed, "CPU", precision="f32"), fixed).counts
+    assert counts["not found"] == 0 and counts["fused"] >= counts["standalone"] > 0
 
 
 def test_ppocr_det_maps_identical_on_unseen_pages():
