@@ -70,7 +70,7 @@ class Subject:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method label -> parameter overrides
 
     def accuracy(self, model: ov.Model) -> float:
-        if self.sdc.startswith(("boxes", "regions")):  # eval_y: the original's binarized maps; a page counts if identical
+        if self.sdc.startswith(("boxes", "regions")):  # eval_y: the original's binarized maps; identical pages count
             from scripts import ocr_det
 
             maps = ocr_det.binary_maps(model, self.eval_x)
@@ -242,7 +242,8 @@ def main() -> int:
     parser.add_argument("--methods", default=None, help="comma-separated method labels (default: all); the "
                         "original is always included")
     parser.add_argument("--det-sdc", default="boxes", help="SDC criterion of PP-OCRv4 det: boxes (any pixel of "
-                        "the binarized map flips), boxes:N (more than N pixels) or regions:N (DBNet's text regions change)")
+                        "the binarized map flips), boxes:N (more than N pixels) or regions:N (DBNet's text regions "
+                        "change)")
     parser.add_argument("--ocr-scale", type=float, default=None, help="OCR trials as a fraction of --trials")
     parser.add_argument("--merge", action="store_true", help="keep the other models' results of an existing "
                         "comparison.json (update only --models)")

@@ -23,7 +23,8 @@ class ClampFusion:
 
     ``status``: ``fused`` (it runs inside ``runtime_node`` together with the model layers ``fused_with``),
     ``standalone`` (a kernel of its own, or shared only with other guards), ``not found`` (the plugin removed it,
-    or moved and renamed it, and no runtime node lists its consumer either) or ``unknown`` (the device's runtime model has no ``originalLayersNames``).
+    or moved and renamed it, and no runtime node lists its consumer either) or ``unknown`` (the device's runtime
+    model has no ``originalLayersNames``).
     """
 
     name: str
@@ -116,5 +117,6 @@ def _consumers(model: ov.Model, groups: dict[str, set[str]]) -> dict[str, set[st
     found = {}
     for node in model.get_ordered_ops():
         if node.get_friendly_name() in groups:
-            found[node.get_friendly_name()] = {t.get_node().get_friendly_name() for t in node.output(0).get_target_inputs()}
+            found[node.get_friendly_name()] = {target.get_node().get_friendly_name()
+                                               for target in node.output(0).get_target_inputs()}
     return found
