@@ -232,6 +232,13 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def notes(path: Path) -> str:
+    """The hand-written sections of an existing comparison.md (from "## Reading the table" on), kept on rewrite."""
+    text = path.read_text() if path.is_file() else ""
+    start = text.find("\n## Reading the table")
+    return "" if start < 0 else text[start:]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3000, help="faults per target for the CNNs (OCR: a quarter)")
@@ -247,6 +254,8 @@ def main() -> int:
     parser.add_argument("--ocr-scale", type=float, default=None, help="OCR trials as a fraction of --trials")
     parser.add_argument("--merge", action="store_true", help="keep the other models' results of an existing "
                         "comparison.json (update only --models)")
+    parser.add_argument("--combine", type=Path, nargs="+", default=None, help="run nothing: merge the results of "
+                        "these comparison.json files (runs made in parallel with --out elsewhere) into --out")
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument("--quick", action="store_true", help="200 trials, 3 rounds, output to /tmp")
     args = parser.parse_args()
@@ -256,24 +265,29 @@ def main() -> int:
     started = time.time()
     wanted = set(args.methods.split(",")) if args.methods else None
     methods = [m for m in METHODS if wanted is None or m[0] in wanted or m[1] is None]
-    chosen = subjects(args.models.split(","), args.det_sdc)
+    chosen = [] if args.combine else subjects(args.models.split(","), args.det_sdc)
     for subject in chosen:
         if args.ocr_scale is not None and subject.trials_scale != 1.0:
             subject.trials_scale = args.ocr_scale
+    args.merge = args.merge or bool(args.combine)
     results = [compare(s, args.trials, args.rounds, args.seed, log, methods) for s in chosen]
+    for path in args.combine or []:
+        results += json.loads(path.read_text())["results"]
     if args.merge and (args.out / "comparison.json").is_file():
         previous = json.loads((args.out / "comparison.json").read_text())["results"]
-        fresh = {r["model"]: r for r in results}
-        for block in previous:  # rows of methods not rerun are kept
-            if block["model"] in fresh:
-                block["methods"].update(fresh.pop(block["model"])["methods"])
-        results = previous + list(fresh.values())
+        for block in results:
+            match = [b for b in previous if b["model"] == block["model"]]
+            if match:  # rows of methods not rerun are kept
+                match[0]["methods"].update(block["methods"])
+            else:
+                previous.append(block)
+        results = previous
     meta = {"command": "python benchmarks/compare_protections.py" + (" --quick" if args.quick else ""),
             "date": time.strftime("%Y-%m-%d"), "openvino": ov.__version__.split("-")[0], "seed": args.seed,
             "trials": args.trials, "seconds": round(time.time() - started)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "comparison.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    (args.out / "comparison.md").write_text(markdown(results, meta))
+    (args.out / "comparison.md").write_text(markdown(results, meta) + notes(args.out / "comparison.md"))
     log(f"wrote {args.out / 'comparison.md'} and comparison.json in {meta['seconds']} s")
     return 0
 
