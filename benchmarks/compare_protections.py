@@ -50,6 +50,7 @@ METHODS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("GradientSuppression", "GradientSuppression", {}),
     ("BoundedWeights", "BoundedWeights", {}),
     ("GlobalClipper", "GlobalClipper", {}),
+    ("GlobalClipper per-channel", "GlobalClipper", {"per_channel": True}),
 ]
 
 
