@@ -214,7 +214,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                   "| latency |", "|---|---|---|---|---|---|---|---|"]
         counts = {(r["activations"]["trials"], r["weights"]["trials"]) for r in block["methods"].values()
                   if "activations" in r}
-        for label, row in block["methods"].items():
+        order = {m[0]: i for i, m in enumerate(METHODS)}  # merged runs: rows in METHODS order
+        for label, row in sorted(block["methods"].items(), key=lambda item: order.get(item[0], len(order))):
             if "error" in row:
                 lines.append(f"| {label} | — | not applicable: {row['error']} | | | | | |")
                 continue
@@ -283,7 +284,8 @@ def main() -> int:
             else:
                 previous.append(block)
         results = previous
-    meta = {"command": "python benchmarks/compare_protections.py" + (" --quick" if args.quick else ""),
+    meta = {"command": "python benchmarks/compare_protections.py" + (" --quick" if args.quick else "") +
+            (" --combine (runs listed under Reading the table)" if args.combine else ""),
             "date": time.strftime("%Y-%m-%d"), "openvino": ov.__version__.split("-")[0], "seed": args.seed,
             "trials": args.trials, "seconds": round(time.time() - started)}
     args.out.mkdir(parents=True, exist_ok=True)
