@@ -9,6 +9,10 @@ The four steps of every protection: :func:`select` (targets by role, :func:`role
 :func:`requests` (min/max per target, served by the one statistics loop) -> :func:`plan` (a JSON dict) ->
 :func:`apply` (graph only; a saved plan re-applies without data).
 
+The ``weights`` role bounds the *stored* weight of every Convolution/MatMul to its own range per output channel
+(bit-identical clean outputs; folded by the plugin at compile time, so it protects the stored weights, not the
+compiled copy): :func:`bound_weights`.
+
 Guards: a scalar bound is one ``Clamp``; a per-channel bound is ``Minimum(Maximum(x, low), high)``, which the CPU
 plugin fuses as post-ops like a bias. Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the
 CPU plugin's Clamp and Maximum map NaN to the lower bound and +-Inf to the bounds (measured, checked by
