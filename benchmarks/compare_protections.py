@@ -50,6 +50,7 @@ METHODS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("GradientSuppression", "GradientSuppression", {}),
     ("BoundedWeights", "BoundedWeights", {}),
     ("GlobalClipper", "GlobalClipper", {}),
+    ("GlobalClipper per-channel", "GlobalClipper", {"per_channel": True}),
 ]
 
 
@@ -70,7 +71,7 @@ class Subject:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method label -> parameter overrides
 
     def accuracy(self, model: ov.Model) -> float:
-        if self.sdc.startswith("boxes"):  # eval_y: the original's binarized maps; a page counts if identical
+        if self.sdc.startswith(("boxes", "regions")):  # eval_y: the original's binarized maps; identical pages count
             from scripts import ocr_det
 
             maps = ocr_det.binary_maps(model, self.eval_x)
@@ -109,7 +110,8 @@ def subjects(which: list[str], det_sdc: str = "boxes") -> list[Subject]:
         pages = ocr_det.pages(40, seed=123)  # unseen pages (calibration: seed 0)
         # 128 calibration pages do not cover every unseen page's range: GlobalClipper widens its bounds by 25%
         # (with the observed max, 7 of 40 unseen pages flip pixels; docs/transformers.md)
-        found.append(Subject("PP-OCRv4 det", det, ocr_det.pages(128, seed=0), pages, ocr_det.binary_maps(det, pages),
+        name = "PP-OCRv4 det" if det_sdc == "boxes" else f"PP-OCRv4 det ({det_sdc})"
+        found.append(Subject(name, det, ocr_det.pages(128, seed=0), pages, ocr_det.binary_maps(det, pages),
                              det_sdc, 20, trials_scale=0.25, latency_reps=5, batch_size=8,
                              params={"GlobalClipper": {"margin": 0.25}}))
     if "ppocr" in which:
@@ -131,6 +133,18 @@ def latency_overhead(original: ov.Model, protected: ov.Model, sample: np.ndarray
 
     times = interleaved({"original": run(a), "protected": run(b)}, rounds=rounds)
     return paired_ratio(times["original"], times["protected"])
+
+
+def tenths(log, label: str):
+    """A campaign progress callback that logs every tenth (long OCR campaigns run in the background)."""
+    seen = set()
+
+    def progress(done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth not in seen:
+            seen.add(tenth)
+            log(f"{label}: {done}/{total} trials, {time.strftime('%H:%M:%S')}")
+    return progress
 
 
 def rate_cell(rate: dict) -> str:
@@ -164,13 +178,14 @@ def compare(subject: Subject, trials: int, rounds: int, seed: int, log, methods=
         log(f"   {target} campaign: {n} faults x {len(models)} models")
         result = inject(models[0][1], subject.eval_x, compare=[m for _, m in models[1:]], labels=
                         subject.eval_y if subject.sdc == "top1" else None, target=target, trials=n, seed=seed,
-                        sdc=subject.sdc, inputs=subject.inputs, batch_size=subject.batch_size)
+                        sdc=subject.sdc, inputs=subject.inputs, batch_size=subject.batch_size,
+                        progress=tenths(log, f"   {target}"))
         summary = result.summary()
         for (label, _), run in zip(models, result.models):
             entry = summary["models"][run.name]
             rows[label][target] = {"sdc": entry["sdc"], "due": entry["due"], "trials": n}
     sample = subject.eval_x[:1]
-    for label, model in models[1:]:
+    for label, model in models[1:] if rounds > 0 else []:  # --rounds 0: no timing (a loaded machine)
         ratio = latency_overhead(subject.model, model, sample, subject.latency_reps, rounds)
         rows[label]["latency_ratio"] = {"median": ratio.median, "low": ratio.low, "high": ratio.high,
                                         "rounds": ratio.rounds}
@@ -181,7 +196,10 @@ def compare(subject: Subject, trials: int, rounds: int, seed: int, log, methods=
 SDC_TEXT = {"top1": "top-1 change on correctly classified inputs",
             "tokens": "any decoded position (per-position top-1) changes",
             "boxes": "any pixel of the probability map binarized at 0.3 flips (the map DBNet's boxes come from); "
-                     "clean accuracy = unseen pages whose binarized map equals the original's"}
+                     "clean accuracy = unseen pages whose binarized map equals the original's",
+            "regions": "the text regions of the map binarized at 0.3 change (a region DBNet keeps appears, vanishes, "
+                       "merges or splits, or a box side moves by more than N pixels; ovrange.faults.regions); clean "
+                       "accuracy = unseen pages whose binarized map equals the original's"}
 
 
 def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -196,7 +214,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                   "| latency |", "|---|---|---|---|---|---|---|---|"]
         counts = {(r["activations"]["trials"], r["weights"]["trials"]) for r in block["methods"].values()
                   if "activations" in r}
-        for label, row in block["methods"].items():
+        order = {m[0]: i for i, m in enumerate(METHODS)}  # merged runs: rows in METHODS order
+        for label, row in sorted(block["methods"].items(), key=lambda item: order.get(item[0], len(order))):
             if "error" in row:
                 lines.append(f"| {label} | — | not applicable: {row['error']} | | | | | |")
                 continue
@@ -215,19 +234,30 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def notes(path: Path) -> str:
+    """The hand-written sections of an existing comparison.md (from "## Reading the table" on), kept on rewrite."""
+    text = path.read_text() if path.is_file() else ""
+    start = text.find("\n## Reading the table")
+    return "" if start < 0 else text[start:]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3000, help="faults per target for the CNNs (OCR: a quarter)")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved latency rounds per method")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved latency rounds per method (0: no "
+                        "latency)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", default="lenet,seven,vit,ppocr,ppocr_det")
     parser.add_argument("--methods", default=None, help="comma-separated method labels (default: all); the "
                         "original is always included")
     parser.add_argument("--det-sdc", default="boxes", help="SDC criterion of PP-OCRv4 det: boxes (any pixel of "
-                        "the binarized map flips) or boxes:N (more than N pixels)")
+                        "the binarized map flips), boxes:N (more than N pixels) or regions:N (DBNet's text regions "
+                        "change)")
     parser.add_argument("--ocr-scale", type=float, default=None, help="OCR trials as a fraction of --trials")
     parser.add_argument("--merge", action="store_true", help="keep the other models' results of an existing "
                         "comparison.json (update only --models)")
+    parser.add_argument("--combine", type=Path, nargs="+", default=None, help="run nothing: merge the results of "
+                        "these comparison.json files (runs made in parallel with --out elsewhere) into --out")
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument("--quick", action="store_true", help="200 trials, 3 rounds, output to /tmp")
     args = parser.parse_args()
@@ -237,24 +267,30 @@ def main() -> int:
     started = time.time()
     wanted = set(args.methods.split(",")) if args.methods else None
     methods = [m for m in METHODS if wanted is None or m[0] in wanted or m[1] is None]
-    chosen = subjects(args.models.split(","), args.det_sdc)
+    chosen = [] if args.combine else subjects(args.models.split(","), args.det_sdc)
     for subject in chosen:
         if args.ocr_scale is not None and subject.trials_scale != 1.0:
             subject.trials_scale = args.ocr_scale
+    args.merge = args.merge or bool(args.combine)
     results = [compare(s, args.trials, args.rounds, args.seed, log, methods) for s in chosen]
+    for path in args.combine or []:
+        results += json.loads(path.read_text())["results"]
     if args.merge and (args.out / "comparison.json").is_file():
         previous = json.loads((args.out / "comparison.json").read_text())["results"]
-        fresh = {r["model"]: r for r in results}
-        for block in previous:  # rows of methods not rerun are kept
-            if block["model"] in fresh:
-                block["methods"].update(fresh.pop(block["model"])["methods"])
-        results = previous + list(fresh.values())
-    meta = {"command": "python benchmarks/compare_protections.py" + (" --quick" if args.quick else ""),
+        for block in results:
+            match = [b for b in previous if b["model"] == block["model"]]
+            if match:  # rows of methods not rerun are kept
+                match[0]["methods"].update(block["methods"])
+            else:
+                previous.append(block)
+        results = previous
+    meta = {"command": "python benchmarks/compare_protections.py" + (" --quick" if args.quick else "") +
+            (" --combine (runs listed under Reading the table)" if args.combine else ""),
             "date": time.strftime("%Y-%m-%d"), "openvino": ov.__version__.split("-")[0], "seed": args.seed,
             "trials": args.trials, "seconds": round(time.time() - started)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "comparison.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    (args.out / "comparison.md").write_text(markdown(results, meta))
+    (args.out / "comparison.md").write_text(markdown(results, meta) + notes(args.out / "comparison.md"))
     log(f"wrote {args.out / 'comparison.md'} and comparison.json in {meta['seconds']} s")
     return 0
 

@@ -240,7 +240,8 @@ def test_protected_vit_agrees_with_the_original(vit):
     test = np.load(vit["test_npz"])["x"][:2000].astype(np.float32)
     protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=300, stat_batch_size=50)
     info = ovrange.protection_info(protected)
-    assert set(Counter(n["role"] for n in info.nodes.values())) == {"activation", "norm", "residual", "attention"}
+    assert set(Counter(n["role"] for n in info.nodes.values())) == {"activation", "norm", "residual", "attention",
+                                                                         "weights"}
     assert (run_model(model, test).argmax(1) == run_model(protected, test).argmax(1)).all()
     np.testing.assert_array_equal(run_model(model, calib[:50]), run_model(protected, calib[:50]))
 
@@ -257,6 +258,15 @@ def test_ppocr_rec_reads_the_same_text_with_global_clipper():
     texts = ocr_data.sample_texts(16, seed=123)  # unseen lines
     images = np.concatenate([ocr_data.preprocess(ocr_data.render_line(t)) for t in texts])
     assert ocr_data.recognize(protected, images) == ocr_data.recognize(model, images)
+    # the fusion report names every guard: the CPU plugin's attention fusion rewrites the guard on the scaled q
+    # together with its MatMul into a node it names itself; the report finds it through the consumer
+    from ovrange.bench.fusion import fusion_report
+    from ovrange.bench.shapes import static_shapes, with_static_shapes
+
+    fixed = with_static_shapes(protected, static_shapes(protected, {protected.inputs[0].get_any_name(): [1, 3, 48,
+                                                                                                          320]}))
+    counts = fusion_report(compile_model(fixed, "CPU", precision="f32"), fixed).counts
+    assert counts["not found"] == 0 and counts["fused"] >= counts["standalone"] > 0
 
 
 def test_ppocr_det_maps_identical_on_unseen_pages():

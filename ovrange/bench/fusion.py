@@ -23,7 +23,8 @@ class ClampFusion:
 
     ``status``: ``fused`` (it runs inside ``runtime_node`` together with the model layers ``fused_with``),
     ``standalone`` (a kernel of its own, or shared only with other guards), ``not found`` (the plugin removed it,
-    or moved and renamed it) or ``unknown`` (the device's runtime model has no ``originalLayersNames``).
+    or moved and renamed it, and no runtime node lists its consumer either) or ``unknown`` (the device's runtime
+    model has no ``originalLayersNames``).
     """
 
     name: str
@@ -79,6 +80,11 @@ def fusion_report(compiled: ov.CompiledModel, model: ov.Model, device: str = "")
     member_of = {member: guard for guard, members in groups.items() for member in members}
     layers = {n.get_friendly_name() for n in model.get_ops() if n.get_type_name() != "Constant"} - set(member_of)
     hosts: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {guard: [] for guard in groups}
+    # A plugin transformation can rewrite a guard together with its consumer into a node it names itself (the CPU
+    # plugin's attention fusion on PP-OCRv4 rec: Clamp -> MatMul -> Softmax becomes "MatMul_123, Softmax_127,
+    # ..."); the guard then still runs (a [0, 0] bound there changes the output), inside its consumer's node.
+    consumers = _consumers(model, groups)
+    absorbed: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {guard: [] for guard in groups}
     has_names = False
     for node in compiled.get_runtime_model().get_ordered_ops():
         rt = node.get_rt_info()
@@ -90,9 +96,12 @@ def fusion_report(compiled: ov.CompiledModel, model: ov.Model, device: str = "")
         real = tuple(n for n in originals if n in layers)  # names the plugin made up are not model layers
         for guard in {member_of[n] for n in originals if n in member_of}:
             hosts[guard].append((node.get_friendly_name(), layer_type, real))
+        for guard, names in consumers.items():
+            if names & set(real):
+                absorbed[guard].append((node.get_friendly_name(), layer_type, tuple(sorted(names & set(real)))))
     results = []
     for guard in groups:
-        found = hosts[guard]
+        found = hosts[guard] or absorbed[guard]
         if not has_names:
             results.append(ClampFusion(guard, "unknown"))
         elif not found:
@@ -101,3 +110,13 @@ def fusion_report(compiled: ov.CompiledModel, model: ov.Model, device: str = "")
             node, layer_type, real = max(found, key=lambda host: len(host[2]))
             results.append(ClampFusion(guard, "fused" if real else "standalone", node, layer_type, real))
     return FusionReport(device, tuple(results))
+
+
+def _consumers(model: ov.Model, groups: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Guard -> friendly names of the model layers that read its output."""
+    found = {}
+    for node in model.get_ordered_ops():
+        if node.get_friendly_name() in groups:
+            found[node.get_friendly_name()] = {target.get_node().get_friendly_name()
+                                               for target in node.output(0).get_target_inputs()}
+    return found

@@ -19,7 +19,8 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 DataPath = Annotated[Optional[Path], typer.Option("--data", "-d", help="Image folder, .npy or .npz file.")]
 Sdc = Annotated[Optional[str], typer.Option("--sdc", help="SDC criterion: top1 (classifiers), tokens (per-position "
                                            "top-1 of [N, T, classes], e.g. OCR), linf:<t>, cosine:<t> or "
-                                           "boxes[:<pixels>] (a text-detection map binarized at 0.3 flips). "
+                                           "boxes[:<pixels>] (a text-detection map binarized at 0.3 flips), "
+                                           "regions[:<pixels>] (that map's text regions change). "
                                            "Default: top1 when the output is [N, classes].")]
 LOG_SECONDS = 15.0  # progress lines outside a terminal: often enough to show life, rarely enough to read the log
 

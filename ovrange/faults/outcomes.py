@@ -4,7 +4,8 @@ DUE: the output holds NaN or Inf (a runtime could detect it). SDC: for classifie
 top-1 class changed, as in Ranger; for sequence outputs (``tokens``: ``[N, T, classes]``, e.g. CTC text
 recognition) any position's top-1 changed; otherwise the deviation passed a user-chosen threshold, relative
 L-infinity (``max|y' - y| / max|y|``) or cosine distance (``1 - cos(y', y)``); for text detectors (``boxes``: a
-DBNet probability map) more than N pixels of the map binarized at 0.3 flipped. Anything else is masked.
+DBNet probability map) more than N pixels of the map binarized at 0.3 flipped; ``regions``: the text regions of
+that map (DBNet's boxes before unclipping) change, :mod:`ovrange.faults.regions`. Anything else is masked.
 """
 
 from __future__ import annotations
@@ -69,12 +70,26 @@ class Judge:
         elif self.criterion.metric == "boxes":
             flipped = ((f > BOXES_THRESHOLD) != (g > BOXES_THRESHOLD)).sum(axis=1)
             sdc = flipped > self.criterion.threshold
+        elif self.criterion.metric == "regions":
+            sdc = _regions_changed(golden, f.reshape(faulty.shape), self.criterion.threshold)
         elif self.criterion.metric == "linf":
             sdc = deviation > self.criterion.threshold
         else:
             sdc = _cosine_distance(g, f) > self.criterion.threshold
         codes = np.where(~finite, DUE, np.where(sdc, SDC, MASKED)).astype(np.int8)
         return codes, top1, deviation.astype(np.float32)
+
+
+def _regions_changed(golden: np.ndarray, faulty: np.ndarray, tolerance: float) -> np.ndarray:
+    """Per row: the text regions of the map binarized at 0.3 changed (:mod:`ovrange.faults.regions`); only rows
+    with a flipped pixel are labelled."""
+    from ovrange.faults.regions import changed
+
+    n = len(faulty)
+    g, f = golden.reshape(n, -1, *golden.shape[-2:]) > BOXES_THRESHOLD, faulty.reshape(n, -1, *faulty.shape[-2:]) \
+        > BOXES_THRESHOLD
+    return np.array([(a != b).any() and any(changed(x, y, tolerance) for x, y in zip(a, b))
+                     for a, b in zip(g, f)], bool)
 
 
 def _cosine_distance(g: np.ndarray, f: np.ndarray) -> np.ndarray:

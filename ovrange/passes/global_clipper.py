@@ -9,6 +9,10 @@ The four steps of every protection: :func:`select` (targets by role, :func:`role
 :func:`requests` (min/max per target, served by the one statistics loop) -> :func:`plan` (a JSON dict) ->
 :func:`apply` (graph only; a saved plan re-applies without data).
 
+The ``weights`` role bounds the *stored* weight of every Convolution/MatMul to its own range per output channel
+(bit-identical clean outputs; folded by the plugin at compile time, so it protects the stored weights, not the
+compiled copy): :func:`bound_weights`.
+
 Guards: a scalar bound is one ``Clamp``; a per-channel bound is ``Minimum(Maximum(x, low), high)``, which the CPU
 plugin fuses as post-ops like a bias. Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the
 CPU plugin's Clamp and Maximum map NaN to the lower bound and +-Inf to the bounds (measured, checked by
@@ -28,12 +32,17 @@ from ovrange.errors import ConfigError, ModelError
 from ovrange.graph import added_nodes, node_ids, node_names, record_inserted
 from ovrange.params import Param, one_of
 from ovrange.passes import PassResult, Selection
+from ovrange.passes.bounded_weights import output_axes, weight_array, weight_output
+from ovrange.passes.bounded_weights import select as bounded_layers
 from ovrange.passes.guards import CLAMP_SUFFIX
-from ovrange.passes.roles import ROLES, Target, find_targets
+from ovrange.passes.roles import ROLES as TENSOR_ROLES
+from ovrange.passes.roles import Target, find_targets
 from ovrange.stats import StatRequest, Statistics
-from ovrange.targets import ACTIVATIONS
+from ovrange.targets import ACTIVATIONS, outputs_by_id
 
-DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling"]
+WEIGHTS = "weights"  # not a tensor: the stored weights of Convolution/MatMul layers, bounded per output channel
+ROLES = (*TENSOR_ROLES, WEIGHTS)
+DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling", WEIGHTS]
 NONFINITE = ("bound", "zero", "keep")
 
 PARAMS: dict[str, Param] = {
@@ -64,14 +73,16 @@ def check_params(params: dict[str, Any]) -> str | None:
 
 
 def select(model: ov.Model, params: dict[str, Any]) -> Selection:
-    """The tensors of the chosen roles (each once), checked for per-channel bounds."""
+    """The tensors of the chosen roles (each once), checked for per-channel bounds, and with the ``weights`` role
+    the layers whose constant weights get bounds (as BoundedWeights selects them)."""
     targets = find_targets(model, params["targets"], params["activations"], params["hoist"],
                            () if params["attention_output"] else ("attention_output",))
-    if not targets:
+    layers = weight_layers(model) if WEIGHTS in params["targets"] else Selection([], {})
+    if not targets and not layers.targets:
         raise ModelError(f"model {model.get_friendly_name()!r} has no target of role(s) "
                          f"{', '.join(params['targets'])}; nothing to protect")
     check_targets(targets, params["per_channel"])
-    return Selection(targets)
+    return Selection(targets, {"layers": layers})
 
 
 def requests(selection: Selection, params: dict[str, Any]) -> list[StatRequest]:
@@ -80,17 +91,75 @@ def requests(selection: Selection, params: dict[str, Any]) -> list[StatRequest]:
 
 def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
          ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Observed min/max per target (widened by ``margin``), as JSON guards."""
+    """Observed min/max per target (widened by ``margin``) and each bounded layer's weight range, as JSON guards."""
     found = [stats[StatRequest(t.node, "minmax", _axis(t, params["per_channel"]))] for t in selection.targets]
-    guards = make_plan(selection.targets, [f.low for f in found], [f.high for f in found], stats.samples,
-                       params["margin"])
+    guards = make_plan(selection.targets, [f.low for f in found], [f.high for f in found],
+                       stats.samples if found else 0, params["margin"])
+    guards.update(weight_plan(selection.facts["layers"]))
     counts = {role: sum(e["role"] == role for e in guards.values()) for role in params["targets"]}
     return guards, {"guards_by_role": counts}
 
 
 def apply(model: ov.Model, plan: Any) -> PassResult:
-    """A guard on every tensor of the plan, in ``model`` (edited); every inserted node recorded."""
-    return PassResult(model, insert(model, plan.guards, plan.params.get("nonfinite", "bound")))
+    """A guard on every tensor of the plan and bounds on every planned weight, in ``model`` (edited); every
+    inserted node recorded."""
+    weights = {k: e for k, e in plan.guards.items() if e["role"] == WEIGHTS}
+    bound_weights(model, weights)  # first: the tensor guards' ids stay those of the original nodes
+    tensors = {k: e for k, e in plan.guards.items() if e["role"] != WEIGHTS}
+    return PassResult(model, insert(model, tensors, plan.params.get("nonfinite", "bound")) or bool(weights))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The weights role: Constant (recorded ``weight``) -> Select(IsNaN) -> Minimum(Maximum(w, low), high) (``decode``).
+# The bounds are each output channel's own min/max, so clean outputs are bit-identical; a flipped exponent or sign
+# in the stored weight is cut to the channel's range. The chain is constant: the CPU plugin folds it at compile
+# time, so it costs nothing and protects the *stored* weights (file, host memory), not the compiled copy.
+
+
+def weight_layers(model: ov.Model) -> Selection:
+    """BoundedWeights' selection (layers with a constant f32 weight, the weights, transpose_b); empty if none."""
+    try:
+        return bounded_layers(model, {})
+    except ModelError:
+        return Selection([], {})
+
+
+def weight_plan(layers: Selection) -> dict[str, dict[str, Any]]:
+    """Per layer: the min and max of its weight per output channel (one pair for a layer without one)."""
+    plan = {}
+    for target in layers.targets:
+        w = layers.facts["weights"][target.id]
+        axes = output_axes(target.op, w.ndim, layers.facts["transpose_b"][target.id])
+        reduce = tuple(a for a in range(w.ndim) if a not in axes)
+        low, high = w.min(axis=reduce, keepdims=True), w.max(axis=reduce, keepdims=True)
+        plan[f"{target.id}/weight"] = {"node": target.id, "type": target.op, "role": WEIGHTS, "shape": list(low.shape),
+                                       "low": [float(v) for v in low.reshape(-1)],
+                                       "high": [float(v) for v in high.reshape(-1)]}
+    return plan
+
+
+def bound_weights(model: ov.Model, plan: dict[str, dict[str, Any]]) -> None:
+    """Route each planned layer's weight through its bounds; the Constant is recorded ``weight``, the rest
+    ``decode`` (so :func:`ovrange.graph.stored_weight` and the weight injector strike the stored values)."""
+    outputs = outputs_by_id(model)
+    before, stored = node_names(model), []
+    for key, entry in plan.items():
+        layer = outputs[entry["node"]].get_node()
+        source = weight_output(layer)
+        if source is None:
+            raise ModelError(f"layer {entry['node']!r} has no constant f32 weight to bound")
+        weight = ops.constant(weight_array(source), name=f"{key}/stored")
+        low = ops.constant(np.asarray(entry["low"], np.float32).reshape(entry["shape"]), name=f"{key}/low")
+        high = ops.constant(np.asarray(entry["high"], np.float32).reshape(entry["shape"]), name=f"{key}/high")
+        # NaN -> 0 first: constant folding (reference kernels) lets NaN through Maximum/Minimum, the CPU kernels don't
+        finite = ops.select(ops.is_nan(weight, name=f"{key}/IsNaN"), ops.constant(np.float32(0)), weight,
+                            name=f"{key}/Select")
+        bounded = ops.minimum(ops.maximum(finite, low, name=f"{key}/Maximum"), high, name=f"{key}/Minimum")
+        layer.input(1).replace_source_output(bounded.output(0))
+        stored.append(f"{key}/stored")
+    model.validate_nodes_and_infer_types()
+    record_inserted(model, {**{n.get_friendly_name(): "decode" for n in added_nodes(model, before)},
+                            **{name: "weight" for name in stored}})
 
 
 def check_targets(targets: list[Target], per_channel: bool) -> None:
