@@ -135,7 +135,8 @@ def _describe(node: dict) -> str:
     if "high" in node:
         low, high = node["low"], node["high"]
         if isinstance(high, list):
-            return f"[{min(low):.4g}, {max(high):.4g}] per channel ({len(high)}), {node.get('method', '')}"
+            method = f", {node['method']}" if node.get("method") else ""
+            return f"[{min(low):.4g}, {max(high):.4g}] per channel ({len(high)}){method}"
         return f"[{low:.6g}, {high:.6g}] {node.get('method', '')}".rstrip()
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in node.items()
                      if k not in ("node", "name", "type") and not isinstance(v, (list, dict)))
