@@ -161,6 +161,8 @@ CASES: dict[str, tuple[str | None, tuple[str, ...], str]] = {
     "check: --max-overhead nan": (None, CHECK + ("--max-overhead", "nan"), "must be a finite number"),
     "check: --json is a folder": ("json is a folder", CHECK + ("--json", "{w}/result_dir"), "is a directory"),
     "inject: zero trials": (None, INJECT[:5] + ("0",), "trials must be a positive integer"),
+    "inject: zero lanes": (None, INJECT + ("--lanes", "0", "--report", "{w}/lanes0"), "lanes must be at least 1"),
+    "inject: unknown regions value": (None, INJECT + ("--sdc", "regions:x"), "regions[:pixels]"),
     "inject: binary replay file": ("binary replay", INJECT + ("--replay", "{w}/campaign/faults.jsonl"),
                                    "binary data"),
     "inject: replayed bit 40": ("bit 40", INJECT + ("--replay", "{w}/campaign/faults.jsonl"),

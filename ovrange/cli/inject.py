@@ -107,7 +107,7 @@ def inject(
     default_batch = batch_size is None and spec.batch_size == CampaignSpec.batch_size
     workers = workers if workers is not None else files.get("workers")
     ray_address, shard_size = ray_address or files.get("ray_address"), shard_size or files.get("shard_size")
-    lanes = lanes or files.get("lanes")
+    lanes = lanes if lanes is not None else files.get("lanes")
     if workers is not None or ray_address is not None:
         from ovrange.faults.ray_executor import check_ray
 

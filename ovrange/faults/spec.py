@@ -38,8 +38,8 @@ class SdcCriterion:
         box side moves by more than N pixels, default 0)."""
         match = re.fullmatch(r"(auto|top1|tokens|linf|cosine|boxes|regions)(?::([0-9.eE+-]+))?", str(spec).strip())
         if not match:
-            raise ConfigError(f"unknown SDC criterion {spec!r}; use top1, tokens, linf:<threshold> or "
-                              "cosine:<threshold>")
+            raise ConfigError(f"unknown SDC criterion {spec!r}; use top1, tokens, linf:<threshold>, "
+                              "cosine:<threshold>, boxes[:pixels] or regions[:pixels]")
         metric, value = match[1], match[2]
         if metric in ("linf", "cosine"):
             try:
