@@ -7,6 +7,7 @@ import openvino as ov
 import openvino.opset13 as ops
 
 SEVEN = ("Relu", "Swish", "PRelu", "Elu", "Gelu", "Sigmoid", "Tanh")
+SEVEN_LAYERS = [f"conv_{kind}" for kind in SEVEN] + ["logits"]  # the weighted layers of seven_activation_model
 
 
 def _conv(x: ov.Output, cin: int, cout: int, rng: np.random.Generator, name: str) -> ov.Node:
@@ -99,3 +100,8 @@ def record_guards(model: ov.Model, suffix: str = "/min_max_Clamp") -> ov.Model:
     record_inserted(model, {op.get_friendly_name(): "guard" for op in model.get_ops()
                             if op.get_friendly_name().endswith(suffix)})
     return model
+
+
+def seven_calibration() -> np.ndarray:
+    """Twenty fixed random inputs of :func:`seven_activation_model` (default size)."""
+    return np.random.default_rng(0).standard_normal((20, 3, 8, 8)).astype(np.float32)

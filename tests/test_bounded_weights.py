@@ -15,15 +15,14 @@ from ovrange.errors import ConfigError, ModelError
 from tests.models import node_by_name
 from ovrange.passes.bounded_weights import (GAIN_SUFFIX, SCALE_SUFFIX, THETA_SUFFIX, WEIGHT_SUFFIX, bounded_theta,
                                             folded)
-from tests.models import no_activation_model, seven_activation_model
+from tests.models import SEVEN_LAYERS, no_activation_model, seven_activation_model, seven_calibration
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
-LAYERS = [f"conv_{kind}" for kind in ("Relu", "Swish", "PRelu", "Elu", "Gelu", "Sigmoid", "Tanh")] + ["logits"]
 
 
 @pytest.fixture(scope="module")
 def calib() -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((20, 3, 8, 8)).astype(np.float32)
+    return seven_calibration()
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +73,7 @@ def test_every_weight_layer_reads_s_tanh_g_theta(protected):
     # per layer: Multiply (gain 2: scale_margin 1.05 puts artanh(1/1.05) = 1.86 above 1), Tanh, Multiply (s)
     assert {k: v for k, v in added.items() if k != "Constant"} == {"Multiply": 16, "Tanh": 8}
     original = seven_activation_model()
-    for layer in LAYERS:
+    for layer in SEVEN_LAYERS:
         node = node_by_name(protected, layer)
         weight = node.input_value(1).get_node()
         assert (weight.get_type_name(), weight.get_friendly_name()) == ("Multiply", layer + WEIGHT_SUFFIX)
@@ -86,7 +85,7 @@ def test_every_weight_layer_reads_s_tanh_g_theta(protected):
     assert conv_scale.shape == (4, 1, 1, 1)  # per output channel
     assert node_by_name(protected, "logits" + SCALE_SUFFIX).get_data().shape == (1, 5)
     info = ovrange.protection_info(protected)
-    assert set(info.nodes) == set(LAYERS) and info.nodes["logits"]["gain"] == 2.0
+    assert set(info.nodes) == set(SEVEN_LAYERS) and info.nodes["logits"]["gain"] == 2.0
 
 
 def test_large_margin_needs_no_gain(calib):
@@ -147,7 +146,7 @@ def test_input_model_is_not_modified(calib):
 def test_reconstruction_error_is_about_one_ulp_and_reported(protected):
     info = ovrange.protection_info(protected)
     original = seven_activation_model()
-    for layer in LAYERS:
+    for layer in SEVEN_LAYERS:
         w = original_weight(original, layer)
         rebuilt = folded(*chain_parts(protected, layer))
         error = np.abs(rebuilt.astype(np.float64) - w)
@@ -160,7 +159,7 @@ def test_reconstruction_error_is_about_one_ulp_and_reported(protected):
 def test_cpu_plugin_folds_the_chain_into_the_reconstructed_weight(protected, calib):
     """The compiled protected model computes exactly the original model with the reconstructed weights."""
     reference = seven_activation_model()
-    for layer in LAYERS:
+    for layer in SEVEN_LAYERS:
         rebuilt = folded(*chain_parts(protected, layer))
         node_by_name(reference, layer).input(1).replace_source_output(ops.constant(rebuilt).output(0))
     assert np.array_equal(compile_f32(protected)(calib)[0], compile_f32(reference)(calib)[0])

@@ -15,14 +15,13 @@ from ovrange.faults.metrics import DUE, SDC
 from ovrange.faults.sites import find_sites
 from ovrange.graph import inserted_nodes, stored_weight
 from ovrange.runtime import compile_model
-from tests.models import node_by_name, seven_activation_model
+from tests.models import SEVEN_LAYERS, node_by_name, seven_activation_model, seven_calibration
 
-LAYERS = [f"conv_{kind}" for kind in ("Relu", "Swish", "PRelu", "Elu", "Gelu", "Sigmoid", "Tanh")] + ["logits"]
 
 
 @pytest.fixture(scope="module")
 def calib() -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((20, 3, 8, 8)).astype(np.float32)
+    return seven_calibration()
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def with_values(model: ov.Model, constant: ov.Node, values: np.ndarray) -> ov.Mo
 def test_every_layer_reads_its_stored_weight_through_recorded_bounds(protected):
     original = seven_activation_model()
     record = inserted_nodes(protected)
-    for layer in LAYERS:
+    for layer in SEVEN_LAYERS:
         port = node_by_name(protected, layer).input_value(1).get_node()
         assert port.get_type_name() == "Minimum" and record[port.get_friendly_name()] == "decode"
         weight = stored(protected, layer)
