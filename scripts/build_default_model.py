@@ -42,7 +42,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,17 +367,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    archs = tuple(SPECS) if args.arch == "all" else (args.arch,)
+def run_timed(build: Callable[[], object]) -> int:
+    """A build script's exit code: 0 and its duration, or 1 and one ``error:`` line for a problem the user can fix."""
     started = time.perf_counter()
     try:
-        build_default(args.out, archs, force=args.force, data_dir=args.data, jobs=args.jobs)
+        build()
     except (BuildError, OvrangeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    archs = tuple(SPECS) if args.arch == "all" else (args.arch,)
+    return run_timed(lambda: build_default(args.out, archs, force=args.force, data_dir=args.data, jobs=args.jobs))
 
 
 if __name__ == "__main__":

@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from ovrange.errors import OvrangeError
 from ovrange.modelio import save_model, write_dir_atomically
 from scripts.build_default_model import (BATCH_SIZE, CALIB_SIZE, INPUT_NAME, OUTPUT_NAME, SEED, _log, _torch,
                                          accuracy, check_ops, deterministic_torch, op_type_counts, openvino_logits,
-                                         sha256, torch_logits, write_data)
-from scripts.fashion_data import DATA_DIR, BuildError, dataset_files, load_fashion_mnist
+                                         run_timed, sha256, torch_logits, write_data)
+from scripts.fashion_data import DATA_DIR, dataset_files, load_fashion_mnist
 
 FOLDER, STEM = "vit", "fashion_vit"
 RECIPE = {"version": 1, "model": "FashionViT", "patch": 7, "dim": 64, "depth": 4, "heads": 4, "mlp": 128,
@@ -202,14 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
     parser.add_argument("--data", type=Path, default=DATA_DIR, help=f"Fashion-MNIST folder (default: {DATA_DIR})")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    try:
-        build_vit(args.out, args.force, args.data)
-    except (BuildError, OvrangeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"done in {time.perf_counter() - started:.1f} s")
-    return 0
+    return run_timed(lambda: build_vit(args.out, args.force, args.data))
 
 
 if __name__ == "__main__":
