@@ -11,17 +11,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ovrange.errors import OvrangeError, exit_if_command_starting  # noqa: E402
+from ovrange.errors import OvrangeError, ctrl_c_deferred_while_the_command_imports  # noqa: E402
 
-try:  # the heavy imports; a Ctrl-C here is the ovrange command starting up, or a library user's own
+with ctrl_c_deferred_while_the_command_imports():  # the heavy imports
     from ovrange.data import Dataset  # noqa: E402
     from ovrange.plan import ProtectionPlan, load_plan  # noqa: E402
     from ovrange.protect import apply_plan, protect, protection_info, save_protected  # noqa: E402
     from ovrange.stats import StatRequest, collect  # noqa: E402
     from ovrange.targets import Target, find_targets  # noqa: E402
     from ovrange.faults import CampaignResult, inject  # noqa: E402
-except KeyboardInterrupt as _exc:
-    exit_if_command_starting(_exc)
 
 __all__ = ["Dataset", "OvrangeError", "protect", "apply_plan", "protection_info", "save_protected",
            "ProtectionPlan", "load_plan", "Target", "find_targets", "StatRequest", "collect", "inject",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 
 class OvrangeError(Exception):
     """Base class of every error ovrange reports to a user. ``exit_code`` is what the CLI exits with."""
@@ -51,16 +54,30 @@ class Interrupted(OvrangeError):
     exit_code = 130  # 128 + SIGINT, what shells report: CI must never read an interrupted gate as passed
 
 
-def exit_if_command_starting(exc: KeyboardInterrupt) -> None:
-    """Ctrl-C while the ``ovrange`` command is still importing its libraries (about a second: OpenVINO, numpy):
-    the same one line and exit code 130 as an interrupted command, not Python's import traceback. Nothing has
-    been written yet. A program that imports ovrange as a library gets its KeyboardInterrupt back."""
+@contextlib.contextmanager
+def ctrl_c_deferred_while_the_command_imports() -> Iterator[None]:
+    """Around the ``ovrange`` command's heavy imports (about a second: OpenVINO, numpy, typer): a Ctrl-C then is
+    only noted, and once the imports are done the command stops with the same one line and exit code 130 as an
+    interrupted command. Raised inside the imports instead, a KeyboardInterrupt is lost or worse: OpenVINO's
+    import-time telemetry catches it with bare ``except:`` (the command then ran to completion and exited 0), and
+    inside a compiled module's initialisation it becomes ``ImportError: initialization failed``. Nothing has been
+    written yet. A program that imports ovrange as a library keeps its own SIGINT handling."""
     import os
+    import signal
     import sys
+    import threading
 
-    launcher = os.path.basename(sys.argv[0]) if sys.argv else ""
-    if launcher in ("ovrange", "-m", "__main__.py"):  # console script, or `python -m ovrange` (argv[0] is "-m"
-        sys.stderr.write("error: interrupted\n")      # while the package imports)
+    launcher = os.path.basename(sys.argv[0]) if sys.argv else ""  # "-m" while `python -m ovrange` imports
+    if launcher not in ("ovrange", "-m", "__main__.py") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        sys.stderr.write("error: interrupted\n")
         sys.stderr.flush()
         os._exit(Interrupted.exit_code)
-    raise exc

@@ -12,13 +12,11 @@ import os
 import sys
 from typing import Annotated, Optional
 
-from ovrange.errors import Interrupted, OutputError, OvrangeError, exit_if_command_starting
+from ovrange.errors import Interrupted, OutputError, OvrangeError, ctrl_c_deferred_while_the_command_imports
 
-try:
+with ctrl_c_deferred_while_the_command_imports():
     import typer
     from typer import _click  # typer vendors click; a plain `import click` fails on a fresh install
-except KeyboardInterrupt as _exc:
-    exit_if_command_starting(_exc)
 
 USAGE = 2
 
@@ -46,14 +44,12 @@ def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=
 
 
 # Command modules register themselves on `app`; import them after it exists.
-try:
+with ctrl_c_deferred_while_the_command_imports():
     from ovrange.cli import protect as _protect  # noqa: E402,F401  (protect, evaluate)
     # (one import line per command module)
     from ovrange.cli import benchmark as _benchmark  # noqa: E402,F401
     from ovrange.cli import check as _check  # noqa: E402,F401
     from ovrange.cli import inject as _inject  # noqa: E402,F401
-except KeyboardInterrupt as _exc:
-    exit_if_command_starting(_exc)
 
 
 def main() -> None:
