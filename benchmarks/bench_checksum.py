@@ -13,9 +13,12 @@
   random weights: latency does not depend on them) built here with OpenVINO opsets.
 
 * GradientSuppression always on against gated by the checks (``gate: select`` / ``gate: if``), FashionLeNet.
+* Where the overhead goes (``decompose``): FashionLeNet with only the logits layer checked (the fixed cost of one
+  check, the flag and the If; no activation unfused) and the ViT without its 12 ``fc1`` checks (their GELU stays
+  fused into the layer).
 
 Usage: python benchmarks/bench_checksum.py [--trials 20000] [--time 20] [--sessions 4] [--out /tmp/checksum]
-       [--skip coverage,latency,gating,vit]
+       [--skip coverage,latency,gating,vit,decompose]
 """
 
 from __future__ import annotations
@@ -35,12 +38,13 @@ import ovrange
 from ovrange.faults import inject
 from ovrange.faults.metrics import Rate
 from ovrange.modelio import read_model, save_model
-from ovrange.passes.checksum import flag_model, plan_of
+from ovrange.passes.checksum import find_layers, flag_model, plan_of
 from ovrange.runtime import compile_model
 
 LENET = Path("build/default/fashion_lenet.xml")
 MAC_SITES = ["*/Convolution", "*/MatMul", "*linear/Add", "*convolution/Add"]
 LOGITS = ["__module.classifier.5/aten::linear/*"]
+LOGITS_LAYER = "__module.classifier.5/aten::linear/MatMul"
 
 
 def false_positives(model: ov.Model, protected: ov.Model, x: np.ndarray) -> dict[str, int]:
@@ -173,6 +177,12 @@ def main() -> int:
                                                     args.sessions, args.out) for label in protected}
         report["latency_lenet_batch64"] = benchmark(LENET, args.out / "model" / "fashion_lenet.xml", args.time,
                                                     args.sessions, args.out, batch=64)
+    if "latency" not in skip and "decompose" not in skip:  # the fixed cost of one check, the flag and the If
+        only = ovrange.protect(model, calib, algorithm="Checksum", subset_size=1000, batch_size=100,
+                               layers=[LOGITS_LAYER])
+        save_model(only, args.out / "logits_only" / "fashion_lenet.xml")
+        report["latency_lenet_logits_only"] = benchmark(LENET, args.out / "logits_only" / "fashion_lenet.xml",
+                                                        args.time, args.sessions, args.out)
     if "gating" not in skip:  # GradientSuppression always on vs gated by the checks (Select, If)
         report["latency_gradient_suppression"] = {}
         for gate in ("none", "select", "if"):
@@ -188,11 +198,14 @@ def main() -> int:
         # on N(0, 1) flags the patch convolution on every benchmark input, and then the timing is the recompute's.
         images = np.random.default_rng(1).uniform(0, 255, (8, 3, 224, 224)).astype(np.float32)
         report["latency_vit"] = {}
-        for label in ("model", "if"):
+        # no_fc1: every layer but the 12 fc1 (their GELU stays fused: what unfusing it costs)
+        no_fc1 = [layer.name for layer in find_layers(original)[0] if not layer.name.endswith("/fc1/MatMul")]
+        variants = {"model": {}, "if": {"branch": "if"}, "no_fc1": {"layers": no_fc1}}
+        for label in [v for v in variants if v != "no_fc1" or "decompose" not in skip]:
             checked = ovrange.protect(original, images, algorithm="Checksum", subset_size=8, batch_size=1,
-                                      branch=label)
+                                      **variants[label])
             save_model(checked, args.out / f"vit_{label}" / "deit_tiny.xml")
-            report["vit_checks"] = len(plan_of(checked)["checks"])
+            report[f"vit_{label}_checks"] = len(plan_of(checked)["checks"])
             report[f"vit_{label}_flags_on_benchmark_input"] = flags_on_benchmark_input(original, checked)
             report["latency_vit"][label] = benchmark(args.out / "vit" / "deit_tiny.xml",
                                                      args.out / f"vit_{label}" / "deit_tiny.xml", args.time,

@@ -17,7 +17,7 @@ from ovrange.faults.injectors import ScatterInjector
 from ovrange.faults.model import flip
 from ovrange.faults.sites import find_sites
 from ovrange.passes.checksum import find_layers, flag_model, plan_of
-from ovrange.passes.checksum_graph import input_weights
+from ovrange.passes.checksum_graph import encoded_sum, input_weights
 from ovrange.runtime import compile_model
 from tests.test_faults_cli import cli
 from tests.test_faults_sites import SHAPES, images, tiny_lenet
@@ -208,3 +208,17 @@ def test_a_fault_at_a_relu_output_opens_the_gate_through_the_relu_check(gate):
     _, plain_faulty = faulty_run(tiny_lenet(), clean, "relu1", 30)
     assert not np.allclose(plain_faulty, golden) and (always_faulty.argmax(1) == golden.argmax(1)).all()
     assert np.allclose(faulty, always_faulty, rtol=1e-5, atol=1e-6)  # suppressed, as always on
+
+
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_a_matmul_check_encodes_its_weights_as_one_k_by_1_matmul(transpose_b):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((24, 16) if transpose_b else (16, 24)).astype(np.float32)
+    x = ops.parameter([-1, 5, 16], ov.Type.f32, name="x")
+    mac = ops.matmul(x, ops.constant(w), False, transpose_b, name="fc")
+    right = encoded_sum(mac, mac.input_value(0), "fc/encode")
+    assert right.get_type_name() == "MatMul"  # one FullyConnected kernel, no Multiply + ReduceSum
+    data = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    got = infer(ov.Model([ops.result(right)], [x], "encode"), data)[0]
+    summed = w.astype(np.float64).sum(axis=0 if transpose_b else 1)
+    np.testing.assert_allclose(got, data.astype(np.float64) @ summed[:, None], rtol=1e-5, atol=1e-5)

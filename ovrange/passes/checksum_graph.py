@@ -83,19 +83,18 @@ def input_weights(mac: ov.Node) -> np.ndarray:
 
 
 def encoded_sum(mac: ov.Node, x: ov.Output, name: str, whole: bool = False) -> ov.Node:
-    """C_R without the bias: ``x (W 1)`` or ``conv(x, sum_o W[o])`` (``whole``: ``sum(x * M)``), from weights
-    summed in float64 once."""
+    """C_R without the bias: ``x (W 1)`` (a ``[K, 1]`` MatMul) or ``conv(x, sum_o W[o])`` (``whole``:
+    ``sum(x * M)``), from weights summed in float64 once."""
     if whole:
         axes = ops.constant(np.arange(1, x.get_partial_shape().rank.get_length(), dtype=np.int64))
         return ops.reduce_sum(ops.multiply(x, ops.constant(input_weights(mac)[None].astype(np.float32))), axes,
                               keep_dims=True, name=name)
     weights = constant_values(constant_weight(mac)).astype(np.float64)
     if mac.get_type_name() == "MatMul":
-        # x (W 1) as a multiply and a reduction, not a MatMul: the CPU plugin would fuse a MatMul on the same input
-        # into the layer's own FullyConnected (one more output column), which made it pick a slower kernel.
+        # x (W 1) as a [K, 1] MatMul: one FullyConnected kernel (its bias Add fused) instead of a Multiply and a
+        # ReduceSum; with two inference threads on the ViT the check costs about half (docs/checksum.md).
         row = weights.sum(axis=0 if mac.get_transpose_b() else 1).astype(np.float32)
-        return ops.reduce_sum(ops.multiply(x, ops.constant(row)), ops.constant(np.array([-1], np.int64)),
-                              keep_dims=True, name=name)
+        return ops.matmul(x, ops.constant(row[:, None]), False, False, name=name)
     kernel = weights.sum(axis=0, keepdims=True).astype(np.float32)
     return ops.convolution(x, ops.constant(kernel), mac.get_strides(), mac.get_pads_begin(), mac.get_pads_end(),
                            mac.get_dilations(), auto_pad(mac), name=name)
