@@ -13,8 +13,9 @@ The ``weights`` role bounds the *stored* weight of every Convolution/MatMul to i
 (bit-identical clean outputs; folded by the plugin at compile time, so it protects the stored weights, not the
 compiled copy): :func:`bound_weights`.
 
-Guards: a scalar bound is one ``Clamp``; a per-channel bound is ``Minimum(Maximum(x, low), high)``, which the CPU
-plugin fuses as post-ops like a bias. Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the
+Guards: a scalar bound is one ``Clamp``; a per-channel bound scales each channel to [-1, 1], clamps and scales back
+(:func:`affine_clamp`): scale-shift ops and a Clamp, which the CPU plugin fuses as post-ops like a bias (it does not
+fuse per-channel ``Minimum``/``Maximum``). ``per_channel: nchw`` (default) bounds per channel only NCHW tensors. Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the
 CPU plugin's Clamp and Maximum map NaN to the lower bound and +-Inf to the bounds (measured, checked by
 tests/test_global_clipper.py; OpenVINO's reference Clamp would pass NaN); ``zero`` replaces NaN by 0 explicitly
 (``Select(IsNaN)``, an extra kernel); ``keep`` lets NaN through so that a runtime check can see it (DUE, not SDC).
@@ -256,10 +257,7 @@ def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.
     else:
         shape = [1] * entry["rank"]
         shape[entry["axis"]] = len(entry["high"])
-        low = ops.constant(np.asarray(entry["low"], np.float32).reshape(shape))
-        high = ops.constant(np.asarray(entry["high"], np.float32).reshape(shape))
-        node = ops.minimum(ops.maximum(value, low, name=f"{name}/min_max_Maximum"), high) if entry.get("form") == "minmax" \
-            else affine_clamp(value, entry, shape, name)
+        node = affine_clamp(value, entry, shape, name)
     if nonfinite == "keep":
         node.set_friendly_name(f"{name}/min_max_Bound")
         node = ops.select(ops.is_nan(x), x, node)
@@ -273,7 +271,10 @@ def affine_clamp(x: ov.Output, entry: dict[str, Any], shape: list[int], name: st
     low, high = np.asarray(entry["low"], np.float64), np.asarray(entry["high"], np.float64)
     centre, half = (high + low) / 2, (high - low) / 2
     half = np.maximum(half, np.maximum(np.abs(centre), 1.0) * 1e-6)  # a constant channel still gets a width
-    const = lambda v: ops.constant(np.asarray(v, np.float32).reshape(shape))
+
+    def const(values: np.ndarray) -> ov.Node:
+        return ops.constant(np.asarray(values, np.float32).reshape(shape))
+
     unit = ops.add(ops.multiply(x, const(1 / half), name=f"{name}/scale_Multiply"), const(-centre / half),
                    name=f"{name}/shift_Add")
     clamped = ops.clamp(unit, -1.0, 1.0, name=f"{name}/unit_Clamp")
