@@ -187,6 +187,8 @@ def test_bad_combinations_are_config_errors():
                         per_channel=True)
     with pytest.raises(ConfigError, match="nonfinite"):
         ovrange.protect(block_model(), tokens(2, 3), algorithm="GlobalClipper", nonfinite="drop")
+    with pytest.raises(ConfigError, match="must be true, false or nchw"):
+        ovrange.protect(block_model(), tokens(2, 3), algorithm="GlobalClipper", per_channel="nhwc")
 
 
 def test_cli_rejects_an_unknown_role_in_one_line(tmp_path: Path):
