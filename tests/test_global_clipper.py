@@ -148,7 +148,8 @@ def test_nonfinite_values_do_not_survive_a_guard(nonfinite, nan_becomes):
     model, values = _guarded_add(nonfinite)
     out = run_model(model, values)[0, 0]
     assert np.isfinite(out).all()
-    np.testing.assert_array_equal(out, [nan_becomes, 2.0, -1.0, 2.0, 0.5, -0.5, 2.0, -1.0])
+    # a per-channel guard scales each channel to [-1, 1] and back: exact up to f32 rounding
+    np.testing.assert_allclose(out, [nan_becomes, 2.0, -1.0, 2.0, 0.5, -0.5, 2.0, -1.0], rtol=1e-6, atol=1e-6)
 
 
 def test_nonfinite_keep_lets_nan_through_for_a_runtime_check():
@@ -186,6 +187,8 @@ def test_bad_combinations_are_config_errors():
                         per_channel=True)
     with pytest.raises(ConfigError, match="nonfinite"):
         ovrange.protect(block_model(), tokens(2, 3), algorithm="GlobalClipper", nonfinite="drop")
+    with pytest.raises(ConfigError, match="must be true, false or nchw"):
+        ovrange.protect(block_model(), tokens(2, 3), algorithm="GlobalClipper", per_channel="nhwc")
 
 
 def test_cli_rejects_an_unknown_role_in_one_line(tmp_path: Path):
@@ -275,8 +278,66 @@ def test_ppocr_det_maps_identical_on_unseen_pages():
 
     model = read_model(ocr_det.det_model_path())
     protected = ovrange.protect(model, ocr_det.pages(64, seed=0), algorithm="GlobalClipper", subset_size=64,
-                                stat_batch_size=8, margin=0.25)
+                                stat_batch_size=8, margin=0.25, per_channel=False)  # as docs/transformers.md
     pages = ocr_det.pages(12, seed=123)
     original = ocr_det.binary_maps(model, pages)
     assert original.mean() > 0.02  # the pages hold text the model finds
     np.testing.assert_array_equal(ocr_det.binary_maps(protected, pages), original)
+
+
+def conv_then_tokens() -> ov.Model:
+    """Conv -> Relu on NCHW ``[N, 4, 6, 6]``, then the pixels as tokens ``[N, 36, 4]`` -> linear (+bias) -> Relu ->
+    mean -> head: one NCHW target and one ``[N, T, C]`` target of the activation role."""
+    rng = np.random.default_rng(0)
+    x = ops.parameter([-1, 3, 6, 6], np.float32, name="image")
+    w = ops.constant((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32))
+    h = ops.relu(ops.convolution(x, w, [1, 1], [1, 1], [1, 1], [1, 1], name="conv"), name="relu_nchw")
+    t = ops.transpose(ops.reshape(h, ops.constant(np.array([0, 4, -1], np.int64)), True),
+                      ops.constant(np.array([0, 2, 1], np.int64)))
+    t = ops.relu(_linear(t, rng, 4, 8, "fc"), name="relu_tokens")
+    logits = _linear(ops.reduce_mean(t, ops.constant(np.array([1], np.int64)), False), rng, 8, 3, "head")
+    return ov.Model([ops.result(logits)], [x], "conv_then_tokens")
+
+
+def test_default_bounds_are_per_channel_on_nchw_only_and_fuse_into_the_convolution():
+    from ovrange.bench.fusion import fusion_report
+
+    model = conv_then_tokens()
+    calib = np.random.default_rng(1).standard_normal((16, 3, 6, 6)).astype(np.float32)
+    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16)
+    nodes = ovrange.protection_info(protected).nodes
+    assert nodes["relu_nchw"]["axis"] == 1 and len(nodes["relu_nchw"]["high"]) == 4
+    assert nodes["relu_tokens"]["axis"] is None  # [N, T, C]: one bound (the default, "nchw")
+    a, b = run_model(model, calib), run_model(protected, calib)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)  # the per-channel guard rounds (scale, shift, back)
+    assert (a.argmax(1) == b.argmax(1)).all()
+    report = fusion_report(compile_model(protected, "CPU", precision="f32"), protected)
+    hosts = {c.name.split("/")[0]: c for c in report.clamps}
+    assert report.counts["standalone"] == 0 and report.counts["not found"] == 0
+    assert hosts["relu_nchw"].layer_type == "Convolution" and "conv" in hosts["relu_nchw"].fused_with
+
+
+def test_per_channel_guard_on_a_linear_output_fuses_and_still_bounds_each_channel():
+    from ovrange.bench.fusion import fusion_report
+
+    model = conv_then_tokens()
+    calib = np.random.default_rng(1).standard_normal((16, 3, 6, 6)).astype(np.float32)
+    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16, per_channel=True)
+    entry = ovrange.protection_info(protected).nodes["relu_tokens"]
+    assert entry["axis"] == 2 and len(entry["high"]) == 8
+    report = fusion_report(compile_model(protected, "CPU", precision="f32"), protected)
+    host = next(c for c in report.clamps if c.name.startswith("relu_tokens"))
+    assert host.status == "fused" and host.layer_type == "FullyConnected"
+    # every channel is cut at its own bound: a huge input saturates each channel's output at (about) its high
+    plan = {"relu_tokens": {**entry, "node": "fc/Add"}}
+    probe = apply_plan(ops_model_linear(), plan)
+    out = run_model(probe, np.full((1, 5, 4), 1e6, np.float32))[0]
+    np.testing.assert_allclose(out, np.tile(entry["high"], (5, 1)), rtol=1e-6)
+
+
+def ops_model_linear() -> ov.Model:
+    """x ``[N, T, 4]`` (dynamic T) -> linear 4 -> 8 with positive weights (named ``fc/Add``, as in conv_then_tokens)."""
+    x = ops.parameter([-1, -1, 4], np.float32, name="x")
+    y = ops.add(ops.matmul(x, ops.constant(np.ones((8, 4), np.float32)), False, True), ops.constant(np.zeros(8,
+                np.float32)), name="fc/Add")
+    return ov.Model([ops.result(y)], [x], "linear")

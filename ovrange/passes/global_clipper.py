@@ -13,8 +13,9 @@ The ``weights`` role bounds the *stored* weight of every Convolution/MatMul to i
 (bit-identical clean outputs; folded by the plugin at compile time, so it protects the stored weights, not the
 compiled copy): :func:`bound_weights`.
 
-Guards: a scalar bound is one ``Clamp``; a per-channel bound is ``Minimum(Maximum(x, low), high)``, which the CPU
-plugin fuses as post-ops like a bias. Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the
+Guards: a scalar bound is one ``Clamp``; a per-channel bound scales each channel to [-1, 1], clamps and scales back
+(:func:`affine_clamp`): scale-shift ops and a Clamp, which the CPU plugin fuses as post-ops like a bias (it does not
+fuse per-channel ``Minimum``/``Maximum``). ``per_channel: nchw`` (default) bounds per channel only NCHW tensors. Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the
 CPU plugin's Clamp and Maximum map NaN to the lower bound and +-Inf to the bounds (measured, checked by
 tests/test_global_clipper.py; OpenVINO's reference Clamp would pass NaN); ``zero`` replaces NaN by 0 explicitly
 (``Select(IsNaN)``, an extra kernel); ``keep`` lets NaN through so that a runtime check can see it (DUE, not SDC).
@@ -47,8 +48,11 @@ NONFINITE = ("bound", "zero", "keep")
 
 PARAMS: dict[str, Param] = {
     "targets": Param(list, DEFAULT_ROLES, None, f"roles to guard, of: {', '.join(ROLES)}"),
-    "per_channel": Param(bool, False, None, "one bound per feature channel (last axis of [N, T, C], axis 1 of "
-                                             "NCHW); targets whose feature axis is dynamic get one bound"),
+    "per_channel": Param((bool, str), "nchw", lambda v: None if v in (True, False, "nchw") else
+                         "must be true, false or nchw",
+                         "one bound per feature channel (last axis of [N, T, C], axis 1 of NCHW); nchw: only on "
+                         "NCHW tensors (where the CPU plugin fuses it into the convolution); targets whose feature "
+                         "axis is dynamic get one bound"),
     "nonfinite": Param(str, "bound", one_of(*NONFINITE), "NaN handling: bound (the guard maps it to a bound on "
                                                           "CPU), zero (explicit Select), keep (let NaN through)"),
     "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
@@ -81,7 +85,7 @@ def select(model: ov.Model, params: dict[str, Any]) -> Selection:
     if not targets and not layers.targets:
         raise ModelError(f"model {model.get_friendly_name()!r} has no target of role(s) "
                          f"{', '.join(params['targets'])}; nothing to protect")
-    check_targets(targets, params["per_channel"])
+    check_targets(targets, params["per_channel"] is True)
     return Selection(targets, {"layers": layers})
 
 
@@ -171,8 +175,13 @@ def check_targets(targets: list[Target], per_channel: bool) -> None:
                           "output; set per_channel: false")
 
 
-def _axis(target: Target, per_channel: bool) -> int | None:
-    """The axis kept by the reduction, or None for one bound over the whole tensor."""
+def _axis(target: Target, per_channel: bool | str) -> int | None:
+    """The axis kept by the reduction, or None for one bound over the whole tensor. ``nchw``: per channel on
+    rank-4 tensors with channels on axis 1 only -- there the guard fuses into the convolution; on ``[N, T, C]``
+    tensors of attention, norm and residual roles the plugin's eltwise subgraphs leave a per-channel guard as a
+    kernel of its own (docs/transformers.md)."""
+    if per_channel == "nchw":
+        per_channel = target.rank == 4 and target.axis == 1
     return target.axis if per_channel and target.channels is not None else None
 
 
@@ -248,11 +257,25 @@ def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.
     else:
         shape = [1] * entry["rank"]
         shape[entry["axis"]] = len(entry["high"])
-        low = ops.constant(np.asarray(entry["low"], np.float32).reshape(shape))
-        high = ops.constant(np.asarray(entry["high"], np.float32).reshape(shape))
-        node = ops.minimum(ops.maximum(value, low, name=f"{name}/min_max_Maximum"), high)
+        node = affine_clamp(value, entry, shape, name)
     if nonfinite == "keep":
         node.set_friendly_name(f"{name}/min_max_Bound")
         node = ops.select(ops.is_nan(x), x, node)
     node.set_friendly_name(name + CLAMP_SUFFIX)
     return node
+
+
+def affine_clamp(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> ov.Node:
+    """``x`` bounded per channel with ops the CPU plugin fuses as post-ops (Minimum/Maximum with a per-channel
+    constant are not): ``Clamp(x * (1/h) - c/h, -1, 1) * h + c`` with centre ``c`` and half-width ``h``."""
+    low, high = np.asarray(entry["low"], np.float64), np.asarray(entry["high"], np.float64)
+    centre, half = (high + low) / 2, (high - low) / 2
+    half = np.maximum(half, np.maximum(np.abs(centre), 1.0) * 1e-6)  # a constant channel still gets a width
+
+    def const(values: np.ndarray) -> ov.Node:
+        return ops.constant(np.asarray(values, np.float32).reshape(shape))
+
+    unit = ops.add(ops.multiply(x, const(1 / half), name=f"{name}/scale_Multiply"), const(-centre / half),
+                   name=f"{name}/shift_Add")
+    clamped = ops.clamp(unit, -1.0, 1.0, name=f"{name}/unit_Clamp")
+    return ops.add(ops.multiply(clamped, const(half), name=f"{name}/unscale_Multiply"), const(centre))
