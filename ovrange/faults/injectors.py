@@ -141,19 +141,21 @@ class ScatterInjector:
             if probe:
                 probes += [ops.result(r) for r in tensors]
                 self.probe_counts.append(len(tensors))
+            written = out
+            if self.capacity[i]:
+                indices = ops.parameter([self.capacity[i], 1 + len(shape)], ov.Type.i32, name=f"ovrange_fi_idx_{i}")
+                updates = ops.parameter([self.capacity[i]], ov.Type.f32, name=f"ovrange_fi_upd_{i}")
+                written = ops.scatter_nd_update(out, indices, updates).output(0)
+                for target in targets:
+                    target.replace_source_output(written)
+                _move_names(out, written)
+                params += [indices, updates]
             if reads:
+                # Read after the scatter: a read run writes only the trash element, so the real rows hold the
+                # fault-free values, and the scatter stays the tap's one consumer (a second one forces a copy).
                 indices = ops.parameter([batch, 1 + len(shape)], ov.Type.i32, name=f"ovrange_fi_read_{i}")
-                read_results.append(ops.result(ops.gather_nd(out, indices)))
+                read_results.append(ops.result(ops.gather_nd(written, indices)))
                 read_params.append(indices)
-            if not self.capacity[i]:
-                continue
-            indices = ops.parameter([self.capacity[i], 1 + len(shape)], ov.Type.i32, name=f"ovrange_fi_idx_{i}")
-            updates = ops.parameter([self.capacity[i]], ov.Type.f32, name=f"ovrange_fi_upd_{i}")
-            scatter = ops.scatter_nd_update(out, indices, updates)
-            for target in targets:
-                target.replace_source_output(scatter.output(0))
-            _move_names(out, scatter.output(0))
-            params += [indices, updates]
         clone.add_parameters(params + read_params)
         if probes or read_results:
             clone.add_results(probes + read_results)
