@@ -151,14 +151,17 @@ class ScatterInjector:
         self.runner = _Runner(clone, device, precision, config)
         self.read_at = self.n_inputs + len(params)
         self._none = [_coordinates(np.zeros(0, np.int64), np.zeros(0, np.int64), shape) for shape in self.shapes]
-        self._clear(range(len(self.shapes)))
+        self._dirty: set[int] = set(range(len(self.shapes)))  # taps whose writes are not empty
+        self._clear(set())
         for i, shape in enumerate(self.shapes[:len(read_params)]):  # one dummy read where none is asked
             self.runner.feed(self.read_at + i, _coordinates(np.zeros(1, np.int64), np.zeros(1, np.int64), shape))
 
-    def _clear(self, taps) -> None:
-        for i in taps:
+    def _clear(self, keep: set[int]) -> None:
+        """Empty the writes of every tap but ``keep`` (those get new writes next: one call per tap saved)."""
+        for i in self._dirty - keep:
             self.runner.feed(self.n_inputs + 2 * i, self._none[i])
             self.runner.feed(self.n_inputs + 2 * i + 1, np.zeros(0, np.float32))
+        self._dirty &= keep
 
     def _fill(self, inputs: list[np.ndarray]) -> int:
         n = len(inputs[0])
@@ -175,13 +178,12 @@ class ScatterInjector:
         ``tap[w]`` in batch row ``row[w]``, for every write w. Returns (model outputs, probe tensors per tap)."""
         n = self._fill(inputs)
         groups = _groups(tap) if tap is not None and len(tap) else {}
+        self._clear(set(groups))
         for i, writes in groups.items():
             self.runner.feed(self.n_inputs + 2 * i, _coordinates(row[writes], element[writes], self.shapes[i]))
             self.runner.feed(self.n_inputs + 2 * i + 1, np.asarray(value[writes], np.float32))
-        try:
-            outputs = self.runner.infer(n, self.n_outputs + sum(self.probe_counts))  # not the read outputs
-        finally:
-            self._clear(groups)
+            self._dirty.add(i)
+        outputs = self.runner.infer(n, self.n_outputs + sum(self.probe_counts))  # not the read outputs
         probes, position = [], self.n_outputs
         for count in self.probe_counts:
             probes.append(outputs[position:position + count])
@@ -193,6 +195,7 @@ class ScatterInjector:
         """Fault-free model outputs for ``inputs`` and the value of flat element ``element[k]`` of tap ``site[k]``
         in row ``row[k]`` (needs ``reads``): one inference, whatever the number of reads."""
         n = self._fill(inputs)
+        self._clear(set())  # fault-free
         groups = _groups(site)
         for s, take in groups.items():
             self.runner.feed(self.read_at + s, _coordinates(row[take], element[take], self.shapes[s]))
