@@ -88,6 +88,12 @@ class _FaultTable:
         return site, element, mask.astype(np.uint64), self.ops[pending], inputs
 
 
+def _by_site(site: np.ndarray) -> np.ndarray:
+    """Trial positions ordered by site: a batch then writes into few taps, and each tap whose writes change costs
+    two input tensors per inference (outcomes do not depend on the order)."""
+    return np.argsort(site, kind="stable")
+
+
 def _judge(judge: Judge, golden: dict[int, np.ndarray], inputs: np.ndarray, outputs: np.ndarray,
            trials: np.ndarray) -> Outcomes:
     codes, top1, deviation = judge.classify(np.stack([golden[int(i)] for i in inputs]), outputs)
@@ -168,7 +174,7 @@ class ActivationEngine(_ScatterEngine):
     def _inject(self, store: InputStore, trial: _Trials, golden: dict[int, np.ndarray]) -> Outcomes:
         """Whole-model trials, a batch of faults per inference."""
         parts = []
-        for part in _chunks(np.arange(len(trial.pending)), self.batch):
+        for part in _chunks(_by_site(trial.site), self.batch):
             outputs, _ = self.injector.run(store.batch(trial.inputs[part]), trial.site[part], np.arange(len(part)),
                                            trial.element[part], trial.faulty[part])
             parts.append(_judge(self.judge, golden, trial.inputs[part], outputs[self.judge.output],
@@ -226,7 +232,7 @@ class DeltaWeightEngine(_ScatterEngine):
                     writes[trial] = (index[k], values[k])
         golden = self._golden(store, used)
         parts = []
-        for part in _chunks(np.arange(len(pending)), self.batch):
+        for part in _chunks(_by_site(site), self.batch):
             sizes = [len(writes[k][0]) for k in part]
             taps = np.repeat(site[part], sizes)
             rows = np.repeat(np.arange(len(part)), sizes)
