@@ -136,8 +136,6 @@ def main() -> int:
                         help="time a weight campaign too")
     parser.add_argument("--one-lane", action="store_true", help="time the activation campaign on one lane "
                         "(lanes=1) too")
-    parser.add_argument("--two-lanes", action="store_true", help="time the activation campaign on two lanes "
-                        "(lanes=2) too (the default takes one lane on big models)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     parser.add_argument("--inputs", type=int, default=100)
@@ -151,8 +149,8 @@ def main() -> int:
     settings = dict(batch_size=args.batch_size, inputs=args.inputs, sdc=args.sdc)
 
     def campaign(target: str, lanes: int | None = None) -> None:
-        key = target + {None: "", 1: "_one_lane", 2: "_two_lanes"}[lanes]
-        outcomes[key] = inject(model, x, labels=y, target=target, trials=n, seed=0, lanes=lanes, **settings)
+        outcomes[target + ("_one_lane" if lanes else "")] = inject(model, x, labels=y, target=target, trials=n,
+                                                                   seed=0, lanes=lanes, **settings)
 
     print(f"model {args.model}, OpenVINO {ov.__version__}, f32 on CPU; {args.rounds} rounds, batch "
           f"{args.batch_size}")
@@ -162,8 +160,6 @@ def main() -> int:
         contenders["weights"] = lambda: campaign("weights")
     if args.one_lane:
         contenders["one_lane"] = lambda: campaign("activations", lanes=1)
-    if args.two_lanes:
-        contenders["two_lanes"] = lambda: campaign("activations", lanes=2)
     if args.pytorchfi:
         module = load_torch(args.torch_weights, args.torch_threads)
         import torch
@@ -176,8 +172,7 @@ def main() -> int:
         contenders["pytorchfi_b64"] = lambda: outcomes.__setitem__("pfi64", batched.run(args.pfi_batched_trials))
     started = time.perf_counter()
     times = interleaved(contenders, rounds=args.rounds, warmup=args.warmup)
-    trials = {"plain": n, "activations": n, "weights": n, "one_lane": n, "two_lanes": n,
-              "pytorchfi_b1": args.pfi_trials,
+    trials = {"plain": n, "activations": n, "weights": n, "one_lane": n, "pytorchfi_b1": args.pfi_trials,
               "pytorchfi_b64": args.pfi_batched_trials}
     trials = {k: v for k, v in trials.items() if k in times}
     rate = {k: trials[k] / np.median(v) for k, v in times.items()}
@@ -196,7 +191,6 @@ def main() -> int:
         ("activation faults vs PyTorchFI, batch 64", ("activations", "pytorchfi_b64"), ">= 10x"),
         ("one-lane activation faults vs plain", ("one_lane", "plain"), "-"),
         ("default lanes vs one lane, activation faults", ("activations", "one_lane"), "-"),
-        ("two lanes vs one lane, activation faults", ("two_lanes", "one_lane"), "-"),
     ):
         if a not in times or b not in times:
             continue

@@ -24,20 +24,18 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from ovrange.errors import ModelError
 from ovrange.faults.execute import Outcomes, make_engine
 from ovrange.faults.faultlist import FaultList
 from ovrange.faults.injectors import Stopped, lane_stop
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.model import parse_format
 from ovrange.faults.outcomes import Judge
-from ovrange.faults.sites import Site, find_sites
+from ovrange.faults.sites import Site
 from ovrange.faults.spec import CampaignSpec
 
 MIN_SHARD = 400  # trials per remote call: one inference per call ran at 0.13x native under Ray, >= 400 at ~1x
 MAX_SHARD = 8192
 MAX_LANES = 2  # measured on 2 cores; more lanes than cores only add engines
-BIG_SAMPLE = 1 << 22  # activation elements per sample (16 MB f32) above which a local run takes one lane
 SHARDS_PER_ROUND = 8  # per round: enough to keep 2 workers busy to its end (2 per worker with more workers)
 
 
@@ -120,33 +118,19 @@ class Bench:
         return ShardResult(shard, outcomes, time.perf_counter() - started, self.name, self.engine.description)
 
 
-def local_lanes(cores: int | None = None, sample_elements: int = 0) -> int:
-    """Lanes of a local run: one per core, at most 2 (see :class:`LocalExecutor`); one when a sample's activations
-    (``sample_elements``, f32) exceed :data:`BIG_SAMPLE`: two engines of a big model then compete for memory
-    bandwidth, and one engine on both cores was faster (DeiT-sized ViT, 12.4M elements: two lanes 0.79x one under
-    load, 0.93x on the quiet machine; FashionLeNet, 23k: 1.19x; Fashion ViT, 118k: about 2x)."""
-    if sample_elements > BIG_SAMPLE:
-        return 1
+def local_lanes(cores: int | None = None) -> int:
+    """Lanes of a local run: one per core, at most 2 (see :class:`LocalExecutor`)."""
     return max(1, min(MAX_LANES, cores or os.cpu_count() or 1))
-
-
-def sample_elements(model: ov.Model, shapes: list[tuple[int, ...]]) -> int:
-    """Activation values one sample computes (the outputs of every activation site; 0 where they cannot be
-    listed, e.g. a weight campaign on a model with dynamic activation shapes)."""
-    try:
-        return sum(site.size for site in find_sites(model, "activations", shapes))
-    except ModelError:
-        return 0
 
 
 class LocalExecutor:
     """Shards run in this process on ``lanes`` threads, each with its own engine compiled for cores/lanes OpenVINO
-    threads without CPU pinning (``infer`` releases the GIL). Two one-thread lanes beat one two-thread engine on
-    small models: OpenVINO splits small layers badly over threads; a big model gets one lane (:func:`local_lanes`;
-    docs/distributed.md has the measurements). ``memory`` is shared: each lane's engine gets memory/lanes."""
+    threads without CPU pinning (``infer`` releases the GIL). Two one-thread lanes beat one two-thread engine:
+    OpenVINO splits small layers badly over threads (see docs/distributed.md for the measurements). ``memory`` is
+    shared: each lane's engine gets memory/lanes."""
 
     def __init__(self, job: Job, models: list[ov.Model], store: InputStore, lanes: int | None = None):
-        self.lanes = lanes or local_lanes(sample_elements=max(sample_elements(m, job.shapes) for m in models))
+        self.lanes = lanes or local_lanes()
         name = f"local:{socket.gethostname()}:{os.getpid()}"
         if self.lanes == 1:
             self.benches = [Bench(job, lambda i: models[i], store, name=name)]
