@@ -128,7 +128,7 @@ def test_delta_engine_applies_masks_and_operations():
     layers = [linear_layer(*found[name]) for name in names]
     faults, _ = plan_faults(sites, np.arange(8), 8, tuple(range(24, 31)), seed=2, weighting="uniform",
                             fault_model="stuck-at-1")
-    _, probes = ScatterInjector(model, "weights", names, SHAPES, 8, rows=[la.rows for la in layers], probe=True).run([x])
+    _, probes = ScatterInjector(model, "weights", names, SHAPES, 8, probe=True).run([x])
     for b, fault in enumerate(faults):
         s = names.index(fault.site)
         index, value = layers[s].faulty_slices(np.array([fault.element]), np.array([fault.mask], np.uint64),
@@ -178,8 +178,7 @@ def test_activation_error_rate_cascade_is_bit_exact_against_numpy():
                             error_rate=0.3)
     assert len({f.site for f in faults}) >= 3 and len(faults) >= 8
     index = {s.name: i for i, s in enumerate(sites)}
-    capacity = [max(1, max(sum(f.site == s.name and f.trial == t for f in faults) for t in range(4))) for s in sites]
-    injector = ScatterInjector(model, "activations", [s.name for s in sites], shapes, 4, rows=capacity, probe=True)
+    injector = ScatterInjector(model, "activations", [s.name for s in sites], shapes, 4, probe=True)
     per_row = []
     for t in range(4):
         mine = [f for f in faults if f.trial == t]

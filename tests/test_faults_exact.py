@@ -82,7 +82,7 @@ def test_batched_weight_faults_as_output_corrections_equal_the_recompiled_model(
     layers = [linear_layer(*found[name]) for name in names]
     assert all(layers)
     faults, _ = plan_faults(sites, np.arange(8), 8, (23, 27, 30, 31), seed=6, weighting="uniform")
-    _, probes = ScatterInjector(model, "weights", names, shapes, 8, rows=[l.rows for l in layers],
+    _, probes = ScatterInjector(model, "weights", names, shapes, 8,
                                 probe=True).run([x])
     taps, rows, elements, values = [], [], [], []
     for b, fault in enumerate(faults):  # fault b strikes input b
@@ -93,7 +93,7 @@ def test_batched_weight_faults_as_output_corrections_equal_the_recompiled_model(
         rows += [b] * index.shape[1]
         elements.append(index[0])
         values.append(value[0])
-    injector = ScatterInjector(model, "weights", names, shapes, 8, rows=[l.rows for l in layers])
+    injector = ScatterInjector(model, "weights", names, shapes, 8)
     ours, _ = injector.run([x], np.array(taps), np.array(rows), np.concatenate(elements), np.concatenate(values))
     golden, _ = injector.run([x])
     assert (np.abs(ours[0] - golden[0]) > 1e-3).any(axis=1).sum() >= 3  # most of these faults show

@@ -132,7 +132,7 @@ def test_activation_faults_strike_before_the_fakequantize(models):
     relu = site_outputs(model, "activations")["relu1"][1]
     fq = [t.get_node() for t in relu.get_target_inputs() if t.get_node().get_type_name() == "FakeQuantize"][0]
     high = float(np.max(fq.input_value(2).get_node().get_data()))
-    injector = ScatterInjector(model, "activations", ["relu1"], SHAPES, 1, trash=False)
+    injector = ScatterInjector(model, "activations", ["relu1"], SHAPES, 1)
     x = images(1, seed=3).astype(np.float32)
     one = np.zeros(1, np.int64)
     huge, _ = injector.run([x], one, one, np.array([7]), np.array([3.0e38], np.float32))
@@ -164,7 +164,7 @@ def test_batched_corrections_equal_the_recompiled_model(models, kind, fmt):
     bits = parse_bits("all", STORED_FORMATS[fmt])
     faults, _ = plan_faults(sites, np.arange(8), 8, bits, seed=7, weighting="uniform")
     rows = [layer.rows for layer in layers]
-    _, probes = ScatterInjector(model, "weights", names, SHAPES, 8, rows=rows, probe=True).run([x])
+    _, probes = ScatterInjector(model, "weights", names, SHAPES, 8, probe=True).run([x])
     taps, batch_rows, elements, values = [], [], [], []
     for b, fault in enumerate(faults):  # fault b strikes input b
         s = names.index(fault.site)
@@ -174,7 +174,7 @@ def test_batched_corrections_equal_the_recompiled_model(models, kind, fmt):
         batch_rows += [b] * index.shape[1]
         elements.append(index[0])
         values.append(value[0])
-    injector = ScatterInjector(model, "weights", names, SHAPES, 8, rows=rows)
+    injector = ScatterInjector(model, "weights", names, SHAPES, 8)
     ours, _ = injector.run([x], np.array(taps), np.array(batch_rows), np.concatenate(elements), np.concatenate(values))
     for b, fault in enumerate(faults):
         reference = run(recompiled_with_stored_flip(model, fault.site, fault.element, fault.bit, fmt), x[b:b + 1])

@@ -201,7 +201,7 @@ def _run_rounds(result: CampaignResult, executor, stopping: Stopping | None, key
         progress(done, cap * len(result.models))
     while target is not None:
         pending = [np.nonzero(~run.done[:target])[0] for run in result.models]
-        size = shard_trials(target, shard_size, result.spec.batch_size, executor.workers)
+        size = shard_trials(target, shard_size, result.spec.batch_size, executor.workers, executor.remote)
         shards = make_shards(pending, result.trial_input, size, first_index)
         first_index += len(shards)
         for shard_result in executor.run(shards):

@@ -69,13 +69,18 @@ class Job:
     rows: dict[int, list[np.ndarray]] = field(default_factory=dict)  # the campaign's inputs, by dataset index
 
 
-def shard_size(trials: int, requested: int | None, batch: int, workers: int = 1) -> int:
+def shard_size(trials: int, requested: int | None, batch: int, workers: int = 1, remote: bool = True) -> int:
     """Trials per shard: ``requested``, else 1/8 of the round (1/(2 x workers) beyond 4 workers) within
     [400, 8192], a multiple of the batch. Each shard reads its inputs' fault-free values once: fewer, larger
-    shards waste less; more shards balance workers."""
+    shards waste less; more shards balance workers. Local lanes (``remote`` False) have no call to amortise: two
+    shards per lane and round, at most 8192 trials each (a count the lanes share evenly; with the 400 floor a
+    2,000-trial round made 5 shards and one lane ran the last alone, a sixth of the round)."""
     if requested:
         return requested
-    size = min(MAX_SHARD, max(MIN_SHARD, math.ceil(trials / max(SHARDS_PER_ROUND, 2 * workers))))
+    if remote:
+        size = min(MAX_SHARD, max(MIN_SHARD, math.ceil(trials / max(SHARDS_PER_ROUND, 2 * workers))))
+    else:
+        size = math.ceil(trials / (workers * max(2, math.ceil(trials / (workers * MAX_SHARD)))))
     return math.ceil(size / batch) * batch
 
 
@@ -141,6 +146,7 @@ class LocalExecutor:
         self.threads: list[threading.Thread] = []
 
     workers = property(lambda self: self.lanes)
+    remote = False  # shards are not remote calls: no minimum size (:func:`shard_size`)
 
     def __enter__(self) -> LocalExecutor:
         return self

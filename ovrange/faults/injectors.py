@@ -1,10 +1,11 @@
 """Injection models: the model is edited once so faults become *inputs*, then compiled once and reused.
 
 * ScatterInjector: a ScatterNDUpdate after every tap output (an activation site, or the output of a weight
-  layer), fed with small ``indices``/``updates`` Parameters. The model runs a batch of B inputs plus one spare
-  "trash" element: each real batch element carries its own fault, and idle scatter rows write into the trash
-  element, whose output is discarded. One compiled model serves every site. Models whose batch cannot change get
-  one site and one fault per inference.
+  layer), fed with ``indices``/``updates`` Parameters of dynamic length: each batch element carries its own fault,
+  and an inference passes exactly its writes (none at the other taps). One compiled model serves every site; a
+  model whose batch cannot change runs it at batch 1. (Until 2026-11 the writes had a fixed length and idle rows
+  wrote into a spare "trash" batch element: on a DeiT-Tiny-sized ViT that cost 14% more CPU per trial than empty
+  writes, docs/distributed.md.)
 * WeightInjector: each site's constant weight becomes a Parameter fed through shared-memory tensors; a trial
   flips bits in place, infers, and flips them back. One input per inference; any number of flips (bit-error-rate
   mode), any layer kind.
@@ -55,16 +56,22 @@ def lane_stop(stop: threading.Event) -> Iterator[None]:
 
 
 class _Runner:
-    """A compiled model with preallocated shared-memory input buffers."""
+    """A compiled model with preallocated shared-memory buffers for its static-shaped inputs; inputs of dynamic
+    length (the writes and reads of a :class:`ScatterInjector`) are set per inference with :meth:`feed`."""
 
     def __init__(self, model: ov.Model, device: str, precision: str, config: dict | None = None):
         self.compiled = compile_model(model, device, precision=precision, config=config)
         self.request = self.compiled.create_infer_request()
         self.buffers = []
         for index, port in enumerate(self.compiled.inputs):
+            if port.get_partial_shape().is_dynamic:
+                continue
             buffer = np.zeros(tuple(port.get_shape()), dtype=port.get_element_type().to_dtype())
             self.request.set_input_tensor(index, ov.Tensor(buffer, shared_memory=True))
             self.buffers.append(buffer)
+
+    def feed(self, index: int, array: np.ndarray) -> None:
+        self.request.set_input_tensor(index, ov.Tensor(np.ascontiguousarray(array)))
 
     def run(self) -> None:
         stop = getattr(_LANE, "stop", None)
@@ -81,57 +88,39 @@ class _Runner:
         return [self.request.get_output_tensor(i).data[:n].copy() for i in range(count or len(self.compiled.outputs))]
 
 
-def _gather(runner: _Runner, inputs: list[np.ndarray], first: int, index_at: int, shapes: list[tuple[int, ...]],
-            capacity: int, site: np.ndarray, row: np.ndarray, element: np.ndarray
-            ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Run ``runner`` on ``inputs`` with GatherND reads: output ``first + s`` gathers site ``s`` at the indices of
-    input ``index_at + s`` (``capacity`` reads each). Several inferences when a site is read more often."""
-    n = len(inputs[0])
-    for buffer, array in zip(runner.buffers, inputs):
-        buffer[:n] = array
-    values = np.zeros(len(site), np.float32)
-    order = np.argsort(site, kind="stable")
-    sites, starts = np.unique(site[order], return_index=True)
-    groups = {int(s): order[a:b] for s, a, b in zip(sites, starts, [*starts[1:], len(order)])}
-    outputs: list[np.ndarray] = []
-    for start in range(0, max([len(g) for g in groups.values()], default=1), capacity):
-        for s, group in groups.items():
-            take = group[start:start + capacity]
-            if len(take):
-                indices = runner.buffers[index_at + s]
-                indices[: len(take), 0] = row[take]
-                indices[: len(take), 1:] = np.stack(np.unravel_index(element[take], shapes[s]), axis=1)
-        runner.run()
-        request = runner.request
-        outputs = outputs or [request.get_output_tensor(i).data[:n].copy() for i in range(first)]
-        for s, group in groups.items():
-            take = group[start:start + capacity]
-            values[take] = request.get_output_tensor(first + s).data[: len(take)]
-    return outputs, values
+def _coordinates(row: np.ndarray, element: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(row, index...) per write or read, as the i32 indices of ScatterNDUpdate / GatherND."""
+    out = np.empty((len(row), 1 + len(shape)), np.int32)
+    out[:, 0] = row
+    if len(row):
+        out[:, 1:] = np.stack(np.unravel_index(element, shape), axis=1)
+    return out
+
+
+def _groups(tap: np.ndarray) -> dict[int, np.ndarray]:
+    """Positions of each tap's entries in ``tap``, in order."""
+    order = np.argsort(tap, kind="stable")
+    taps, starts = np.unique(tap[order], return_index=True)
+    return {int(t): order[a:b] for t, a, b in zip(taps, starts, [*starts[1:], len(order)])}
 
 
 class ScatterInjector:
     """Runs up to ``batch`` inputs per inference, writing chosen values into chosen elements of *tap* outputs.
 
     Taps are activation sites (the site output) or weight sites (the layer output, corrected by
-    :mod:`ovrange.faults.linear`). A tap takes ``batch * rows[i]`` writes per inference. With ``probe`` the model
-    also returns, per tap, the fault-free tensors needed to compute faulty values: the site output, or the
-    layer's input and output. With ``reads`` (activations) :meth:`read` returns chosen elements of the taps as
-    they are before any write, from the very compiled model the trials run on.
+    :mod:`ovrange.faults.linear`). Each tap's ScatterNDUpdate takes indices and updates of dynamic length: an
+    inference passes exactly its writes, none at the other taps (an empty write costs nothing, and the scatter
+    runs in place on its tap's buffer). With ``probe`` the model also returns, per tap, the fault-free tensors
+    needed to compute faulty values: the site output, or the layer's input and output. With ``reads``
+    (activations) :meth:`read` returns chosen elements of the taps, from the very compiled model the trials run on.
     """
 
     def __init__(self, model: ov.Model, kind: str, names: list[str], sample_shapes: list[tuple[int, ...]],
-                 batch: int, *, rows: list[int] | None = None, trash: bool = True, probe: bool = False,
-                 reads: bool = False, device: str = "CPU", precision: str = "f32", config: dict | None = None):
-        if not trash and batch != 1:
-            raise ValueError("without a trash element the injector runs one input at a time")
+                 batch: int, *, probe: bool = False, reads: bool = False, device: str = "CPU",
+                 precision: str = "f32", config: dict | None = None):
         self.batch = batch
-        self.rows = batch + 1 if trash else 1
-        # Without a trash element every scatter row must strike a real element: a probe then has no scatter at all.
-        per_fault = rows or [1] * len(names)
-        self.capacity = [0 if (probe and not trash) else batch * r for r in per_fault]
         self.n_inputs = len(sample_shapes)
-        clone = static_clone(model, sample_shapes, batch=self.rows)
+        clone = static_clone(model, sample_shapes, batch=batch)
         params, probes, self.shapes, self.probe_counts = [], [], [], []
         read_params, read_results = [], []
         for i, (out, tensors) in enumerate(_taps(clone, kind, names)):
@@ -141,70 +130,60 @@ class ScatterInjector:
             if probe:
                 probes += [ops.result(r) for r in tensors]
                 self.probe_counts.append(len(tensors))
-            if reads:
-                indices = ops.parameter([batch, 1 + len(shape)], ov.Type.i32, name=f"ovrange_fi_read_{i}")
-                read_results.append(ops.result(ops.gather_nd(out, indices)))
-                read_params.append(indices)
-            if not self.capacity[i]:
-                continue
-            indices = ops.parameter([self.capacity[i], 1 + len(shape)], ov.Type.i32, name=f"ovrange_fi_idx_{i}")
-            updates = ops.parameter([self.capacity[i]], ov.Type.f32, name=f"ovrange_fi_upd_{i}")
-            scatter = ops.scatter_nd_update(out, indices, updates)
+            indices = ops.parameter(ov.PartialShape([-1, 1 + len(shape)]), ov.Type.i32, name=f"ovrange_fi_idx_{i}")
+            updates = ops.parameter(ov.PartialShape([-1]), ov.Type.f32, name=f"ovrange_fi_upd_{i}")
+            written = ops.scatter_nd_update(out, indices, updates).output(0)
             for target in targets:
-                target.replace_source_output(scatter.output(0))
-            _move_names(out, scatter.output(0))
+                target.replace_source_output(written)
+            _move_names(out, written)
             params += [indices, updates]
+            if reads:
+                # Read after the scatter: a read run writes nothing, and the scatter stays the tap's one consumer
+                # (a second consumer of the tap forces a copy of it per inference).
+                where = ops.parameter(ov.PartialShape([-1, 1 + len(shape)]), ov.Type.i32, name=f"ovrange_fi_read_{i}")
+                read_results.append(ops.result(ops.gather_nd(written, where)))
+                read_params.append(where)
         clone.add_parameters(params + read_params)
         if probes or read_results:
             clone.add_results(probes + read_results)
         clone.validate_nodes_and_infer_types()
         self.n_outputs = len(clone.outputs) - len(probes) - len(read_results)
         self.runner = _Runner(clone, device, precision, config)
-        self.read_at = len(clone.inputs) - len(read_params)
-        self._buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        position = self.n_inputs
-        for i, shape in enumerate(self.shapes):
-            if not self.capacity[i]:
-                continue
-            # Idle rows point at elements of the trash batch element (index ``batch``), spread to avoid repeats.
-            idle = np.zeros((self.capacity[i], 1 + len(shape)), np.int32)
-            idle[:, 0] = self.rows - 1
-            idle[:, 1:] = np.stack(np.unravel_index(np.arange(self.capacity[i]) % int(np.prod(shape)), shape), 1)
-            self._buffers[i] = (self.runner.buffers[position], self.runner.buffers[position + 1], idle)
-            position += 2
-        self._reset(self._buffers)
+        self.read_at = self.n_inputs + len(params)
+        self._none = [_coordinates(np.zeros(0, np.int64), np.zeros(0, np.int64), shape) for shape in self.shapes]
+        self._dirty: set[int] = set(range(len(self.shapes)))  # taps whose writes are not empty
+        self._clear(set())
+        for i, shape in enumerate(self.shapes[:len(read_params)]):  # one dummy read where none is asked
+            self.runner.feed(self.read_at + i, _coordinates(np.zeros(1, np.int64), np.zeros(1, np.int64), shape))
 
-    def _reset(self, taps) -> None:
-        for i in taps:
-            indices, updates, idle = self._buffers[i]
-            indices[...] = idle
-            updates[...] = 0.0
+    def _clear(self, keep: set[int]) -> None:
+        """Empty the writes of every tap but ``keep`` (those get new writes next: one call per tap saved)."""
+        for i in self._dirty - keep:
+            self.runner.feed(self.n_inputs + 2 * i, self._none[i])
+            self.runner.feed(self.n_inputs + 2 * i + 1, np.zeros(0, np.float32))
+        self._dirty &= keep
+
+    def _fill(self, inputs: list[np.ndarray]) -> int:
+        n = len(inputs[0])
+        if n > self.batch:
+            raise ValueError(f"{n} rows for an injector of batch {self.batch}")
+        for buffer, array in zip(self.runner.buffers, inputs):
+            buffer[:n] = array
+        return n
 
     def run(self, inputs: list[np.ndarray], tap: np.ndarray | None = None, row: np.ndarray | None = None,
             element: np.ndarray | None = None, value: np.ndarray | None = None
             ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
         """Infer ``inputs`` (n rows each) with ``value[w]`` written at ``element[w]`` (flat, per sample) of tap
         ``tap[w]`` in batch row ``row[w]``, for every write w. Returns (model outputs, probe tensors per tap)."""
-        n = len(inputs[0])
-        if n > self.batch:
-            raise ValueError(f"{n} rows for an injector of batch {self.batch}")
-        for buffer, array in zip(self.runner.buffers, inputs):
-            buffer[:n] = array
-        dirty = []
-        if tap is not None and len(tap):
-            order = np.argsort(tap, kind="stable")
-            taps, starts = np.unique(tap[order], return_index=True)
-            for i, start, stop in zip(taps, starts, [*starts[1:], len(order)]):
-                writes = order[start:stop]
-                indices, updates, _ = self._buffers[int(i)]
-                if len(writes) > len(updates):
-                    raise ValueError(f"{len(writes)} writes into tap {i} of capacity {len(updates)}")
-                indices[: len(writes), 0] = row[writes]
-                indices[: len(writes), 1:] = np.stack(np.unravel_index(element[writes], self.shapes[i]), axis=1)
-                updates[: len(writes)] = value[writes]
-                dirty.append(int(i))
+        n = self._fill(inputs)
+        groups = _groups(tap) if tap is not None and len(tap) else {}
+        self._clear(set(groups))
+        for i, writes in groups.items():
+            self.runner.feed(self.n_inputs + 2 * i, _coordinates(row[writes], element[writes], self.shapes[i]))
+            self.runner.feed(self.n_inputs + 2 * i + 1, np.asarray(value[writes], np.float32))
+            self._dirty.add(i)
         outputs = self.runner.infer(n, self.n_outputs + sum(self.probe_counts))  # not the read outputs
-        self._reset(dirty)
         probes, position = [], self.n_outputs
         for count in self.probe_counts:
             probes.append(outputs[position:position + count])
@@ -214,10 +193,19 @@ class ScatterInjector:
     def read(self, inputs: list[np.ndarray], site: np.ndarray, row: np.ndarray, element: np.ndarray
              ) -> tuple[list[np.ndarray], np.ndarray]:
         """Fault-free model outputs for ``inputs`` and the value of flat element ``element[k]`` of tap ``site[k]``
-        in row ``row[k]`` (needs ``reads``)."""
-        outputs, values = _gather(self.runner, inputs, self.n_outputs + sum(self.probe_counts), self.read_at,
-                                  self.shapes, self.batch, site, row, element)
-        return outputs[: self.n_outputs], values
+        in row ``row[k]`` (needs ``reads``): one inference, whatever the number of reads."""
+        n = self._fill(inputs)
+        self._clear(set())  # fault-free
+        groups = _groups(site)
+        for s, take in groups.items():
+            self.runner.feed(self.read_at + s, _coordinates(row[take], element[take], self.shapes[s]))
+        self.runner.run()
+        request, first = self.runner.request, self.n_outputs + sum(self.probe_counts)
+        values = np.zeros(len(site), np.float32)
+        for s, take in groups.items():
+            values[take] = request.get_output_tensor(first + s).data[: len(take)]
+        outputs = [request.get_output_tensor(i).data[:n].copy() for i in range(self.n_outputs)]
+        return outputs, values
 
 
 def _taps(clone: ov.Model, kind: str, names: list[str]) -> list[tuple[ov.Output, list[ov.Output]]]:

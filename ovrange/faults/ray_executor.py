@@ -101,6 +101,8 @@ class RayExecutor:
     """Runs shards on ``workers`` actors (default: one per CPU of the cluster), on a local Ray instance it starts and
     stops, or on the cluster at ``address``."""
 
+    remote = True  # a shard is a remote call: at least MIN_SHARD trials (:func:`shard_size`)
+
     def __init__(self, job: Job, models: list[ov.Model], workers: int | None = None, address: str | None = None,
                  temp_root: str | os.PathLike | None = None):
         check_ray(workers, address)
