@@ -15,7 +15,7 @@ Default model: the DeiT-Tiny-sized ViT with random weights of ``benchmarks/vit_r
 ``build/default/test.npz`` for the bundled models.
 
 Usage: python benchmarks/bench_ray.py [--model M.xml --data D.npz] [--trials 600] [--batch-size 16]
-       [--shard-size 160] [--rounds 3] [--compare ray|lanes] [--json out.json]
+       [--shard-size 160] [--rounds 3] [--compare ray|lanes] [--process-lanes 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ def main() -> int:
     parser.add_argument("--target", default="activations", choices=["activations", "weights"])
     parser.add_argument("--compare", default="ray", choices=["ray", "lanes"],
                         help="ray: one process vs --workers N; lanes: --lanes 1 vs --lanes 2 in one process")
+    parser.add_argument("--process-lanes", type=int, default=None,
+                        help="with --compare ray: lanes of the one-process contender (default: ovrange's own choice; "
+                             "1 = one engine on every core, the one-process run before lanes existed)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ovrange-bench-ray-") as scratch:
@@ -73,7 +76,9 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
         from benchmarks.vit_random import build
 
         args.model, args.data = build(Path(tempfile.gettempdir()) / "ovrange-vit-random")
-    extras = ({"one process": [], f"--workers {args.workers}": ["--workers", str(args.workers)]}
+    one = (["--lanes", str(args.process_lanes)] if args.process_lanes else [])
+    extras = ({"one process" + (f" ({' '.join(one)})" if one else ""): one,
+               f"--workers {args.workers}": ["--workers", str(args.workers)]}
               if args.compare == "ray" else {"--lanes 1": ["--lanes", "1"], "--lanes 2": ["--lanes", "2"]})
     outs = {name: scratch / f"{k}.json" for k, name in enumerate(extras)}
     commands = {name: command(args.model, args.data, outs[name], args, extra) for name, extra in extras.items()}
@@ -94,7 +99,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> int:
     names = list(commands)
     ratio = paired_ratio(times[names[1]], times[names[0]])  # first contender's time / second's = speed-up
     for name in names:
-        print(f"{name:<14} wall-clock per campaign: " + ", ".join(f"{t:.1f}s" for t in times[name]))
+        print(f"{name:<24} wall-clock per campaign: " + ", ".join(f"{t:.1f}s" for t in times[name]))
     goal = " (Ray start-up included; goal >= 1.7x)" if args.compare == "ray" else ""
     print(f"speed-up of {names[1]} over {names[0]} (wall-clock){goal}: {ratio}")
     print(f"per-trial outcomes identical in every run: {identical}")
