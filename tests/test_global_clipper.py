@@ -330,12 +330,12 @@ def test_per_channel_guard_on_a_linear_output_fuses_and_still_bounds_each_channe
     assert host.status == "fused" and host.layer_type == "FullyConnected"
     # every channel is cut at its own bound: a huge input saturates each channel's output at (about) its high
     plan = {"relu_tokens": {**entry, "node": "fc/Add"}}
-    probe = apply_plan(ops_model_linear(), plan)
+    probe = apply_plan(positive_linear(), plan)
     out = run_model(probe, np.full((1, 5, 4), 1e6, np.float32))[0]
     np.testing.assert_allclose(out, np.tile(entry["high"], (5, 1)), rtol=1e-6)
 
 
-def ops_model_linear() -> ov.Model:
+def positive_linear() -> ov.Model:
     """x ``[N, T, 4]`` (dynamic T) -> linear 4 -> 8 with positive weights (named ``fc/Add``, as in conv_then_tokens)."""
     x = ops.parameter([-1, -1, 4], np.float32, name="x")
     y = ops.add(ops.matmul(x, ops.constant(np.ones((8, 4), np.float32)), False, True), ops.constant(np.zeros(8,
