@@ -176,7 +176,8 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
     started = time.perf_counter()
     try:
         with executor:
-            _run_rounds(result, executor, stopping, _fault_keys(plan) if stopping else None, shard_size, checkpoint, progress)
+            _run_rounds(result, executor, stopping, _fault_keys(plan) if stopping else None, shard_size, checkpoint,
+                        progress)
     finally:
         if checkpoint:
             checkpoint.close()

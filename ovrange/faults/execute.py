@@ -285,9 +285,9 @@ class ParameterWeightEngine:
             rows = dict(zip(used.tolist(), store.load(used)))
             golden = {i: injector.run(rows[i])[self.judge.output][0] for i in rows}
             for part in _chunks(trials, CHUNK):
-                outputs = [injector.run(rows[int(trial_inputs[t])],
-                                        [(names[f.site], f.element, f.mask, f.op) for f in faults[int(t)]])[self.judge.output]
-                           for t in part]
+                flips = [[(names[f.site], f.element, f.mask, f.op) for f in faults[int(t)]] for t in part]
+                outputs = [injector.run(rows[int(trial_inputs[t])], flip)[self.judge.output]
+                           for t, flip in zip(part, flips)]
                 parts.append(_judge(self.judge, golden, trial_inputs[part], np.concatenate(outputs), part))
             del injector
         return Outcomes.concat(parts)
