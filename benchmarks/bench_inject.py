@@ -91,7 +91,7 @@ class PyTorchFICampaign:
                 n = min(batch, trials - start)
                 rows = self.rng.integers(0, len(self.x), batch)
                 layer = self.rng.choice(len(sizes), size=batch, p=np.array(sizes) / sum(sizes))
-                location = [np.unravel_index(self.rng.integers(sizes[l]), pfi.get_output_size()[l][1:]) for l in layer]
+                location = [np.unravel_index(self.rng.integers(sizes[k]), pfi.get_output_size()[k][1:]) for k in layer]
                 bits[:] = self.rng.integers(0, 32, batch).tolist()
                 dims = [[int(loc[d]) if d < len(loc) else None for loc in location] for d in range(3)]
                 corrupted = pfi.declare_neuron_fi(batch=list(range(batch)), layer_num=layer.tolist(), dim1=dims[0],

@@ -163,7 +163,6 @@ def test_batched_corrections_equal_the_recompiled_model(models, kind, fmt):
     x = images(8, seed=6).astype(np.float32)
     bits = parse_bits("all", STORED_FORMATS[fmt])
     faults, _ = plan_faults(sites, np.arange(8), 8, bits, seed=7, weighting="uniform")
-    rows = [layer.rows for layer in layers]
     _, probes = ScatterInjector(model, "weights", names, SHAPES, 8, probe=True).run([x])
     taps, batch_rows, elements, values = [], [], [], []
     for b, fault in enumerate(faults):  # fault b strikes input b
