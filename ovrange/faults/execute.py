@@ -1,7 +1,7 @@
 """Engines: how one model runs a fault plan. Fault-free references first, then the trials, in batches if possible.
 
-* ActivationEngine: one fault per batch element; the struck value is read by the injection model itself (a
-  fault-free run) and flipped in numpy.
+* ActivationEngine: one fault per batch element; the struck value is read by a reader (the injection graph plus a
+  GatherND per site, compiled beside it) and flipped in numpy.
 * DeltaWeightEngine: weight faults as corrections of the layer output (:mod:`ovrange.faults.linear`), one per
   batch element, for Convolution / GroupConvolution / MatMul with constant weights.
 * ParameterWeightEngine: the weights become inputs and bits are flipped in place; one input per inference. Used
