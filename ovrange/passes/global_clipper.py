@@ -16,9 +16,10 @@ compiled copy): :func:`bound_weights`.
 Guards: a scalar bound is one ``Clamp``; a per-channel bound scales each channel to [-1, 1], clamps and scales back
 (:func:`affine_clamp`): scale-shift ops and a Clamp, which the CPU plugin fuses as post-ops like a bias (it does not
 fuse per-channel ``Minimum``/``Maximum``). ``per_channel: nchw`` (default) bounds per channel only NCHW tensors.
-Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the CPU plugin's Clamp and Maximum map NaN to the lower bound and +-Inf to the bounds (measured, checked by
-tests/test_global_clipper.py; OpenVINO's reference Clamp would pass NaN); ``zero`` replaces NaN by 0 explicitly
-(``Select(IsNaN)``, an extra kernel); ``keep`` lets NaN through so that a runtime check can see it (DUE, not SDC).
+Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the CPU plugin's Clamp and Maximum map
+NaN to the lower bound and +-Inf to the bounds (measured, checked by tests/test_global_clipper.py; OpenVINO's
+reference Clamp would pass NaN); ``zero`` replaces NaN by 0 explicitly (``Select(IsNaN)``, an extra kernel);
+``keep`` lets NaN through so that a runtime check can see it (DUE, not SDC).
 """
 
 from __future__ import annotations
