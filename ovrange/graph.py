@@ -36,7 +36,11 @@ def constant_weight(node: ov.Node) -> ov.Output | None:
     decompressed from f16 by a Convert; None otherwise."""
     if node.get_input_size() < 2:
         return None
-    source = node.input_value(1)
+    return constant_source(node.input_value(1))
+
+
+def constant_source(source: ov.Output) -> ov.Output | None:
+    """``source`` when it is an f32 constant, possibly decompressed from f16 by a Convert; None otherwise."""
     producer = source.get_node()
     if producer.get_type_name() == "Convert":
         producer = producer.input_value(0).get_node()
@@ -58,15 +62,15 @@ def stored_weight(layer: ov.Node, inserted: dict[str, str]) -> ov.Output | None:
     BoundedWeights' theta). ``inserted`` is the model's record (:func:`inserted_nodes`). None for computed weights."""
     if layer.get_input_size() < 2:
         return None
-    node = layer.input_value(1).get_node()
-    while inserted.get(node.get_friendly_name()) == "decode":
+    source = layer.input_value(1)
+    while inserted.get(source.get_node().get_friendly_name()) == "decode":
+        node = source.get_node()
         recorded = [v for v in node.input_values() if v.get_node().get_friendly_name() in inserted]
-        if not recorded:
-            return None
-        node = recorded[0].get_node()
-    if inserted.get(node.get_friendly_name()) == "weight":
-        return node.output(0)
-    return constant_weight(layer)
+        # no recorded input: a scale folded into the layer's own constant weight (GlobalClipper), the data on input 0
+        source = recorded[0] if recorded else node.input_value(0)
+    if inserted.get(source.get_node().get_friendly_name()) == "weight":
+        return source
+    return constant_source(source)
 
 
 def insert_after(output: ov.Output, make: Callable[[ov.Output], ov.Node]) -> ov.Node:

@@ -193,3 +193,13 @@ def test_ctrl_c_during_the_imports_is_not_swallowed(launcher):
         assert (done.returncode, done.stdout, done.stderr) == (130, "imports done\n", "error: interrupted\n")
     else:
         assert done.returncode == 0 and done.stdout == "swallowed\nimports done\ncommand ran\n"
+
+
+def test_help_into_a_closed_pipe_is_quiet():
+    """``ovrange protect --help | head -1``: the reader leaves early; no traceback, whatever the exit code."""
+    process = subprocess.Popen([sys.executable, "-m", "ovrange", "protect", "--help"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before the help is written: the write meets a broken pipe
+    err = process.stderr.read()
+    process.wait(timeout=60)
+    assert "Traceback" not in err and process.returncode in (0, 1)

@@ -64,7 +64,7 @@ def main() -> None:
         sys.exit(USAGE)  # bare `ovrange`: the help was printed
     except _click.exceptions.ClickException as exc:
         _fail(_usage_message(exc), exc.exit_code, exc)
-    except _click.exceptions.Abort:
+    except typer.Abort:  # end of input at a prompt
         _fail("aborted", 1, None)
     except OSError as exc:  # a filesystem failure no command anticipated: still one line, never a traceback
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)

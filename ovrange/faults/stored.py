@@ -93,8 +93,8 @@ def stored_weight(node: ov.Node) -> StoredWeight | None:
             operand = np.broadcast_to(constant_array(producer.input_value(1)), shape).reshape(-1)
             if kind == "Subtract":
                 zero_point = operand.astype(np.float32)
-            else:
-                scale = operand.astype(np.float32)
+            else:  # a dequantization scale, or a scale GlobalClipper folded into the weight: their product
+                scale = operand.astype(np.float32) if scale is None else (scale * operand).astype(np.float32)
         out = producer.input_value(0)
     layer_shape = tuple(int(d) for d in node.input_value(1).get_shape())
     return StoredWeight(stored.reshape(-1), zero_point, scale, layer_shape)

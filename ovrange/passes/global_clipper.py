@@ -13,9 +13,11 @@ The ``weights`` role bounds the *stored* weight of every Convolution/MatMul to i
 (bit-identical clean outputs; folded by the plugin at compile time, so it protects the stored weights, not the
 compiled copy): :func:`bound_weights`.
 
-Guards: a scalar bound is one ``Clamp``; a per-channel bound scales each channel to [-1, 1], clamps and scales back
-(:func:`affine_clamp`): scale-shift ops and a Clamp, which the CPU plugin fuses as post-ops like a bias (it does not
-fuse per-channel ``Minimum``/``Maximum``). ``per_channel: nchw`` (default) bounds per channel only NCHW tensors.
+Guards: a scalar bound is one ``Clamp``; a per-channel bound is a Clamp in a per-channel unit domain, fused into
+the producer as post-ops, its scale folded into consuming convolutions where there are some
+(:mod:`ovrange.passes.channel_guards`); a guard that runs as a kernel of its own (after pooling or a MatMul,
+:data:`STANDALONE_PRODUCERS`) is per-channel ``Minimum``/``Maximum``. ``per_channel: nchw`` (default) bounds per
+channel NCHW tensors only.
 Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the CPU plugin's Clamp and Maximum map
 NaN to the lower bound and +-Inf to the bounds (measured, checked by tests/test_global_clipper.py; OpenVINO's
 reference Clamp would pass NaN); ``zero`` replaces NaN by 0 explicitly (``Select(IsNaN)``, an extra kernel);
@@ -35,6 +37,7 @@ from ovrange.graph import added_nodes, node_ids, node_names, record_inserted
 from ovrange.params import Param, one_of
 from ovrange.passes import PassResult, Selection
 from ovrange.passes.bounded_weights import output_axes, weight_array, weight_output
+from ovrange.passes.channel_guards import affine_clamp, fold_into_weight, foldable, folded_clamp, min_max, unscale
 from ovrange.passes.bounded_weights import select as bounded_layers
 from ovrange.passes.guards import CLAMP_SUFFIX
 from ovrange.passes.roles import ROLES as TENSOR_ROLES
@@ -42,6 +45,10 @@ from ovrange.passes.roles import Target, find_targets
 from ovrange.stats import StatRequest, Statistics
 from ovrange.targets import ACTIVATIONS, outputs_by_id
 
+# Where the CPU plugin can't (pooling) or shouldn't (a MatMul's output: a fused post-op moves an MLAS
+# FullyConnected to oneDNN's brgemm, +20% on PP-OCRv4 rec's 6,625-class head) fuse a guard: one Minimum/Maximum
+# kernel of its own there, per channel (the same cost as one bound, and the plugin can't turn it into a Clamp).
+STANDALONE_PRODUCERS = ("MatMul", "MaxPool", "AvgPool")
 WEIGHTS = "weights"  # not a tensor: the stored weights of Convolution/MatMul layers, bounded per output channel
 ROLES = (*TENSOR_ROLES, WEIGHTS)
 DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling", WEIGHTS]
@@ -115,7 +122,7 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The weights role: Constant (recorded ``weight``) -> Select(IsNaN) -> Minimum(Maximum(w, low), high) (``decode``).
+# The weights role: Constant (recorded ``weight``) -> Select(w == w) -> Minimum(Maximum(w, low), high) (``decode``).
 # The bounds are each output channel's own min/max, so clean outputs are bit-identical; a flipped exponent or sign
 # in the stored weight is cut to the channel's range. The chain is constant: the CPU plugin folds it at compile
 # time, so it costs nothing and protects the *stored* weights (file, host memory), not the compiled copy.
@@ -156,8 +163,10 @@ def bound_weights(model: ov.Model, plan: dict[str, dict[str, Any]]) -> None:
         weight = ops.constant(weight_array(source), name=f"{key}/stored")
         low = ops.constant(np.asarray(entry["low"], np.float32).reshape(entry["shape"]), name=f"{key}/low")
         high = ops.constant(np.asarray(entry["high"], np.float32).reshape(entry["shape"]), name=f"{key}/high")
-        # NaN -> 0 first: constant folding (reference kernels) lets NaN through Maximum/Minimum, the CPU kernels don't
-        finite = ops.select(ops.is_nan(weight, name=f"{key}/IsNaN"), ops.constant(np.float32(0)), weight,
+        # NaN -> 0 first: constant folding (reference kernels) lets NaN through Maximum/Minimum, the CPU kernels
+        # don't. Equal(w, w) (false for NaN), not IsNaN: IsNaN has no constant folding, and the unfolded chain cost
+        # rec +0.7% at run time (the plugin kept 95 weight-decoding nodes); Equal folds to one Constant.
+        finite = ops.select(ops.equal(weight, weight, name=f"{key}/NotNaN"), weight, ops.constant(np.float32(0)),
                             name=f"{key}/Select")
         bounded = ops.minimum(ops.maximum(finite, low, name=f"{key}/Maximum"), high, name=f"{key}/Minimum")
         layer.input(1).replace_source_output(bounded.output(0))
@@ -176,6 +185,11 @@ def check_targets(targets: list[Target], per_channel: bool) -> None:
                           "output; set per_channel: false")
 
 
+def standalone(target: Target) -> bool:
+    """Whether the guard of ``target`` runs as a kernel of its own (:data:`STANDALONE_PRODUCERS`)."""
+    return target.producer in STANDALONE_PRODUCERS and target.channels is not None
+
+
 def _axis(target: Target, per_channel: bool | str) -> int | None:
     """The axis kept by the reduction, or None for one bound over the whole tensor. ``nchw``: per channel on
     rank-4 tensors with channels on axis 1 only -- there the guard fuses into the convolution; on ``[N, T, C]``
@@ -192,13 +206,16 @@ def _axis(target: Target, per_channel: bool | str) -> int | None:
 
 def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarray], samples: int,
               margin: float = 0.0) -> dict[str, dict[str, Any]]:
-    """Target id -> its guard: role, op, feature axis (None: one bound), low/high (floats or per-channel lists)."""
+    """Target id -> its guard: role, op, feature axis (None: one bound), low/high (floats or per-channel lists),
+    form (``fused`` into the producer's post-ops, or a ``standalone`` kernel)."""
     plan = {}
     for target, lo, hi in zip(targets, low, high):
         lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
         if margin:
             lo, hi = lo - margin * (hi - lo), hi + margin * (hi - lo)
         lo, hi = lo.astype(np.float32), hi.astype(np.float32)
+        if standalone(target) and lo.size == 1:  # C equal values: ClampFusion would turn scalars into a fused Clamp
+            lo, hi = np.full(target.channels, lo.reshape(-1)[0]), np.full(target.channels, hi.reshape(-1)[0])
         scalar = lo.size == 1
         plan[target.id] = {
             "node": target.node, "type": target.op, "role": target.role, "edge": list(target.edge or []) or None,
@@ -206,6 +223,7 @@ def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarra
             "low": float(lo.reshape(-1)[0]) if scalar else [float(v) for v in lo],
             "high": float(hi.reshape(-1)[0]) if scalar else [float(v) for v in hi],
             "samples": samples, "method": "max" if not margin else f"max+{margin:g}",
+            "form": "standalone" if standalone(target) else "fused",
         }
     return plan
 
@@ -223,60 +241,82 @@ def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "b
         raise ConfigError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
     nodes = dict(node_ids(model))
     before = node_names(model)
-    guards = set()
+    guards, decodes = set(), set()
     for key, entry in plan.items():
         source = nodes[entry["node"]].output(0)
         name = key.replace(">", "/to/")
         if entry["edge"]:
-            consumer, port = nodes[entry["edge"][0]], int(entry["edge"][1])
-            node = guard(source, entry, nonfinite, name)
-            consumer.input(port).replace_source_output(node.output(0))
+            consumers = [nodes[entry["edge"][0]].input(int(entry["edge"][1]))]
         else:
-            targets = list(source.get_target_inputs())
+            consumers = list(source.get_target_inputs())
+        convs = [c for c in consumers if foldable(c)] if _folds(entry, nonfinite) else []
+        if convs:
+            node, decoded = _folded_guard(source, entry, nonfinite, name, consumers, convs)
+            decodes |= decoded
+        else:
             node = guard(source, entry, nonfinite, name)
-            for target in targets:
-                target.replace_source_output(node.output(0))
-            names = set(source.get_names())
-            if names:  # model outputs keep their tensor names
-                source.get_tensor().set_names(set())
-                node.output(0).get_tensor().set_names(names)
+            for consumer in consumers:
+                consumer.replace_source_output(node.output(0))
+        names = set(source.get_names())
+        if names and not entry["edge"]:  # model outputs keep their tensor names
+            source.get_tensor().set_names(set())
+            node.output(0).get_tensor().set_names(names)
         guards.add(node.get_friendly_name())
     model.validate_nodes_and_infer_types()
-    record_inserted(model, {n.get_friendly_name(): "guard" if n.get_friendly_name() in guards else "check"
+    record_inserted(model, {n.get_friendly_name(): "guard" if n.get_friendly_name() in guards else
+                            "decode" if n.get_friendly_name() in decodes else "check"
                             for n in added_nodes(model, before)})
     return bool(guards)
+
+
+def _folds(entry: dict[str, Any], nonfinite: str) -> bool:
+    """Per-channel fused guards on NCHW tensors fold their scale into consuming convolutions (not with ``keep``,
+    whose Select mixes the guard's output with the raw tensor)."""
+    return (entry["axis"] == 1 and entry["rank"] >= 3 and entry.get("form", "fused") == "fused"
+            and nonfinite != "keep")
+
+
+def _folded_guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str, consumers: list[ov.Input],
+                  convs: list[ov.Input]) -> tuple[ov.Node, set[str]]:
+    """:func:`folded_clamp` feeding ``convs`` (their weights scaled back), ``* h`` for the other consumers. The
+    guard (recorded node) is the unscaled value when there is one, else the clamp the convolutions read."""
+    shape = [1] * entry["rank"]
+    shape[entry["axis"]] = len(entry["high"])
+    clamped, half = folded_clamp(_nan_filtered(x, nonfinite, name), entry, shape, name)
+    decodes = set()
+    for consumer in convs:
+        layer = consumer.get_node()
+        decodes.add(fold_into_weight(layer, half, f"{name}/to/{layer.get_friendly_name()}").get_friendly_name())
+        consumer.replace_source_output(clamped.output(0))
+    others = [c for c in consumers if c not in convs]
+    node = clamped
+    if others:
+        clamped.set_friendly_name(f"{name}/folded_Add")
+        node = unscale(clamped.output(0), half, shape, name)
+        for consumer in others:
+            consumer.replace_source_output(node.output(0))
+    node.set_friendly_name(name + CLAMP_SUFFIX)
+    return node, decodes
+
+
+def _nan_filtered(x: ov.Output, nonfinite: str, name: str) -> ov.Output:
+    if nonfinite != "zero":
+        return x
+    return ops.select(ops.is_nan(x), ops.constant(np.float32(0.0)), x, name=f"{name}/nan_Select").output(0)
 
 
 def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.Node:
     """The guard of one plan entry on ``x``; its last node is named ``<name>/min_max_Clamp`` (as POT named guards;
     the fusion report and the fault-site list know guards from the inserted-node record)."""
-    value = x
-    if nonfinite == "zero":
-        value = ops.select(ops.is_nan(x), ops.constant(np.float32(0.0)), x, name=f"{name}/nan_Select").output(0)
+    value = _nan_filtered(x, nonfinite, name)
     if entry["axis"] is None:
         node = ops.clamp(value, float(entry["low"]), float(entry["high"]))
     else:
         shape = [1] * entry["rank"]
         shape[entry["axis"]] = len(entry["high"])
-        node = affine_clamp(value, entry, shape, name)
+        node = (min_max if entry.get("form") == "standalone" else affine_clamp)(value, entry, shape, name)
     if nonfinite == "keep":
         node.set_friendly_name(f"{name}/min_max_Bound")
         node = ops.select(ops.is_nan(x), x, node)
     node.set_friendly_name(name + CLAMP_SUFFIX)
     return node
-
-
-def affine_clamp(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> ov.Node:
-    """``x`` bounded per channel with ops the CPU plugin fuses as post-ops (Minimum/Maximum with a per-channel
-    constant are not): ``Clamp(x * (1/h) - c/h, -1, 1) * h + c`` with centre ``c`` and half-width ``h``."""
-    low, high = np.asarray(entry["low"], np.float64), np.asarray(entry["high"], np.float64)
-    centre, half = (high + low) / 2, (high - low) / 2
-    half = np.maximum(half, np.maximum(np.abs(centre), 1.0) * 1e-6)  # a constant channel still gets a width
-
-    def const(values: np.ndarray) -> ov.Node:
-        return ops.constant(np.asarray(values, np.float32).reshape(shape))
-
-    unit = ops.add(ops.multiply(x, const(1 / half), name=f"{name}/scale_Multiply"), const(-centre / half),
-                   name=f"{name}/shift_Add")
-    clamped = ops.clamp(unit, -1.0, 1.0, name=f"{name}/unit_Clamp")
-    return ops.add(ops.multiply(clamped, const(half), name=f"{name}/unscale_Multiply"), const(centre))

@@ -48,6 +48,7 @@ class Target:
     axis: int | None  # feature axis; None when the rank is unknown
     channels: int | None  # static size of the feature axis, else None
     edge: tuple[str, int] | None = None
+    producer: str = ""  # type of the op computing the tensor, behind a constant affine chain (a bias Add...)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -83,7 +84,8 @@ def find_targets(model: ov.Model, roles: Iterable[str], activations: Iterable[st
         if key not in targets:
             rank, axis, channels = _layout(out, node, role)
             targets[key] = Target(key, id_of[node.get_name()], node.get_type_name(), role, rank, axis, channels,
-                                  (id_of[edge[0].get_name()], edge[1]) if edge else None)
+                                  (id_of[edge[0].get_name()], edge[1]) if edge else None,
+                                  _behind_affine(node, live).get_type_name())
 
     for node in model.get_ordered_ops():
         if node.get_name() not in live:
@@ -164,6 +166,13 @@ def _has_constant_input(node: ov.Node, live: set[str]) -> bool:
 
 def _consumers(node: ov.Node) -> list[ov.Node]:
     return [t.get_node() for t in node.output(0).get_target_inputs()]
+
+
+def _behind_affine(node: ov.Node, live: set[str]) -> ov.Node:
+    """The op that computed ``node``'s value: back through element-wise affine ops with a constant operand."""
+    while node.get_type_name() in AFFINE_OPS and _live_inputs(node, live) == 1:
+        node = next(v.get_node() for v in node.input_values() if v.get_node().get_name() in live)
+    return node
 
 
 def _follow_affine(node: ov.Node, live: set[str]) -> ov.Node:
