@@ -53,6 +53,15 @@ def test_image_folder_and_yaml_config(workspace: Path):
     assert json.loads((workspace / "out/tiny_RangeSupervision/bounds.json").read_text())["samples"] == 4
 
 
+def test_statistics_parameters_as_p_assignments(workspace: Path):
+    """``-p stat_subset_size=5`` works like ``--subset-size 5`` (POT's name for it, as in a config)."""
+    result = run("protect", workspace / "m.xml", "--data", workspace / "calib.npy", "-o", workspace / "out", "-q",
+                 "-p", "stat_subset_size=5", "-p", "stat_batch_size=2", "--subset-size", "5")
+    assert result.returncode == 0, result.stderr
+    bounds = json.loads((workspace / "out/m_RangeSupervision/bounds.json").read_text())
+    assert bounds["samples"] == 5 and bounds["params"]["stat_batch_size"] == 2
+
+
 def test_force_overwrites(workspace: Path):
     args = ("protect", workspace / "m.xml", "--data", workspace / "calib.npy", "-o", workspace / "out", "-q")
     assert run(*args).returncode == 0

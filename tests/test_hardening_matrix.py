@@ -147,6 +147,8 @@ CASES: dict[str, tuple[str | None, tuple[str, ...], str]] = {
     "protect: unknown colour order": (None, ("protect", "{w}/m.xml", "--data", "{w}/images", "--color-order", "XYZ"),
                                       "unknown colour order"),
     "protect: image options with array data": (None, PROTECT + ("--mean", "1"), "describe image folders"),
+    "protect: a parameter given twice": (None, PROTECT + ("--batch-size", "4", "-p", "stat_batch_size=8"),
+                                         "stat_batch_size is given twice"),
     "evaluate: one-hot labels": ("one-hot labels", EVALUATE + ("{w}/l.npz",), "one-hot"),
     "evaluate: fractional labels": ("fractional labels", EVALUATE + ("{w}/l.npz",), "fractional values"),
     "evaluate: labels outside the classes": ("labels out of range", EVALUATE + ("{w}/l.npz",),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -70,8 +70,8 @@ def protect(
     cfg = config_mod.load_config(config) if config else config_mod.ProtectConfig()
     if algorithm and algorithm != cfg.algorithm.name:  # replaces the protection; a chain keeps its quantization
         cfg = replace(cfg, algorithms=(*cfg.quantization, config_mod.default_algorithm(algorithm)))
-    cfg = cfg.with_overrides(stat_subset_size=subset_size, stat_batch_size=batch_size, shuffle_data=shuffle, seed=seed,
-                             **config_mod.parse_assignments(param or []))
+    cfg = cfg.with_overrides(**_overrides(config_mod.parse_assignments(param or []), stat_subset_size=subset_size,
+                                          stat_batch_size=batch_size, shuffle_data=shuffle, seed=seed))
     model_path = model or cfg.model
     if model_path is None:
         raise ConfigError("no model given: pass MODEL.xml or set model.model in the config")
@@ -204,3 +204,13 @@ def _floats(text: str | None, values: list | None, what: str) -> tuple[float, ..
         return tuple(float(v) for v in items)
     except (TypeError, ValueError):
         raise ConfigError(f"{what} must be numbers separated by commas, got {text or values!r}") from None
+
+
+def _overrides(assigned: dict[str, Any], **flags: Any) -> dict[str, Any]:
+    """``-p KEY=VALUE`` assignments and the given flags (--subset-size...) as one set of parameters; a parameter
+    given both ways with two values is a usage error."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    clash = next((key for key in given if key in assigned and assigned[key] != given[key]), None)
+    if clash is not None:
+        raise ConfigError(f"{clash} is given twice, as -p {clash}={assigned[clash]} and by its option ({given[clash]})")
+    return {**assigned, **given}

@@ -9,8 +9,9 @@ So a per-channel bound ``[low, high]`` with centre ``c`` and half-width ``h`` is
 - :func:`folded_clamp`: when convolutions consume the tensor, ``u + c/h`` only, and the ``h`` folds into each
   consuming convolution's weight per input channel (a constant ``Multiply`` the plugin folds at compile time):
   one post-op fewer on the producer, 1.2 points of rec's latency (+2.2% instead of +3.4%, 443 paired rounds);
-- :func:`min_max`: where the guard is a kernel of its own anyway (after pooling, or a MatMul whose fused post-op
-  would move an MLAS FullyConnected to oneDNN), ``Minimum(Maximum(x, low), high)``: one kernel, exact.
+- :func:`min_max`: where the guard is a kernel of its own anyway (after pooling, or on a classifier's logits,
+  where a fused post-op would move an MLAS FullyConnected to oneDNN), ``Minimum(Maximum(x, low), high)``: one
+  kernel, exact.
 
 All three map NaN to the low bound and +-Inf to the bounds on CPU; the first two are exact to f32 rounding.
 """

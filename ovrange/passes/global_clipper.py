@@ -15,8 +15,8 @@ compiled copy): :func:`bound_weights`.
 
 Guards: a scalar bound is one ``Clamp``; a per-channel bound is a Clamp in a per-channel unit domain, fused into
 the producer as post-ops, its scale folded into consuming convolutions where there are some
-(:mod:`ovrange.passes.channel_guards`); a guard that runs as a kernel of its own (after pooling or a MatMul,
-:data:`STANDALONE_PRODUCERS`) is per-channel ``Minimum``/``Maximum``. ``per_channel: nchw`` (default) bounds per
+(:mod:`ovrange.passes.channel_guards`); a guard that runs as a kernel of its own (after pooling, or on a linear
+layer's logits entering Softmax: :func:`standalone`) is per-channel ``Minimum``/``Maximum``. ``per_channel: nchw`` (default) bounds per
 channel NCHW tensors only.
 Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the CPU plugin's Clamp and Maximum map
 NaN to the lower bound and +-Inf to the bounds (measured, checked by tests/test_global_clipper.py; OpenVINO's
@@ -45,10 +45,11 @@ from ovrange.passes.roles import Target, find_targets
 from ovrange.stats import StatRequest, Statistics
 from ovrange.targets import ACTIVATIONS, outputs_by_id
 
-# Where the CPU plugin can't (pooling) or shouldn't (a MatMul's output: a fused post-op moves an MLAS
-# FullyConnected to oneDNN's brgemm, +20% on PP-OCRv4 rec's 6,625-class head) fuse a guard: one Minimum/Maximum
-# kernel of its own there, per channel (the same cost as one bound, and the plugin can't turn it into a Clamp).
-STANDALONE_PRODUCERS = ("MatMul", "MaxPool", "AvgPool")
+# Where the CPU plugin can't fuse a guard (pooling: no post-ops), or shouldn't: a linear layer's logits entering
+# Softmax -- a fused post-op moved PP-OCRv4 rec's 6,625-class head from MLAS to oneDNN's brgemm (+20% on that
+# layer). There: one Minimum/Maximum kernel of its own, with C equal or per-channel bounds (the plugin does not
+# turn it into a fusable Clamp). Not after other MatMuls: standalone q/k/v guards cost DeiT-Tiny +5.7%, fused +1.8%.
+STANDALONE_PRODUCERS = ("MaxPool", "AvgPool")
 WEIGHTS = "weights"  # not a tensor: the stored weights of Convolution/MatMul layers, bounded per output channel
 ROLES = (*TENSOR_ROLES, WEIGHTS)
 DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling", WEIGHTS]
@@ -186,8 +187,10 @@ def check_targets(targets: list[Target], per_channel: bool) -> None:
 
 
 def standalone(target: Target) -> bool:
-    """Whether the guard of ``target`` runs as a kernel of its own (:data:`STANDALONE_PRODUCERS`)."""
-    return target.producer in STANDALONE_PRODUCERS and target.channels is not None
+    """Whether the guard of ``target`` runs as a kernel of its own: after pooling, or on a linear layer's output
+    entering Softmax (:data:`STANDALONE_PRODUCERS`)."""
+    logits = target.edge is not None and target.producer == "MatMul" and target.weighted
+    return (target.producer in STANDALONE_PRODUCERS or logits) and target.channels is not None
 
 
 def _axis(target: Target, per_channel: bool | str) -> int | None:

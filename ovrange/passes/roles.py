@@ -49,6 +49,7 @@ class Target:
     channels: int | None  # static size of the feature axis, else None
     edge: tuple[str, int] | None = None
     producer: str = ""  # type of the op computing the tensor, behind a constant affine chain (a bias Add...)
+    weighted: bool = False  # that op has a constant input (a linear layer's weight)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -83,9 +84,10 @@ def find_targets(model: ov.Model, roles: Iterable[str], activations: Iterable[st
         key = id_of[node.get_name()] + (f">{id_of[edge[0].get_name()]}:{edge[1]}" if edge else "")
         if key not in targets:
             rank, axis, channels = _layout(out, node, role)
+            producer = _behind_affine(node, live)
             targets[key] = Target(key, id_of[node.get_name()], node.get_type_name(), role, rank, axis, channels,
-                                  (id_of[edge[0].get_name()], edge[1]) if edge else None,
-                                  _behind_affine(node, live).get_type_name())
+                                  (id_of[edge[0].get_name()], edge[1]) if edge else None, producer.get_type_name(),
+                                  _has_constant_input(producer, live))
 
     for node in model.get_ordered_ops():
         if node.get_name() not in live:
