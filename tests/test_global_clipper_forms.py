@@ -1,0 +1,150 @@
+"""GlobalClipper's guard forms on a small CNN with a softmax head (real OpenVINO, CPU f32): per-channel NCHW guards
+whose scale folds into the consuming convolutions, a standalone Minimum/Maximum on logits entering Softmax, and a
+weights role that folds away at compile time."""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+import pytest
+
+import ovrange
+from ovrange.bench.fusion import fusion_report
+from ovrange.faults.injectors import WeightInjector
+from ovrange.faults.sites import find_sites
+from ovrange.graph import inserted_nodes
+from ovrange.passes.channel_guards import FOLD_SUFFIX
+from ovrange.passes.global_clipper import apply_plan
+from ovrange.runtime import compile_model
+
+SHAPE = (3, 8, 8)
+
+
+def _conv(x, rng, cin: int, cout: int, k: int, name: str, groups: int = 1) -> ov.Node:
+    pad = [k // 2] * 2
+    if groups == 1:
+        w = ops.constant((rng.standard_normal((cout, cin, k, k)) * 0.4).astype(np.float32))
+        y = ops.convolution(x, w, [1, 1], pad, pad, [1, 1], name=f"{name}/conv")
+    else:  # depthwise: [G, 1, 1, k, k]
+        w = ops.constant((rng.standard_normal((groups, 1, 1, k, k)) * 0.4).astype(np.float32))
+        y = ops.group_convolution(x, w, [1, 1], pad, pad, [1, 1], name=f"{name}/conv")
+    return ops.add(y, ops.constant((rng.standard_normal((1, cout, 1, 1)) * 0.1).astype(np.float32)), name=name)
+
+
+def cnn() -> ov.Model:
+    """conv 3x3 -> relu1 -> {1x1 conv -> relu2 -> depthwise 3x3 -> relu3, and relu1 also into the mean} -> head ->
+    Softmax: relu1 feeds a convolution and a non-convolution; relu2 only a (grouped) convolution."""
+    rng = np.random.default_rng(0)
+    x = ops.parameter([-1, *SHAPE], np.float32, name="image")
+    relu1 = ops.relu(_conv(x, rng, 3, 4, 3, "c1"), name="relu1")
+    relu2 = ops.relu(_conv(relu1, rng, 4, 6, 1, "c2"), name="relu2")
+    relu3 = ops.relu(_conv(relu2, rng, 6, 6, 3, "dw", groups=6), name="relu3")
+    axes = ops.constant(np.array([2, 3], np.int64))
+    pooled = ops.concat([ops.reduce_mean(relu3, axes, False), ops.reduce_mean(relu1, axes, False)], 1)
+    w = ops.constant((rng.standard_normal((5, 10)) * 0.5).astype(np.float32))
+    logits = ops.add(ops.matmul(pooled, w, False, True, name="head"), ops.constant(np.zeros(5, np.float32)), name="logits")
+    probs = ops.softmax(logits, 1, name="probs")
+    probs.output(0).get_tensor().set_names({"probs"})
+    return ov.Model([ops.result(probs)], [x], "cnn")
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, *SHAPE)).astype(np.float32)
+
+
+def run(model: ov.Model, x: np.ndarray) -> np.ndarray:
+    return compile_model(model, "CPU", precision="f32")(x)[0]
+
+
+@pytest.fixture(scope="module")
+def protected() -> ov.Model:
+    return ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32)
+
+
+def test_nchw_guards_fold_their_scale_into_the_consuming_convolutions(protected):
+    nodes = ovrange.protection_info(protected).nodes
+    assert nodes["relu1"]["axis"] == 1 and nodes["relu2"]["axis"] == 1 and nodes["relu3"]["axis"] == 1
+    folds = sorted(n for n, role in inserted_nodes(protected).items() if n.endswith(FOLD_SUFFIX))
+    assert folds == [f"relu1/to/c2/conv{FOLD_SUFFIX}", f"relu2/to/dw/conv{FOLD_SUFFIX}"]
+    assert all(inserted_nodes(protected)[n] == "decode" for n in folds)
+    calib = images(32)
+    a, b = run(cnn(), calib), run(protected, calib)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)  # scaled, clamped, scaled back: f32 rounding
+    report = fusion_report(compile_model(protected, "CPU", precision="f32"), protected)
+    hosts = {c.name.split("/")[0]: c for c in report.clamps}
+    for guard in ("relu1", "relu2", "relu3"):
+        assert hosts[guard].status == "fused" and hosts[guard].layer_type == "Convolution", hosts[guard]
+
+
+def test_the_folded_guard_bounds_each_channel_like_an_exact_clamp(protected):
+    """Out of range (inputs x30), the folded form gives what exact per-channel Minimum/Maximum guards give."""
+    plan = {key: {**entry, "form": "standalone"} for key, entry in ovrange.protection_info(protected).nodes.items()
+            if entry["role"] != "weights"}
+    exact = apply_plan(cnn(), plan)
+    wild = images(16, seed=3) * 30
+    assert not np.allclose(run(cnn(), wild), run(exact, wild), atol=1e-3)  # the bounds do cut here
+    np.testing.assert_allclose(run(protected, wild), run(exact, wild), rtol=1e-4, atol=1e-5)
+
+
+def test_logits_entering_softmax_get_a_standalone_min_max(protected):
+    """A fused post-op on a classifier's logits moves an MLAS FullyConnected to oneDNN (docs/transformers.md)."""
+    entry = ovrange.protection_info(protected).nodes["logits>probs:0"]
+    assert entry["form"] == "standalone" and len(entry["high"]) == 5  # one bound repeated over the classes
+    assert len(set(entry["high"])) == 1
+    kinds = {n.get_type_name() for n in protected.get_ops() if n.get_friendly_name().startswith("logits/to/probs")}
+    assert {"Minimum", "Maximum"} <= kinds and "Clamp" not in kinds
+    report = fusion_report(compile_model(protected, "CPU", precision="f32"), protected)
+    assert report.names("standalone") == ["logits/to/probs:0/min_max_Clamp"]
+
+
+def test_weight_sites_and_injection_see_through_the_fold(protected):
+    """The stored weights of the folded convolutions stay fault sites; an injector without flips reproduces the
+    protected model (the fold's scale is applied after the struck values), with and without the weights role."""
+    original = find_sites(cnn(), "weights")
+    calib = images(8)
+    without = ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32,
+                              targets=["activation", "attention"])
+    for model in (protected, without):
+        sites = find_sites(model, "weights")
+        assert [(s.name, s.shape) for s in sites] == [(s.name, s.shape) for s in original]
+        injector = WeightInjector(model, sites, [SHAPE])
+        clean = run(model, calib[:1])
+        np.testing.assert_allclose(injector.run([calib[:1]])[0], clean, rtol=1e-6, atol=1e-7)
+
+
+def test_the_weights_role_folds_away_at_compile_time():
+    """Its NaN filter is Equal(w, w): constant-foldable, so the plugin runs no weight-decoding node per inference
+    (IsNaN did not fold: 95 runtime nodes and +0.7% on PP-OCRv4 rec)."""
+    bounded = ovrange.protect(cnn(), images(8), algorithm="GlobalClipper", subset_size=8, targets=["weights"])
+
+    def runtime_nodes(model: ov.Model) -> int:
+        graph = compile_model(model, "CPU", precision="f32").get_runtime_model()
+        return sum(n.get_rt_info()["layerType"].astype(str) != "Const" for n in graph.get_ordered_ops())
+
+    assert runtime_nodes(bounded) == runtime_nodes(cnn())
+    np.testing.assert_array_equal(run(bounded, images(8)), run(cnn(), images(8)))
+
+
+def int8_weights(model: ov.Model, layer: str) -> ov.Model:
+    """``model`` with ``layer``'s weight stored as int8: Constant(i8) -> Convert -> Multiply(scale per output)."""
+    conv = next(n for n in model.get_ops() if n.get_friendly_name() == layer)
+    w = conv.input_value(1).get_node().get_data()
+    scale = np.abs(w).reshape(len(w), -1).max(1).reshape(-1, 1, 1, 1) / 127
+    q = ops.constant(np.round(w / scale).astype(np.int8))
+    conv.input(1).replace_source_output(ops.multiply(ops.convert(q, ov.Type.f32), ops.constant(
+        scale.astype(np.float32))).output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def test_a_scale_folded_after_a_dequantization_is_decoded_with_it():
+    """int8 weights: the injector decodes the stored integers with the dequantization scale *and* the folded one."""
+    model = int8_weights(cnn(), "c2/conv")
+    protected = ovrange.protect(model, images(32), algorithm="GlobalClipper", subset_size=32, targets=["activation"])
+    assert f"relu1/to/c2/conv{FOLD_SUFFIX}" in inserted_nodes(protected)
+    sites = find_sites(protected, "weights")
+    assert {s.name: s.format for s in sites}["c2/conv"] == "int8"
+    x = images(1)
+    np.testing.assert_allclose(WeightInjector(protected, sites, [SHAPE]).run([x])[0], run(protected, x), rtol=1e-5,
+                               atol=1e-6)
