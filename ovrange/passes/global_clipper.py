@@ -16,8 +16,8 @@ compiled copy): :func:`bound_weights`.
 Guards: a scalar bound is one ``Clamp``; a per-channel bound is a Clamp in a per-channel unit domain, fused into
 the producer as post-ops, its scale folded into consuming convolutions where there are some
 (:mod:`ovrange.passes.channel_guards`); a guard that runs as a kernel of its own (after pooling, or on a linear
-layer's logits entering Softmax: :func:`standalone`) is per-channel ``Minimum``/``Maximum``. ``per_channel: nchw`` (default) bounds per
-channel NCHW tensors only.
+layer's logits entering Softmax: :func:`standalone`) is per-channel ``Minimum``/``Maximum``. ``per_channel: nchw``
+(default) bounds per channel NCHW tensors only.
 Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the CPU plugin's Clamp and Maximum map
 NaN to the lower bound and +-Inf to the bounds (measured, checked by tests/test_global_clipper.py; OpenVINO's
 reference Clamp would pass NaN); ``zero`` replaces NaN by 0 explicitly (``Select(IsNaN)``, an extra kernel);
@@ -261,7 +261,8 @@ def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "b
             for consumer in consumers:
                 consumer.replace_source_output(node.output(0))
         names = set(source.get_names())
-        if names and not entry["edge"]:  # model outputs keep their tensor names
+        unscaled = len(convs) < len(consumers)  # the guard's output is the bounded value itself, not it divided by h
+        if names and not entry["edge"] and unscaled:  # model outputs keep their tensor names
             source.get_tensor().set_names(set())
             node.output(0).get_tensor().set_names(names)
         guards.add(node.get_friendly_name())
