@@ -8,12 +8,12 @@ So a per-channel bound ``[low, high]`` with centre ``c`` and half-width ``h`` is
 - :func:`affine_clamp`: back to ``u * h + c`` (two scale-shift post-ops on the producer, around the Clamp);
 - :func:`folded_clamp`: when convolutions consume the tensor, ``u + c/h`` only, and the ``h`` folds into each
   consuming convolution's weight per input channel (a constant ``Multiply`` the plugin folds at compile time):
-  one post-op fewer on the producer, 1.2 points of rec's latency (+2.2% instead of +3.4%, 443 paired rounds);
-- :func:`min_max`: where the guard is a kernel of its own anyway (after pooling, or on a classifier's logits,
-  where a fused post-op would move an MLAS FullyConnected to oneDNN), ``Minimum(Maximum(x, low), high)``: one
-  kernel, exact.
+  one post-op fewer on the producer, 1.2 points of rec's latency (+2.2% instead of +3.4%, 443 paired rounds).
 
-All three map NaN to the low bound and +-Inf to the bounds on CPU; the first two are exact to f32 rounding.
+Where the guard is a kernel of its own anyway (after pooling, or on a classifier's logits, where a fused post-op would
+move an MLAS FullyConnected to oneDNN), it is the exact ``Minimum(Maximum(x, low), high)`` of
+:func:`ovrange.passes.guards.clamp_guard`. All map NaN to the low bound and +-Inf to the bounds on CPU; the two
+forms here are exact to f32 rounding.
 """
 
 from __future__ import annotations
@@ -86,8 +86,3 @@ def fold_into_weight(layer: ov.Node, half: np.ndarray, name: str) -> ov.Node:
     layer.input(1).replace_source_output(scaled.output(0))
     return scaled
 
-
-def min_max(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> ov.Node:
-    """``Minimum(Maximum(x, low), high)`` per channel: one kernel, exact."""
-    low, high = (_const(entry[k], shape) for k in ("low", "high"))
-    return ops.minimum(ops.maximum(x, low, name=f"{name}/low_Maximum"), high)

@@ -37,19 +37,15 @@ from ovrange.graph import added_nodes, node_ids, node_names, record_inserted
 from ovrange.params import Param, one_of
 from ovrange.passes import PassResult, Selection
 from ovrange.passes.bounded_weights import output_axes, weight_array, weight_output
-from ovrange.passes.channel_guards import affine_clamp, fold_into_weight, foldable, folded_clamp, min_max, unscale
+from ovrange.bounds import Bound
+from ovrange.passes.channel_guards import affine_clamp, fold_into_weight, foldable, folded_clamp, unscale
 from ovrange.passes.bounded_weights import select as bounded_layers
-from ovrange.passes.guards import CLAMP_SUFFIX
+from ovrange.passes.guards import CLAMP_SUFFIX, clamp_guard
 from ovrange.passes.roles import ROLES as TENSOR_ROLES
-from ovrange.passes.roles import Target, find_targets
+from ovrange.passes.roles import POOLING_OPS, Target, find_targets
 from ovrange.stats import StatRequest, Statistics
 from ovrange.targets import ACTIVATIONS, outputs_by_id
 
-# Where the CPU plugin can't fuse a guard (pooling: no post-ops), or shouldn't: a linear layer's logits entering
-# Softmax -- a fused post-op moved PP-OCRv4 rec's 6,625-class head from MLAS to oneDNN's brgemm (+20% on that
-# layer). There: one Minimum/Maximum kernel of its own, with C equal or per-channel bounds (the plugin does not
-# turn it into a fusable Clamp). Not after other MatMuls: standalone q/k/v guards cost DeiT-Tiny +5.7%, fused +1.8%.
-STANDALONE_PRODUCERS = ("MaxPool", "AvgPool")
 WEIGHTS = "weights"  # not a tensor: the stored weights of Convolution/MatMul layers, bounded per output channel
 ROLES = (*TENSOR_ROLES, WEIGHTS)
 DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling", WEIGHTS]
@@ -187,10 +183,13 @@ def check_targets(targets: list[Target], per_channel: bool) -> None:
 
 
 def standalone(target: Target) -> bool:
-    """Whether the guard of ``target`` runs as a kernel of its own: after pooling, or on a linear layer's output
-    entering Softmax (:data:`STANDALONE_PRODUCERS`)."""
+    """Whether the guard of ``target`` runs as a kernel of its own, one Minimum/Maximum pair with C equal or
+    per-channel bounds (the plugin does not turn that into a fusable Clamp). Where the CPU plugin can't fuse a guard
+    (pooling: no post-ops), or shouldn't: a linear layer's logits entering Softmax -- a fused post-op moved PP-OCRv4
+    rec's 6,625-class head from MLAS to oneDNN's brgemm (+20% on that layer). Not after other MatMuls: standalone
+    q/k/v guards cost DeiT-Tiny +5.7%, fused +1.9%."""
     logits = target.edge is not None and target.producer == "MatMul" and target.weighted
-    return (target.producer in STANDALONE_PRODUCERS or logits) and target.channels is not None
+    return (target.producer in POOLING_OPS or logits) and target.channels is not None
 
 
 def _axis(target: Target, per_channel: bool | str) -> int | None:
@@ -318,9 +317,14 @@ def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.
     else:
         shape = [1] * entry["rank"]
         shape[entry["axis"]] = len(entry["high"])
-        node = (min_max if entry.get("form") == "standalone" else affine_clamp)(value, entry, shape, name)
+        node = (clamp_guard(value, _bound(entry), name + CLAMP_SUFFIX) if entry.get("form") == "standalone"
+                else affine_clamp(value, entry, shape, name))
     if nonfinite == "keep":
         node.set_friendly_name(f"{name}/min_max_Bound")
         node = ops.select(ops.is_nan(x), x, node)
     node.set_friendly_name(name + CLAMP_SUFFIX)
     return node
+
+
+def _bound(entry: dict[str, Any]) -> Bound:
+    return Bound(entry["node"], entry["type"], entry["low"], entry["high"], entry["samples"], axis=entry["axis"])
