@@ -76,7 +76,7 @@ class Subject:
 
             maps = ocr_det.binary_maps(model, self.eval_x)
             return float(np.mean([np.array_equal(a, b) for a, b in zip(maps, self.eval_y)]))
-        if self.sdc == "tokens":
+        if self.sdc in ("tokens", "text"):
             from scripts import ocr_data
 
             texts = ocr_data.recognize(model, self.eval_x)
@@ -84,7 +84,7 @@ class Subject:
         return float((top1(predict(model, self.eval_x, batch_size=500)) == self.eval_y).mean())
 
 
-def subjects(which: list[str], det_sdc: str = "boxes") -> list[Subject]:
+def subjects(which: list[str], det_sdc: str = "boxes", rec_sdc: str = "tokens") -> list[Subject]:
     from scripts.build_default_model import build_default
 
     found = []
@@ -120,8 +120,9 @@ def subjects(which: list[str], det_sdc: str = "boxes") -> list[Subject]:
 
         texts = ocr_data.sample_texts(100, seed=123)
         x = np.concatenate([ocr_data.preprocess(ocr_data.render_line(t)) for t in texts])
-        found.append(Subject("PP-OCRv4 rec", read_model(ocr_data.rec_model_path()), ocr_data.calibration_inputs(64),
-                             x, texts, "tokens", 20, trials_scale=0.25, latency_reps=5, batch_size=16))
+        name = "PP-OCRv4 rec" if rec_sdc == "tokens" else f"PP-OCRv4 rec ({rec_sdc})"
+        found.append(Subject(name, read_model(ocr_data.rec_model_path()), ocr_data.calibration_inputs(256),
+                             x, texts, rec_sdc, 20, trials_scale=0.25, latency_reps=5, batch_size=16))
     return found
 
 
@@ -196,6 +197,8 @@ def compare(subject: Subject, trials: int, rounds: int, seed: int, log, methods=
 
 SDC_TEXT = {"top1": "top-1 change on correctly classified inputs",
             "tokens": "any decoded position (per-position top-1) changes",
+            "text": "the text read changes (greedy CTC decoding of the per-position top-1: repeats merged, blanks "
+                    "dropped)",
             "boxes": "any pixel of the probability map binarized at 0.3 flips (the map DBNet's boxes come from); "
                      "clean accuracy = unseen pages whose binarized map equals the original's",
             "regions": "the text regions of the map binarized at 0.3 change (a region DBNet keeps appears, vanishes, "
@@ -251,6 +254,8 @@ def main() -> int:
     parser.add_argument("--models", default="lenet,seven,vit,ppocr,ppocr_det")
     parser.add_argument("--methods", default=None, help="comma-separated method labels (default: all); the "
                         "original is always included")
+    parser.add_argument("--rec-sdc", default="tokens", help="SDC criterion of PP-OCRv4 rec: tokens (any of the 40 "
+                        "positions' top-1 changes) or text (the text read changes)")
     parser.add_argument("--det-sdc", default="boxes", help="SDC criterion of PP-OCRv4 det: boxes (any pixel of "
                         "the binarized map flips), boxes:N (more than N pixels) or regions:N (DBNet's text regions "
                         "change)")
@@ -268,7 +273,7 @@ def main() -> int:
     started = time.time()
     wanted = set(args.methods.split(",")) if args.methods else None
     methods = [m for m in METHODS if wanted is None or m[0] in wanted or m[1] is None]
-    chosen = [] if args.combine else subjects(args.models.split(","), args.det_sdc)
+    chosen = [] if args.combine else subjects(args.models.split(","), args.det_sdc, args.rec_sdc)
     for subject in chosen:
         if args.ocr_scale is not None and subject.trials_scale != 1.0:
             subject.trials_scale = args.ocr_scale

@@ -86,3 +86,25 @@ def test_tokens_criterion_flags_any_changed_position():
     faulty[2, 0, 1] = 1.5  # sample 2: larger, but the same classes
     codes, _, _ = Judge(SdcCriterion.parse("tokens")).classify(golden, faulty)
     assert codes.tolist() == [0, 1, 0]  # masked, SDC, masked
+
+
+def test_text_criterion_counts_only_changes_of_the_text_read():
+    """Greedy CTC: a repeat turned blank, or a blank turned repeat, reads the same text (masked, where ``tokens``
+    counts an SDC); a blank that splits a repeat doubles a letter, a new class changes one (SDC)."""
+    from ovrange.errors import ConfigError
+    from ovrange.faults.outcomes import Judge, ctc_text
+    from ovrange.faults.spec import SdcCriterion
+
+    def scores(rows: list[list[int]]) -> np.ndarray:
+        return np.eye(5, dtype=np.float32)[np.array(rows)]  # [N, T, 5]: one-hot per position
+
+    golden = scores([[1, 1, 0, 2]] * 4)  # reads [1, 2]
+    faulty = scores([[1, 0, 0, 2], [1, 1, 0, 3], [1, 1, 2, 2], [1, 0, 1, 2]])
+    assert ctc_text(np.array([1, 0, 1, 2])).tolist() == [1, 1, 2]
+    assert Judge(SdcCriterion.parse("text")).classify(golden, faulty)[0].tolist() == [0, 1, 0, 1]
+    assert Judge(SdcCriterion.parse("tokens")).classify(golden, faulty)[0].tolist() == [1, 1, 1, 1]
+    # another blank class: 0 is an ordinary class, the golden reads [1, 0, 2], and [1, 1, 2, 2] ([1, 2]) differs
+    assert Judge(SdcCriterion.parse("text:4")).classify(golden, faulty)[0].tolist() == [0, 1, 1, 1]
+    assert str(SdcCriterion.parse("text:4")) == "text:4"
+    with pytest.raises(ConfigError, match="blank class"):
+        SdcCriterion.parse("text:1.5")

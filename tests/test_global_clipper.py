@@ -104,6 +104,8 @@ def test_roles_of_decomposed_attention():
     found = {t.id: t for t in find_targets(block_model(decomposed=True), ["attention"])}
     assert list(found) == ["scaled>softmax:0"]  # the scores entering Softmax
     assert found["scaled>softmax:0"].edge == ("softmax", 0)
+    # attention weights feed a MatMul (guarded downstream): not the probabilities role, which is for model outputs
+    assert find_targets(block_model(decomposed=True), ["probabilities"]) == []
 
 
 @pytest.mark.parametrize("decomposed", [False, True])

@@ -15,7 +15,7 @@ from ovrange.faults.injectors import WeightInjector
 from ovrange.faults.sites import find_sites
 from ovrange.graph import inserted_nodes
 from ovrange.passes.channel_guards import FOLD_SUFFIX
-from ovrange.passes.global_clipper import apply_plan
+from ovrange.passes.global_clipper import DEFAULT_ROLES, apply_plan, reset_outside
 from ovrange.runtime import compile_model
 
 SHAPE = (3, 8, 8)
@@ -96,7 +96,23 @@ def test_logits_entering_softmax_get_a_standalone_min_max(protected):
     kinds = {n.get_type_name() for n in protected.get_ops() if n.get_friendly_name().startswith("logits/to/probs")}
     assert {"Minimum", "Maximum"} <= kinds and "Clamp" not in kinds
     report = fusion_report(compile_model(protected, "CPU", precision="f32"), protected)
-    assert report.names("standalone") == ["logits/to/probs:0/min_max_Clamp"]
+    assert report.names("standalone") == ["logits/to/probs:0/min_max_Clamp", "probs/min_max_Clamp"]
+
+
+def test_output_probabilities_are_reset_outside_zero_to_one(protected):
+    """The Softmax the model returns: bounds [0, 1] known, not observed; clean outputs pass bit-identically (the
+    output keeps its name); a value outside, NaN or Inf becomes 0 -- a clamp would make it a confident 1."""
+    entry = ovrange.protection_info(protected).nodes["probs"]
+    assert (entry["role"], entry["low"], entry["high"], entry["form"]) == ("probabilities", 0.0, 1.0, "reset")
+    guard = next(n for n in protected.get_ops() if n.get_friendly_name() == "probs/min_max_Clamp")
+    assert guard.get_type_name() == "Select" and protected.output("probs").get_node().input_value(0).get_node() == guard
+    without = ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32,
+                              targets=[r for r in DEFAULT_ROLES if r != "probabilities"])
+    np.testing.assert_array_equal(run(protected, images(16, seed=5)), run(without, images(16, seed=5)))
+    x = ops.parameter([9], np.float32)
+    reset = ov.Model([ops.result(reset_outside(x, 0.0, 1.0))], [x])
+    values = np.array([np.nan, np.inf, -np.inf, 1e30, 0.3, 1.0, 0.0, -0.2, 1.5], np.float32)
+    np.testing.assert_array_equal(run(reset, values), np.array([0, 0, 0, 0, 0.3, 1, 0, 0, 0], np.float32))
 
 
 def test_weight_sites_and_injection_see_through_the_fold(protected):

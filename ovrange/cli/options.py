@@ -18,7 +18,8 @@ Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing resu
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 DataPath = Annotated[Optional[Path], typer.Option("--data", "-d", help="Image folder, .npy or .npz file.")]
 Sdc = Annotated[Optional[str], typer.Option("--sdc", help="SDC criterion: top1 (classifiers), tokens (per-position "
-                                           "top-1 of [N, T, classes], e.g. OCR), linf:<t>, cosine:<t> or "
+                                           "top-1 of [N, T, classes], e.g. OCR), text[:<blank>] (the greedy CTC text "
+                                           "of those positions changes), linf:<t>, cosine:<t> or "
                                            "boxes[:<pixels>] (a text-detection map binarized at 0.3 flips), "
                                            "regions[:<pixels>] (that map's text regions change). "
                                            "Default: top1 when the output is [N, classes].")]

@@ -2,7 +2,8 @@
 
 DUE: the output holds NaN or Inf (a runtime could detect it). SDC: for classifiers (output ``[N, classes]``) the
 top-1 class changed, as in Ranger; for sequence outputs (``tokens``: ``[N, T, classes]``, e.g. CTC text
-recognition) any position's top-1 changed; otherwise the deviation passed a user-chosen threshold, relative
+recognition) any position's top-1 changed, or (``text``) the greedy CTC text read from those positions changed;
+otherwise the deviation passed a user-chosen threshold, relative
 L-infinity (``max|y' - y| / max|y|``) or cosine distance (``1 - cos(y', y)``); for text detectors (``boxes``: a
 DBNet probability map) more than N pixels of the map binarized at 0.3 flipped; ``regions``: the text regions of
 that map (DBNet's boxes before unclipping) change, :mod:`ovrange.faults.regions`. Anything else is masked.
@@ -62,11 +63,16 @@ class Judge:
         if self.criterion.metric == "top1":
             top1 = np.where(finite, f.argmax(axis=1), -1).astype(np.int32)
             sdc = top1 != g.argmax(axis=1)
-        elif self.criterion.metric == "tokens":
+        elif self.criterion.metric in ("tokens", "text"):
             classes = golden.shape[-1]
             tokens_g = g.reshape(n, -1, classes).argmax(axis=2)
             tokens_f = f.reshape(n, -1, classes).argmax(axis=2)
-            sdc = (tokens_f != tokens_g).any(axis=1)
+            if self.criterion.metric == "tokens":
+                sdc = (tokens_f != tokens_g).any(axis=1)
+            else:
+                blank = int(self.criterion.threshold or 0)
+                sdc = np.array([not np.array_equal(ctc_text(a, blank), ctc_text(b, blank))
+                                for a, b in zip(tokens_g, tokens_f)], bool).reshape(n)
         elif self.criterion.metric == "boxes":
             flipped = ((f > BOXES_THRESHOLD) != (g > BOXES_THRESHOLD)).sum(axis=1)
             sdc = flipped > self.criterion.threshold
@@ -78,6 +84,12 @@ class Judge:
             sdc = _cosine_distance(g, f) > self.criterion.threshold
         codes = np.where(~finite, DUE, np.where(sdc, SDC, MASKED)).astype(np.int8)
         return codes, top1, deviation.astype(np.float32)
+
+
+def ctc_text(tokens: np.ndarray, blank: int = 0) -> np.ndarray:
+    """Greedy CTC decoding of one sequence of per-position classes: repeats merged, then blanks dropped."""
+    merged = tokens[np.diff(tokens, prepend=-1) != 0]
+    return merged[merged != blank]
 
 
 def _regions_changed(golden: np.ndarray, faulty: np.ndarray, tolerance: float) -> np.ndarray:

@@ -48,7 +48,7 @@ from ovrange.targets import ACTIVATIONS, outputs_by_id
 
 WEIGHTS = "weights"  # not a tensor: the stored weights of Convolution/MatMul layers, bounded per output channel
 ROLES = (*TENSOR_ROLES, WEIGHTS)
-DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling", WEIGHTS]
+DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling", "probabilities", WEIGHTS]
 NONFINITE = ("bound", "zero", "keep")
 
 PARAMS: dict[str, Param] = {
@@ -197,6 +197,8 @@ def _axis(target: Target, per_channel: bool | str) -> int | None:
     rank-4 tensors with channels on axis 1 only -- there the guard fuses into the convolution; on ``[N, T, C]``
     tensors of attention, norm and residual roles the plugin's eltwise subgraphs leave a per-channel guard as a
     kernel of its own (docs/transformers.md)."""
+    if target.role == "probabilities":
+        return None
     if per_channel == "nchw":
         per_channel = target.rank == 4 and target.axis == 1
     return target.axis if per_channel and target.channels is not None else None
@@ -209,10 +211,15 @@ def _axis(target: Target, per_channel: bool | str) -> int | None:
 def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarray], samples: int,
               margin: float = 0.0) -> dict[str, dict[str, Any]]:
     """Target id -> its guard: role, op, feature axis (None: one bound), low/high (floats or per-channel lists),
-    form (``fused`` into the producer's post-ops, or a ``standalone`` kernel)."""
+    form (``fused`` into the producer's post-ops, a ``standalone`` kernel, or ``reset`` for probabilities)."""
     plan = {}
     for target, lo, hi in zip(targets, low, high):
         lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+        if target.role == "probabilities":  # known, not observed: an unseen 0.99999 must not look like a fault
+            plan[target.id] = {"node": target.node, "type": target.op, "role": target.role, "edge": None,
+                               "axis": None, "rank": target.rank, "low": 0.0, "high": 1.0, "samples": samples,
+                               "method": "distribution", "form": "reset"}
+            continue
         if margin:
             lo, hi = lo - margin * (hi - lo), hi + margin * (hi - lo)
         lo, hi = lo.astype(np.float32), hi.astype(np.float32)
@@ -312,7 +319,9 @@ def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.
     """The guard of one plan entry on ``x``; its last node is named ``<name>/min_max_Clamp`` (as POT named guards;
     the fusion report and the fault-site list know guards from the inserted-node record)."""
     value = _nan_filtered(x, nonfinite, name)
-    if entry["axis"] is None:
+    if entry.get("form") == "reset":
+        node = reset_outside(value, float(entry["low"]), float(entry["high"]))
+    elif entry["axis"] is None:
         node = ops.clamp(value, float(entry["low"]), float(entry["high"]))
     else:
         shape = [1] * entry["rank"]
@@ -324,6 +333,14 @@ def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.
         node = ops.select(ops.is_nan(x), x, node)
     node.set_friendly_name(name + CLAMP_SUFFIX)
     return node
+
+
+def reset_outside(x: ov.Output, low: float, high: float) -> ov.Node:
+    """``x`` inside ``[low, high]``, else 0 -- NaN too (the comparisons are false). For probabilities: 0 is what
+    almost every one of them is, where a clamp would make a flipped one a confident 1 (a wrong class)."""
+    inside = ops.logical_and(ops.greater_equal(x, ops.constant(np.float32(low))),
+                             ops.less_equal(x, ops.constant(np.float32(high))))
+    return ops.select(inside, x, ops.constant(np.float32(0.0)))
 
 
 def _bound(entry: dict[str, Any]) -> Bound:

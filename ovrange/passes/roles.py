@@ -14,7 +14,11 @@ Roles (Global Clipper's, Qutub et al. 2024, extended to OpenVINO's op set):
 - ``residual``: ``Add`` of two computed tensors (not a bias);
 - ``attention``: ScaledDotProductAttention's Q/K/V inputs (edge targets) and output; decomposed attention: the
   scores entering Softmax;
-- ``pooling``: MaxPool / AvgPool outputs (a fault in the pooling op itself).
+- ``pooling``: MaxPool / AvgPool outputs (a fault in the pooling op itself);
+- ``probabilities``: a Softmax output the model returns (a classifier's or CTC head's probabilities): no guard
+  follows it, and its range is known without calibration. Attention weights are not: a fault there reaches the
+  next linear's and the residual's guards, and a guard between Softmax and MatMul would break the CPU plugin's
+  attention fusion.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from ovrange.graph import node_ids as ordered_ids
 from ovrange.passes.placement import DATA_MOVEMENT
 from ovrange.targets import ACTIVATIONS
 
-ROLES = ("activation", "linear", "norm", "residual", "attention", "pooling")
+ROLES = ("activation", "linear", "norm", "residual", "attention", "pooling", "probabilities")
 LINEAR_OPS = ("MatMul", "Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData")
 NORM_OPS = ("MVN", "NormalizeL2")
 POOLING_OPS = ("MaxPool", "AvgPool")
 ATTENTION_OPS = ("ScaledDotProductAttention",)
+SOFTMAX_OPS = ("Softmax", "SoftMax")
 AFFINE_OPS = ("Add", "Multiply", "Subtract", "Divide")
 
 
@@ -112,10 +117,12 @@ def find_targets(model: ov.Model, roles: Iterable[str], activations: Iterable[st
                     add(source.get_node(), "attention", (node, port))
             if "attention_output" not in skip:
                 add(node, "attention")
-        elif kind in ("Softmax", "SoftMax") and "attention" in roles:
+        elif kind in SOFTMAX_OPS:
             source = node.input_value(0)
-            if source.get_index() == 0 and source.get_node().get_name() in live:
+            if "attention" in roles and source.get_index() == 0 and source.get_node().get_name() in live:
                 add(source.get_node(), "attention", (node, 0))
+            if "probabilities" in roles and all(c.get_type_name() == "Result" for c in _consumers(node)):
+                add(node, "probabilities")
         elif kind in POOLING_OPS and "pooling" in roles:
             add(node, "pooling")
     return list(targets.values())
