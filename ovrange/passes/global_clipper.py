@@ -18,6 +18,8 @@ the producer as post-ops, its scale folded into consuming convolutions where the
 (:mod:`ovrange.passes.channel_guards`); a guard that runs as a kernel of its own (after pooling, or on a linear
 layer's logits entering Softmax: :func:`standalone`) is per-channel ``Minimum``/``Maximum``. ``per_channel: nchw``
 (default) bounds per channel NCHW tensors only.
+The probabilities a model returns (``probabilities`` role: a Softmax output) have known bounds ``[0, 1]``; their
+guard resets a value outside (or NaN) to 0, :func:`reset_outside`.
 Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the CPU plugin's Clamp and Maximum map
 NaN to the lower bound and +-Inf to the bounds (measured, checked by tests/test_global_clipper.py; OpenVINO's
 reference Clamp would pass NaN); ``zero`` replaces NaN by 0 explicitly (``Select(IsNaN)``, an extra kernel);
