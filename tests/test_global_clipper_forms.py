@@ -11,11 +11,13 @@ import pytest
 
 import ovrange
 from ovrange.bench.fusion import fusion_report
+from ovrange.bounds import Bound
 from ovrange.faults.injectors import WeightInjector
 from ovrange.faults.sites import find_sites
 from ovrange.graph import inserted_nodes
 from ovrange.passes.channel_guards import FOLD_SUFFIX
-from ovrange.passes.global_clipper import DEFAULT_ROLES, apply_plan, reset_outside
+from ovrange.passes.global_clipper import DEFAULT_ROLES, apply_plan
+from ovrange.passes.guards import reset_guard
 from ovrange.runtime import compile_model
 
 SHAPE = (3, 8, 8)
@@ -110,7 +112,7 @@ def test_output_probabilities_are_reset_outside_zero_to_one(protected):
                               targets=[r for r in DEFAULT_ROLES if r != "probabilities"])
     np.testing.assert_array_equal(run(protected, images(16, seed=5)), run(without, images(16, seed=5)))
     x = ops.parameter([9], np.float32)
-    reset = ov.Model([ops.result(reset_outside(x, 0.0, 1.0))], [x])
+    reset = ov.Model([ops.result(reset_guard(x, Bound("x", "Parameter", 0.0, 1.0, 1), "x/reset"))], [x])
     values = np.array([np.nan, np.inf, -np.inf, 1e30, 0.3, 1.0, 0.0, -0.2, 1.5], np.float32)
     np.testing.assert_array_equal(run(reset, values), np.array([0, 0, 0, 0, 0.3, 1, 0, 0, 0], np.float32))
 

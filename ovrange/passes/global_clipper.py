@@ -19,7 +19,8 @@ the producer as post-ops, its scale folded into consuming convolutions where the
 layer's logits entering Softmax: :func:`standalone`) is per-channel ``Minimum``/``Maximum``. ``per_channel: nchw``
 (default) bounds per channel NCHW tensors only.
 The probabilities a model returns (``probabilities`` role: a Softmax output) have known bounds ``[0, 1]``; their
-guard resets a value outside (or NaN) to 0, :func:`reset_outside`.
+guard resets a value outside (or NaN) to 0 (:func:`ovrange.passes.guards.reset_guard`): 0 is what
+almost every probability is, where a clamp would make a flipped one a confident 1 (a wrong class).
 Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the CPU plugin's Clamp and Maximum map
 NaN to the lower bound and +-Inf to the bounds (measured, checked by tests/test_global_clipper.py; OpenVINO's
 reference Clamp would pass NaN); ``zero`` replaces NaN by 0 explicitly (``Select(IsNaN)``, an extra kernel);
@@ -42,7 +43,7 @@ from ovrange.passes.bounded_weights import output_axes, weight_array, weight_out
 from ovrange.bounds import Bound
 from ovrange.passes.channel_guards import affine_clamp, fold_into_weight, foldable, folded_clamp, unscale
 from ovrange.passes.bounded_weights import select as bounded_layers
-from ovrange.passes.guards import CLAMP_SUFFIX, clamp_guard
+from ovrange.passes.guards import CLAMP_SUFFIX, clamp_guard, reset_guard
 from ovrange.passes.roles import ROLES as TENSOR_ROLES
 from ovrange.passes.roles import POOLING_OPS, Target, find_targets
 from ovrange.stats import StatRequest, Statistics
@@ -322,7 +323,7 @@ def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.
     the fusion report and the fault-site list know guards from the inserted-node record)."""
     value = _nan_filtered(x, nonfinite, name)
     if entry.get("form") == "reset":
-        node = reset_outside(value, float(entry["low"]), float(entry["high"]))
+        node = reset_guard(value, _bound(entry), name + CLAMP_SUFFIX)
     elif entry["axis"] is None:
         node = ops.clamp(value, float(entry["low"]), float(entry["high"]))
     else:
@@ -335,14 +336,6 @@ def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.
         node = ops.select(ops.is_nan(x), x, node)
     node.set_friendly_name(name + CLAMP_SUFFIX)
     return node
-
-
-def reset_outside(x: ov.Output, low: float, high: float) -> ov.Node:
-    """``x`` inside ``[low, high]``, else 0 -- NaN too (the comparisons are false). For probabilities: 0 is what
-    almost every one of them is, where a clamp would make a flipped one a confident 1 (a wrong class)."""
-    inside = ops.logical_and(ops.greater_equal(x, ops.constant(np.float32(low))),
-                             ops.less_equal(x, ops.constant(np.float32(high))))
-    return ops.select(inside, x, ops.constant(np.float32(0.0)))
 
 
 def _bound(entry: dict[str, Any]) -> Bound:

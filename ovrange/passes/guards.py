@@ -2,9 +2,10 @@
 
 A guard replaces a target's output with a corrected value: ``Clamp`` for a scalar bound (the op POT inserted, and
 the one the CPU plugin fuses into Convolution/FullyConnected/MVN post-ops), ``Minimum(Maximum(x, low), high)`` with
-``[1, C, 1...]`` constants for per-channel bounds (Clamp takes scalars only), or ``Select(outside, 0, x)`` to reset
-out-of-range values to zero. Guards are named ``<target id><suffix>`` (POT's ``<activation>/min_max_Clamp`` for an
-activation with a unique name) and recorded as inserted nodes.
+``[1, C, 1...]`` constants for per-channel bounds (Clamp takes scalars only), or ``Select`` to reset out-of-range
+values to zero (:func:`zero_guard` lets NaN through, :func:`reset_guard` resets it too). Guards are named
+``<target id><suffix>`` (POT's ``<activation>/min_max_Clamp`` for an activation with a unique name) and recorded
+as inserted nodes.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def zero_guard(output: ov.Output, bound: Bound, name: str) -> ov.Node:
     outside = ops.logical_or(ops.less(output, low, name=name + "/below"),
                              ops.greater(output, high, name=name + "/above"), name=name + "/outside")
     return ops.select(outside, ops.constant(np.float32(0.0)), output, name=name)
+
+
+def reset_guard(output: ov.Output, bound: Bound, name: str) -> ov.Node:
+    """Keep values inside the bound, reset the rest to 0 -- NaN too (both comparisons are false for NaN), where
+    :func:`zero_guard` keeps Ranger's behaviour and lets NaN through (a DUE a runtime check can see)."""
+    low, high = limits(output, bound)
+    inside = ops.logical_and(ops.greater_equal(output, low, name=name + "/above_low"),
+                             ops.less_equal(output, high, name=name + "/below_high"), name=name + "/inside")
+    return ops.select(inside, output, ops.constant(np.float32(0.0)), name=name)
 
 
 GuardFn = Callable[[ov.Output, Bound, str], ov.Node]
