@@ -76,7 +76,7 @@ def collect(model: ov.Model, dataset: object, requests: Iterable[StatRequest], *
             batch_size: int = 1, shuffle: bool = False, seed: int = 0, device: str = "CPU",
             progress: ProgressFn | None = None) -> Statistics:
     """Run the calibration subset of ``dataset`` through ``model`` once (twice with histograms); serve ``requests``."""
-    refuse_stateful(model, "protect")  # the statistics model drops the sinks: refuse before it is built
+    refuse_stateful(model, "protect")  # before any statistics model is built
     if subset_size is not None and subset_size <= 0:
         raise ConfigError(f"stat_subset_size must be > 0, got {subset_size}")
     if batch_size <= 0:
@@ -175,7 +175,8 @@ def statistics_model(model: ov.Model, requests: list[StatRequest]) -> tuple[ov.M
     parts = lows + highs + others
     results = [ops.result(ops.concat(parts, 0) if len(parts) > 1 else parts[0])] if parts else []
     results += [ops.result(r) for r in raws]
-    return ov.Model(results, clone.get_parameters(), f"{model.get_friendly_name()}_stats"), layout
+    # The sinks stay: a stateful model's statistics model must keep its ReadValue/Assign pairs.
+    return ov.Model(results, clone.get_sinks(), clone.get_parameters(), f"{model.get_friendly_name()}_stats"), layout
 
 
 def reduce_axes(value: ov.Output, keep: int | None, what: str) -> list[int]:

@@ -16,7 +16,7 @@ import pytest
 from ovrange import bench
 from ovrange.errors import ModelError
 from ovrange.runtime import Runner, is_stateful, refuse_stateful, shared_core
-from ovrange.stats import StatRequest, collect
+from ovrange.stats import StatRequest, collect, statistics_model
 
 REFUSAL = "is a stateful model (KV cache); {} does not support it yet"
 
@@ -48,6 +48,11 @@ def test_stateful_models_are_detected():
     assert is_stateful(accumulator())
     assert is_stateful(accumulator().clone())  # a clone keeps the sinks
     assert not is_stateful(stateless())
+
+
+def test_the_statistics_model_keeps_the_state():
+    derived, _ = statistics_model(accumulator(), [StatRequest("act")])
+    assert is_stateful(derived)
 
 
 def test_a_stateful_model_is_refused_in_one_line():
