@@ -9,7 +9,7 @@ Public API (NNCF-shaped: OpenVINO objects in, OpenVINO objects out)::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ovrange.version import __version__
 
 from ovrange.errors import OvrangeError, ctrl_c_deferred_while_the_command_imports  # noqa: E402
 

@@ -20,37 +20,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ovrange.algorithms import PROTECTIONS, QUANTIZATIONS, AlgorithmConfig, schema
 from ovrange.errors import ConfigError
-from ovrange.params import COMMON_PARAMS, Param, validate
-from ovrange.passes import ALGORITHMS, algorithm as algorithm_module
+from ovrange.params import validate
 
 ENGINE_TYPES = ("simplified",)
 
 
-# POT chains: quantization steps that nncf runs before the protection (schemas in ovrange/quantize.py).
-QUANTIZATION_ALGORITHMS = ("DefaultQuantization", "WeightCompression", "AccuracyAwareQuantization")
-
-
-@dataclass(frozen=True)
-class AlgorithmConfig:
-    name: str
-    params: dict[str, Any]
-
-    @property
-    def subset_size(self) -> int:
-        return self.params["stat_subset_size"]
-
-    @property
-    def batch_size(self) -> int:
-        return self.params["stat_batch_size"]
-
-    @property
-    def shuffle(self) -> bool:
-        return self.params["shuffle_data"]
-
-    @property
-    def seed(self) -> int:
-        return self.params["seed"]
+# POT chains: quantization steps that nncf runs before the protection (the registry: ovrange/algorithms.py).
+QUANTIZATION_ALGORITHMS = tuple(QUANTIZATIONS)
 
 
 @dataclass(frozen=True)
@@ -97,21 +75,11 @@ def default_algorithm(name: str = "RangeSupervision") -> AlgorithmConfig:
 
 def make_algorithm(name: str, params: dict[str, Any], where: str) -> AlgorithmConfig:
     """Validate ``params`` of algorithm ``name`` against its schema and fill defaults."""
-    if name not in ALGORITHMS and name not in QUANTIZATION_ALGORITHMS:
+    if name not in PROTECTIONS and name not in QUANTIZATION_ALGORITHMS:
         raise ConfigError(f"unknown algorithm {name!r} in {where}; available: "
-                          f"{', '.join([*ALGORITHMS, *QUANTIZATION_ALGORITHMS[:2]])}")
-    schema, check = _schema(name)
-    return AlgorithmConfig(name, validate(name, schema, params, where, check))
-
-
-def _schema(name: str) -> tuple[dict[str, Param], Any]:
-    """(parameter schema, combination check) of a protection or quantization algorithm."""
-    if name in QUANTIZATION_ALGORITHMS:
-        from ovrange import quantize
-
-        return quantize.schema(name), quantize.check_params
-    module = algorithm_module(name)
-    return {**COMMON_PARAMS, **module.PARAMS}, getattr(module, "check_params", None)
+                          f"{', '.join([*PROTECTIONS, *QUANTIZATION_ALGORITHMS[:2]])}")
+    params_schema, check = schema(name)
+    return AlgorithmConfig(name, validate(name, params_schema, params, where, check))
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
@@ -261,7 +229,7 @@ def _check_chain(algorithms: tuple[AlgorithmConfig, ...], where: str) -> None:
     protections = [a.name for a in algorithms if a.name not in QUANTIZATION_ALGORITHMS]
     if algorithms and not protections:
         raise ConfigError(f"compression.algorithms in {where} has no protection step; add one of "
-                          f"{', '.join(ALGORITHMS)} after {algorithms[-1].name}")
+                          f"{', '.join(PROTECTIONS)} after {algorithms[-1].name}")
     if len(protections) > 1:
         raise ConfigError(f"compression.algorithms in {where} lists {len(protections)} protections "
                           f"({', '.join(protections)}); a chain holds one")

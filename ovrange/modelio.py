@@ -20,7 +20,7 @@ from pathlib import Path
 import openvino as ov
 
 from ovrange.errors import ModelError, OutputError
-from ovrange.runtime import last_line
+from ovrange.runtime import last_line, shared_core
 
 
 def read_model(path: str | os.PathLike, weights: str | os.PathLike | None = None) -> ov.Model:
@@ -40,8 +40,8 @@ def read_model(path: str | os.PathLike, weights: str | os.PathLike | None = None
             # the graph ovrange protects is the IR users would deploy.
             return ov.convert_model(str(path))
         if weights:
-            return ov.Core().read_model(str(path), str(weights))
-        return ov.Core().read_model(str(path))
+            return shared_core().read_model(str(path), str(weights))
+        return shared_core().read_model(str(path))
     except Exception as exc:  # noqa: BLE001 - read_model raises RuntimeError, convert_model its own types
         message = last_line(exc)
         if "Incorrect weights" in message or "Empty weights" in message:

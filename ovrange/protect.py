@@ -15,16 +15,15 @@ from typing import Any
 
 import openvino as ov
 
-from ovrange import __version__
-from ovrange.config import QUANTIZATION_ALGORITHMS, AlgorithmConfig
+from ovrange.algorithms import QUANTIZATIONS, AlgorithmConfig, protection as algorithm_module
 from ovrange.errors import ConfigError, ModelError
 from ovrange.graph import get_rt_json, set_rt_json
 from ovrange.modelio import save_model, write_dir_atomically
 from ovrange.params import COMMON_PARAMS, validate
-from ovrange.passes import algorithm as algorithm_module
 from ovrange.plan import ProtectionPlan
 from ovrange.stats import collect
 from ovrange.targets import outputs_by_id
+from ovrange.version import __version__
 
 ProgressFn = Callable[[int, int], None]
 
@@ -49,7 +48,7 @@ def protect(
         model: the model to protect (not modified).
         dataset: an ``ovrange.Dataset``, an ``nncf.Dataset``, a numpy array (samples on axis 0) or any iterable of
             samples (array, tuple of arrays, or ``{input name: array}``). Not needed with ``plan``.
-        algorithm: a name of ``ovrange.passes.ALGORITHMS``: ``RangeSupervision`` (POT), ``Ranger``,
+        algorithm: a protection of ``ovrange.algorithms.PROTECTIONS``: ``RangeSupervision`` (POT), ``Ranger``,
             ``GradientSuppression``, ``BoundedWeights``, ``Checksum`` or ``GlobalClipper``.
         plan: a saved plan (``ovrange.plan.load_plan("bounds.json")``) to apply as it is, without calibration.
         subset_size, batch_size, shuffle, seed: POT's ``stat_subset_size``, ``stat_batch_size``,
@@ -118,9 +117,9 @@ def run_chain(model: ov.Model, dataset: Any, algorithms: tuple[AlgorithmConfig, 
     """A POT chain: its quantization steps (nncf, in the order listed), then its one protection, on a copy."""
     from ovrange import quantize
 
-    for step in (a for a in algorithms if a.name in QUANTIZATION_ALGORITHMS):
+    for step in (a for a in algorithms if a.name in QUANTIZATIONS):
         model = quantize.apply(model, dataset, step, progress=progress)
-    last = next(a for a in algorithms if a.name not in QUANTIZATION_ALGORITHMS)
+    last = next(a for a in algorithms if a.name not in QUANTIZATIONS)
     own = {k: v for k, v in last.params.items() if k not in COMMON_PARAMS}
     return protect(model, dataset, algorithm=last.name, subset_size=last.subset_size, batch_size=last.batch_size,
                    shuffle=last.shuffle, seed=last.seed, device=device, progress=progress, **own)
@@ -128,8 +127,8 @@ def run_chain(model: ov.Model, dataset: Any, algorithms: tuple[AlgorithmConfig, 
 
 def chain_name(algorithms: tuple[AlgorithmConfig, ...]) -> str:
     """The result folder suffix: the steps in the order they run, e.g. ``DefaultQuantization_RangeSupervision``."""
-    steps = [a for a in algorithms if a.name in QUANTIZATION_ALGORITHMS]
-    steps += [a for a in algorithms if a.name not in QUANTIZATION_ALGORITHMS][:1]
+    steps = [a for a in algorithms if a.name in QUANTIZATIONS]
+    steps += [a for a in algorithms if a.name not in QUANTIZATIONS][:1]
     return "_".join(a.name for a in steps)
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from ovrange.config import AlgorithmConfig
-from ovrange.params import COMMON_PARAMS, Param, one_of
+from ovrange.algorithms import AlgorithmConfig
 from ovrange.errors import ConfigError, ModelError
+from ovrange.params import COMMON_PARAMS, Param, one_of
 from ovrange.graph import get_rt_json, set_rt_json
 from ovrange.runtime import with_dynamic_batch
 

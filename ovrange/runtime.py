@@ -2,12 +2,15 @@
 
 The CPU plugin on AMX machines defaults to bf16; statistics, golden runs and fault injection must be
 f32, so every compile in ovrange goes through :func:`compile_model` with an explicit precision. :class:`Runner`
-owns the batching policy (dynamic batch axis, else one sample at a time) and the one error-wrapped ``infer``.
+owns the batching policy (dynamic batch axis, else one sample at a time), the one error-wrapped ``infer``, timed
+inference for benchmarks and the state of stateful models (ReadValue/Assign, e.g. an LLM's KV cache): such a model
+is refused by every command that would measure it wrongly, or, when the caller handles it, its state is reset
+before each inference so that samples stay independent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from ovrange.errors import ConfigError, DataError, DeviceError
+from ovrange.errors import ConfigError, DataError, DeviceError, ModelError
 
 ProgressFn = Callable[[int, int], None]
 
@@ -129,6 +132,18 @@ def with_dynamic_batch(model: ov.Model) -> ov.Model:
     return model
 
 
+def is_stateful(model: ov.Model) -> bool:
+    """True for a model that keeps state between inferences (ReadValue/Assign: sinks), e.g. an LLM's KV cache."""
+    return bool(model.get_sinks()) or any(op.get_type_name() == "ReadValue" for op in model.get_ops())
+
+
+def refuse_stateful(model: ov.Model, command: str = "ovrange") -> None:
+    """Raise a one-line ModelError when ``model`` is stateful: ``command`` would measure it wrongly."""
+    if is_stateful(model):
+        raise ModelError(f"model {model.get_friendly_name()!r} is a stateful model (KV cache); {command} does not "
+                         "support it yet")
+
+
 class Runner:
     """A model compiled once and fed batches of samples: the batching policy and the one error-wrapped ``infer``.
 
@@ -136,10 +151,17 @@ class Runner:
     ``fallback`` is False (calibration: ``stat_batch_size`` was asked for), or runs one sample at a time when True
     (evaluation). With ``batched_outputs``, every output must keep the batch axis (axis 0 = samples), else rows
     would be mixed up silently.
+
+    A stateful model is refused (a ModelError naming ``command``) unless ``stateful`` is True; then every inference
+    starts from the initial state (``reset_state``), as if each batch were the model's first.
     """
 
     def __init__(self, model: ov.Model, *, device: str = "CPU", batch_size: int = 1, precision: str = "f32",
-                 fallback: bool = False, batched_outputs: bool = True, config: dict[str, Any] | None = None):
+                 fallback: bool = False, batched_outputs: bool = True, config: dict[str, Any] | None = None,
+                 core: ov.Core | None = None, stateful: bool = False, command: str = "ovrange"):
+        if not stateful:
+            refuse_stateful(model, command)
+        self.stateful = is_stateful(model)
         self.batch_size = batch_size
         self.batched_outputs = batched_outputs
         runnable = model
@@ -151,15 +173,22 @@ class Runner:
                     raise ConfigError(f"batch size {batch_size} needs a batchable model; reshape failed: {exc}") \
                         from exc
                 runnable, self.batch_size = model, 1
-        self.compiled = compile_model(runnable, device, precision=precision, config=config)
+        self.compiled = compile_model(runnable, device, precision=precision, config=config, core=core)
         self.outputs = len(self.compiled.outputs)
         # Two requests: the host prepares and folds one batch while the device runs the other (run()).
         self.requests = [self.compiled.create_infer_request() for _ in range(2)]
+        self._queue: ov.AsyncInferQueue | None = None
+
+    def _fresh(self, request: ov.InferRequest) -> ov.InferRequest:
+        """``request``, back in the model's initial state when the model keeps one."""
+        if self.stateful:
+            request.reset_state()
+        return request
 
     def infer(self, arrays: list[np.ndarray], share_outputs: bool = False) -> tuple:
         """Outputs of one batch (``arrays`` in model-input order); a batch the model cannot take is a DataError."""
         try:
-            outputs = self.requests[0].infer(arrays, share_outputs=share_outputs).to_tuple()
+            outputs = self._fresh(self.requests[0]).infer(arrays, share_outputs=share_outputs).to_tuple()
         except RuntimeError as exc:
             raise self._data_error(arrays, exc) from exc
         return self._checked(outputs, arrays)
@@ -175,7 +204,7 @@ class Runner:
         seen = 0
         pending: tuple[ov.InferRequest, list[np.ndarray], int] | None = None
         for index, (arrays, count) in enumerate(self._sized(batches)):
-            request = self.requests[index % 2]
+            request = self._fresh(self.requests[index % 2])
             try:
                 request.start_async(arrays)
             except RuntimeError as exc:
@@ -220,6 +249,34 @@ class Runner:
     def _data_error(arrays: list[np.ndarray], exc: RuntimeError) -> DataError:
         shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
         return DataError(f"data of shape {shapes} (axis 0 = samples) cannot feed the model: {last_line(exc)}")
+
+    def bind_inputs(self, arrays: Sequence[np.ndarray], requests: int = 1) -> None:
+        """Set ``arrays`` once as the inputs of :meth:`timed` inferences, on ``requests`` parallel infer requests
+        (more than one: an AsyncInferQueue keeps them busy, as a throughput benchmark does)."""
+        if requests > 1 and self.stateful:
+            raise ModelError("parallel timed inference of a stateful model is not supported")
+        self._queue = ov.AsyncInferQueue(self.compiled, requests) if requests > 1 else None
+        for request in (self._queue if self._queue is not None else self.requests[:1]):
+            for index, array in enumerate(arrays):
+                request.set_input_tensor(index, ov.Tensor(array))
+        if self._queue is not None:
+            self._queue.set_callback(lambda request, latencies: latencies.append(request.latency))
+
+    def timed(self, count: int) -> list[float]:
+        """Run ``count`` inferences on the inputs of :meth:`bind_inputs`; their latencies in ms, as the infer
+        requests measured them (C++ timing, no Python overhead). Device failures raise RuntimeError."""
+        latencies: list[float] = []
+        if self._queue is None:
+            request = self.requests[0]
+            for _ in range(count):
+                self._fresh(request).start_async()
+                request.wait()
+                latencies.append(request.latency)
+        else:
+            for _ in range(count):
+                self._queue.start_async(userdata=latencies)
+            self._queue.wait_all()
+        return latencies
 
     def predict(self, batches: Iterable[tuple[list[np.ndarray], int]], output: int = 0,
                 progress: ProgressFn | None = None, total: int | None = None) -> np.ndarray:

@@ -20,7 +20,7 @@ import openvino.opset13 as ops
 from ovrange import data as data_mod
 from ovrange.errors import ConfigError, DataError
 from ovrange.moments import RunningMoments, differences
-from ovrange.runtime import Runner
+from ovrange.runtime import Runner, refuse_stateful
 from ovrange.targets import outputs_by_id
 
 ProgressFn = Callable[[int, int], None]
@@ -76,6 +76,7 @@ def collect(model: ov.Model, dataset: object, requests: Iterable[StatRequest], *
             batch_size: int = 1, shuffle: bool = False, seed: int = 0, device: str = "CPU",
             progress: ProgressFn | None = None) -> Statistics:
     """Run the calibration subset of ``dataset`` through ``model`` once (twice with histograms); serve ``requests``."""
+    refuse_stateful(model, "protect")  # before any statistics model is built
     if subset_size is not None and subset_size <= 0:
         raise ConfigError(f"stat_subset_size must be > 0, got {subset_size}")
     if batch_size <= 0:
@@ -113,7 +114,7 @@ def _scaled(progress: ProgressFn | None, index: int, passes: int, total: int) ->
 def _pass(model: ov.Model, samples: Iterable, requests: list[StatRequest], known: dict, batch_size: int,
           device: str, progress: ProgressFn | None) -> tuple[dict, int]:
     stats_model, layout = statistics_model(model, requests)
-    runner = Runner(stats_model, device=device, batch_size=batch_size, batched_outputs=False)
+    runner = Runner(stats_model, device=device, batch_size=batch_size, batched_outputs=False, command="protect")
     fold = _Fold(layout, known)
     seen = 0
     for outputs, count in runner.run(data_mod.batches(samples, model, batch_size), progress):
@@ -174,7 +175,8 @@ def statistics_model(model: ov.Model, requests: list[StatRequest]) -> tuple[ov.M
     parts = lows + highs + others
     results = [ops.result(ops.concat(parts, 0) if len(parts) > 1 else parts[0])] if parts else []
     results += [ops.result(r) for r in raws]
-    return ov.Model(results, clone.get_parameters(), f"{model.get_friendly_name()}_stats"), layout
+    # The sinks stay: a stateful model's statistics model must keep its ReadValue/Assign pairs.
+    return ov.Model(results, clone.get_sinks(), clone.get_parameters(), f"{model.get_friendly_name()}_stats"), layout
 
 
 def reduce_axes(value: ov.Output, keep: int | None, what: str) -> list[int]:

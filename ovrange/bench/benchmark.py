@@ -19,12 +19,11 @@ import openvino as ov
 from ovrange.bench.fusion import FusionReport, fusion_report
 from ovrange.bench.shapes import random_inputs, static_shapes, with_static_shapes
 from ovrange.errors import ConfigError, DeviceError
-from ovrange.runtime import check_device, compile_model, inference_precision, last_line
+from ovrange.runtime import Runner, check_device, inference_precision, last_line, refuse_stateful, shared_core
 from ovrange.timing import PairedRatio, interleaved, paired_ratio
 
 HINTS = ("latency", "throughput")
 BLOCK_SECONDS = 0.05  # one timed block per model per round; short blocks pair well against load changes
-
 
 
 @dataclass(frozen=True)
@@ -101,38 +100,6 @@ class BenchmarkResult:
         }
 
 
-class _Runner:
-    """Runs blocks of inferences on one compiled model, keeping each block's per-inference latencies (ms)."""
-
-    def __init__(self, compiled: ov.CompiledModel, inputs: Sequence[np.ndarray], requests: int):
-        self.requests = requests
-        self.blocks: list[list[float]] = []
-        if requests == 1:
-            self.request = compiled.create_infer_request()
-            for i, array in enumerate(inputs):
-                self.request.set_input_tensor(i, ov.Tensor(array))
-        else:
-            self.queue = ov.AsyncInferQueue(compiled, requests)
-            for request in self.queue:
-                for i, array in enumerate(inputs):
-                    request.set_input_tensor(i, ov.Tensor(array))
-            self.queue.set_callback(lambda request, latencies: latencies.append(request.latency))
-
-    def block(self, count: int) -> None:
-        latencies: list[float] = []
-        if self.requests == 1:
-            request = self.request
-            for _ in range(count):
-                request.start_async()
-                request.wait()
-                latencies.append(request.latency)
-        else:
-            for _ in range(count):
-                self.queue.start_async(userdata=latencies)
-            self.queue.wait_all()
-        self.blocks.append(latencies)
-
-
 @dataclass
 class _Session:
     """What one session measured: per model, the timed blocks' latencies and wall times."""
@@ -155,17 +122,20 @@ def _compile_config(device: str, hint: str) -> dict[str, Any]:
 def _session(models: Mapping[str, ov.Model], order: Sequence[str], inputs: Sequence[np.ndarray], *, device: str,
              hint: str, precision: str, core: ov.Core, seconds: float, block: int | None,
              block_seconds: float) -> tuple[_Session, int, ov.CompiledModel]:
-    compiled = {label: compile_model(models[label], device, precision=precision,
-                                     config=_compile_config(device, hint), core=core) for label in order}
-    requests = {label: _requests(c, hint) for label, c in compiled.items()}
-    runners = {label: _Runner(compiled[label], inputs, requests[label]) for label in order}
-    per_inference = _probe(runners[order[0]], block_seconds)
+    runners = {label: Runner(models[label], device=device, precision=precision, config=_compile_config(device, hint),
+                             core=core, command="benchmark") for label in order}
+    requests = {label: _requests(r.compiled, hint) for label, r in runners.items()}
+    for label, runner in runners.items():
+        runner.bind_inputs(inputs, requests[label])
+    per_inference = _probe(runners[order[0]], requests[order[0]], block_seconds)
     block = block or max(max(requests.values()), int(round(block_seconds / per_inference)))
     rounds = max(3, int(seconds / (2 * block * per_inference)))
-    times = interleaved({label: (lambda r=runners[label]: r.block(block)) for label in order}, rounds)
-    session = _Session({label: r.blocks[-rounds:] for label, r in runners.items()}, times,
-                       {label: inference_precision(c) for label, c in compiled.items()}, requests)
-    return session, block, compiled["protected"]
+    blocks: dict[str, list[list[float]]] = {label: [] for label in order}
+    times = interleaved({label: (lambda r=runners[label], b=blocks[label]: b.append(r.timed(block)))
+                         for label in order}, rounds)
+    session = _Session({label: b[-rounds:] for label, b in blocks.items()}, times,
+                       {label: inference_precision(r.compiled) for label, r in runners.items()}, requests)
+    return session, block, runners["protected"].compiled
 
 
 def _requests(compiled: ov.CompiledModel, hint: str) -> int:
@@ -177,18 +147,17 @@ def _requests(compiled: ov.CompiledModel, hint: str) -> int:
         return 1
 
 
-def _probe(runner: _Runner, block_seconds: float) -> float:
+def _probe(runner: Runner, requests: int, block_seconds: float) -> float:
     """Seconds per inference, from a warmed-up run of about half a block."""
-    runner.block(max(2, runner.requests))  # the first inferences are slow (allocation, caches)
-    count = max(1, runner.requests)
+    runner.timed(max(2, requests))  # the first inferences are slow (allocation, caches)
+    count = max(1, requests)
     while True:
         start = time.perf_counter()
-        runner.block(count)
+        runner.timed(count)
         elapsed = time.perf_counter() - start
         if elapsed >= block_seconds / 2 or count >= 1 << 20:
             break
         count *= 2
-    runner.blocks.clear()
     return elapsed / count
 
 
@@ -222,7 +191,9 @@ def benchmark(
         raise ConfigError(f"unknown hint {hint!r}; choose one of: {', '.join(HINTS)}")
     if seconds <= 0 or sessions < 1:
         raise ConfigError("the benchmark needs a positive time and at least one session")
-    core = core or ov.Core()
+    for model in (original, protected):
+        refuse_stateful(model, "benchmark")  # before shapes: an LLM's dynamic inputs would be the wrong complaint
+    core = core or shared_core()
     check_device(device, core)
     resolved = static_shapes(original, shapes)
     models = {"original": with_static_shapes(original, resolved), "protected": with_static_shapes(protected, resolved)}

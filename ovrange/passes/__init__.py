@@ -12,36 +12,21 @@ A protection module defines:
 - optionally ``measure(original, protected, dataset, params, *, device, progress) -> dict``: what the protection
   changed on the calibration data (reported, never needed to apply the plan).
 
-Algorithms register here by name; :func:`algorithm` imports a module on first use.
+Protections register by name in :mod:`ovrange.algorithms` (``ALGORITHMS`` and :func:`algorithm` here are its
+protection half); a module is imported on first use.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import openvino as ov
 
-from ovrange.errors import ConfigError
+from ovrange.algorithms import PROTECTIONS as ALGORITHMS, protection as algorithm
 from ovrange.targets import Target
 
-ALGORITHMS: dict[str, str] = {
-    "RangeSupervision": "ovrange.passes.range_supervision",
-    "Ranger": "ovrange.passes.ranger",
-    "GradientSuppression": "ovrange.passes.gradient_suppression",
-    "BoundedWeights": "ovrange.passes.bounded_weights",
-    "Checksum": "ovrange.passes.checksum",
-    "GlobalClipper": "ovrange.passes.global_clipper",
-}
-
-
-def algorithm(name: str) -> ModuleType:
-    """The module implementing protection ``name``."""
-    if name not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {name!r}; available: {', '.join(ALGORITHMS)}")
-    return importlib.import_module(ALGORITHMS[name])
+__all__ = ["ALGORITHMS", "algorithm", "Selection", "PassResult"]
 
 
 @dataclass(frozen=True)
