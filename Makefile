@@ -44,7 +44,7 @@ benchmarks: install-test models
 	$(BIN)/python benchmarks/bench_inject.py
 	$(BIN)/python benchmarks/bench_overhead.py
 
-# Regenerates docs/comparison.md (every protection x 3 models x weight/activation faults; ~30 min on 2 cores).
+# Regenerates docs/comparison.md (every protection x the bundled models x weight/activation faults).
 compare: install-test models
 	$(BIN)/python benchmarks/compare_protections.py
 

@@ -32,7 +32,7 @@ class ProtectionPlan:
 
     @property
     def nodes(self) -> dict[str, dict[str, Any]]:
-        """The guards (the name bounds.json has used since the first release)."""
+        """The guards, under the key bounds.json stores them as (``nodes``)."""
         return self.guards
 
     @property

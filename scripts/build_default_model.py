@@ -68,7 +68,7 @@ LEARNING_RATE = 1e-3
 # oneDNN's float summation order depends on the thread count (1 and 2 threads give different weights here),
 # so training pins it; build_default runs the trainings in parallel processes instead.
 TRAIN_THREADS = 1
-# Bump when the build changes its outputs, so existing builds are no longer "up to date". Edits to the model
+# Bump when the build changes its outputs, so that existing builds count as out of date. Edits to the model
 # definitions are caught by hashing their source (see Spec.recipe).
 RECIPE_VERSION = 1
 MODELS_SOURCE = Path(__file__).with_name("fashion_models.py")

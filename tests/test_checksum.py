@@ -198,7 +198,7 @@ def test_gradient_suppression_gated_by_checksum(gate):
 @pytest.mark.parametrize("gate", ["select", "if"])
 def test_a_fault_at_a_relu_output_opens_the_gate_through_the_relu_check(gate):
     """Seed 003's second detector: the MAC check before relu1 passes (its output is intact), the ReLU check fails
-    (relu1's output is no longer max(input, 0)), so the gated suppression runs as the always-on one does."""
+    (relu1's output differs from max(input, 0)), so the gated suppression runs as the always-on one does."""
     x = images(64, seed=1).astype(np.float32)
     always = ovrange.protect(tiny_lenet(), x, algorithm="GradientSuppression", subset_size=64)
     gated = ovrange.protect(tiny_lenet(), x, algorithm="GradientSuppression", subset_size=64, gate=gate)

@@ -110,7 +110,7 @@ def test_campaign_takes_the_format_from_the_model(models):
     fp16 = inject(models["fp16"], x, target="weights", trials=60, inputs=10, seed=1)
     assert fp16.spec.number_format == "fp16" and fp16.spec.bits == tuple(range(16))
     legacy = inject(models["fp16"], x, target="weights", trials=60, inputs=10, seed=1, number_format="fp32")
-    assert legacy.spec.bits == tuple(range(32))  # the decompressed f32 value, as before
+    assert legacy.spec.bits == tuple(range(32))  # fp32 asked for: the decompressed f32 value is struck
 
 
 def test_mixed_formats_need_a_choice(models):

@@ -3,9 +3,8 @@
 * ScatterInjector: a ScatterNDUpdate after every tap output (an activation site, or the output of a weight
   layer), fed with ``indices``/``updates`` Parameters of dynamic length: each batch element carries its own fault,
   and an inference passes exactly its writes (none at the other taps). One compiled model serves every site; a
-  model whose batch cannot change runs it at batch 1. (Until 2026-11 the writes had a fixed length and idle rows
-  wrote into a spare "trash" batch element: on a DeiT-Tiny-sized ViT that cost 14% more CPU per trial than empty
-  writes, docs/distributed.md.)
+  model whose batch cannot change runs it at batch 1. (Writes of fixed length, with idle rows writing into a spare
+  "trash" batch element, cost a DeiT-Tiny-sized ViT 14% more CPU per trial than empty writes: docs/distributed.md.)
 * WeightInjector: each site's constant weight becomes a Parameter fed through shared-memory tensors; a trial
   flips bits in place, infers, and flips them back. One input per inference; any number of flips (bit-error-rate
   mode), any layer kind.

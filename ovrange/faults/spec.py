@@ -163,7 +163,7 @@ class CampaignSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CampaignSpec:
-        retired = ("suffix",)  # suffix-only execution was removed; results that recorded it still load
+        retired = ("suffix",)  # a setting some saved results record and campaigns ignore: they still load
         return cls.create(**{k: v for k, v in data.items() if k not in retired})
 
 
