@@ -12,11 +12,11 @@ from html import escape
 from typing import Any
 
 COLOURS = ("#c0392b", "#1f5fa8", "#2e8b57", "#8e44ad")
-LABEL_W, PLOT_W, NOTE_W = 300, 420, 240
+LABEL_W, PLOT_W, NOTE_W = 330, 380, 300
 ROW_H, TOP, BOTTOM = 14, 46, 34
 
 
-def _short(text: str, limit: int = 46) -> str:
+def _short(text: str, limit: int = 52) -> str:
     return text if len(text) <= limit else "…" + text[-(limit - 1):]
 
 
