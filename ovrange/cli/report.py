@@ -27,7 +27,8 @@ def report(
                                          "report.")] = None,
     force: Force = False,
 ) -> None:
-    """Write vulnerability.json/.svg into CAMPAIGN and print the safety figures; --html writes the shareable report."""
+    """Print the safety figures and write vulnerability.json/.svg into the CAMPAIGN folder; --html writes one
+    shareable, self-contained HTML report."""
     import json
 
     from ovrange.errors import ConfigError, DataError, OutputError
@@ -40,7 +41,6 @@ def report(
 
     if fit_unit not in FIT_UNITS:
         raise ConfigError(f"--fit-unit must be one of {', '.join(FIT_UNITS)}, got {fit_unit!r}")
-    folder = campaign if campaign.is_dir() else campaign.parent
     path = campaign / RESULT_FILE if campaign.is_dir() else campaign
     if html is not None:
         check_output_file(html)
@@ -56,7 +56,7 @@ def report(
     if gates is not None and not isinstance(gates, dict):
         raise DataError(f"{check} is not an `ovrange check --json` report")
     data = report_data(result, fit_raw, fit_unit, gates)
-    written = write_vulnerability(result, folder)
+    written = write_vulnerability(result, campaign) if campaign.is_dir() else []  # never beside a loose JSON
     if html is not None:
         written.append(write_file_atomically(html, render(data), force=True))
     for model in data["safety"]["models"]:

@@ -16,6 +16,8 @@ from ovrange.evidence.safety import MBIT, from_result
 from ovrange.evidence.svg import rate_chart
 from ovrange.evidence.vulnerability import MIN_TRIALS, plot, vulnerability
 
+CHART_ROWS = 64  # per-bit (32 or fewer) and per-site views of small models are charted
+
 CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:1em auto;padding:0 1em;color:#222;
 font-size:14px;line-height:1.4}h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;
@@ -186,13 +188,16 @@ def _breakdown(data: dict[str, Any], key: str, title: str) -> str:
     if not tables[0]:
         return ""
     keys = list(tables[0])
+    rows = [[escape(k)] + [_rate_cell(t[k]) for t in tables] for k in keys]
+    html_table = table([title] + [f"<code>{escape(n)}</code>" for n in names], rows)
+    if len(keys) > CHART_ROWS:  # a chart of hundreds of sites reads as noise: the table holds them
+        return (f"<h2>SDC per {title}</h2><p class='note'>{len(keys)} rows: table only (the vulnerability map "
+                f"charts the top sites).</p>" + html_table)
     chart_rows = [{"label": f"bit {k}" if key == "per_bit" else k,
                    "series": [{"value": t[k]["rate"], **t[k]} for t in tables]} for k in keys]
     chart = rate_chart(f"SDC rate per {title}", chart_rows, names, min_trials=MIN_TRIALS,
                        axis_label="P(SDC | fault), log scale, 95% Wilson interval")
-    rows = [[escape(k)] + [_rate_cell(t[k]) for t in tables] for k in keys]
-    return (f"<h2>SDC per {title}</h2>{chart}<details><summary>table</summary>"
-            + table([title] + [f"<code>{escape(n)}</code>" for n in names], rows) + "</details>")
+    return f"<h2>SDC per {title}</h2>{chart}<details><summary>table</summary>{html_table}</details>"
 
 
 def _check(check: dict[str, Any] | None) -> str:
