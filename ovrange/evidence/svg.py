@@ -12,7 +12,7 @@ from html import escape
 from typing import Any
 
 COLOURS = ("#c0392b", "#1f5fa8", "#2e8b57", "#8e44ad")
-LABEL_W, PLOT_W, NOTE_W = 330, 380, 300
+LABEL_W, PLOT_W, NOTE_W = 330, 400, 250
 ROW_H, TOP, BOTTOM = 14, 46, 34
 
 
@@ -34,7 +34,7 @@ def _axis_floor(rows: list[dict[str, Any]], min_trials: int) -> float:
 
 def rate_chart(title: str, rows: list[dict[str, Any]], names: list[str], *, min_trials: int = 30,
                axis_label: str = "rate (log scale, 95% Wilson interval)") -> str:
-    """``rows``: ``{"label", "series": [{"k", "n", "value", "low", "high"} per model], "note": str}``."""
+    """``rows``: ``{"label", "series": [{"k", "n", "value", "low", "high"} per model], "note", "sublabel"}``."""
     floor = _axis_floor(rows, min_trials)
     decades = -round(math.log10(floor))
     series = max(1, len(names))
@@ -66,8 +66,12 @@ def rate_chart(title: str, rows: list[dict[str, Any]], names: list[str], *, min_
         y = TOP + r * block
         if r % 2:
             out.append(f'<rect x="0" y="{y - 2}" width="{width}" height="{block}" fill="#f6f6f6"/>')
-        out.append(f'<text x="{LABEL_W - 6}" y="{y + block / 2 + 2:.1f}" text-anchor="end">'
+        middle = y + block / 2 + (-3 if row.get("sublabel") else 2)
+        out.append(f'<text x="{LABEL_W - 6}" y="{middle:.1f}" text-anchor="end">'
                    f'<title>{escape(row["label"])}</title>{escape(_short(row["label"]))}</text>')
+        if row.get("sublabel"):
+            out.append(f'<text x="{LABEL_W - 6}" y="{middle + 10:.1f}" text-anchor="end" font-size="9" '
+                       f'fill="#555">{escape(row["sublabel"])}</text>')
         for j, rate in enumerate(row["series"]):
             cy = y + j * ROW_H + ROW_H / 2
             colour = COLOURS[j % len(COLOURS)]
