@@ -182,3 +182,13 @@ def test_report_refuses_an_existing_html_and_bad_inputs(campaign, tmp_path):
     done = ovrange("report", campaign["dir"], "--fit-raw", 1, "--fit-unit", "gbit", check=False)
     assert done.returncode == 2 and "fit-unit" in done.stderr
     assert campaign["html"].read_bytes() == before
+
+
+def test_a_new_campaign_removes_the_old_vulnerability_files(campaign, tmp_path):
+    from ovrange.faults.report import remove_report
+
+    old = tmp_path / "old"
+    shutil.copytree(campaign["dir"], old)
+    remove_report(old)
+    assert not (old / "vulnerability.json").exists() and not (old / "vulnerability.svg").exists()
+    assert (old / "faults.jsonl").exists()

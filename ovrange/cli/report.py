@@ -60,9 +60,12 @@ def report(
     if html is not None:
         written.append(write_file_atomically(html, render(data), force=True))
     for model in data["safety"]["models"]:
-        line = f"{model['name']}: P(SDC|fault) {with_interval(model['p_sdc'])}"
+        what = "SDC per trial" if data["safety"]["unsuitable"] else "P(SDC|fault)"
+        line = f"{model['name']}: {what} {with_interval(model['p_sdc'])}"
         if model["lambda_sdc_fit"] is not None:
             line += f", SDC {with_interval(model['lambda_sdc_fit'], fit)} FIT"
+        if model["spfm"] is not None:
+            line += f", SPFM {with_interval(model['spfm'])}"
         typer.echo(line + f", DC {with_interval(model['dc'])}")
     for comparison in data["safety"]["comparisons"]:
         typer.echo(f"SDC reduction (paired): {with_interval(comparison['sdc_reduction'], lambda v: f'{v:.2f}x')}")

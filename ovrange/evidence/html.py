@@ -49,10 +49,10 @@ def times(value: float | None) -> str:
 
 def table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
     """An HTML table; cells are already-escaped HTML."""
-    head = "".join(f"<th>{h}</th>" for h in header)
+    head = f"<tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>" if any(header) else ""
     body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if i >= numeric_from else f"<td>{c}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{head}{body}</table>"
 
 
 def _rate_cell(rate: dict[str, Any]) -> str:
@@ -79,7 +79,12 @@ def _run_section(data: dict[str, Any], spec: dict[str, Any]) -> str:
              ["sites", f"{data['sites']} {escape(spec['target'])} sites, drawn by {escape(spec['weighting'])}; "
                        f"{data['faulted_bits']:,} faulted bits per inference"],
              ["SDC criterion", f"{escape(str(spec['sdc']))}; DUE: NaN/Inf in the output"],
+             ["inputs", f"{data['inputs']} distinct inputs from <code>{escape(data['data'] or 'data')}</code>"],
              ["trials", f"{data['summary']['trials']} (complete: {'yes' if data['summary']['complete'] else 'no'})"]]
+    stop = data["stopping"]
+    if stop:  # statistical stopping: the trials not run were never needed
+        rows.append(["stopped", escape(f"after {stop['trials']} of {data['summary']['trials']} trials "
+                                       f"({len(stop['rounds'])} rounds): {stop['reason']} ({stop['method']})")])
     return "<h2>What was run</h2>" + table(["", ""], rows, numeric_from=9)
 
 
@@ -146,12 +151,14 @@ def _safety(data: dict[str, Any]) -> str:
     else:
         out += "<p>No raw fault rate given (<code>--fit-raw</code>): FIT rates are not shown.</p>"
     models = safety["models"]
-    rows = [["P(SDC | fault)"] + [escape(with_interval(m["p_sdc"])) for m in models],
+    per = "per trial" if safety["unsuitable"] else "| fault"
+    rows = [[f"P(SDC {per})"] + [escape(with_interval(m["p_sdc"])) for m in models],
             ["λ<sub>SPF</sub> + λ<sub>RF</sub> (SDC), FIT"] + [escape(with_interval(m["lambda_sdc_fit"], fit))
                                                              for m in models],
-            ["P(DUE | fault)"] + [escape(with_interval(m["p_due"])) for m in models],
+            [f"P(DUE {per})"] + [escape(with_interval(m["p_due"])) for m in models],
             ["λ<sub>DUE</sub> (detected), FIT"] + [escape(with_interval(m["lambda_due_fit"], fit)) for m in models],
-            ["SPFM"] + [escape(with_interval(m["spfm"], lambda v: pct(v, 3))) for m in models],
+            ["SPFM"] + [escape(with_interval(m["spfm"], lambda v: pct(v, 3))) if m["spfm"] else "–"
+                        for m in models],
             ["DC = DUE/(DUE+SDC)"] + [escape(with_interval(m["dc"])) for m in models]]
     out += table(["figure"] + [f"<code>{escape(m['name'])}</code>" for m in models], rows)
     for comparison in safety["comparisons"]:
@@ -218,6 +225,7 @@ def report_data(result, fit_raw: float | None = None, unit: str = "mbit",
     return {"schema": "ovrange-evidence/1", "model_names": [m.name for m in result.models],
             "spec": result.spec.to_dict(), "data": result.data, "fingerprint": result.fingerprint,
             "sites": len(result.sites), "faulted_bits": sum(s.size for s in result.sites) * len(result.spec.bits),
+            "inputs": len(set(result.trial_input.tolist())), "stopping": result.meta.get("stopping"),
             "provenance": result.meta.get("provenance", {}), "summary": result.summary(),
             "vulnerability": vulnerability(result), "safety": from_result(result, fit_raw, unit), "check": check}
 
