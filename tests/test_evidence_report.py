@@ -58,7 +58,8 @@ def recount(result: dict) -> list[dict[str, Counter]]:
 def test_vulnerability_map_equals_counts_from_result_json(campaign):
     result = json.loads((campaign["dir"] / "result.json").read_text())
     vmap = json.loads((campaign["dir"] / "vulnerability.json").read_text())
-    assert (campaign["dir"] / "vulnerability.svg").read_text().startswith("<svg")
+    svg = (campaign["dir"] / "vulnerability.svg").read_text()
+    assert svg.startswith("<svg")
     counts = recount(result)
     names = [s["name"] for s in result["sites"]]
     for model, per_site in zip(vmap["models"], counts):
@@ -78,6 +79,10 @@ def test_vulnerability_map_equals_counts_from_result_json(campaign):
             for d in site["shape"]:
                 elements *= d
             assert entry["bits"] == elements * len(result["spec"]["bits"]) and entry["op"] == site["op"]
+    few = [e for e in vmap["models"][0]["sites"] if e["few_trials"]]
+    assert few  # 400 trials leave the small classifier layers below MIN_TRIALS: marked, not drawn as bars
+    for entry in few:
+        assert f"too few trials ({entry['sdc']['k']}/{entry['sdc']['n']}): not drawn" in svg
 
 
 class _Text(HTMLParser):
@@ -121,6 +126,10 @@ def test_html_numbers_read_back_equal_result_json(campaign):
         assert f"({k}/{n})" in text
         assert figures["lambda_sdc_fit"]["value"] == pytest.approx(
             1000 * data["faulted_bits"] / 2 ** 20 * k / n)
+    for name in data["model_names"]:  # the per-bit and per-site tables, cell by cell
+        for key in ("per_bit", "per_layer"):
+            for entry in result["summary"]["models"][name][key].values():
+                assert f"({entry['k']}/{entry['n']})" in text
     paired = result["summary"]["comparison"]["paired"]
     first_only = paired["sdc"]["masked"] + paired["sdc"]["due"]
     assert f"b = {first_only}," in text and f"a = {paired['sdc']['sdc']}," in text

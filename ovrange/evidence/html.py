@@ -61,7 +61,7 @@ def _rate_cell(rate: dict[str, Any]) -> str:
 
 def _run_section(data: dict[str, Any], spec: dict[str, Any]) -> str:
     prov = data["provenance"]
-    rows = [["command", f"<code>{escape(prov.get('command', 'not recorded'))}</code>"],
+    rows = [["command line", f"<code>{escape(prov.get('command', 'not recorded'))}</code>"],
             ["working folder", f"<code>{escape(prov.get('cwd', 'not recorded'))}</code>"],
             ["versions", escape(", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items()) or
                                 "not recorded")]]
