@@ -17,6 +17,7 @@ from ovrange.evidence.svg import rate_chart
 from ovrange.evidence.vulnerability import MIN_TRIALS, plot, vulnerability
 
 CHART_ROWS = 64  # per-bit (32 or fewer) and per-site views of small models are charted
+TABLE_SITES = 100  # rows of each model's vulnerability table (the page stays small for models of many sites)
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:1em auto;padding:0 1em;color:#222;
 font-size:14px;line-height:1.4}h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;margin-top:1.6em}
@@ -176,7 +177,7 @@ def _vulnerability(data: dict[str, Any]) -> str:
            f"are marked, not drawn.</p>" + plot(vmap))
     for model in vmap["models"]:
         rows = []
-        for e in model["sites"]:
+        for e in model["sites"][:TABLE_SITES]:
             few = ' <span class="few">few trials</span>' if e["few_trials"] else ""
             rows.append([str(e["rank"]), f"<code>{escape(e['name'])}</code>{few}",
                          f"{escape(e['op'])}, {escape(e['role'])}, {escape(e['format'])}", f"{e['bits']:,}",
@@ -185,8 +186,15 @@ def _vulnerability(data: dict[str, Any]) -> str:
         out += (f"<details{' open' if model is vmap['models'][0] else ''}><summary>{escape(model['name'])}: "
                 f"{model['sdc']} SDC, {model['due']} DUE in {model['trials']} trials</summary>"
                 + table(["rank", "site", "op, role, format", "bits", "trials", "SDC rate", "share of SDC",
-                         "DUE rate"], rows, numeric_from=3) + "</details>")
+                         "DUE rate"], rows, numeric_from=3) + _more(len(model["sites"])) + "</details>")
     return out
+
+
+def _more(sites: int) -> str:
+    if sites <= TABLE_SITES:
+        return ""
+    return (f"<p class='note'>The top {TABLE_SITES} of {sites} sites; all of them are in vulnerability.json and in "
+            "this page's ovrange-data block.</p>")
 
 
 def _breakdown(data: dict[str, Any], key: str, title: str) -> str:
