@@ -116,16 +116,21 @@ def _headline(data: dict[str, Any]) -> str:
                 f"{times(red['at_least']) if red['at_least'] is not None else '–'} from the two separate Wilson "
                 f"intervals).</p>")
         table_ = comparison["paired"]
+        changes = [f"{a.upper() if a != 'masked' else a} → {b.upper() if b != 'masked' else b} {row[b]}"
+                   for a, row in table_.items() for b in ("masked", "sdc", "due") if a != b and row[b]]
         out += (f"<p>Trial by trial: rows = outcome under model 0, columns = under "
                 f"<code>{escape(comparison['models'][1])}</code>.</p>" +
                 table(["", "masked", "SDC", "DUE"], [[a] + [str(row[b]) for b in ("masked", "sdc", "due")]
-                                                     for a, row in table_.items()]))
+                                                     for a, row in table_.items()])
+                + f"<p>Changed outcomes: {escape(', '.join(changes) or 'none')}.</p>")
     return out
 
 
 SAFETY_TEXT = """<p>Formulas (ISO 26262-5 names). λ: raw rate of faults in the faulted bits (FIT = failures per
 10<sup>9</sup> h), <i>given</i>, not measured: <code>λ = FIT<sub>raw</sub>/Mbit × bits / 2<sup>20</sup></code>
-or the per-device FIT. Estimated by the campaign: P(SDC | fault) and P(DUE | fault), with Wilson 95% intervals.
+or the per-device FIT; it must be the rate at which upsets strike these bits while they are in use (activations
+live only during an inference: scale a memory's per-Mbit rate by the time they are resident, or give the rate per
+device). Estimated by the campaign: P(SDC | fault) and P(DUE | fault), with Wilson 95% intervals.
 <code>λ<sub>SPF</sub> + λ<sub>RF</sub> = λ × P(SDC | fault)</code> (silent violations: single-point and residual
 faults together; the campaign cannot tell which struck element a safety mechanism was meant to cover);
 <code>λ<sub>DUE</sub> = λ × P(DUE | fault)</code> (detected faults, counted toward the multiple-point detected
