@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  := build/default/fashion_lenet.xml
 
-.PHONY: demo test install-demo install-test dataset model models benchmarks compare clean
+.PHONY: demo test install-demo install-test dataset chromium model models benchmarks compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ dataset:
 	    (apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)); \
 	  else echo "error: Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; exit 1; fi; }
 
+# The HTML report's test opens it in headless Chromium (Debian's chromium package); skipped without it.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y chromium || (apt-get update && apt-get install -y chromium)); \
+	  else echo "note: chromium missing: the HTML report's browser test is skipped (sudo apt-get install chromium)" >&2; fi; }
+
 # The demo needs only the LeNet; `models` also trains FashionSevenAct (seven activation types) for tests/benchmarks.
 model: dataset
 	$(BIN)/python -m scripts.build_default_model --out build --arch lenet
@@ -36,7 +43,7 @@ demo: install-demo model
 	$(BIN)/ovrange evaluate $(MODEL) results/fashion_lenet_RangeSupervision/fashion_lenet.xml \
 	    --data build/default/test.npz
 
-test: install-test models
+test: install-test models chromium
 	$(BIN)/python -m pytest
 
 benchmarks: install-test models

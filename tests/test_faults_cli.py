@@ -59,7 +59,8 @@ def test_compare_campaign_writes_json_markdown_plots_and_fault_list(workspace, c
                          "--bits", "30,31", "--inputs", 12, "--json", workspace / "out.json", "--report", report, "-q")
     assert code == 0, err
     assert sorted(p.name for p in report.iterdir()) == ["checkpoint.jsonl", "faults.jsonl", "result.json",
-                                                        "sdc_by_bit.png", "sdc_by_layer.png", "summary.md"]
+                                                        "sdc_by_bit.png", "sdc_by_layer.png", "summary.md",
+                                                        "vulnerability.json", "vulnerability.svg"]
     summary = json.loads((workspace / "out.json").read_text())["summary"]
     models = list(summary["models"])
     assert models == [str(workspace / "tiny.xml"), str(workspace / "protected.xml")]

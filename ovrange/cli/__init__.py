@@ -50,6 +50,7 @@ with ctrl_c_deferred_while_the_command_imports():
     from ovrange.cli import benchmark as _benchmark  # noqa: E402,F401
     from ovrange.cli import check as _check  # noqa: E402,F401
     from ovrange.cli import inject as _inject  # noqa: E402,F401
+    from ovrange.cli import report as _report  # noqa: E402,F401
 
 
 def main() -> None:

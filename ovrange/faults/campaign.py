@@ -185,6 +185,8 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
                                "wall_seconds": time.perf_counter() - started}
     if stopping:
         result.meta["stopping"] = stopping.to_dict()
+    from ovrange.evidence.provenance import provenance  # versions, command line, model and data digests
+    result.meta["provenance"] = provenance([n for n, _ in models], [model_digest(m) for _, m in models], data)
     return result
 
 

@@ -28,13 +28,14 @@ def write_report(result: CampaignResult, directory: str | Path, plots: bool = Tr
     written = [write_json(result, directory / RESULT_FILE)]
     images = plot(result, directory) if plots and (result.trial_site >= 0).any() else []
     written.append(write_file_atomically(directory / SUMMARY_FILE, markdown(result, [p.name for p in images])))
-    return written + images
+    from ovrange.evidence.vulnerability import write_vulnerability  # vulnerability.json/.svg: see evidence/
+    return written + images + write_vulnerability(result, directory)
 
 
 def remove_report(directory: str | Path) -> None:
     """Delete the report files of ``directory`` (not its fault list or checkpoint): a new or resumed campaign
     starts there, and an old result beside it would read as the complete result of the new one."""
-    for name in (RESULT_FILE, SUMMARY_FILE, *PLOTS):
+    for name in (RESULT_FILE, SUMMARY_FILE, *PLOTS, "vulnerability.json", "vulnerability.svg"):
         try:
             (Path(directory) / name).unlink(missing_ok=True)
         except OSError as exc:
