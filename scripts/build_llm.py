@@ -14,7 +14,8 @@ text-generation-with-past``)::
     <out>/fp32/               stateful IR with f32 weights (openvino_model.xml/.bin, KV cache in ReadValue/Assign,
                               beam_idx input), openvino_tokenizer.xml / openvino_detokenizer.xml, configs
     <out>/int8/               the same with INT8 weight compression (optimum-intel's --weight-format int8)
-    <out>/prompts.txt         held-out prompts: lines of standard-library files the corpus did not include
+    <out>/prompts.txt         held-out prompts: lines of standard-library files outside the corpus, none of
+                              them a line of the corpus
     <out>/calib_prompts.txt   calibration prompts: lines from the corpus
     <out>/manifest.json       recipe, corpus and file checksums, training loss, greedy sample
 
@@ -33,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 import time
@@ -141,19 +143,13 @@ def train_model(ids, recipe: dict, log) -> tuple[object, float]:
 
 
 def export(hf_dir: Path, out: Path, weight_format: str) -> None:
-    """optimum-intel's export, as ``optimum-cli export openvino --task text-generation-with-past`` runs it."""
-    from optimum.exporters.openvino import main_export
-    from optimum.intel import OVWeightQuantizationConfig
-
-    quantization = None if weight_format == "fp32" else OVWeightQuantizationConfig(bits=8, sym=False)
-    main_export(model_name_or_path=str(hf_dir), output=out, task="text-generation-with-past",
-                ov_config=_ov_config(quantization), convert_tokenizer=True)
-
-
-def _ov_config(quantization):
-    from optimum.intel.openvino.configuration import OVConfig
-
-    return OVConfig(dtype="fp32") if quantization is None else OVConfig(quantization_config=quantization)
+    """``optimum-cli export openvino --task text-generation-with-past --weight-format F``, as users export."""
+    cli = Path(sys.executable).with_name("optimum-cli")
+    command = [str(cli), "export", "openvino", "--model", str(hf_dir), "--task", "text-generation-with-past",
+               "--weight-format", weight_format, str(out)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"optimum-cli export failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
 
 
 def greedy_sample(ir_dir: Path, prompt: str, tokens: int) -> str:
@@ -200,7 +196,8 @@ def build_llm(out: Path, *, force: bool = False, steps: int | None = None, log=p
         for fmt in ("fp32", "int8"):
             log(f"{out}: exporting {fmt} with optimum-intel")
             export(tmp / "hf", tmp / fmt, fmt)
-        held = prompt_lines(held_files, PROMPTS)
+        seen = {line.strip() for line in text.splitlines()}
+        held = [line for line in prompt_lines(held_files, 3 * PROMPTS) if line not in seen][:PROMPTS]
         calib = prompt_lines(train_files, PROMPTS)
         (tmp / "prompts.txt").write_text("\n".join(held) + "\n")
         (tmp / "calib_prompts.txt").write_text("\n".join(calib) + "\n")
