@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  := build/default/fashion_lenet.xml
 
-.PHONY: demo test install-demo install-test dataset chromium model models benchmarks compare clean
+.PHONY: demo test install-demo install-test install-llm dataset chromium model models llm benchmarks compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ install-demo: $(BIN)/python
 
 install-test: $(BIN)/python
 	$(BIN)/pip install -e '.[test,bench,plots]'
+
+# optimum-intel pulls torchvision, whose PyPI build fails to import beside the CPU torch (see pyproject's llm extra).
+install-llm: $(BIN)/python
+	$(BIN)/pip install -e '.[llm]'
+	$(BIN)/pip uninstall -y -q torchvision 2>/dev/null || true
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (no download at run time).
 dataset:
@@ -37,6 +42,10 @@ model: dataset
 
 models: dataset
 	$(BIN)/python -m scripts.build_default_model --out build --arch all
+
+# The bundled language model: a small Llama trained on the standard library, exported by optimum-intel (fp32, int8).
+llm: install-llm
+	$(BIN)/python -m scripts.build_llm --out build/llm
 
 demo: install-demo model
 	$(BIN)/ovrange protect --config configs/fashion_lenet.json --force
