@@ -60,7 +60,7 @@ def command_line(argv: list[str] | None = None) -> str:
 def versions() -> dict[str, str]:
     from importlib import metadata
 
-    from ovrange import __version__
+    from ovrange.version import __version__
 
     found = {"ovrange": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for package in ("openvino", "numpy"):
