@@ -1,8 +1,8 @@
 """The ``ovrange`` command line: a thin Typer layer over the Python API.
 
 Each command lives in its own module and forwards to a library function; this module owns the one place where
-library errors, usage errors and interruptions become one-line messages and exit codes. Set ``OVRANGE_DEBUG=1`` to
-see tracebacks.
+library errors, usage errors and interruptions become one-line messages and exit codes. ``-v/--verbose`` (or
+``OVRANGE_DEBUG=1``) adds the traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help text is plain: "pip install 'ovrange[ray]'" keeps its brackets
 )
 
 
@@ -89,7 +90,9 @@ def _usage_message(exc: _click.exceptions.ClickException) -> str:
 
 
 def _fail(message: str, code: int, exc: BaseException | None) -> None:
-    if exc is not None and os.environ.get("OVRANGE_DEBUG"):
+    from ovrange.cli.options import verbose
+
+    if exc is not None and (os.environ.get("OVRANGE_DEBUG") or verbose()):
         import traceback
 
         traceback.print_exception(exc)
