@@ -29,7 +29,8 @@ def inject(
     model: Annotated[Optional[Path], typer.Argument(help="OpenVINO IR .xml (or .onnx). Default: model of the "
                                                          "config.", show_default=False)] = None,
     compare: Annotated[Optional[list[Path]], Opt("--compare", help="Replay the same faults on this model (e.g. "
-                                                 "the protected one) and compare trial by trial (repeatable).")] = None,
+                                                 "the protected one) and compare trial by trial (repeatable).",
+                                                 metavar="MODEL")] = None,
     data: Annotated[Optional[Path], opt("--data", more="Inputs are drawn from it (with labels: correctly "
                                         "classified ones).", show_default="data of the config")] = None,
     target: Annotated[Optional[str], Opt("--target", help="activations or weights.",
@@ -63,9 +64,9 @@ def inject(
                                              "GradientSuppression) runs, and needs, batch 1.",
                                              show_default=_default("batch_size"))] = None,
     sites: Annotated[Optional[list[str]], Opt("--sites", help="Only sites whose name matches this glob "
-                                              "(repeatable).")] = None,
+                                              "(repeatable).", metavar="GLOB")] = None,
     exclude: Annotated[Optional[list[str]], Opt("--exclude", help="Leave out sites matching this glob "
-                                                "(repeatable).")] = None,
+                                                "(repeatable).", metavar="GLOB")] = None,
     weighting: Annotated[Optional[str], Opt("--weighting", help="elements (sites in proportion to their size) "
                                             "or uniform.", show_default=_default("weighting"))] = None,
     sdc: Sdc = None,

@@ -58,7 +58,7 @@ def protect(
                                                       show_default="the config's, else RangeSupervision")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Algorithm parameter KEY=VALUE "
                                                        "(YAML value), e.g. -p bound=percentile -p percentile=99.9; "
-                                                       "repeatable.")] = None,
+                                                       "repeatable.", metavar="KEY=VALUE")] = None,
     bounds: Annotated[Optional[Path], typer.Option("--bounds", help="Apply a saved plan (a result's bounds.json) "
                                                    "as it is: no calibration data, the same IR.")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Results go to "
