@@ -95,7 +95,8 @@ def inject(
     shard_size: Annotated[Optional[int], Opt("--shard-size", help="Trials per shard (one remote call).",
                                              show_default="1/8 of the trials, 400 to 8192")] = None,
     lanes: Annotated[Optional[int], Opt("--lanes", help="Parallel inference lanes of a local run, each with "
-                                        "cores/lanes OpenVINO threads.", show_default="one per core, at most 2")] = None,
+                                        "cores/lanes OpenVINO threads.",
+                                        show_default="one per core, at most 2")] = None,
     margin: Annotated[Optional[float], Opt("--margin", help="Stop when every model's SDC interval half-width "
                                            f"is at most this (e.g. 0.002); --trials is then the cap "
                                            f"(default {MARGIN_CAP}).")] = None,
