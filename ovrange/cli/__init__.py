@@ -61,8 +61,9 @@ def main() -> None:
         _fail(str(exc), exc.exit_code, exc)
     except KeyboardInterrupt:  # outside typer's own handling (e.g. while it builds the command)
         _fail("interrupted", Interrupted.exit_code, None)
-    except _click.exceptions.NoArgsIsHelpError:
-        sys.exit(USAGE)  # bare `ovrange`: the help was printed
+    except _click.exceptions.NoArgsIsHelpError as exc:  # bare `ovrange`: the help, exit 2
+        typer.echo(exc.format_message())
+        sys.exit(USAGE)
     except _click.exceptions.ClickException as exc:
         _fail(_usage_message(exc), exc.exit_code, exc)
     except typer.Abort:  # end of input at a prompt
