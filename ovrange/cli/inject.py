@@ -75,9 +75,10 @@ def inject(
     weight_mode: Annotated[Optional[str], Opt("--weight-mode", help="auto, delta (batched layer-output "
                                               "corrections) or parameter (weights as inputs, one inference per "
                                               "trial).", show_default=_default("weight_mode"))] = None,
-    config: Annotated[Optional[Path], opt("--config", "-c", more="Campaign settings: the keys of "
-                                          "ovrange.faults.spec.CampaignSpec and model, compare, data, json, "
-                                          "report, replay; options given here win.")] = None,
+    config: Annotated[Optional[Path], opt("--config", "-c", more="Campaign settings under the names of "
+                                          "ovrange.inject's parameters (inputs for --num-samples, output for "
+                                          "--output-name, number_format...), as configs/inject_*.yaml; options "
+                                          "given here win.")] = None,
     json_out: JsonOut = None,
     report: Annotated[Optional[Path], Opt("--report", help="Report folder: result.json, summary.md, plots, "
                                           "the fault list and a checkpoint.")] = None,
@@ -98,7 +99,7 @@ def inject(
                                         "cores/lanes OpenVINO threads.",
                                         show_default="one per core, at most 2")] = None,
     margin: Annotated[Optional[float], Opt("--margin", help="Stop when every model's SDC interval half-width "
-                                           f"is at most this (e.g. 0.002); --trials is then the cap "
+                                           "is at most this (e.g. 0.002); --trials is then the cap "
                                            f"(default {MARGIN_CAP}).")] = None,
     confidence: Annotated[Optional[float], Opt("--confidence", help="Confidence of the --margin interval.",
                                                show_default=_default("confidence"))] = None,
