@@ -58,7 +58,6 @@ def detail(text: str) -> None:
         typer.echo(text, err=True)
 
 
-DataPath = Annotated[Optional[Path], opt("--data", show_default=False)]
 Device = Annotated[str, opt("--device")]
 DeviceOrConfig = Annotated[Optional[str], opt("--device", show_default="CPU, or the config's")]
 Force = Annotated[bool, opt("--force")]

@@ -11,7 +11,7 @@ import typer
 
 from ovrange.cli import app
 from ovrange.cli.aliases import AliasedCommand
-from ovrange.cli.options import (Device, DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Shape, Verbose, detail,
+from ovrange.cli.options import (Device, DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Verbose, detail,
                                  finite_json, opt, progress_bar, static_shapes)
 from ovrange.errors import ConfigError, DataError
 from ovrange.params import COMMON_PARAMS
@@ -265,7 +265,7 @@ def _floats(text: str | None, values: list | None, what: str) -> tuple[float, ..
 
 
 def _overrides(assigned: dict[str, Any], **flags: Any) -> dict[str, Any]:
-    """``-p KEY=VALUE`` assignments and the given flags (--subset-size...) as one set of parameters; a parameter
+    """``-p KEY=VALUE`` assignments and the given flags (--num-samples...) as one set of parameters; a parameter
     given both ways with two values is a usage error."""
     given = {key: value for key, value in flags.items() if value is not None}
     clash = next((key for key in given if key in assigned and assigned[key] != given[key]), None)
