@@ -185,3 +185,19 @@ def test_verbose_adds_the_traceback_to_the_one_error_line(tmp_path):
     assert quiet.returncode == verbose.returncode == 3
     assert quiet.stderr.splitlines() == [f"error: model file not found: {tmp_path / 'missing.xml'}"]
     assert "Traceback" in verbose.stderr and verbose.stderr.splitlines()[-1] == quiet.stderr.splitlines()[0]
+
+
+def test_verbose_lasts_one_run(capsys):
+    from ovrange.cli import main
+
+    def run_in_process(*args: str) -> str:
+        argv, sys.argv = sys.argv, ["ovrange", *args]
+        try:
+            with pytest.raises(SystemExit):
+                main()
+        finally:
+            sys.argv = argv
+        return capsys.readouterr().err
+
+    assert "Traceback" in run_in_process("evaluate", "missing.xml", "--data", "x.npz", "-v")
+    assert "Traceback" not in run_in_process("evaluate", "missing.xml", "--no-such-option")

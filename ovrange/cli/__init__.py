@@ -55,6 +55,9 @@ with ctrl_c_deferred_while_the_command_imports():
 
 def main() -> None:
     """Console-script entry point: run the app, mapping every failure to one ``error: ...`` line and an exit code."""
+    from ovrange.cli.options import set_verbose
+
+    set_verbose(False)  # until the command's -v/--verbose says otherwise (main may run twice in one process)
     try:
         code = app(standalone_mode=False, prog_name="ovrange")
     except OvrangeError as exc:

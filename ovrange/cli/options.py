@@ -42,8 +42,9 @@ def opt(name: str, *short: str, more: str = "", **kwargs: Any) -> Any:
 _verbose = [False]
 
 
-def _set_verbose(value: bool) -> bool:
-    _verbose[0] = _verbose[0] or bool(value)
+def set_verbose(value: bool) -> bool:
+    """Callback of -v/--verbose (and main, which turns it off before each run)."""
+    _verbose[0] = bool(value)
     return value
 
 
@@ -62,7 +63,7 @@ Device = Annotated[str, opt("--device")]
 DeviceOrConfig = Annotated[Optional[str], opt("--device", show_default="CPU, or the config's")]
 Force = Annotated[bool, opt("--force")]
 Quiet = Annotated[bool, opt("--quiet", "-q")]
-Verbose = Annotated[bool, opt("--verbose", "-v", is_eager=True, callback=_set_verbose)]
+Verbose = Annotated[bool, opt("--verbose", "-v", is_eager=True, callback=set_verbose)]
 JsonOut = Annotated[Optional[Path], opt("--json", show_default=False)]
 Sdc = Annotated[Optional[str], opt("--sdc", more="top1 (classifiers), tokens (per-position top-1 of [N, T, "
                                    "classes], e.g. OCR), text[:<blank>] (the greedy CTC text of those positions "
