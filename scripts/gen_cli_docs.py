@@ -22,8 +22,9 @@ Every `ovrange` command and option, generated from the command-line app by `pyth
 
 An option means the same in every command that has it, and follows OpenVINO's `benchmark_app`, NNCF and
 `optimum-cli` where they have one: `--device`, `-t/--time` (seconds), `--shape` (benchmark_app syntax),
-`--num-samples`, `--batch-size`. `-d` is not an option of any command, since `benchmark_app -d` is the device.
-Exit codes, environment variables and the config files: [config.md](config.md).
+`--num-samples` (optimum-cli), `--batch-size`. `-d`, the device in `benchmark_app`, means nothing else here: its
+old meaning `--data` is only a deprecated spelling (table at the end). `-v/--verbose` adds the traceback of an
+error. Exit codes, environment variables and the config files: [config.md](config.md).
 """
 
 
