@@ -198,7 +198,8 @@ def test_cli_inject_weights_on_a_saved_int8_ir_reports_the_format(models, tmp_pa
     np.save(tmp_path / "x.npy", images(30, seed=9).astype(np.float32))
     result = subprocess.run([sys.executable, "-m", "ovrange", "inject", tmp_path / "q.xml", "--data",
                              tmp_path / "x.npy", "--target", "weights", "-n", "64", "--num-samples", "8",
-                             "--report", tmp_path / "report", "--no-plots", "-q"], capture_output=True, text=True, timeout=300)
+                             "--report", tmp_path / "report", "--no-plots", "-q"], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "in int8 values" in summary and "| fc2 | MatMul, int8 |" in summary
