@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Annotated, Optional
 
 from ovrange.errors import Interrupted, OutputError, OvrangeError, ctrl_c_deferred_while_the_command_imports
 
@@ -20,32 +19,9 @@ with ctrl_c_deferred_while_the_command_imports():
 
 USAGE = 2
 
-app = typer.Typer(
-    name="ovrange",
-    help="Protect OpenVINO models against hardware faults and measure the protection with fault injection.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # help text is plain: "pip install 'ovrange[ray]'" keeps its brackets
-)
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        from ovrange import __version__
-
-        typer.echo(f"ovrange {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=_show_version, is_eager=True,
-                                                          help="Print the version and exit.")] = None) -> None:
-    """Protect OpenVINO models against hardware faults and measure the protection with fault injection."""
-
-
-# Command modules register themselves on `app`; import them after it exists.
+# Command modules register themselves on `app`, which lives in its own module so that they need not import this one.
 with ctrl_c_deferred_while_the_command_imports():
+    from ovrange.cli.app import app  # noqa: E402
     from ovrange.cli import protect as _protect  # noqa: E402,F401  (protect, evaluate)
     # (one import line per command module)
     from ovrange.cli import benchmark as _benchmark  # noqa: E402,F401

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ovrange.cli import app
+from ovrange.cli.app import app
 from ovrange.cli.options import Device, JsonOut, Seconds, Shape, Verbose, finite_json, static_shapes
 
 Opt = typer.Option

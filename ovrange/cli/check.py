@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ovrange.cli import app
+from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
 from ovrange.cli.options import (Device, JsonOut, Quiet, Sdc, Seconds, Shape, Verbose, finite_json, opt,
                                  progress_bar, static_shapes)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ovrange.cli import app
+from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
 from ovrange.cli.options import DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Verbose, detail, opt, progress_bar
 from ovrange.errors import ConfigError, DataError, Interrupted, OutputError

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ovrange.cli import app
+from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
 from ovrange.cli.options import (Device, DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Verbose, detail,
                                  finite_json, opt, progress_bar, static_shapes)
