@@ -36,7 +36,7 @@ from ovrange.timing import interleaved, paired_ratio  # noqa: E402
 
 def command(model: Path, data: Path, out: Path, args: argparse.Namespace, extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "ovrange", "inject", str(model), "--data", str(data), "--trials", str(args.trials),
-           "--inputs", str(args.inputs), "--batch-size", str(args.batch_size), "--target", args.target,
+           "--num-samples", str(args.inputs), "--batch-size", str(args.batch_size), "--target", args.target,
            "--json", str(out), "-q"] + (["--shard-size", str(args.shard_size)] if args.shard_size else [])
     return cmd + extra
 

@@ -4,7 +4,7 @@ Forms of each bundled model: NNCF INT8 (``nncf.quantize``, FakeQuantize + i8 wei
 and INT4_SYM (``nncf.compress_weights``) and the FP16 IR (``ov.save_model`` default). Per form, the same seeded fault
 list is replayed on the unprotected form and on the form protected after quantization (the chain's order) — and,
 for NNCF INT8, on the model protected *before* quantization, to decide the order. Weight faults flip the bits of
-the stored format (int8, int4, fp16; auto from the model, INT4's INT8 layers excluded with ``--format int4``);
+the stored format (int8, int4, fp16; auto from the model, INT4's INT8 layers excluded with ``--number-format int4``);
 activation faults flip f32 op outputs (before any FakeQuantize). Clean accuracy on the held-out set; latency is
 the median of paired per-round ratios (batch 1, f32 hint, interleaved rounds).
 

@@ -63,7 +63,7 @@ def test_cli_checksum_on_a_layer_it_cannot_encode_is_one_line_and_writes_nothing
     ov.save_model(tiny_lenet(), str(model), compress_to_fp16=False)
     np.save(tmp_path / "calib.npy", images(8))
     out = tmp_path / "out"
-    code, _, err = cli(capsys, "protect", model, "-d", tmp_path / "calib.npy", "-a", "Checksum", "-p",
+    code, _, err = cli(capsys, "protect", model, "--data", tmp_path / "calib.npy", "-a", "Checksum", "-p",
                        "layers=[relu1]", "-o", out, "-q")
     assert code != 0 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert "relu1" in err and not (out.exists() and any(out.iterdir()))  # nothing written into it
@@ -155,7 +155,7 @@ def test_campaigns_on_a_model_that_decides_per_batch_run_one_trial_per_inference
     assert code != 0 and len(err.strip().splitlines()) == 1 and "--batch-size 1" in err, err
     assert not report.exists()
     code, _, err = cli(capsys, "inject", tmp_path / "m.xml", "--data", tmp_path / "x.npy", "--compare",
-                       tmp_path / "p.xml", "--trials", "20", "--inputs", "8", "--json", tmp_path / "r.json", "-q")
+                       tmp_path / "p.xml", "--trials", "20", "--num-samples", "8", "--json", tmp_path / "r.json", "-q")
     assert code == 0, err  # no --batch-size: one trial per inference by itself
     assert json.loads((tmp_path / "r.json").read_text())["spec"]["batch_size"] == 1
 

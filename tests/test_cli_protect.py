@@ -56,7 +56,7 @@ def test_image_folder_and_yaml_config(workspace: Path):
 def test_statistics_parameters_as_p_assignments(workspace: Path):
     """``-p stat_subset_size=5`` works like ``--subset-size 5`` (POT's name for it, as in a config)."""
     result = run("protect", workspace / "m.xml", "--data", workspace / "calib.npy", "-o", workspace / "out", "-q",
-                 "-p", "stat_subset_size=5", "-p", "stat_batch_size=2", "--subset-size", "5")
+                 "-p", "stat_subset_size=5", "-p", "stat_batch_size=2", "--num-samples", "5")
     assert result.returncode == 0, result.stderr
     bounds = json.loads((workspace / "out/m_RangeSupervision/bounds.json").read_text())
     assert bounds["samples"] == 5 and bounds["params"]["stat_batch_size"] == 2
@@ -65,7 +65,7 @@ def test_statistics_parameters_as_p_assignments(workspace: Path):
 def test_force_overwrites(workspace: Path):
     args = ("protect", workspace / "m.xml", "--data", workspace / "calib.npy", "-o", workspace / "out", "-q")
     assert run(*args).returncode == 0
-    assert run(*args, "--subset-size", "3", "--force").returncode == 0
+    assert run(*args, "--num-samples", "3", "--force").returncode == 0
     assert json.loads((workspace / "out/m_RangeSupervision/bounds.json").read_text())["samples"] == 3
 
 
@@ -93,7 +93,7 @@ def _corrupt(workspace: Path, case: str) -> list[str | Path]:
         (workspace / "c.json").write_text('{"engine": {"data_source": "calib.npy", "colour": "red"}}')
         args = [xml, "--config", workspace / "c.json"]
     elif case == "subset size <= 0":
-        args += ["--subset-size", "0"]
+        args += ["--num-samples", "0"]
     elif case == "subset size <= 0 in config":
         (workspace / "c.json").write_text('{"compression": {"algorithms": [{"name": "RangeSupervision", '
                                           '"params": {"stat_subset_size": -1}}]}}')
@@ -143,7 +143,7 @@ def test_help_reads_well():
     top = run("--help")
     assert top.returncode == 0 and "protect" in top.stdout and "Traceback" not in top.stderr
     sub = run("protect", "--help")
-    assert sub.returncode == 0 and "--subset-size" in sub.stdout and "--force" in sub.stdout
+    assert sub.returncode == 0 and "--num-samples" in sub.stdout and "--force" in sub.stdout
 
 
 def test_evaluate_reports_accuracy_and_agreement(workspace: Path):

@@ -56,7 +56,8 @@ def test_compare_campaign_writes_json_markdown_plots_and_fault_list(workspace, c
     report = workspace / "report"
     code, out, err = cli(capsys, "inject", workspace / "tiny.xml", "--compare", workspace / "protected.xml",
                          "--data", workspace / "data.npz", "--target", "activations", "--trials", 300, "--seed", 1,
-                         "--bits", "30,31", "--inputs", 12, "--json", workspace / "out.json", "--report", report, "-q")
+                         "--bits", "30,31", "--num-samples", 12, "--json", workspace / "out.json", "--report", report,
+                         "-q")
     assert code == 0, err
     assert sorted(p.name for p in report.iterdir()) == ["checkpoint.jsonl", "faults.jsonl", "result.json",
                                                         "sdc_by_bit.png", "sdc_by_layer.png", "summary.md",
@@ -117,6 +118,6 @@ def test_bad_input_gives_one_line_error_and_nonzero_exit(workspace, capsys, case
 def test_console_script_runs_a_weight_campaign(workspace):
     done = subprocess.run([sys.executable, "-m", "ovrange", "inject", str(workspace / "tiny.xml"), "--data",
                            str(workspace / "data.npz"), "--target", "weights", "--trials", "40", "--ber", "1e-3",
-                           "--inputs", "4", "-q"], capture_output=True, text=True, timeout=300)
+                           "--num-samples", "4", "-q"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "SDC" in done.stdout and "DUE" in done.stdout

@@ -115,7 +115,8 @@ def test_campaign_takes_the_format_from_the_model(models):
 
 def test_mixed_formats_need_a_choice(models):
     x = images(20, seed=1).astype(np.float32)
-    with pytest.raises(ConfigError, match=r"several formats \(uint4: 2 site\(s\), uint8: 2 site\(s\)\).*--format"):
+    with pytest.raises(ConfigError, match=r"several formats \(uint4: 2 site\(s\), uint8: 2 site\(s\)\).*"
+                                         "--number-format"):
         inject(models["int4_asym"], x, target="weights", trials=10, inputs=5)
     chosen = inject(models["int4_asym"], x, target="weights", trials=40, inputs=5, number_format="uint4")
     assert [s.name for s in chosen.sites] == ["fc1", "fc2"] and chosen.spec.bits == (0, 1, 2, 3)
@@ -196,16 +197,17 @@ def test_cli_inject_weights_on_a_saved_int8_ir_reports_the_format(models, tmp_pa
     ov.save_model(models["nncf_int8"], str(tmp_path / "q.xml"), compress_to_fp16=False)
     np.save(tmp_path / "x.npy", images(30, seed=9).astype(np.float32))
     result = subprocess.run([sys.executable, "-m", "ovrange", "inject", tmp_path / "q.xml", "--data",
-                             tmp_path / "x.npy", "-t", "weights", "-n", "64", "--inputs", "8", "--report",
-                             tmp_path / "report", "--no-plots", "-q"], capture_output=True, text=True, timeout=300)
+                             tmp_path / "x.npy", "--target", "weights", "-n", "64", "--num-samples", "8",
+                             "--report", tmp_path / "report", "--no-plots", "-q"], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "in int8 values" in summary and "| fc2 | MatMul, int8 |" in summary
     mixed = tmp_path / "mixed.xml"
     ov.save_model(models["int4_asym"], str(mixed), compress_to_fp16=False)
-    refused = subprocess.run([sys.executable, "-m", "ovrange", "inject", mixed, "--data", tmp_path / "x.npy", "-t",
-                              "weights", "-n", "8", "-q"], capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--format uint4" in refused.stderr
+    refused = subprocess.run([sys.executable, "-m", "ovrange", "inject", mixed, "--data", tmp_path / "x.npy",
+                              "--target", "weights", "-n", "8", "-q"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--number-format uint4" in refused.stderr
 
 
 def test_stored_formats_flip_the_pattern_the_memory_holds():

@@ -27,7 +27,7 @@ pytest.importorskip("ray")
 from ovrange.faults import CampaignResult, inject  # noqa: E402
 from tests.test_faults_cli import cli  # noqa: E402
 
-SETTINGS = ["--trials", "4000", "--seed", "5", "--inputs", "40", "--bits", "20-31", "--batch-size", "8"]
+SETTINGS = ["--trials", "4000", "--seed", "5", "--num-samples", "40", "--bits", "20-31", "--batch-size", "8"]
 SHARDS = 100
 SHARDED = [*SETTINGS, "--shard-size", "40"]  # 100 shards: a kill lands mid-campaign even on a fast, idle machine
 

@@ -48,7 +48,7 @@ def tiny(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("args, expected", [
     (("--version",), None),
     (("protect", "--no-such-option"), "error: No such option: --no-such-option (see 'ovrange protect --help')"),
-    (("protect", "model.xml", "--subset-size", "abc"), "error: Invalid value for '--subset-size'"),
+    (("protect", "model.xml", "--num-samples", "abc"), "error: Invalid value for '--num-samples'"),
     (("no-such-command",), "error: No such command 'no-such-command'"),
     (("evaluate",), "error: Missing argument 'models'"),
 ])
@@ -161,7 +161,7 @@ def test_a_new_campaign_in_a_report_folder_removes_the_old_result_first(tiny, tm
 
 def test_plots_without_matplotlib_are_off_with_a_note_or_an_error_before_the_campaign(tiny, tmp_path):
     no_mpl = NO_CLICK.replace("sys.modules['click'] = None", "sys.modules['matplotlib'] = None")
-    base = ("inject", tiny / "m.xml", "--data", tiny / "x.npy", "--trials", "20", "--inputs", "4", "-q")
+    base = ("inject", tiny / "m.xml", "--data", tiny / "x.npy", "--trials", "20", "--num-samples", "4", "-q")
     done = run(*base, "--report", tmp_path / "r1", code=no_mpl)
     assert done.returncode == 0, done.stderr
     assert done.stderr.startswith("note: matplotlib is not installed") and not list((tmp_path / "r1").glob("*.png"))

@@ -91,7 +91,7 @@ SETUP: dict[str, Callable[[Path], None]] = {
 }
 
 LONG = "x" * 300  # one path component longer than NAME_MAX
-INJECT = ("inject", "{w}/m.xml", "--data", "{w}/test.npz", "--trials", "20", "--inputs", "4")
+INJECT = ("inject", "{w}/m.xml", "--data", "{w}/test.npz", "--trials", "20", "--num-samples", "4")
 PROTECT = ("protect", "{w}/m.xml", "--data", "{w}/calib.npy", "-o", "{w}/out")
 EVALUATE = ("evaluate", "{w}/m.xml", "{w}/p.xml", "--data")
 BENCH = ("benchmark", "{w}/m.xml", "{w}/p.xml", "--time", "0.2", "--sessions", "1")
@@ -131,8 +131,9 @@ CASES: dict[str, tuple[str | None, tuple[str, ...], str]] = {
                                     "unknown key engine.'colour'"),
     "protect: malformed config": ("malformed config", ("protect", "{w}/m.xml", "--config", "{w}/c.json"),
                                   "c.json"),
-    "protect: subset size not a number": (None, PROTECT + ("--subset-size", "abc"), "Invalid value for '--subset-size'"),
-    "protect: subset size 0": (None, PROTECT + ("--subset-size", "0"), "must be > 0"),
+    "protect: subset size not a number": (None, PROTECT + ("--num-samples", "abc"),
+                                          "Invalid value for '--num-samples'"),
+    "protect: subset size 0": (None, PROTECT + ("--num-samples", "0"), "must be > 0"),
     "protect: unknown option": (None, PROTECT + ("--no-such-option",), "No such option: --no-such-option"),
     "protect: unknown algorithm": (None, PROTECT + ("--algorithm", "RangeSuper"), "unknown algorithm 'RangeSuper'"),
     "protect: output below a file": ("a file", ("protect", "{w}/m.xml", "--data", "{w}/calib.npy", "-o",
@@ -154,7 +155,8 @@ CASES: dict[str, tuple[str | None, tuple[str, ...], str]] = {
     "evaluate: labels outside the classes": ("labels out of range", EVALUATE + ("{w}/l.npz",),
                                              "outside the model's 5 classes"),
     "evaluate: label count": ("label count", EVALUATE + ("{w}/l.npz",), "3 labels for 4 samples"),
-    "evaluate: --limit 0": (None, EVALUATE + ("{w}/test.npz", "--limit", "0"), "Invalid value for '--limit'"),
+    "evaluate: --num-samples 0": (None, EVALUATE + ("{w}/test.npz", "--num-samples", "0"),
+                                  "Invalid value for '--num-samples'"),
     "evaluate: no model": (None, ("evaluate", "--data", "{w}/test.npz"), "Missing argument"),
     "benchmark: --time nan": (None, BENCH + ("--time", "nan"), "must be a finite number > 0"),
     "benchmark: negative --shape": (None, BENCH + ("--shape", "[-1,3,8,8]"), "positive static dimensions"),

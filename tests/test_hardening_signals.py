@@ -46,7 +46,7 @@ def lenet(bundled) -> dict[str, Path]:
 def test_ctrl_c_exits_130_with_one_line(lenet, tmp_path, command):
     xml, test = lenet["xml"], lenet["test_npz"]
     args, stream, marker = {
-        "protect": (("protect", xml, "--data", test, "--subset-size", "10000", "-o", tmp_path / "out"), "stderr",
+        "protect": (("protect", xml, "--data", test, "--num-samples", "10000", "-o", tmp_path / "out"), "stderr",
                     "calibrating:"),
         "evaluate": (("evaluate", xml, xml, "--data", test, "--batch-size", "1"), "stderr", "evaluating"),
         "check": (("check", xml, xml, "--data", test, "--batch-size", "1", "--max-accuracy-drop", "1"), "stderr",
@@ -128,7 +128,7 @@ def test_a_result_moved_aside_by_a_killed_run_is_restored(tmp_path):
 
 def test_progress_lines_when_stderr_is_not_a_terminal(lenet, tmp_path):
     done = subprocess.run([sys.executable, "-m", "ovrange", "evaluate", lenet["xml"], "--data", lenet["test_npz"],
-                           "--limit", "2000", "--batch-size", "1"], capture_output=True, text=True, timeout=300,
+                           "--num-samples", "2000", "--batch-size", "1"], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OVRANGE_PROGRESS_SECONDS": "0"})
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
@@ -144,7 +144,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(lenet, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
     done = subprocess.run([sys.executable, "-m", "ovrange", "protect", lenet["xml"], "--data", lenet["calib_npz"],
-                           "--subset-size", "10", "-o", tmp_path / "out", "-q"], capture_output=True, text=True,
+                           "--num-samples", "10", "-o", tmp_path / "out", "-q"], capture_output=True, text=True,
                           timeout=300, preexec_fn=small_files)
     assert done.returncode == 5, done.stderr
     lines = done.stderr.strip().splitlines()

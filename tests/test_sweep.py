@@ -23,7 +23,7 @@ def test_parse_rates():
 def test_sweep_writes_curves_for_every_compared_model(workspace, capsys):  # noqa: F811
     report = workspace / "sweep"
     code, out, err = cli(capsys, "inject", workspace / "tiny.xml", "--compare", workspace / "protected.xml",
-                         "--data", workspace / "data.npz", "--trials", "40", "--inputs", "8", "--fault-model",
+                         "--data", workspace / "data.npz", "--trials", "40", "--num-samples", "8", "--fault-model",
                          "bits:6", "--sweep", "1e-3,3e-2", "--report", report, "-q")
     assert code == 0, err
     summary = json.loads((report / "sweep.json").read_text())
@@ -42,7 +42,7 @@ def test_sweep_writes_curves_for_every_compared_model(workspace, capsys):  # noq
 
 def test_weight_ber_sweep(workspace, capsys):  # noqa: F811
     code, out, err = cli(capsys, "inject", workspace / "tiny.xml", "--data", workspace / "data.npz", "--target",
-                         "weights", "--trials", "20", "--inputs", "4", "--sweep", "ber:1e-4,1e-2", "--json",
+                         "weights", "--trials", "20", "--num-samples", "4", "--sweep", "ber:1e-4,1e-2", "--json",
                          workspace / "ber.json", "-q")
     assert code == 0, err
     summary = json.loads((workspace / "ber.json").read_text())

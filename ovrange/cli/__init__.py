@@ -1,8 +1,8 @@
 """The ``ovrange`` command line: a thin Typer layer over the Python API.
 
 Each command lives in its own module and forwards to a library function; this module owns the one place where
-library errors, usage errors and interruptions become one-line messages and exit codes. Set ``OVRANGE_DEBUG=1`` to
-see tracebacks.
+library errors, usage errors and interruptions become one-line messages and exit codes. ``-v/--verbose`` (or
+``OVRANGE_DEBUG=1``) adds the traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Annotated, Optional
 
 from ovrange.errors import Interrupted, OutputError, OvrangeError, ctrl_c_deferred_while_the_command_imports
 
@@ -20,31 +19,9 @@ with ctrl_c_deferred_while_the_command_imports():
 
 USAGE = 2
 
-app = typer.Typer(
-    name="ovrange",
-    help="Protect OpenVINO models against hardware faults and measure the protection with fault injection.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        from ovrange import __version__
-
-        typer.echo(f"ovrange {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=_show_version, is_eager=True,
-                                                          help="Print the version and exit.")] = None) -> None:
-    """Protect OpenVINO models against hardware faults and measure the protection with fault injection."""
-
-
-# Command modules register themselves on `app`; import them after it exists.
+# Command modules register themselves on `app`, which lives in its own module so that they need not import this one.
 with ctrl_c_deferred_while_the_command_imports():
+    from ovrange.cli.app import app  # noqa: E402
     from ovrange.cli import protect as _protect  # noqa: E402,F401  (protect, evaluate)
     # (one import line per command module)
     from ovrange.cli import benchmark as _benchmark  # noqa: E402,F401
@@ -55,14 +32,18 @@ with ctrl_c_deferred_while_the_command_imports():
 
 def main() -> None:
     """Console-script entry point: run the app, mapping every failure to one ``error: ...`` line and an exit code."""
+    from ovrange.cli.options import set_verbose
+
+    set_verbose(False)  # until the command's -v/--verbose says otherwise (main may run twice in one process)
     try:
         code = app(standalone_mode=False, prog_name="ovrange")
     except OvrangeError as exc:
         _fail(str(exc), exc.exit_code, exc)
     except KeyboardInterrupt:  # outside typer's own handling (e.g. while it builds the command)
         _fail("interrupted", Interrupted.exit_code, None)
-    except _click.exceptions.NoArgsIsHelpError:
-        sys.exit(USAGE)  # bare `ovrange`: the help was printed
+    except _click.exceptions.NoArgsIsHelpError as exc:  # bare `ovrange`: the help, exit 2
+        typer.echo(exc.format_message())
+        sys.exit(USAGE)
     except _click.exceptions.ClickException as exc:
         _fail(_usage_message(exc), exc.exit_code, exc)
     except typer.Abort:  # end of input at a prompt
@@ -90,7 +71,9 @@ def _usage_message(exc: _click.exceptions.ClickException) -> str:
 
 
 def _fail(message: str, code: int, exc: BaseException | None) -> None:
-    if exc is not None and os.environ.get("OVRANGE_DEBUG"):
+    from ovrange.cli.options import verbose
+
+    if exc is not None and (os.environ.get("OVRANGE_DEBUG") or verbose()):
         import traceback
 
         traceback.print_exception(exc)

@@ -9,33 +9,44 @@ from typing import Annotated
 
 import typer
 
-from ovrange.cli import app
-from ovrange.cli.options import Device, JsonOut, Seconds, Shape, finite_json, static_shapes
+from ovrange.cli.app import app
+from ovrange.cli.options import Device, JsonOut, Seconds, Shape, Verbose, finite_json, static_shapes
 
 Opt = typer.Option
 ModelArg = typer.Argument
 Hint = Annotated[str, Opt("--hint", help="Performance hint: latency (one request) or throughput.")]
 Precision = Annotated[str, Opt("--precision", help="f32 (INFERENCE_PRECISION_HINT=f32) or default (the plugin's "
                                                    "choice, bf16 on AMX CPUs).")]
+
+
 @app.command()
-def devices() -> None:
+def devices(json_out: JsonOut = None, verbose: Verbose = False) -> None:
     """List the devices OpenVINO sees on this machine."""
     import openvino as ov
 
     from ovrange.bench import devices as list_devices
+    from ovrange.modelio import check_output_file, write_file_atomically
 
+    if json_out:
+        check_output_file(json_out)
     found = list_devices()
     typer.echo(f"OpenVINO {ov.get_version()} sees {len(found)} device(s):")
     for info in found:
         caps = f"  [{', '.join(info.capabilities)}]" if info.capabilities else ""
         typer.echo(f"  {info.name:<8} {info.full_name}{caps}")
+    if json_out:
+        report = {"openvino": ov.get_version(),
+                  "devices": [{"name": d.name, "full_name": d.full_name, "capabilities": list(d.capabilities)}
+                              for d in found]}
+        write_file_atomically(json_out, json.dumps(report, indent=2) + "\n")
+        typer.echo(f"result: {json_out}")
 
 
 @app.command()
 def benchmark(
     original: Annotated[Path, ModelArg(help="The original model (.xml or .onnx).")],
     protected: Annotated[Path, ModelArg(help="The protected model.")],
-    device: Device = None,
+    device: Device = "CPU",
     hint: Hint = "latency",
     precision: Precision = "f32",
     seconds: Seconds = 10.0,
@@ -47,12 +58,12 @@ def benchmark(
                                                                "models, alternating, and parse its reports.")] = False,
     app_rounds: Annotated[int, Opt("--benchmark-app-rounds", help="benchmark_app runs per model.", min=1)] = 3,
     json_out: JsonOut = None,
+    verbose: Verbose = False,
 ) -> None:
     """Time ORIGINAL and PROTECTED on one device in interleaved rounds; report the overhead and fused Clamps."""
     from ovrange import bench
     from ovrange.modelio import check_output_file, read_model, write_file_atomically
 
-    device = device or "CPU"
     _print_devices(device)
     models = [read_model(original), read_model(protected)]
     shapes = static_shapes(shape, models[0])

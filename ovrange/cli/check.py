@@ -8,19 +8,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from ovrange.cli import app
-from ovrange.cli.options import (Device, JsonOut, Quiet, Sdc, Seconds, Shape, finite_json, progress_bar,
-                                 static_shapes)
+from ovrange.cli.app import app
+from ovrange.cli.aliases import AliasedCommand
+from ovrange.cli.options import (Device, JsonOut, Quiet, Sdc, Seconds, Shape, Verbose, finite_json, opt,
+                                 progress_bar, static_shapes)
 
 Opt = typer.Option
 ModelArg = typer.Argument
 
 
-@app.command()
+@app.command(cls=AliasedCommand)
 def check(
     original: Annotated[Path, ModelArg(help="The original model (.xml or .onnx).")],
     protected: Annotated[Path, ModelArg(help="The protected model.")],
-    data: Annotated[Path, Opt("--data", "-d", help=".npz with x (and labels y), .npy or image folder.")],
+    data: Annotated[Path, opt("--data", more="Labels make the accuracy gate compare with them.",
+                              show_default=False)],
     max_accuracy_drop: Annotated[Optional[float], Opt("--max-accuracy-drop", help="Largest allowed top-1 drop, "
                                                       "in percentage points (vs labels, else vs the original's "
                                                       "predictions).")] = None,
@@ -29,17 +31,18 @@ def check(
     min_sdc_reduction: Annotated[Optional[float], Opt("--min-sdc-reduction", help="Smallest allowed SDC "
                                                       "reduction, times fewer SDCs (fault injection, same faults "
                                                       "on both models).")] = None,
-    trials: Annotated[int, Opt("--trials", "-n", help="Fault-injection trials for --min-sdc-reduction.",
-                               min=1)] = 1000,
+    trials: Annotated[int, opt("--trials", "-n", more="For --min-sdc-reduction.", min=1)] = 1000,
     seconds: Seconds = 10.0,
     shape: Shape = None,
-    limit: Annotated[Optional[int], Opt("--limit", help="Accuracy on the first N samples only.", min=1)] = None,
-    batch_size: Annotated[int, Opt("--batch-size", help="Inference batch for accuracy.", min=1)] = 64,
+    num_samples: Annotated[Optional[int], opt("--num-samples", more="The accuracy is measured on the first N.",
+                                              min=1, show_default="all")] = None,
+    batch_size: Annotated[int, opt("--batch-size", more="Of the accuracy run.", min=1)] = 64,
     sdc: Sdc = None,
-    seed: Annotated[int, Opt("--seed", help="Seed of the fault list.")] = 0,
-    device: Device = None,
+    seed: Annotated[int, opt("--seed", more="Of the fault list.")] = 0,
+    device: Device = "CPU",
     json_out: JsonOut = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Gate a protected model in CI: exit 10 with a one-line reason when a threshold fails; --json writes the report.
 
@@ -57,8 +60,8 @@ def check(
     if json_out:
         check_output_file(json_out)
     with progress_bar("checking", enabled=not quiet) as progress:
-        result = run_check(models[0], models[1], labelled, thresholds, device=device or "CPU",
-                           batch_size=batch_size, limit=limit, bench_seconds=seconds, shapes=shapes, seed=seed,
+        result = run_check(models[0], models[1], labelled, thresholds, device=device,
+                           batch_size=batch_size, limit=num_samples, bench_seconds=seconds, shapes=shapes, seed=seed,
                            sdc=sdc, progress=progress)
     accuracy = result.accuracy
     typer.echo(f"top-1 vs {accuracy.reference} on {accuracy.samples} samples: original {accuracy.original:.2%}, "

@@ -7,94 +7,113 @@ from typing import Annotated, Optional
 
 import typer
 
-from ovrange.cli import app
-from ovrange.cli.options import DataPath, Device, Force, Quiet, Sdc, progress_bar
+from ovrange.cli.app import app
+from ovrange.cli.aliases import AliasedCommand
+from ovrange.cli.options import DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Verbose, detail, opt, progress_bar
 from ovrange.errors import ConfigError, DataError, Interrupted, OutputError
+from ovrange.faults.campaign import MARGIN_CAP
+from ovrange.faults.spec import CampaignSpec
 
 Opt = typer.Option
+DEFAULT = CampaignSpec()
+OR_CONFIG = ", or the config's"
 
 
-@app.command()
+def _default(name: str, shown: object = None) -> str:
+    """The help's default of a campaign setting: the library's, unless the config file sets it."""
+    return f"{getattr(DEFAULT, name) if shown is None else shown}{OR_CONFIG}"
+
+
+@app.command(cls=AliasedCommand)
 def inject(
     model: Annotated[Optional[Path], typer.Argument(help="OpenVINO IR .xml (or .onnx). Default: model of the "
                                                          "config.", show_default=False)] = None,
     compare: Annotated[Optional[list[Path]], Opt("--compare", help="Replay the same faults on this model (e.g. "
-                                                 "the protected one) and compare trial by trial (repeatable).")] = None,
-    data: DataPath = None,
-    target: Annotated[Optional[str], Opt("--target", "-t", help="activations or weights. Default: "
-                                         "activations.")] = None,
-    trials: Annotated[Optional[int], Opt("--trials", "-n", help="Number of trials. Default: 1000.")] = None,
-    seed: Annotated[Optional[int], Opt("--seed", help="Seed of the fault list. Default: 0.")] = None,
+                                                 "the protected one) and compare trial by trial (repeatable).",
+                                                 metavar="MODEL")] = None,
+    data: Annotated[Optional[Path], opt("--data", more="Inputs are drawn from it (with labels: correctly "
+                                        "classified ones).", show_default="data of the config")] = None,
+    target: Annotated[Optional[str], Opt("--target", help="activations or weights.",
+                                         show_default=_default("target"))] = None,
+    trials: Annotated[Optional[int], opt("--trials", "-n", show_default=_default("trials"))] = None,
+    seed: Annotated[Optional[int], opt("--seed", more="Of the fault list.", show_default=_default("seed"))] = None,
     bits: Annotated[Optional[str], Opt("--bits", help="Bit positions: all, 30, 23-30, exponent, sign, "
-                                       "mantissa, or a comma list. Default: all.")] = None,
-    number_format: Annotated[Optional[str], Opt("--format", help="Number format of the struck value. Default "
-                                                "auto: as the model stores its weights (fp32, fp16, int8, uint8, "
-                                                "int4, uint4), fp32 for activations. fixed32 (1/21/10), fixed16 "
-                                                "(14/2), fixed:<bits>:<frac> emulate fixed point.")] = None,
+                                       "mantissa, or a comma list.", show_default=_default("bits", "all"))] = None,
+    number_format: Annotated[Optional[str], Opt("--number-format", help="Number format of the struck value: "
+                                                "auto (as the model stores its weights: fp32, fp16, int8, uint8, "
+                                                "int4, uint4; fp32 for activations), one of those, or fixed32 "
+                                                "(1/21/10), fixed16 (14/2), fixed:<bits>:<frac> to emulate fixed "
+                                                "point.", show_default=_default("number_format"))] = None,
     ber: Annotated[Optional[float], Opt("--ber", help="Bit-error-rate mode for weights: every weight bit "
                                         "flips with this probability, e.g. 1e-5.")] = None,
     fault_model: Annotated[Optional[str], Opt("--fault-model", help="bit (one flip), bits:K (K distinct bits, "
                                               "e.g. bits:6), word:P (burst: each neighbour of a flipped bit flips "
-                                              "with probability P, e.g. word:0.75), stuck-at-0, stuck-at-1. "
-                                              "Default: bit.")] = None,
+                                              "with probability P, e.g. word:0.75), stuck-at-0, stuck-at-1.",
+                                              show_default=_default("fault_model"))] = None,
     error_rate: Annotated[Optional[float], Opt("--error-rate", help="Error-rate mode: every value of every site "
                                                "is struck with this probability (per inference for "
                                                "activations), e.g. 1e-4.")] = None,
     sweep: Annotated[Optional[str], Opt("--sweep", help="One campaign per rate: R1,R2,... (error rates) or "
                                         "ber:R1,R2,... (weight bit-error rates); accuracy and SDC vs rate in the "
                                         "--report folder (sweep.md, sweep.json, sweep.png).")] = None,
-    inputs: Annotated[Optional[int], Opt("--inputs", help="Distinct inputs to draw (correctly classified ones "
-                                         "when labels exist). Default: 100.")] = None,
-    batch_size: Annotated[Optional[int], Opt("--batch-size", help="Faults per inference (batched engines). "
-                                             "Default: 64; 1 for a model with an If "
-                                             "deciding per batch (Checksum recompute, gated "
-                                             "GradientSuppression), which refuses a larger one.")] = None,
+    inputs: Annotated[Optional[int], opt("--num-samples", more="Distinct inputs drawn, seeded (correctly "
+                                         "classified ones when labels exist).", show_default=_default("inputs"))
+                      ] = None,
+    batch_size: Annotated[Optional[int], opt("--batch-size", more="Each holds one trial's fault. A model with an "
+                                             "If deciding per batch (Checksum recompute, gated "
+                                             "GradientSuppression) runs, and needs, batch 1.",
+                                             show_default=_default("batch_size"))] = None,
     sites: Annotated[Optional[list[str]], Opt("--sites", help="Only sites whose name matches this glob "
-                                              "(repeatable).")] = None,
+                                              "(repeatable).", metavar="GLOB")] = None,
     exclude: Annotated[Optional[list[str]], Opt("--exclude", help="Leave out sites matching this glob "
-                                                "(repeatable).")] = None,
+                                                "(repeatable).", metavar="GLOB")] = None,
     weighting: Annotated[Optional[str], Opt("--weighting", help="elements (sites in proportion to their size) "
-                                            "or uniform.")] = None,
+                                            "or uniform.", show_default=_default("weighting"))] = None,
     sdc: Sdc = None,
-    output: Annotated[Optional[str], Opt("--output", help="Name of the model output to judge. Default: the "
-                                         "first.")] = None,
+    output: Annotated[Optional[str], Opt("--output-name", help="Name of the model output to judge.",
+                                         show_default=f"the first{OR_CONFIG}")] = None,
     weight_mode: Annotated[Optional[str], Opt("--weight-mode", help="auto, delta (batched layer-output "
                                               "corrections) or parameter (weights as inputs, one inference per "
-                                              "trial).")] = None,
-    config: Annotated[Optional[Path], Opt("--config", "-c", help="Campaign settings, YAML or JSON.")] = None,
-    json_out: Annotated[Optional[Path], Opt("--json", help="Write the result JSON here.")] = None,
+                                              "trial).", show_default=_default("weight_mode"))] = None,
+    config: Annotated[Optional[Path], opt("--config", "-c", more="Campaign settings under the names of "
+                                          "ovrange.inject's parameters (inputs for --num-samples, output for "
+                                          "--output-name, number_format...), as configs/inject_*.yaml; options "
+                                          "given here win.")] = None,
+    json_out: JsonOut = None,
     report: Annotated[Optional[Path], Opt("--report", help="Report folder: result.json, summary.md, plots, "
                                           "the fault list and a checkpoint.")] = None,
     replay: Annotated[Optional[Path], Opt("--replay", help="Run the faults of this saved fault list "
                                           "(faults.jsonl).")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the interrupted campaign of --report.")] = False,
-    plots: Annotated[Optional[bool], Opt("--plots/--no-plots", help="PNG plots in the report. Default: on when "
-                                         "matplotlib is installed.", show_default=False)] = None,
+    plots: Annotated[Optional[bool], Opt("--plots/--no-plots", help="PNG plots in the report.",
+                                         show_default="on when matplotlib is installed")] = None,
     workers: Annotated[Optional[int], Opt("--workers", help="Run on N Ray workers of a local Ray instance "
                                           "(needs ovrange[ray]); with --ray-address or RAY_ADDRESS, N workers "
                                           "on that cluster.")] = None,
     ray_address: Annotated[Optional[str], Opt("--ray-address", help="Join the Ray cluster at HOST:PORT (or "
                                               "auto) started with `ray start --head`; one worker per CPU "
                                               "unless --workers.")] = None,
-    shard_size: Annotated[Optional[int], Opt("--shard-size", help="Trials per shard (one remote call). "
-                                             "Default: 1/8 of the trials, 400 to 8192.")] = None,
+    shard_size: Annotated[Optional[int], Opt("--shard-size", help="Trials per shard (one remote call).",
+                                             show_default="1/8 of the trials, 400 to 8192")] = None,
     lanes: Annotated[Optional[int], Opt("--lanes", help="Parallel inference lanes of a local run, each with "
-                                        "cores/lanes OpenVINO threads. Default: one per core, at most 2.")] = None,
+                                        "cores/lanes OpenVINO threads.",
+                                        show_default="one per core, at most 2")] = None,
     margin: Annotated[Optional[float], Opt("--margin", help="Stop when every model's SDC interval half-width "
                                            "is at most this (e.g. 0.002); --trials is then the cap "
-                                           "(default 100000).")] = None,
-    confidence: Annotated[Optional[float], Opt("--confidence", help="Confidence of the --margin interval. "
-                                               "Default: 0.95.")] = None,
+                                           f"(default {MARGIN_CAP}).")] = None,
+    confidence: Annotated[Optional[float], Opt("--confidence", help="Confidence of the --margin interval.",
+                                               show_default=_default("confidence"))] = None,
     memory: Annotated[Optional[int], Opt("--memory", help="MB the batch-sized injection and probe buffers may "
-                                         "hold; the batch shrinks to fit. Default: 2048.")] = None,
-    device: Device = None,
+                                         "hold; the batch shrinks to fit.", show_default=_default("memory"))] = None,
+    device: DeviceOrConfig = None,
     force: Force = False,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Inject bit flips into MODEL and count masked / SDC / DUE outcomes, with 95% intervals."""
-    from ovrange.faults.campaign import MARGIN_CAP, inject as run_inject
+    from ovrange.faults.campaign import inject as run_inject
     from ovrange.faults.report import reduction_text, write_json, write_report
-    from ovrange.faults.spec import CampaignSpec, load_file
+    from ovrange.faults.spec import load_file
     from ovrange.modelio import check_output_file
 
     spec, files = load_file(config) if config else (CampaignSpec(), {})
@@ -132,6 +151,7 @@ def inject(
     if json_out is not None:
         check_output_file(json_out)
     plots = _plots_wanted(plots) if report is not None else False  # decided before the campaign runs
+    detail(f"campaign: {', '.join(f'{k}={v}' for k, v in _settings(spec, default_batch).items())}")
     try:
         with progress_bar("injecting", enabled=not quiet, unit="trials") as progress:
             result = run_inject(model_path, data, compare=compare, replay=replay, checkpoint_dir=report,

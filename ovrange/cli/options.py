@@ -9,20 +9,67 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-Device = Annotated[Optional[str], typer.Option("--device", help="OpenVINO device: CPU, GPU, NPU, AUTO. Default: CPU.")]
-Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing result.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-DataPath = Annotated[Optional[Path], typer.Option("--data", "-d", help="Image folder, .npy or .npz file.")]
-Sdc = Annotated[Optional[str], typer.Option("--sdc", help="SDC criterion: top1 (classifiers), tokens (per-position "
-                                           "top-1 of [N, T, classes], e.g. OCR), text[:<blank>] (the greedy CTC text "
-                                           "of those positions changes), linf:<t>, cosine:<t> or "
-                                           "boxes[:<pixels>] (a text-detection map binarized at 0.3 flips), "
-                                           "regions[:<pixels>] (that map's text regions change). "
-                                           "Default: top1 when the output is [N, classes].")]
+# What each shared option means: the first sentence of its help, the same in every command that has it
+# (tests/test_cli_options.py fails when one option name or short flag means two things).
+MEANINGS = {
+    "--data": "Input data: an image folder, an .npy file or an .npz file (inputs x, optional labels y).",
+    "--config": "Config file, JSON or YAML.",
+    "--device": "OpenVINO device: CPU, GPU, NPU, AUTO...",
+    "--num-samples": "Number of data samples to use.",
+    "--batch-size": "Inputs per inference request (the model's batch).",
+    "--seed": "Random seed.",
+    "--trials": "Number of fault-injection trials.",
+    "--time": "Seconds of timing in total (both models).",
+    "--shape": "Static input shape(s), benchmark_app syntax: [1,3,48,320] or x[1,3,48,320].",
+    "--sdc": "SDC criterion: what counts as a changed output.",
+    "--json": "Write the result as JSON to this file.",
+    "--force": "Overwrite an existing result.",
+    "--quiet": "No progress bar.",
+    "--verbose": "Show more on stderr: the traceback of an error (as OVRANGE_DEBUG=1); protect and inject "
+                 "also print the settings they resolved.",
+}
+
+
+def opt(name: str, *short: str, more: str = "", **kwargs: Any) -> Any:
+    """``typer.Option(name, *short)`` whose help starts with the declared meaning of ``name``, then ``more``."""
+    return typer.Option(name, *short, help=" ".join(filter(None, (MEANINGS[name], more))), **kwargs)
+
+
+_verbose = [False]
+
+
+def set_verbose(value: bool) -> bool:
+    """Callback of -v/--verbose (and main, which turns it off before each run)."""
+    _verbose[0] = bool(value)
+    return value
+
+
+def verbose() -> bool:
+    """Whether this run asked for ``-v/--verbose``."""
+    return _verbose[0]
+
+
+def detail(text: str) -> None:
+    """A line on stderr under ``--verbose``."""
+    if _verbose[0]:
+        typer.echo(text, err=True)
+
+
+Device = Annotated[str, opt("--device")]
+DeviceOrConfig = Annotated[Optional[str], opt("--device", show_default="CPU, or the config's")]
+Force = Annotated[bool, opt("--force")]
+Quiet = Annotated[bool, opt("--quiet", "-q")]
+Verbose = Annotated[bool, opt("--verbose", "-v", is_eager=True, callback=set_verbose)]
+JsonOut = Annotated[Optional[Path], opt("--json", show_default=False)]
+Sdc = Annotated[Optional[str], opt("--sdc", more="top1 (classifiers), tokens (per-position top-1 of [N, T, "
+                                   "classes], e.g. OCR), text[:<blank>] (the greedy CTC text of those positions "
+                                   "changes), linf:<t>, cosine:<t> or boxes[:<pixels>] (a text-detection map "
+                                   "binarized at 0.3 flips), regions[:<pixels>] (that map's text regions change).",
+                                   show_default="top1 when the output is [N, classes]")]
 LOG_SECONDS = 15.0  # progress lines outside a terminal: often enough to show life, rarely enough to read the log
 
 
@@ -98,12 +145,8 @@ def progress_bar(description: str, enabled: bool = True, unit: str = "") -> Iter
         yield update
 
 
-Seconds = Annotated[float, typer.Option("--time", "-t", help="Seconds of timing in total (both models).",
-                                        callback=positive_finite)]
-Shape = Annotated[Optional[str], typer.Option("--shape", help="Static input shape(s), benchmark_app syntax: "
-                                                              "[1,3,48,320] or x[1,3,48,320]. Default: the "
-                                                              "model's, batch 1.")]
-JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON here.")]
+Seconds = Annotated[float, opt("--time", "-t", callback=positive_finite)]
+Shape = Annotated[Optional[str], opt("--shape", show_default="the model's, batch 1")]
 
 
 def finite_json(value: object) -> object:

@@ -9,50 +9,66 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ovrange.cli import app
-from ovrange.cli.options import DataPath, Device, Force, Quiet, Sdc, progress_bar, static_shapes
+from ovrange.cli.app import app
+from ovrange.cli.aliases import AliasedCommand
+from ovrange.cli.options import (Device, DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Verbose, detail,
+                                 finite_json, opt, progress_bar, static_shapes)
 from ovrange.errors import ConfigError, DataError
+from ovrange.params import COMMON_PARAMS
+
+OR_CONFIG = ", or the config's"
+SHUFFLE = "--shuffle" if COMMON_PARAMS["shuffle_data"].default else "--no-shuffle"
 
 
-@app.command()
+@app.command(cls=AliasedCommand)
 def protect(
     model: Annotated[Optional[Path], typer.Argument(help="OpenVINO IR .xml (or .onnx). Default: model.model of the "
                                                          "config.", show_default=False)] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="POT-style config, JSON (comments "
-                                                    "allowed) or YAML.")] = None,
-    data: DataPath = None,
-    shape: Annotated[Optional[str], typer.Option("--shape", help="Static input shape for image folders when the "
-                                                 "model's spatial dims are dynamic: [1,3,48,320] (engine.shape).")] = None,
-    layout: Annotated[Optional[str], typer.Option("--layout", help="Image layout: NCHW or NHWC. Default: guessed "
-                                                  "from the model input (engine.layout).")] = None,
+    config: Annotated[Optional[Path], opt("--config", "-c", more="POT's layout (model, engine, compression); "
+                                          "JSON may hold comments.")] = None,
+    data: Annotated[Optional[Path], opt("--data", more="Calibration samples.",
+                                        show_default="engine.data_source of the config")] = None,
+    shape: Annotated[Optional[str], opt("--shape", more="Image folders only: the images are resized to it, for "
+                                        "a model whose spatial dims are dynamic (engine.shape).",
+                                        show_default="the model's")] = None,
+    layout: Annotated[Optional[str], typer.Option("--layout", help="Image layout: NCHW or NHWC (engine.layout).",
+                                                  show_default="guessed from the model input")] = None,
     mean: Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean subtracted from image pixels, "
                                                 "e.g. 123.675,116.28,103.53 (engine.mean_values).")] = None,
     scale: Annotated[Optional[str], typer.Option("--scale", help="Per-channel divisor applied after --mean, e.g. "
                                                  "58.395,57.12,57.375 (engine.scale_values).")] = None,
     color_order: Annotated[Optional[str], typer.Option("--color-order", help="Channel order images are fed in: "
-                                                       "BGR (POT's cv2, default) or RGB (engine.color_order).")] = None,
-    subset_size: Annotated[Optional[int], typer.Option("--subset-size", help="Calibration samples "
-                                                        "(stat_subset_size). Default: 300.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Calibration batch "
-                                                       "(stat_batch_size). Default: 1.")] = None,
+                                                       "BGR (as POT's cv2) or RGB (engine.color_order).",
+                                                       show_default="BGR, or the config's")] = None,
+    subset_size: Annotated[Optional[int], opt("--num-samples", more="Calibration samples, the first ones unless "
+                                              "--shuffle (stat_subset_size).",
+                                              show_default=f"{COMMON_PARAMS['stat_subset_size'].default}{OR_CONFIG}"
+                                              )] = None,
+    batch_size: Annotated[Optional[int], opt("--batch-size", more="Of the calibration run (stat_batch_size).",
+                                             show_default=f"{COMMON_PARAMS['stat_batch_size'].default}{OR_CONFIG}"
+                                             )] = None,
     shuffle: Annotated[Optional[bool], typer.Option("--shuffle/--no-shuffle", help="Random subset "
-                                                     "(shuffle_data). Default: no-shuffle.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random subset. Default: 0.")] = None,
+                                                     "(shuffle_data).",
+                                                     show_default=f"{SHUFFLE}{OR_CONFIG}")] = None,
+    seed: Annotated[Optional[int], opt("--seed", more="Of the shuffled subset (seed).",
+                                       show_default=f"{COMMON_PARAMS['seed'].default}{OR_CONFIG}")] = None,
     algorithm: Annotated[Optional[str], typer.Option("--algorithm", "-a", help="Protection algorithm: "
                                                       "RangeSupervision, Ranger, GradientSuppression, BoundedWeights, "
-                                                      "Checksum, GlobalClipper. "
-                                                      "Default: the config's, else RangeSupervision.")] = None,
+                                                      "Checksum, GlobalClipper.",
+                                                      show_default="the config's, else RangeSupervision")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Algorithm parameter KEY=VALUE "
                                                        "(YAML value), e.g. -p bound=percentile -p percentile=99.9; "
-                                                       "repeatable.")] = None,
+                                                       "repeatable.", metavar="KEY=VALUE")] = None,
     bounds: Annotated[Optional[Path], typer.Option("--bounds", help="Apply a saved plan (a result's bounds.json) "
                                                    "as it is: no calibration data, the same IR.")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Results go to "
                                              "<output-dir>/<model_name>_<algorithm>/ (a POT chain: "
                                              "<model_name>_<step>_..._<algorithm>/).")] = Path("results"),
-    device: Device = None,
+    device: DeviceOrConfig = None,
     force: Force = False,
+    json_out: JsonOut = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Insert range-supervision Clamps after the activations of MODEL, with bounds from calibration data.
 
@@ -61,11 +77,13 @@ def protect(
     """
     from ovrange import config as config_mod
     from ovrange import data as data_mod
-    from ovrange.modelio import prepare_output_dir, read_model
+    from ovrange.modelio import check_output_file, prepare_output_dir, read_model
     from ovrange.protect import chain_name, run_chain, save_protected
 
+    if json_out:
+        check_output_file(json_out)
     if bounds is not None:
-        _protect_with_plan(model, bounds, output_dir, force, config, data)
+        _protect_with_plan(model, bounds, output_dir, force, config, data, json_out)
         return
     cfg = config_mod.load_config(config) if config else config_mod.ProtectConfig()
     if algorithm and algorithm != cfg.algorithm.name:  # replaces the protection; a chain keeps its quantization
@@ -87,14 +105,17 @@ def protect(
                           "(arrays are fed as they are)")
     dataset = data_mod.load(data_path, ov_model, images=images).dataset  # leaves no folder behind
     out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force)
+    for step in cfg.algorithms:
+        detail(f"{step.name}: {', '.join(f'{k}={v}' for k, v in step.params.items())}")
     with progress_bar("calibrating", enabled=not quiet) as progress:
         protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress)
     save_protected(protected, out_dir, name, force=force)
     _print_summary(protected, out_dir, name)
+    _write_json(json_out, protected, model_path, out_dir, name)
 
 
 def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, force: bool,
-                       config: Optional[Path], data: Optional[Path]) -> None:
+                       config: Optional[Path], data: Optional[Path], json_out: Optional[Path]) -> None:
     """``--bounds``: apply a saved plan to MODEL; nothing is written when the plan does not fit."""
     from ovrange.modelio import prepare_output_dir, read_model
     from ovrange.plan import load_plan
@@ -111,6 +132,25 @@ def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, fo
     out_dir = prepare_output_dir(output_dir / f"{name}_{plan.algorithm}", force)
     save_protected(protected, out_dir, name, force=force)
     _print_summary(protected, out_dir, name)
+    _write_json(json_out, protected, model, out_dir, name)
+
+
+def _write_json(json_out: Optional[Path], protected, model: Path, out_dir: Path, name: str) -> None:
+    """``--json``: what was protected and where the files are."""
+    if not json_out:
+        return
+    import json
+
+    from ovrange.modelio import write_file_atomically
+    from ovrange.protect import protection_info
+
+    info = protection_info(protected)
+    report = {"model": str(model), "protected_model": str(out_dir / f"{name}.xml"),
+              "bounds": str(out_dir / "bounds.json"), "algorithm": info.algorithm, "samples": info.samples,
+              "precision": info.precision, "protected_nodes": len(info.nodes),
+              "node_types": dict(sorted(Counter(node.get("type", "?") for node in info.nodes.values()).items()))}
+    write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n")
+    typer.echo(f"result:          {json_out}")
 
 
 def _print_summary(protected, out_dir: Path, name: str) -> None:
@@ -142,44 +182,62 @@ def _describe(node: dict) -> str:
                      if k not in ("node", "name", "type") and not isinstance(v, (list, dict)))
 
 
-@app.command()
+@app.command(cls=AliasedCommand)
 def evaluate(
     models: Annotated[list[Path], typer.Argument(help="One or more models (e.g. original and protected).")],
-    data: Annotated[Path, typer.Option("--data", "-d", help=".npz with x (inputs) and, optionally, y (labels); "
-                                                            ".npy or an image folder (no labels).")],
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch.", min=1)] = 64,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N samples.", min=1)] = None,
+    data: Annotated[Path, opt("--data", more="Labels make a top-1 accuracy.", show_default=False)],
+    batch_size: Annotated[int, opt("--batch-size", min=1)] = 64,
+    num_samples: Annotated[Optional[int], opt("--num-samples", more="The first N.", min=1,
+                                              show_default="all")] = None,
     sdc: Sdc = None,
-    device: Device = None,
+    device: Device = "CPU",
+    json_out: JsonOut = None,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> None:
     """Top-1 accuracy of each model (with labels) and how often each agrees with the first (always), in f32."""
     from ovrange import data as data_mod
     from ovrange.evaluate import agreement, label_accuracy, predict
     from ovrange.faults.outcomes import Judge
     from ovrange.faults.spec import SdcCriterion
-    from ovrange.modelio import read_model
+    from ovrange.modelio import check_output_file, read_model
 
     loaded = [read_model(path) for path in models]  # every input is checked before the first inference
     judge = Judge.for_model(loaded[0], SdcCriterion.parse(sdc)) if sdc else None
     labelled = data_mod.load(data, loaded[0])
+    if json_out:
+        check_output_file(json_out)
     reference = None
+    results = []
     for path, model in zip(models, loaded):
         with progress_bar(f"evaluating {path.name}", enabled=not quiet) as progress:
-            output = predict(model, labelled.dataset, batch_size=batch_size, device=device or "CPU", limit=limit,
+            output = predict(model, labelled.dataset, batch_size=batch_size, device=device, limit=num_samples,
                              progress=progress)
         parts = []
+        entry: dict[str, Any] = {"model": str(path), "samples": len(output)}
         if labelled.labels is not None:
             result = label_accuracy(output, labelled.labels)
             parts.append(f"top-1 {result.top1:.2%} ({result.correct}/{result.total}, f32)")
+            entry.update(top1=result.top1, correct=result.correct, total=result.total)
         if reference is None:
             reference = output
             if labelled.labels is None:
                 parts.append(f"the reference ({len(output)} samples; {data.name} has no labels)")
         else:
-            parts.append(f"agrees with {models[0].name} on {agreement(reference, output, judge):.2%} "
-                         f"({judge.criterion if judge else 'top-1'})")
+            agrees = agreement(reference, output, judge)
+            criterion = str(judge.criterion) if judge else "top-1"
+            parts.append(f"agrees with {models[0].name} on {agrees:.2%} ({criterion})")
+            entry.update(agreement=agrees, criterion=criterion)
         typer.echo(f"{path}: {', '.join(parts)}")
+        results.append(entry)
+    if json_out:
+        import json
+
+        from ovrange.modelio import write_file_atomically
+
+        report = {"data": str(data), "reference": str(models[0]), "models": results}
+        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n")
+        typer.echo(f"result: {json_out}")
 
 
 def _image_options(config: dict, model, *, shape: str | None, layout: str | None, mean: str | None,
@@ -207,7 +265,7 @@ def _floats(text: str | None, values: list | None, what: str) -> tuple[float, ..
 
 
 def _overrides(assigned: dict[str, Any], **flags: Any) -> dict[str, Any]:
-    """``-p KEY=VALUE`` assignments and the given flags (--subset-size...) as one set of parameters; a parameter
+    """``-p KEY=VALUE`` assignments and the given flags (--num-samples...) as one set of parameters; a parameter
     given both ways with two values is a usage error."""
     given = {key: value for key, value in flags.items() if value is not None}
     clash = next((key for key in given if key in assigned and assigned[key] != given[key]), None)

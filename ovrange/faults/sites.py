@@ -152,16 +152,17 @@ def static_clone(model: ov.Model, sample_shapes: list[tuple[int, ...]] | None, b
 
 def sites_in_format(sites: list[Site], number_format: str, model_name: str) -> tuple[str, list[Site]]:
     """(the campaign's format, the sites it strikes). ``auto``: the one format the sites are stored in (a model
-    mixing formats, e.g. INT4 layers plus INT8 first/last layers, needs ``--format``). A storage format keeps the
-    sites stored in it; fp32 and fixed-point formats (emulated on the f32 value) keep the fp32 and fp16 sites."""
+    mixing formats, e.g. INT4 layers plus INT8 first/last layers, needs ``--number-format``). A storage format keeps
+    the sites stored in it; fp32 and fixed-point formats (emulated on the f32 value) keep the fp32 and fp16 sites."""
     counts: dict[str, int] = {}
     for site in sites:
         counts[site.format] = counts.get(site.format, 0) + 1
     if number_format == AUTO:
         if len(counts) > 1:
             listed = ", ".join(f"{k}: {n} site(s)" for k, n in sorted(counts.items()))
+            options = " or ".join(f"--number-format {name}" for name in sorted(counts))
             raise ConfigError(f"the weights of {model_name} are stored in several formats ({listed}); run one "
-                              f"campaign per format with --format {' or --format '.join(sorted(counts))}")
+                              f"campaign per format with {options}")
         return (next(iter(counts)) if counts else "fp32"), sites
     if number_format in STORED_FORMATS:
         kept = [s for s in sites if s.format == number_format]
@@ -170,7 +171,7 @@ def sites_in_format(sites: list[Site], number_format: str, model_name: str) -> t
     if not kept:
         wanted = number_format if number_format in STORED_FORMATS else f"fp32 or fp16 (for {number_format})"
         raise ConfigError(f"no weights of {model_name} are stored as {wanted}: they are "
-                          f"{', '.join(sorted(counts))} (use --format auto)")
+                          f"{', '.join(sorted(counts))} (use --number-format auto)")
     return number_format, kept
 
 
