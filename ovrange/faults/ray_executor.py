@@ -16,6 +16,8 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -34,6 +36,7 @@ IN_FLIGHT = 2  # calls queued per actor: the next shard is ready when one finish
 SHARD_ATTEMPTS = 3
 OBJECT_STORE_BYTES = 1 << 30
 LOOPBACK = "127.0.0.1"
+REAPER_SECONDS = 10
 TEMP_ROOT = "/tmp"  # not TMPDIR: Ray's socket paths under it must stay within 107 bytes
 WORKER_CONFIG = {"ENABLE_CPU_PINNING": False}
 
@@ -121,6 +124,7 @@ class RayExecutor:
         self.saved_env: dict[str, str | None] = {}
         self.started = False
         self.initialising = False
+        self.reaper: subprocess.Popen | None = None
 
     def __enter__(self) -> RayExecutor:
         self.saved_env = _set_env({"RAY_USAGE_STATS_ENABLED": "0"})
@@ -132,7 +136,7 @@ class RayExecutor:
 
         self.initialising = True
         try:
-            with _keeping_sigterm():
+            with _keeping_sigterm(), _handlers_errors():
                 if self.address is None:
                     self._start_local(ray)
                 else:
@@ -149,20 +153,26 @@ class RayExecutor:
             self.__exit__(None, None, None)
             where = f"at {self.address}" if self.address else "locally"
             raise DeviceError(f"cannot start Ray {where}: {str(exc).strip().splitlines()[-1]}") from exc
+        except BaseException:  # Ctrl-C while Ray starts
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def _start_local(self, ray) -> None:
         """A Ray instance of this run only: every server on 127.0.0.1, files in a short private folder, no
-        dashboard, no usage statistics, a token of its own; its processes die with this one (Ray starts them with
-        PR_SET_PDEATHSIG, and the raylet's workers exit when the raylet does)."""
+        dashboard, no usage statistics, a token of its own; whatever of it outlives this process, however this
+        process ends, is killed by :mod:`ovrange.faults.ray_reaper`."""
         # Kept for the life of the process: Ray caches the token it first read (and would otherwise write one into
         # ~/.ray and say so on stderr).
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
         self.workers = self.workers or os.cpu_count() or 1
         self.temp_dir = short_temp_dir(self.temp_root)
+        self.reaper = subprocess.Popen([sys.executable, "-I", str(Path(__file__).with_name("ray_reaper.py")),
+                                        str(os.getpid()), self.temp_dir], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         with _loopback_node(ray):
-            ray.init(num_cpus=self.workers, include_dashboard=False, _temp_dir=self.temp_dir,
-                     _node_ip_address=LOOPBACK, object_store_memory=OBJECT_STORE_BYTES,
+            ray.init(num_cpus=self.workers, include_dashboard=False, _temp_dir=ray_dir(self.temp_dir),
+                     _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, object_store_memory=OBJECT_STORE_BYTES,
                      logging_level=logging.ERROR, log_to_driver=False, runtime_env={"env_vars": _worker_env()})
         node = ray.util.get_node_ip_address()
         if node != LOOPBACK:  # never serve beyond loopback, whatever a future Ray does with the address
@@ -177,6 +187,13 @@ class RayExecutor:
             self.actors = []
             ray.shutdown()  # also after a failed ray.init: it stops whatever that had started
             self.started = self.initialising = False
+        if self.reaper is not None:
+            self.reaper.stdin.close()  # the reaper kills what ray.shutdown left and removes the temp folder
+            try:
+                self.reaper.wait(timeout=REAPER_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass  # it goes on alone; nothing here waits for it
+            self.reaper = None
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = None
@@ -203,12 +220,14 @@ class RayExecutor:
                     running[self.actors[index].run.remote(shard, self.refs)] = (index, shard)
                     load[index] += 1
             ready: list = []
-            while not ready:  # short waits: a signal's handler runs between them
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            with _handlers_errors():
+                while not ready:  # short waits: a signal's handler runs between them
+                    ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             index, shard = running.pop(ready[0])
             load[index] -= 1
             try:
-                found = ray.get(ready[0])
+                with _handlers_errors():
+                    found = ray.get(ready[0])
             except RayTaskError as exc:
                 if isinstance(exc.cause, OvrangeError):  # the worker's one-line error, not Ray's traceback
                     raise exc.cause from None
@@ -245,6 +264,12 @@ def short_temp_dir(root: str | os.PathLike | None = None) -> str:
     return tempfile.mkdtemp(prefix="ovr-", dir=root)
 
 
+def ray_dir(temp_dir: str) -> str:
+    """Ray's folder inside ``temp_dir``: Ray makes the folder it is given world-writable, its 0700 parent keeps
+    other users out."""
+    return os.path.join(temp_dir, "r")
+
+
 @contextlib.contextmanager
 def _loopback_node(ray) -> Iterator[None]:
     """``ray.init`` resolves a node address of 127.0.0.1 to the machine's address unless Ray was imported with
@@ -271,3 +296,16 @@ def _keeping_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _handlers_errors() -> Iterator[None]:
+    """The exception a signal handler raises while Ray waits in C++ (the CLI's SIGTERM -> ``error: terminated``)
+    reaches Python as ``SystemError: ... returned a result with an exception set``: raise the handler's own."""
+    try:
+        yield
+    except SystemError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if cause is None or isinstance(cause, SystemError):
+            raise
+        raise cause from None
