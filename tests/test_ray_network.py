@@ -269,3 +269,22 @@ def test_an_interrupted_or_killed_command_leaves_no_ray_process(lenet, tmp_path,
         assert process.returncode == -signal.SIGKILL
     assert not any(f.exists() for f in folders), folders
     assert (report / "checkpoint.jsonl").exists()  # resumable, like any interrupted campaign
+
+
+def test_a_failed_ray_start_leaves_no_report_folder(lenet, tmp_path, capsys, monkeypatch):
+    """Ray's own limit, for real: a temp root too long for its socket paths makes ``ray.init`` fail. One error
+    line, exit 6, no report folder (the same command would otherwise be refused), no temp folder, no process."""
+    from ovrange.faults import ray_executor
+    from tests.test_faults_cli import cli
+
+    root = tmp_path / ("r" * 120)
+    root.mkdir()
+    monkeypatch.setattr(ray_executor, "TEMP_ROOT", str(root))
+    code, _, err = cli(capsys, "inject", lenet["xml"], "--data", lenet["test_npz"], "--trials", "500", "--workers",
+                       "2", "-q", "--report", tmp_path / "run")
+    assert code == 6 and err.startswith("error: cannot start Ray locally: ") and err.count("\n") == 1, err
+    assert "107 bytes" in err
+    assert not (tmp_path / "run").exists()
+    assert not list(root.iterdir())
+    left = {pid: title for pid, title in alive(tree(os.getpid(), {})).items() if pid != os.getpid()}
+    assert not left, left
