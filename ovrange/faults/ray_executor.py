@@ -4,6 +4,10 @@ Models travel as IR bytes (a worker on another node does not see the driver's fi
 once through the object store. Each actor holds one engine and runs shards of >= 400 trials per call with
 OpenVINO's CPU pinning off (pinned actors on a shared node ran at 0.56x one process). A killed actor is restarted by
 Ray and its call retried; a shard that still fails is queued again, and every shard is merged once.
+
+A local instance listens on 127.0.0.1 only, keeps its files in a short private folder under /tmp, and is ended
+however the driver ends: by ``ray.shutdown`` on the way out, and by :mod:`ovrange.faults.ray_reaper` when the driver
+dies without one.
 """
 
 from __future__ import annotations
@@ -122,8 +126,7 @@ class RayExecutor:
         self.actors: list = []
         self.refs: list = []
         self.saved_env: dict[str, str | None] = {}
-        self.started = False
-        self.initialising = False
+        self.initialising = False  # ray.init was called: __exit__ shuts Ray down
         self.reaper: subprocess.Popen | None = None
 
     def __enter__(self) -> RayExecutor:
@@ -142,7 +145,6 @@ class RayExecutor:
                 else:
                     ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False)
                     self.workers = self.workers or int(ray.cluster_resources().get("CPU", 1))
-            self.started = True
             self.refs = [ray.put(self.job), ray.put([model_bytes(m) for m in self.models])]
             actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(Worker)
             self.actors = [actor.remote(1) for _ in range(self.workers)]
@@ -179,14 +181,16 @@ class RayExecutor:
             raise DeviceError(f"Ray placed its local node on {node}, not on {LOOPBACK}; refusing to run")
 
     def __exit__(self, *exc: object) -> None:
-        if getattr(self, "initialising", False):
+        if self.initialising:
             import ray
 
-            for actor in self.actors:
-                ray.kill(actor)
-            self.actors = []
-            ray.shutdown()  # also after a failed ray.init: it stops whatever that had started
-            self.started = self.initialising = False
+            try:
+                for actor in self.actors:
+                    ray.kill(actor)
+            finally:
+                self.actors = []
+                self.initialising = False
+                ray.shutdown()  # also after a failed ray.init: it stops whatever that had started
         if self.reaper is not None:
             self.reaper.stdin.close()  # the reaper kills what ray.shutdown left and removes the temp folder
             try:
@@ -197,7 +201,7 @@ class RayExecutor:
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = None
-        for key, value in getattr(self, "saved_env", {}).items():
+        for key, value in self.saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
