@@ -192,7 +192,17 @@ def test_workers_listen_on_loopback_only_under_a_long_tmpdir_and_leave_nothing(l
     assert len(str(long_tmp)) >= 200
     process = subprocess.Popen(command(lenet, tmp_path / "run"), env=environment(TMPDIR=str(long_tmp)),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    known, seen = watch(process, lambda known: False, sockets=True)
+    modes: dict[Path, int] = {}
+
+    def note_modes(known) -> bool:  # the folder Ray gets sits in a private (0700) one
+        for folder in temp_dirs(known):
+            try:
+                modes.setdefault(folder.parent, folder.parent.stat().st_mode & 0o777)
+            except OSError:
+                pass
+        return False
+
+    known, seen = watch(process, note_modes, sockets=True)
     out, err = process.communicate()
     ended = time.monotonic()
     assert process.returncode == 0, err
@@ -205,8 +215,9 @@ def test_workers_listen_on_loopback_only_under_a_long_tmpdir_and_leave_nothing(l
     print(f"\nlistening sockets of the run: {sorted((owner, f'{a}:{p}') for (a, p), owner in seen.items())}")
     folders = temp_dirs(known)
     assert folders and all(len(str(f)) < 30 and str(f).startswith("/tmp/") for f in folders), folders
+    assert modes == {f.parent: 0o700 for f in folders}, modes
     print(f"all gone {wait_until_gone(known, ended):.1f} s after success")
-    assert not any(f.exists() for f in folders)
+    assert not any(f.parent.exists() for f in folders)
     assert (tmp_path / "run" / "result.json").exists()
 
 
@@ -267,7 +278,7 @@ def test_an_interrupted_or_killed_command_leaves_no_ray_process(lenet, tmp_path,
         assert process.returncode == 143 and err == "error: terminated\n", (process.returncode, err)
     else:
         assert process.returncode == -signal.SIGKILL
-    assert not any(f.exists() for f in folders), folders
+    assert not any(f.parent.exists() for f in folders), folders
     assert (report / "checkpoint.jsonl").exists()  # resumable, like any interrupted campaign
 
 
