@@ -41,6 +41,8 @@ SHARD_ATTEMPTS = 3
 OBJECT_STORE_BYTES = 1 << 30
 LOOPBACK = "127.0.0.1"
 REAPER_SECONDS = 10
+# Ray would start one idle worker process per CPU besides the actors' own: CPU and memory for nothing here.
+NO_PRESTART = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 TEMP_ROOT = "/tmp"  # not TMPDIR: Ray's socket paths under it must stay within 107 bytes
 WORKER_CONFIG = {"ENABLE_CPU_PINNING": False}
 
@@ -175,7 +177,8 @@ class RayExecutor:
         with _loopback_node(ray):
             ray.init(num_cpus=self.workers, include_dashboard=False, _temp_dir=ray_dir(self.temp_dir),
                      _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, object_store_memory=OBJECT_STORE_BYTES,
-                     logging_level=logging.ERROR, log_to_driver=False, runtime_env={"env_vars": _worker_env()})
+                     logging_level=logging.ERROR, log_to_driver=False, runtime_env={"env_vars": _worker_env()},
+                     _system_config=NO_PRESTART)
         node = ray.util.get_node_ip_address()
         if node != LOOPBACK:  # never serve beyond loopback, whatever a future Ray does with the address
             raise DeviceError(f"Ray placed its local node on {node}, not on {LOOPBACK}; refusing to run")
