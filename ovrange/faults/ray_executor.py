@@ -128,7 +128,7 @@ class RayExecutor:
         self.actors: list = []
         self.refs: list = []
         self.saved_env: dict[str, str | None] = {}
-        self.initialising = False  # ray.init was called: __exit__ shuts Ray down
+        self.ray_initialised = False  # ray.init was called: __exit__ shuts Ray down
         self.reaper: subprocess.Popen | None = None
 
     def __enter__(self) -> RayExecutor:
@@ -139,7 +139,7 @@ class RayExecutor:
             self.saved_env.update(_set_env({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}))
         import ray
 
-        self.initialising = True
+        self.ray_initialised = True
         try:
             with _keeping_sigterm(), _handlers_errors():
                 if self.address is None:
@@ -184,7 +184,7 @@ class RayExecutor:
             raise DeviceError(f"Ray placed its local node on {node}, not on {LOOPBACK}; refusing to run")
 
     def __exit__(self, *exc: object) -> None:
-        if self.initialising:
+        if self.ray_initialised:
             import ray
 
             try:
@@ -192,7 +192,7 @@ class RayExecutor:
                     ray.kill(actor)
             finally:
                 self.actors = []
-                self.initialising = False
+                self.ray_initialised = False
                 ray.shutdown()  # also after a failed ray.init: it stops whatever that had started
         if self.reaper is not None:
             self.reaper.stdin.close()  # the reaper kills what ray.shutdown left and removes the temp folder
