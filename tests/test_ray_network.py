@@ -73,6 +73,10 @@ def tree(root: int, known: dict[int, tuple[int, str]]) -> dict[int, tuple[int, s
             parents.setdefault(stat[0], []).append(int(entry.name))
     if root not in known and (stat := _stat(root)):
         known[root] = stat[2], _title(root)
+    for pid, (start, title) in known.items():  # the latest title: a child seen between fork and exec had its parent's
+        stat = _stat(pid)
+        if stat and stat[2] == start:
+            known[pid] = start, _title(pid) or title
     todo = list(known)
     while todo:
         for child in parents.get(todo.pop(), []):
