@@ -145,7 +145,8 @@ class RayExecutor:
                 if self.address is None:
                     self._start_local(ray)
                 else:
-                    ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False)
+                    with _cluster_mode(local=False):
+                        ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False)
                     self.workers = self.workers or int(ray.cluster_resources().get("CPU", 1))
             self.refs = [ray.put(self.job), ray.put([model_bytes(m) for m in self.models])]
             actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(Worker)
@@ -174,7 +175,7 @@ class RayExecutor:
         self.reaper = subprocess.Popen([sys.executable, "-I", str(Path(__file__).with_name("ray_reaper.py")),
                                         str(os.getpid()), self.temp_dir], stdin=subprocess.PIPE,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        with _loopback_node(ray):
+        with _cluster_mode(local=True):
             ray.init(num_cpus=self.workers, include_dashboard=False, _temp_dir=ray_dir(self.temp_dir),
                      _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, object_store_memory=OBJECT_STORE_BYTES,
                      logging_level=logging.ERROR, log_to_driver=False, runtime_env={"env_vars": _worker_env()},
@@ -278,13 +279,16 @@ def ray_dir(temp_dir: str) -> str:
 
 
 @contextlib.contextmanager
-def _loopback_node(ray) -> Iterator[None]:
+def _cluster_mode(local: bool) -> Iterator[None]:
     """``ray.init`` resolves a node address of 127.0.0.1 to the machine's address unless Ray was imported with
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; a process that imported Ray earlier gets the same while it starts."""
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, a setting Ray reads once: while Ray starts, the mode of this start
+    (off for a local instance, as the environment says for a cluster), whatever the process's earlier campaigns
+    set."""
     from ray._private import ray_constants
 
     saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray_constants.ENABLE_RAY_CLUSTER = not local and ray_constants.env_bool(
+        ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, not ray_constants.IS_WINDOWS_OR_OSX)
     try:
         yield
     finally:
