@@ -286,6 +286,27 @@ def test_an_interrupted_or_killed_command_leaves_no_ray_process(lenet, tmp_path,
     assert (report / "checkpoint.jsonl").exists() and not (report / "result.json").exists()  # stopped mid-way
 
 
+def test_ctrl_c_while_ray_starts_leaves_nothing(lenet, tmp_path):
+    """Ctrl-C once Ray's GCS runs, before the workers: exit 130 in one line, no report folder (the checkpoint is
+    only written once Ray is up), no Ray process, no temp folder."""
+    report = tmp_path / "run"
+    process = subprocess.Popen(command(lenet, report), env=environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        known, _ = watch(process, lambda known: any("gcs_server" in t for t in alive(known).values()), sockets=False)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+        ended = time.monotonic()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    print(f"\nctrl-c at start: all of Ray gone {wait_until_gone(known, ended):.1f} s after the command ended")
+    assert process.returncode == 130 and err == "error: interrupted\n", (process.returncode, err)
+    assert not report.exists()
+    folders = temp_dirs(known)
+    assert folders and not any(f.parent.exists() for f in folders), folders
+
+
 def test_a_failed_ray_start_leaves_no_report_folder(lenet, tmp_path, capsys, monkeypatch):
     """Ray's own limit, for real: a temp root too long for its socket paths makes ``ray.init`` fail. One error
     line, exit 6, no report folder (the same command would otherwise be refused), no temp folder, no process."""
