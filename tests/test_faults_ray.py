@@ -122,7 +122,6 @@ def test_workers_and_a_cluster_give_the_outcomes_of_one_process(lenet, local, cl
         assert len(result.meta["workers"]) == 2  # per-worker throughput
         assert all(w["trials_per_second"] > 0 for w in result.meta["workers"].values())
     assert local.models[0].outcome.tolist().count(1) > 20  # the campaign does see SDCs
-    assert not list(Path(tempfile.gettempdir()).glob("ovrange-ray-*"))  # the local instance left nothing behind
 
 
 def session_workers(session: int) -> list[int]:

@@ -162,7 +162,8 @@ def inject(
         if report is not None:
             write_report(result, report, plots=plots)
     except KeyboardInterrupt:
-        hint = f"; resume with --report {report} --resume" if report else ""
+        resumable = report is not None and Path(report, "checkpoint.jsonl").exists()  # none before Ray was up
+        hint = f"; resume with --report {report} --resume" if resumable else ""
         raise Interrupted(f"interrupted{hint}") from None
     for i, run in enumerate(result.models):
         r = result.rates(i)

@@ -162,7 +162,6 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
     result = _empty_result(plan, spec, names, data)
     for run, (n_checked, n_correct) in zip(result.models, checked):
         run.inputs_checked, run.inputs_correct = n_checked, n_correct
-    checkpoint = _Checkpoint(checkpoint_dir, plan, result, [m for _, m in models], resume) if checkpoint_dir else None
     job = Job(plan, sites, shapes, spec, judge)
     if workers is None and ray_address is None:
         executor = LocalExecutor(job, [m for _, m in models], store, lanes)
@@ -174,8 +173,11 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
         executor = RayExecutor(job, [m for _, m in models], workers, ray_address)
     stopping = Stopping(spec.margin, spec.confidence, population) if spec.margin is not None else None
     started = time.perf_counter()
+    checkpoint = None
     try:
-        with executor:
+        with executor:  # started before the checkpoint exists: a failed Ray start leaves no report folder behind
+            if checkpoint_dir:
+                checkpoint = _Checkpoint(checkpoint_dir, plan, result, [m for _, m in models], resume)
             _run_rounds(result, executor, stopping, _fault_keys(plan) if stopping else None, shard_size, checkpoint,
                         progress)
     finally:
