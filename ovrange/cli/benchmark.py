@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ovrange.cli import app
-from ovrange.cli.options import Device, JsonOut, Seconds, Shape, finite_json, static_shapes
+from ovrange.cli.options import Device, Force, JsonOut, Seconds, Shape, finite_json, static_shapes
 
 Opt = typer.Option
 ModelArg = typer.Argument
@@ -47,17 +47,19 @@ def benchmark(
                                                                "models, alternating, and parse its reports.")] = False,
     app_rounds: Annotated[int, Opt("--benchmark-app-rounds", help="benchmark_app runs per model.", min=1)] = 3,
     json_out: JsonOut = None,
+    force: Force = False,
 ) -> None:
     """Time ORIGINAL and PROTECTED on one device in interleaved rounds; report the overhead and fused Clamps."""
     from ovrange import bench
-    from ovrange.modelio import check_output_file, read_model, write_file_atomically
+    from ovrange.modelio import check_output_file, model_files, read_model, write_file_atomically
 
     device = device or "CPU"
     _print_devices(device)
     models = [read_model(original), read_model(protected)]
     shapes = static_shapes(shape, models[0])
+    inputs = [*model_files(original), *model_files(protected)]
     if json_out:
-        check_output_file(json_out)
+        check_output_file(json_out, force=force, inputs=inputs)
     result = bench.benchmark(models[0], models[1], device=device, hint=hint, precision=precision, seconds=seconds,
                              shapes=shapes, sessions=sessions)
     _print_benchmark(result)
@@ -73,7 +75,8 @@ def benchmark(
     if json_out:
         report = {"original": str(original), "protected": str(protected), **result.to_json(),
                   "benchmark_app": app_result.to_json() if app_result else None}
-        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n")
+        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
+                              force=force, inputs=inputs)
         typer.echo(f"\nresult: {json_out}")
 
 

@@ -61,7 +61,7 @@ def protect(
     """
     from ovrange import config as config_mod
     from ovrange import data as data_mod
-    from ovrange.modelio import prepare_output_dir, read_model
+    from ovrange.modelio import model_files, prepare_output_dir, read_model
     from ovrange.protect import chain_name, run_chain, save_protected
 
     if bounds is not None:
@@ -86,7 +86,8 @@ def protect(
         raise ConfigError(f"--shape/--mean/--scale/--color-order describe image folders; {data_path} is not one "
                           "(arrays are fed as they are)")
     dataset = data_mod.load(data_path, ov_model, images=images).dataset  # leaves no folder behind
-    out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force)
+    inputs = [*model_files(model_path), None if model else cfg.weights, data_path, config]
+    out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force, inputs)
     with progress_bar("calibrating", enabled=not quiet) as progress:
         protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress)
     save_protected(protected, out_dir, name, force=force)
@@ -96,7 +97,7 @@ def protect(
 def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, force: bool,
                        config: Optional[Path], data: Optional[Path]) -> None:
     """``--bounds``: apply a saved plan to MODEL; nothing is written when the plan does not fit."""
-    from ovrange.modelio import prepare_output_dir, read_model
+    from ovrange.modelio import model_files, prepare_output_dir, read_model
     from ovrange.plan import load_plan
     from ovrange.protect import apply_plan, save_protected
 
@@ -108,7 +109,7 @@ def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, fo
     ov_model = read_model(model)
     protected = apply_plan(ov_model, plan)  # a plan that does not fit fails here, before any output exists
     name = model.stem
-    out_dir = prepare_output_dir(output_dir / f"{name}_{plan.algorithm}", force)
+    out_dir = prepare_output_dir(output_dir / f"{name}_{plan.algorithm}", force, [*model_files(model), bounds])
     save_protected(protected, out_dir, name, force=force)
     _print_summary(protected, out_dir, name)
 

@@ -59,7 +59,7 @@ class FaultList:
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | Path) -> Path:
-        return write_file_atomically(path, self.to_text())
+        return write_file_atomically(path, self.to_text(), force=True)  # part of a checkpoint folder
 
     @classmethod
     def load(cls, path: str | Path) -> FaultList:
