@@ -63,7 +63,9 @@ class FaultList:
 
     @classmethod
     def load(cls, path: str | Path) -> FaultList:
-        path = Path(path)
+        from ovrange.modelio import check_regular_file
+
+        path = check_regular_file(path, "fault list", ConfigError)  # a FIFO would block the read forever
         try:
             lines = path.read_text().splitlines()
         except OSError as exc:
