@@ -139,6 +139,9 @@ CASES: dict[str, tuple[Callable[[Path], None] | None, tuple[str, ...], int, str]
                                                      5, "the input"),
     "protect over an earlier result": (None, APPLY[:-1] + ("{w}/res",), 5, "already exists"),
     "--json name too long": (None, INJECT + ("--json", "{w}/" + LONG), 5, "too long"),
+    "--data name too long": (None, ("evaluate", M, "--data", "{w}/" + LONG), 4, "too long"),
+    "model name too long": (None, ("evaluate", "{w}/" + LONG + ".xml", "--data", DATA), 3, "too long"),
+    "--config name too long": (None, INJECT + ("--config", "{w}/" + LONG), 2, "too long"),
     "-o name too long": (None, APPLY[:-1] + ("{w}/" + LONG,), 5, "too long"),
     # non-regular files where a file is expected
     "protect --data a FIFO": (lambda w: _fifo(w / "f.npy"), PROTECT[:3] + ("{w}/f.npy",) + PROTECT[4:], 4,
@@ -151,6 +154,8 @@ CASES: dict[str, tuple[Callable[[Path], None] | None, tuple[str, ...], int, str]
                                 "not a regular file"),
     "model a FIFO": (lambda w: _fifo(w / "f.xml"), ("evaluate", "{w}/f.xml", "--data", DATA), 3,
                      "not a regular file"),
+    "inject --replay a FIFO": (lambda w: _fifo(w / "f.jsonl"), INJECT + ("--replay", "{w}/f.jsonl"), 2,
+                               "not a regular file"),
     "--config a folder": (lambda w: (w / "c.yaml").mkdir(), INJECT + ("--config", "{w}/c.yaml"), 2,
                           "is a directory"),
     # bounded reads
@@ -183,6 +188,7 @@ CASES: dict[str, tuple[Callable[[Path], None] | None, tuple[str, ...], int, str]
     "lanes 0 in a config": (write("c.yaml", "lanes: 0\n"), INJECT + ("--config", "{w}/c.yaml"), 2, "lanes"),
     "inject --seed -1": (None, INJECT + ("--seed", "-1"), 2, "seed"),
     "protect --seed -1": (None, PROTECT + ("--seed", "-1"), 2, "seed"),
+    "check --seed -1": (None, CHECK + ("--seed", "-1", "--min-sdc-reduction", "1", "--trials", "20"), 2, "seed"),
     "trials 1e12 in a config": (write("c.yaml", "trials: 1000000000000\n"), INJECT + ("--config", "{w}/c.yaml"), 2,
                                 "limit"),
     "--trials 1e12": (None, INJECT + ("--trials", "1000000000000"), 2, "limit"),
