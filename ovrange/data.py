@@ -228,13 +228,15 @@ def load(path: str | os.PathLike, model: ov.Model, layout: str | None = None,
     reported with the user's own array shape. ``images`` (or just ``layout``) says how image files are decoded.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data not found: {path}")
-    if not path.is_dir():
+    try:
+        folder = path.is_dir()
+    except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES: Path.is_dir() only hides ENOENT & co.
+        raise DataError(f"cannot read data {path}: {exc.strerror}") from None
+    if not folder:
         from ovrange.modelio import check_regular_file
 
         check_regular_file(path, "data", DataError)  # before any open(): a FIFO would block forever
-    if path.is_dir():
+    if folder:
         return LabelledData(image_folder(path, model, images or ImageOptions(layout=layout)), None, str(path))
     if path.suffix == ".npy":
         array = _load_npy(path)

@@ -64,12 +64,12 @@ class Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def ctrl_c_deferred_while_the_command_imports() -> Iterator[None]:
     """Around the ``ovrange`` command's heavy imports (about a second: OpenVINO, numpy, typer): a Ctrl-C (or
-    SIGTERM) then is only noted, and once the imports are done the command stops with the same one line and exit code 130 as an
-    interrupted command. Raised inside the imports instead, a KeyboardInterrupt is lost or worse: OpenVINO's
-    import-time telemetry catches it with bare ``except:`` (the command then ran to completion and exited 0), and
-    inside a compiled module's initialisation it becomes ``ImportError: initialization failed``. Nothing has been
-    written yet; SIGTERM gives ``error: terminated`` and 143. A program that imports ovrange as a library keeps
-    its own signal handling."""
+    SIGTERM) then is only noted, and once the imports are done the command stops with the same one line and exit
+    code as an interrupted (130) or terminated (143) command. Raised inside the imports instead, a
+    KeyboardInterrupt is lost or worse: OpenVINO's import-time telemetry catches it with bare ``except:`` (the
+    command then ran to completion and exited 0), and inside a compiled module's initialisation it becomes
+    ``ImportError: initialization failed``. Nothing has been written yet. A program that imports ovrange as a
+    library keeps its own signal handling."""
     import os
     import signal
     import sys

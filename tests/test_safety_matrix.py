@@ -15,7 +15,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
