@@ -348,7 +348,7 @@ def replace_dir(tmp: Path, out_dir: Path, force: bool) -> None:
 def _swap_by_two_renames(tmp: Path, out_dir: Path) -> bool:
     """Where no atomic exchange exists: move the old aside, the new in (a killed run's old folder is restored by
     :func:`clean_stale`). False when another run got in between (the caller tries again)."""
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}", dir=out_dir.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=out_dir.parent))
     try:
         os.rename(out_dir, old)
     except FileNotFoundError:
@@ -384,14 +384,14 @@ def _exchange(first: Path, second: Path) -> bool:
 
 
 def clean_stale(out_dir: Path) -> list[Path]:
-    """Remove the temporaries of ``out_dir`` left by killed runs (``.<name>.<pid>.*.tmp``, ``.<name>.old-<pid>*``).
+    """Remove the temporaries of ``out_dir`` left by killed runs (``.<name>.<pid>.*.tmp``, ``.<name>.old-<pid>-*``).
 
     A killed run's previous result (``.old-<pid>``) is moved back when ``out_dir`` is missing, never deleted.
     Returns the paths removed or restored.
     """
     done = []
     for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*"):
-        match = re.fullmatch(rf"\.{re.escape(out_dir.name)}\.(?:(\d+)\..*\.tmp|old-(\d+).*)", path.name)
+        match = re.fullmatch(rf"\.{re.escape(out_dir.name)}\.(?:(\d+)\..*\.tmp|old-(\d+)(?:-.*)?)", path.name)
         if not match or _alive(int(match[1] or match[2])):
             continue
         if match[2] and not out_dir.exists():

@@ -188,3 +188,18 @@ def test_a_full_disk_keeps_every_old_result(lenet, full_disk):
         assert tree(disk) == before, args  # the old results as they were, no new folder, no temporary
     assert json.loads((old / "bounds.json").read_text())["algorithm"] == "RangeSupervision"
     shutil.rmtree(disk / "out")
+
+
+def test_force_without_an_atomic_exchange_still_replaces(tmp_path, monkeypatch):
+    """Where renameat2 is missing, the old folder moves aside and the new one in; a killed run's old one is restored."""
+    from ovrange import modelio
+
+    monkeypatch.setattr(modelio, "_exchange", lambda first, second: False)
+    out = tmp_path / "result"
+    modelio.write_dir_atomically(out, lambda tmp: (tmp / "who").write_text("old"))
+    modelio.write_dir_atomically(out, lambda tmp: (tmp / "who").write_text("new"), force=True)
+    assert (out / "who").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.rename(out, tmp_path / f".result.old-{dead.pid}-x1y2")  # killed between its two renames
+    assert modelio.clean_stale(out) and (out / "who").read_text() == "new"

@@ -77,7 +77,15 @@ def report_session(directory: str | Path | None, *, resume: bool = False) -> Ite
         yield None
         return
     directory = Path(directory)
-    new = not directory.exists()
+    new = not resume and not directory.exists()
+    if new:  # made here, not by the campaign: only a folder this run made is removed on failure
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir()
+        except FileExistsError:
+            raise OutputError(f"report folder already exists: {directory} (made by another run meanwhile)") from None
+        except OSError as exc:
+            raise OutputError(f"cannot create the report folder {directory}: {exc.strerror}") from exc
     workdir = report_workdir(directory, resume=resume)
     try:
         yield workdir
