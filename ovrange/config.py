@@ -22,6 +22,7 @@ from typing import Any
 
 from ovrange.algorithms import PROTECTIONS, QUANTIZATIONS, AlgorithmConfig, schema
 from ovrange.errors import ConfigError
+from ovrange.modelio import check_name
 from ovrange.params import validate
 
 ENGINE_TYPES = ("simplified",)
@@ -105,32 +106,104 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 def load_config(path: str | Path) -> ProtectConfig:
     """Read a POT-style JSON (comments allowed) or YAML config file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     raw = read_mapping(path)
     return parse_config(raw, base_dir=path.parent, source=path)
 
 
-def read_mapping(path: Path) -> dict[str, Any]:
-    """Parse a JSON-with-comments or YAML file into a dict, with a one-line error on syntax problems."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+MAX_DEPTH = 64  # nesting of a config or plan: POT's layout needs 5
+MAX_YAML_NODES = 1_000_000  # YAML nodes once aliases are expanded (a 1 KB alias bomb expands to billions)
 
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"invalid YAML in {path}{where}: {getattr(exc, 'problem', exc)}") from exc
-    else:
-        try:
-            raw = json.loads(strip_json_comments(text))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"invalid JSON in {path} at line {exc.lineno}: {exc.msg}") from exc
+
+def read_mapping(path: str | Path, what: str = "config file", default: str = "json") -> dict[str, Any]:
+    """The one config reader: a regular file of bounded size, UTF-8, parsed as JSON with comments (``.json``) or
+    YAML (``.yaml``/``.yml``; other suffixes: ``default``), with nesting and YAML alias expansion bounded, into a
+    dict; every problem is one ConfigError."""
+    from ovrange.modelio import read_text
+
+    path = Path(path)
+    text = read_text(path, what, ConfigError)
+    kind = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(path.suffix.lower(), default)
+    try:
+        raw = _load_yaml(text, path) if kind == "yaml" else _load_json(text, path)
+    except RecursionError:
+        raise ConfigError(f"{path} is nested deeper than the limit of {MAX_DEPTH} levels") from None
+    check_depth(raw, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must contain a mapping at the top level")
     return raw
+
+
+def _load_json(text: str, path: Path) -> Any:
+    try:
+        return json.loads(strip_json_comments(text))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON in {path} at line {exc.lineno}: {exc.msg}") from exc
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """``yaml.safe_load`` that first measures the node graph: aliases make it a DAG whose expansion can be
+    exponential in the file size, and anything that walks the result (validation, an error message) walks that
+    expansion."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_size(node, path)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML in {path}{where}: {problem}") from exc
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_size(root: Any, path: Path) -> None:
+    """Nodes and depth of the expanded document, counted on the shared graph (each node once, no recursion)."""
+    import yaml
+
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            children = [item for pair in node.value for item in pair]
+        else:
+            children = list(node.value) if isinstance(node, yaml.SequenceNode) else []
+        if not children_done:
+            if id(node) in size:
+                continue
+            if id(node) in open_nodes:
+                raise ConfigError(f"{path} has a recursive YAML alias (a node that contains itself)")
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+            continue
+        open_nodes.discard(id(node))
+        size[id(node)] = 1 + sum(size[id(child)] for child in children)
+        depth[id(node)] = 1 + max((depth[id(child)] for child in children), default=0)
+        if size[id(node)] > MAX_YAML_NODES:
+            raise ConfigError(f"{path} expands to more than {MAX_YAML_NODES} YAML nodes (through aliases): the "
+                              "limit")
+        if depth[id(node)] > MAX_DEPTH:
+            raise ConfigError(f"{path} is nested deeper than the limit of {MAX_DEPTH} levels")
+
+
+def check_depth(value: Any, where: str, limit: int = MAX_DEPTH) -> None:
+    """ConfigError when lists/dicts in ``value`` nest deeper than ``limit`` (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            if level > limit:
+                raise ConfigError(f"{where} is nested deeper than the limit of {limit} levels")
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
 
 
 _JSON_TOKENS = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/|[^"/,]+|.', re.DOTALL)
@@ -176,6 +249,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path = Path("."), source: Path |
                 wanted = " or ".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
                 raise ConfigError(f"{section}.{key} in {where} must be {wanted}, got {type(item).__name__}")
     model, engine, compression = (raw.get(k, {}) for k in ("model", "engine", "compression"))
+    if "model_name" in model:  # it names the result folder and files: a name, never a path
+        check_name(model["model_name"], f"model.model_name in {where}")
     engine_type = engine.get("type", "simplified")
     if engine_type not in ENGINE_TYPES:
         raise ConfigError(f"engine.type {engine_type!r} in {where} is not supported; use 'simplified' "

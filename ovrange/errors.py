@@ -54,14 +54,22 @@ class Interrupted(OvrangeError):
     exit_code = 130  # 128 + SIGINT, what shells report: CI must never read an interrupted gate as passed
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the command line's handler: it unwinds through the same cleanup as
+    Ctrl-C (temporaries removed, checkpoints flushed); the command exits 143 with ``error: terminated``."""
+
+    exit_code = 143  # 128 + SIGTERM
+
+
 @contextlib.contextmanager
 def ctrl_c_deferred_while_the_command_imports() -> Iterator[None]:
-    """Around the ``ovrange`` command's heavy imports (about a second: OpenVINO, numpy, typer): a Ctrl-C then is
-    only noted, and once the imports are done the command stops with the same one line and exit code 130 as an
-    interrupted command. Raised inside the imports instead, a KeyboardInterrupt is lost or worse: OpenVINO's
-    import-time telemetry catches it with bare ``except:`` (the command then ran to completion and exited 0), and
-    inside a compiled module's initialisation it becomes ``ImportError: initialization failed``. Nothing has been
-    written yet. A program that imports ovrange as a library keeps its own SIGINT handling."""
+    """Around the ``ovrange`` command's heavy imports (about a second: OpenVINO, numpy, typer): a Ctrl-C (or
+    SIGTERM) then is only noted, and once the imports are done the command stops with the same one line and exit
+    code as an interrupted (130) or terminated (143) command. Raised inside the imports instead, a
+    KeyboardInterrupt is lost or worse: OpenVINO's import-time telemetry catches it with bare ``except:`` (the
+    command then ran to completion and exited 0), and inside a compiled module's initialisation it becomes
+    ``ImportError: initialization failed``. Nothing has been written yet. A program that imports ovrange as a
+    library keeps its own signal handling."""
     import os
     import signal
     import sys
@@ -72,12 +80,15 @@ def ctrl_c_deferred_while_the_command_imports() -> Iterator[None]:
         yield
         return
     pressed: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    previous = {signum: signal.signal(signum, lambda number, frame: pressed.append(number))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if pressed:
-        sys.stderr.write("error: interrupted\n")
+        terminated = signal.SIGTERM in pressed
+        sys.stderr.write(f"error: {'terminated' if terminated else 'interrupted'}\n")
         sys.stderr.flush()
-        os._exit(Interrupted.exit_code)
+        os._exit(Terminated.exit_code if terminated else Interrupted.exit_code)

@@ -4,6 +4,7 @@ as cv2 gave POT), with Model Optimizer's mean/scale values. Pillow is imported o
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import openvino as ov
 
 from ovrange.errors import DataError
 
+MAX_IMAGE_PIXELS = 64 << 20  # pixels of one image file (8192 x 8192): larger ones are refused before decoding
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -88,12 +90,20 @@ def decode_image(file: Path, height: int, width: int, channels: int, layout: str
     """Decode one image: bilinear resize, channel order (BGR as POT's cv2 by default), ``(x - mean) / scale``."""
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow then refuses twice as many in open(); we refuse above it
     try:
-        with Image.open(file) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(file)
+        with image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f"{image.width * image.height}")
             image = image.convert("L" if channels == 1 else "RGB")
             if image.size != (width, height):
                 image = image.resize((width, height), Image.BILINEAR)
             array = np.asarray(image, dtype=np.float32)
+    except Image.DecompressionBombError:
+        raise DataError(f"image {file} has more than {MAX_IMAGE_PIXELS} pixels, the limit for one image") from None
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"cannot decode image {file}: {exc}") from exc
     if channels == 1:

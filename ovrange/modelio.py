@@ -1,34 +1,38 @@
-"""Reading IR/ONNX models with clear errors, and writing results atomically.
+"""Reading inputs with clear errors and bounds, and writing results atomically.
 
-The input model is never modified: callers work on what :func:`read_model` returns (a fresh ov.Model).
-Results are written into a temporary sibling folder and renamed into place, so a crash or an error never
-leaves a half-written result, and an existing result is only replaced when ``force`` is set.
+The input model is never modified: callers work on what :func:`read_model` returns (a fresh ov.Model). Inputs
+are checked to be regular files before they are opened (a FIFO would block forever). Every file and folder the
+tool writes follows one rule: an existing one is refused unless ``force``; it is written into a temporary
+sibling and renamed into place, so a crash, a full disk or a signal leaves the old result or none, never a
+half-written one; and an output that is (or holds) an input of the same command is refused.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import glob
 import os
 import re
 import shutil
+import stat
+import sys
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO, Union
 
 import openvino as ov
 
-from ovrange.errors import ModelError, OutputError
+from ovrange.errors import ConfigError, ModelError, OutputError, OvrangeError
 from ovrange.runtime import last_line, shared_core
 
 
 def read_model(path: str | os.PathLike, weights: str | os.PathLike | None = None) -> ov.Model:
     """Read an OpenVINO IR (``.xml`` + ``.bin``), checking the files first, or convert an ONNX (or other
     frontend) file as ``ovc`` would."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
+    path = check_regular_file(path, "model file", ModelError)
     if path.suffix.lower() == ".xml":
         _check_ir_xml(path)
         _check_weights(path, Path(weights) if weights else path.with_suffix(".bin"))
@@ -50,6 +54,9 @@ def read_model(path: str | os.PathLike, weights: str | os.PathLike | None = None
 
 
 def _check_ir_xml(path: Path) -> None:
+    if path.stat().st_size > MAX_XML_BYTES:
+        raise ModelError(f"model XML {path} has {path.stat().st_size} bytes, more than the limit of "
+                         f"{MAX_XML_BYTES} for an IR's graph")
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
@@ -61,12 +68,21 @@ def _check_ir_xml(path: Path) -> None:
 def _check_weights(xml: Path, bin_path: Path) -> None:
     """The .bin must exist when the IR has constants, and be exactly as long as the .xml's constants reach: a
     longer file belongs to another model (OpenVINO would read it without complaint)."""
-    extent = max((int(d.get("offset")) + int(d.get("size", 0)) for d in ET.parse(xml).getroot().iter("data")
-                  if d.get("offset") is not None and d.get("size") not in (None, "0")), default=0)
+    extent = 0
+    for data in ET.parse(xml).getroot().iter("data"):
+        if data.get("offset") is None or data.get("size") in (None, "0"):
+            continue
+        try:
+            offset, size = int(data.get("offset")), int(data.get("size", 0))
+        except ValueError:
+            raise ModelError(f"malformed model XML {xml}: a constant has offset={data.get('offset')!r} "
+                             f"size={data.get('size')!r}, not byte counts") from None
+        if offset < 0 or size < 0:
+            raise ModelError(f"malformed model XML {xml}: a constant has a negative offset or size")
+        extent = max(extent, offset + size)
     if not extent:
         return
-    if not bin_path.is_file():
-        raise ModelError(f"weights file not found: {bin_path}")
+    check_regular_file(bin_path, "weights file", ModelError)
     size = bin_path.stat().st_size
     if size > extent:
         raise ModelError(f"weights file {bin_path.name} has {size} bytes but {xml.name} uses {extent}: it does not "
@@ -94,30 +110,139 @@ def save_model(model: ov.Model, xml_path: Path) -> None:
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
 
 
-def prepare_output_dir(out_dir: str | os.PathLike, force: bool) -> Path:
-    """Check, before any long work, that ``out_dir`` may be written: it must not exist unless ``force``, and the
-    nearest existing folder above it must be writable. Creates nothing (a failed run leaves no empty folder)."""
+# ---------------------------------------------------------------------------------------------------------------
+# Bounded reads
+
+MAX_XML_BYTES = 1 << 30  # an IR's .xml (the graph; the weights are in the .bin)
+MAX_TEXT_BYTES = 64 << 20  # a config, campaign settings or a protection plan
+MAX_NAME_BYTES = 200  # a name from a config or a plan, used as a file or folder name
+
+
+def check_regular_file(path: str | os.PathLike, what: str, error: type[OvrangeError]) -> Path:
+    """``path`` if it is a regular file; else ``error`` naming ``what``. Only ``stat`` is used, never ``open``:
+    opening a FIFO blocks until a writer comes, a device may never end."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{what} {path} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise error(f"{what} {path} is not a regular file (a FIFO, socket or device)")
+    return path
+
+
+def read_text(path: str | os.PathLike, what: str, error: type[OvrangeError] = ConfigError,
+              limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes; anything else is one ``error``."""
+    path = check_regular_file(path, what, error)
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise error(f"{what} {path} has {size} bytes, more than the limit of {limit}")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+
+
+def check_name(name: object, what: str) -> str:
+    """``name`` if it can name a file or folder: one path component (no separator, not ``.`` or ``..``), no NUL,
+    at most :data:`MAX_NAME_BYTES` bytes. Names from configs and plans are names, never paths."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{what} must be a non-empty name, got {name!r}")
+    if "\0" in name:
+        raise ConfigError(f"{what} {name!r} contains a NUL character")
+    if name in (".", "..") or any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/")):
+        raise ConfigError(f"{what} {name!r} must be a plain name, not a path (no '/', '\\', '.' or '..')")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(f"{what} has {size} bytes, more than the limit of {MAX_NAME_BYTES} for a name")
+    return name
+
+
+def model_files(path: str | os.PathLike | None) -> list[Path]:
+    """The files of a model argument: an IR's .xml and its .bin, or the one file of another format."""
+    if path is None:
+        return []
+    path = Path(path)
+    return [path, path.with_suffix(".bin")] if path.suffix.lower() == ".xml" else [path]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing: one rule for every file and folder
+
+Inputs = Iterable[Union[str, os.PathLike, None]]
+
+
+def check_not_input(output: str | os.PathLike, inputs: Inputs) -> None:
+    """OutputError when ``output`` is an input of the same command, resolves to one (a symlink, a hard link: the
+    same inode) or is a folder that holds one (replacing it would delete the input)."""
+    output = Path(output)
+    real = os.path.realpath(output)
+    try:
+        identity = _identity(output)
+    except OSError:
+        identity = None
+    for item in inputs:
+        if item is None:
+            continue
+        source = os.path.realpath(item)
+        same = source == real or source.startswith(real.rstrip(os.sep) + os.sep)
+        if not same and identity is not None:
+            try:
+                same = _identity(Path(item)) == identity
+            except OSError:
+                same = False
+        if same:
+            raise OutputError(f"output {output} is (or holds) the input {item} of this command: choose another "
+                              "output path")
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def prepare_output_dir(out_dir: str | os.PathLike, force: bool, inputs: Inputs = ()) -> Path:
+    """Check, before any long work, that ``out_dir`` may be written: it must not exist unless ``force``, must not
+    be or hold an input, and the nearest existing folder above it must be writable. Creates nothing (a failed run
+    leaves no empty folder)."""
     out_dir = Path(out_dir)
     if _exists(out_dir) and not force:
         raise OutputError(f"output already exists: {out_dir} (use --force to overwrite)")
     if _exists(out_dir) and not out_dir.is_dir():
         raise OutputError(f"output path exists and is not a directory: {out_dir}")
+    check_not_input(out_dir, inputs)
     _check_creatable(out_dir.parent)
     return out_dir
 
 
-def check_output_file(path: str | os.PathLike) -> Path:
-    """Check, before any long work, that the file ``path`` can be written (not a folder, its folder creatable)."""
+def check_output_file(path: str | os.PathLike, *, force: bool = False, inputs: Inputs = ()) -> Path:
+    """Check, before any long work, that the file ``path`` may be written: it must not exist unless ``force``,
+    must not be a folder nor an input, and its folder must be creatable."""
     path = Path(path)
-    if _exists(path) and path.is_dir():
+    if _exists(path) and (path.is_dir() and not path.is_symlink()):
         raise OutputError(f"output file is a directory: {path}")
+    if _exists(path) and not force:
+        raise OutputError(f"output already exists: {path} (use --force to overwrite)")
+    check_not_input(path, inputs)
     _check_creatable(path.parent)
     return path
 
 
 def _exists(path: Path) -> bool:
     try:
-        return path.exists()
+        os.lstat(path)  # a dangling symlink exists too: replacing it is overwriting
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
     except OSError as exc:  # ENAMETOOLONG, EACCES on a parent: Path.exists() only hides ENOENT & co.
         raise OutputError(f"cannot use output path {path}: {exc.strerror}") from exc
 
@@ -151,28 +276,29 @@ def _remove_empty(folders: list[Path]) -> None:
             return  # not empty (someone else wrote there) or gone
 
 
-def write_dir_atomically(out_dir: str | os.PathLike, write: Callable[[Path], None], force: bool = False) -> Path:
+def write_dir_atomically(out_dir: str | os.PathLike, write: Callable[[Path], None], force: bool = False,
+                         inputs: Inputs = ()) -> Path:
     """Call ``write(tmp_dir)`` to fill a temporary folder, then move it to ``out_dir`` in one rename.
 
     On any exception (or signal) the temporary folder, and any parent folder created for it, is removed and an
     existing ``out_dir`` is left untouched. Without ``force`` the existence check and the move are one step: a
-    rename fails on an existing non-empty folder, so of two concurrent runs only one succeeds. Temporaries left by
-    killed runs (their process is gone) are cleaned up first.
+    rename fails on an existing non-empty folder, so of two concurrent runs only one succeeds. With ``force`` the
+    new folder and the old swap places in one step (:func:`replace_dir`): a reader always sees a complete one.
+    Temporaries left by killed runs (their process is gone) are cleaned up first.
     """
     out_dir = Path(out_dir)
     if out_dir.parent.is_dir():
         clean_stale(out_dir)
-    out_dir = prepare_output_dir(out_dir, force)
+    out_dir = prepare_output_dir(out_dir, force, inputs)
     created = _make_parents(out_dir.parent)
     tmp = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp", dir=out_dir.parent))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are ordinary folders
+        tmp = make_temp_dir(out_dir)
         try:
             write(tmp)
         except (OSError, RuntimeError) as exc:  # disk full, quota, ...: ov.save_model raises RuntimeError
             raise OutputError(f"cannot write {out_dir}: {last_line(exc)}") from exc
-        _move_into_place(tmp, out_dir, force)
+        replace_dir(tmp, out_dir, force)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -181,37 +307,99 @@ def write_dir_atomically(out_dir: str | os.PathLike, write: Callable[[Path], Non
     return out_dir
 
 
-def _move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:
+def make_temp_dir(out_dir: Path) -> Path:
+    """An empty ``.<name>.<pid>.*.tmp`` folder beside ``out_dir`` (the pattern :func:`clean_stale` knows)."""
     try:
-        os.rename(tmp, out_dir)  # POSIX: fails with ENOTEMPTY/EEXIST when out_dir is a non-empty folder
-        return
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp", dir=out_dir.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are ordinary folders
     except OSError as exc:
-        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+        raise OutputError(f"cannot write {out_dir}: {exc.strerror}") from exc
+    return tmp
+
+
+def replace_dir(tmp: Path, out_dir: Path, force: bool) -> None:
+    """Move the complete folder ``tmp`` to ``out_dir``. An existing ``out_dir`` is refused unless ``force``; with
+    ``force`` the two swap in one step (Linux ``renameat2(RENAME_EXCHANGE)``) and the old one, now at ``tmp``, is
+    deleted. Two runs replacing one folder at once both succeed; the later swap wins."""
+    for _ in range(16):
+        try:
+            os.rename(tmp, out_dir)  # POSIX: fails with ENOTEMPTY/EEXIST when out_dir is a non-empty folder
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise OutputError(f"cannot write {out_dir}: {exc.strerror}") from exc
+            if not force:
+                raise OutputError(f"output already exists: {out_dir} (written by another run meanwhile; use "
+                                  "--force to overwrite)") from exc
+        try:
+            swapped = _exchange(tmp, out_dir)
+        except FileNotFoundError:
+            continue  # another run moved out_dir away meanwhile: try the plain rename again
+        except OSError as exc:
             raise OutputError(f"cannot write {out_dir}: {exc.strerror}") from exc
-        if not force:
-            raise OutputError(f"output already exists: {out_dir} (written by another run meanwhile; use --force "
-                              "to overwrite)") from exc
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
+        if swapped:
+            shutil.rmtree(tmp, ignore_errors=True)  # the old result
+            return
+        if _swap_by_two_renames(tmp, out_dir):
+            return
+    raise OutputError(f"cannot write {out_dir}: other runs keep replacing it")
+
+
+def _swap_by_two_renames(tmp: Path, out_dir: Path) -> bool:
+    """Where no atomic exchange exists: move the old aside, the new in (a killed run's old folder is restored by
+    :func:`clean_stale`). False when another run got in between (the caller tries again)."""
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=out_dir.parent))
+    try:
+        os.rename(out_dir, old)
+    except FileNotFoundError:
+        old.rmdir()
+        return False
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        shutil.rmtree(old, ignore_errors=True)
+        return False
     shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically (Linux >= 3.15, glibc >= 2.28); False where the system or filesystem cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
 
 
 def clean_stale(out_dir: Path) -> list[Path]:
-    """Remove the temporaries of ``out_dir`` left by killed runs (``.<name>.<pid>.*.tmp``, ``.<name>.old-<pid>``).
+    """Remove the temporaries of ``out_dir`` left by killed runs (``.<name>.<pid>.*.tmp``, ``.<name>.old-<pid>-*``).
 
     A killed run's previous result (``.old-<pid>``) is moved back when ``out_dir`` is missing, never deleted.
     Returns the paths removed or restored.
     """
     done = []
     for path in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*"):
-        match = re.fullmatch(rf"\.{re.escape(out_dir.name)}\.(?:(\d+)\..*\.tmp|old-(\d+))", path.name)
+        match = re.fullmatch(rf"\.{re.escape(out_dir.name)}\.(?:(\d+)\..*\.tmp|old-(\d+)(?:-.*)?)", path.name)
         if not match or _alive(int(match[1] or match[2])):
             continue
         if match[2] and not out_dir.exists():
             os.rename(path, out_dir)
-        else:
+        elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         done.append(path)
     return done
 
@@ -232,28 +420,51 @@ def _umask() -> int:
     return mask
 
 
-def write_file_atomically(path: str | os.PathLike, data: str | bytes, force: bool = True) -> Path:
-    """Write one file via a temporary sibling and ``os.replace``; a failure leaves neither the file nor its
-    temporary (nor a folder created for it)."""
-    path = Path(path)
-    if _exists(path) and not force:
-        raise OutputError(f"output already exists: {path} (use --force to overwrite)")
-    check_output_file(path)
+Content = Union[str, bytes, Callable[[BinaryIO], None]]
+
+
+def write_file_atomically(path: str | os.PathLike, content: Content, *, force: bool = False,
+                          inputs: Inputs = ()) -> Path:
+    """Write one file: ``content`` (text, bytes, or a function writing to a binary handle) goes to a temporary
+    sibling, which then takes the place of ``path``. An existing ``path`` is refused unless ``force`` (checked
+    again at the last step: a file another run wrote meanwhile is not overwritten), and an input of the command
+    (``inputs``) never is. A failure leaves the old file, or none, and no temporary (nor a folder made for it)."""
+    path = check_output_file(path, force=force, inputs=inputs)
     created = _make_parents(path.parent)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content.encode() if isinstance(content, str) else content)
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        _put_file(Path(tmp), path, force)
     except OSError as exc:
         _discard(tmp, created)
-        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
         _discard(tmp, created)
         raise
     return path
+
+
+def _put_file(tmp: Path, path: Path, force: bool) -> None:
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails on an existing path: the check and the write are one step
+    except FileExistsError:
+        raise OutputError(f"output already exists: {path} (written by another run meanwhile; use --force to "
+                          "overwrite)") from None
+    except OSError:  # a filesystem without hard links
+        if _exists(path):
+            raise OutputError(f"output already exists: {path} (use --force to overwrite)") from None
+        os.rename(tmp, path)
+        return
+    tmp.unlink()
 
 
 def _discard(tmp: str | None, created: list[Path]) -> None:

@@ -107,7 +107,8 @@ def check_plan_fits(model: ov.Model, plan: ProtectionPlan) -> None:
         axis, high = guard.get("axis"), guard.get("high")
         if isinstance(high, list) and axis is not None:
             shape = outputs[key].get_partial_shape()
-            if shape.rank.is_dynamic or shape[axis].is_dynamic or shape[axis].get_length() != len(high):
+            if (shape.rank.is_dynamic or axis >= shape.rank.get_length() or shape[axis].is_dynamic
+                    or shape[axis].get_length() != len(high)):
                 raise ConfigError(f"{where}: node {key!r} has shape {shape}, the plan has {len(high)} channels on "
                                   f"axis {axis}")
 

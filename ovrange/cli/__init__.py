@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 
-from ovrange.errors import Interrupted, OutputError, OvrangeError, ctrl_c_deferred_while_the_command_imports
+from ovrange.errors import (ConfigError, Interrupted, OutputError, OvrangeError, Terminated,
+                            ctrl_c_deferred_while_the_command_imports)
 
 with ctrl_c_deferred_while_the_command_imports():
     import typer
@@ -30,17 +32,30 @@ with ctrl_c_deferred_while_the_command_imports():
     from ovrange.cli import report as _report  # noqa: E402,F401
 
 
+_terminated: list[int] = []
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C (every ``except KeyboardInterrupt`` / ``finally`` cleanup runs), then exits 143."""
+    _terminated.append(signum)
+    raise Terminated()
+
+
 def main() -> None:
     """Console-script entry point: run the app, mapping every failure to one ``error: ...`` line and an exit code."""
     from ovrange.cli.options import set_verbose
 
     set_verbose(False)  # until the command's -v/--verbose says otherwise (main may run twice in one process)
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = app(standalone_mode=False, prog_name="ovrange")
     except OvrangeError as exc:
         _fail(str(exc), exc.exit_code, exc)
     except KeyboardInterrupt:  # outside typer's own handling (e.g. while it builds the command)
         _fail("interrupted", Interrupted.exit_code, None)
+    except RecursionError as exc:  # a reader without its own depth limit met deeply nested input
+        _fail(f"input nested too deeply to read: {exc}", ConfigError.exit_code, exc)
     except _click.exceptions.NoArgsIsHelpError as exc:  # bare `ovrange`: the help, exit 2
         typer.echo(exc.format_message())
         sys.exit(USAGE)
@@ -49,7 +64,7 @@ def main() -> None:
     except typer.Abort:  # end of input at a prompt
         _fail("aborted", 1, None)
     except OSError as exc:  # a filesystem failure no command anticipated: still one line, never a traceback
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.ENAMETOOLONG)
         where = f": {exc.filename}" if exc.filename else ""
         _fail(f"{exc.strerror or exc}{where}", OutputError.exit_code if full else 1, exc)
     except Exception as exc:  # noqa: BLE001 - last resort: never show a traceback to a user
@@ -71,6 +86,8 @@ def _usage_message(exc: _click.exceptions.ClickException) -> str:
 
 
 def _fail(message: str, code: int, exc: BaseException | None) -> None:
+    if code == Interrupted.exit_code and _terminated:  # SIGTERM took the Ctrl-C path: say so, exit 143
+        message, code = "terminated" + message.removeprefix("interrupted"), Terminated.exit_code
     from ovrange.cli.options import verbose
 
     if exc is not None and (os.environ.get("OVRANGE_DEBUG") or verbose()):
@@ -78,7 +95,7 @@ def _fail(message: str, code: int, exc: BaseException | None) -> None:
 
         traceback.print_exception(exc)
     typer.echo(f"error: {message}", err=True)
-    if code == Interrupted.exit_code:
+    if code in (Interrupted.exit_code, Terminated.exit_code):
         # Exit at once: an interrupted run once hung for minutes in interpreter shutdown (a loaded machine, an
         # OpenVINO compile in a worker thread); temporaries are already removed and checkpoints flushed.
         sys.stdout.flush()

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ovrange.cli.app import app
-from ovrange.cli.options import Device, JsonOut, Seconds, Shape, Verbose, finite_json, static_shapes
+from ovrange.cli.options import Device, Force, JsonOut, Seconds, Shape, Verbose, finite_json, static_shapes
 
 Opt = typer.Option
 ModelArg = typer.Argument
@@ -20,7 +20,7 @@ Precision = Annotated[str, Opt("--precision", help="f32 (INFERENCE_PRECISION_HIN
 
 
 @app.command()
-def devices(json_out: JsonOut = None, verbose: Verbose = False) -> None:
+def devices(json_out: JsonOut = None, force: Force = False, verbose: Verbose = False) -> None:
     """List the devices OpenVINO sees on this machine."""
     import openvino as ov
 
@@ -28,7 +28,7 @@ def devices(json_out: JsonOut = None, verbose: Verbose = False) -> None:
     from ovrange.modelio import check_output_file, write_file_atomically
 
     if json_out:
-        check_output_file(json_out)
+        check_output_file(json_out, force=force)
     found = list_devices()
     typer.echo(f"OpenVINO {ov.get_version()} sees {len(found)} device(s):")
     for info in found:
@@ -38,7 +38,7 @@ def devices(json_out: JsonOut = None, verbose: Verbose = False) -> None:
         report = {"openvino": ov.get_version(),
                   "devices": [{"name": d.name, "full_name": d.full_name, "capabilities": list(d.capabilities)}
                               for d in found]}
-        write_file_atomically(json_out, json.dumps(report, indent=2) + "\n")
+        write_file_atomically(json_out, json.dumps(report, indent=2) + "\n", force=force)
         typer.echo(f"result: {json_out}")
 
 
@@ -59,16 +59,18 @@ def benchmark(
     app_rounds: Annotated[int, Opt("--benchmark-app-rounds", help="benchmark_app runs per model.", min=1)] = 3,
     json_out: JsonOut = None,
     verbose: Verbose = False,
+    force: Force = False,
 ) -> None:
     """Time ORIGINAL and PROTECTED on one device in interleaved rounds; report the overhead and fused Clamps."""
     from ovrange import bench
-    from ovrange.modelio import check_output_file, read_model, write_file_atomically
+    from ovrange.modelio import check_output_file, model_files, read_model, write_file_atomically
 
     _print_devices(device)
     models = [read_model(original), read_model(protected)]
     shapes = static_shapes(shape, models[0])
+    inputs = [*model_files(original), *model_files(protected)]
     if json_out:
-        check_output_file(json_out)
+        check_output_file(json_out, force=force, inputs=inputs)
     result = bench.benchmark(models[0], models[1], device=device, hint=hint, precision=precision, seconds=seconds,
                              shapes=shapes, sessions=sessions)
     _print_benchmark(result)
@@ -84,7 +86,8 @@ def benchmark(
     if json_out:
         report = {"original": str(original), "protected": str(protected), **result.to_json(),
                   "benchmark_app": app_result.to_json() if app_result else None}
-        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n")
+        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
+                              force=force, inputs=inputs)
         typer.echo(f"\nresult: {json_out}")
 
 

@@ -10,7 +10,7 @@ import typer
 
 from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
-from ovrange.cli.options import (Device, JsonOut, Quiet, Sdc, Seconds, Shape, Verbose, finite_json, opt,
+from ovrange.cli.options import (Device, Force, JsonOut, Quiet, Sdc, Seconds, Shape, Verbose, finite_json, opt,
                                  progress_bar, static_shapes)
 
 Opt = typer.Option
@@ -41,6 +41,7 @@ def check(
     seed: Annotated[int, opt("--seed", more="Of the fault list.")] = 0,
     device: Device = "CPU",
     json_out: JsonOut = None,
+    force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -51,14 +52,15 @@ def check(
     from ovrange import data as data_mod
     from ovrange.check import Thresholds
     from ovrange.check import check as run_check
-    from ovrange.modelio import check_output_file, read_model, write_file_atomically
+    from ovrange.modelio import check_output_file, model_files, read_model, write_file_atomically
 
     thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)
     models = [read_model(original), read_model(protected)]
     labelled = data_mod.load(data, models[0])
     shapes = static_shapes(shape, models[0])
+    inputs = [*model_files(original), *model_files(protected), data]
     if json_out:
-        check_output_file(json_out)
+        check_output_file(json_out, force=force, inputs=inputs)
     with progress_bar("checking", enabled=not quiet) as progress:
         result = run_check(models[0], models[1], labelled, thresholds, device=device,
                            batch_size=batch_size, limit=num_samples, bench_seconds=seconds, shapes=shapes, seed=seed,
@@ -73,7 +75,8 @@ def check(
                   "thresholds": {"max_accuracy_drop_pp": max_accuracy_drop, "max_overhead_pct": max_overhead,
                                  "min_sdc_reduction_x": min_sdc_reduction, "trials": trials},
                   **result.to_json()}
-        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n")
+        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
+                              force=force, inputs=inputs)
         typer.echo(f"report: {json_out}")
     if not result.gates:
         typer.echo("no threshold given: nothing was gated (use --max-accuracy-drop, --max-overhead, "

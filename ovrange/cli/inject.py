@@ -111,10 +111,10 @@ def inject(
     verbose: Verbose = False,
 ) -> None:
     """Inject bit flips into MODEL and count masked / SDC / DUE outcomes, with 95% intervals."""
-    from ovrange.faults.campaign import inject as run_inject
-    from ovrange.faults.report import reduction_text, write_json, write_report
-    from ovrange.faults.spec import load_file
-    from ovrange.modelio import check_output_file
+    from ovrange.faults.campaign import MARGIN_CAP, inject as run_inject
+    from ovrange.faults.report import publish_report, reduction_text, report_session, write_json
+    from ovrange.faults.spec import CampaignSpec, load_file
+    from ovrange.modelio import check_output_file, model_files
 
     spec, files = load_file(config) if config else (CampaignSpec(), {})
     spec = spec.with_overrides(target=target, trials=trials, seed=seed, bits=bits, number_format=number_format,
@@ -145,24 +145,29 @@ def inject(
     if resume and report is None:
         raise ConfigError("--resume needs the --report folder of the interrupted campaign")
     if sweep is not None:
-        return _sweep(model_path, data, compare, sweep, spec, report, json_out, plots, force, quiet, default_batch)
+        return _sweep(model_path, data, compare, sweep, spec, report, json_out, plots, force, quiet, default_batch,
+                      config)
+    inputs = [*model_files(model_path), *[f for path in compare or [] for f in model_files(path)], data, replay,
+              config]
     if report is not None:
-        _check_report_dir(Path(report), force, resume)
+        _check_report_dir(Path(report), force, resume, inputs)
     if json_out is not None:
-        check_output_file(json_out)
+        check_output_file(json_out, force=force, inputs=inputs)
     plots = _plots_wanted(plots) if report is not None else False  # decided before the campaign runs
     detail(f"campaign: {', '.join(f'{k}={v}' for k, v in _settings(spec, default_batch).items())}")
+    workdir = None
     try:
-        with progress_bar("injecting", enabled=not quiet, unit="trials") as progress:
-            result = run_inject(model_path, data, compare=compare, replay=replay, checkpoint_dir=report,
-                                resume=resume, progress=progress, workers=workers, ray_address=ray_address,
-                                shard_size=shard_size, lanes=lanes, **_settings(spec, default_batch))
-        if json_out is not None:
-            write_json(result, json_out)
-        if report is not None:
-            write_report(result, report, plots=plots)
+        with report_session(report, resume=resume) as workdir:
+            with progress_bar("injecting", enabled=not quiet, unit="trials") as progress:
+                result = run_inject(model_path, data, compare=compare, replay=replay, checkpoint_dir=workdir,
+                                    resume=resume, progress=progress, workers=workers, ray_address=ray_address,
+                                    shard_size=shard_size, lanes=lanes, **_settings(spec, default_batch))
+            if json_out is not None:
+                write_json(result, json_out, force=force, inputs=inputs)
+            if report is not None:
+                publish_report(result, workdir, report, plots=plots, inputs=inputs)
     except KeyboardInterrupt:
-        resumable = report is not None and Path(report, "checkpoint.jsonl").exists()  # none before Ray was up
+        resumable = report is not None and workdir == Path(report) and Path(report, "checkpoint.jsonl").exists()
         hint = f"; resume with --report {report} --resume" if resumable else ""
         raise Interrupted(f"interrupted{hint}") from None
     for i, run in enumerate(result.models):
@@ -182,33 +187,34 @@ def _settings(spec, default_batch: bool) -> dict:
 
 
 def _sweep(model_path, data, compare, sweep: str, spec, report, json_out, plots: bool, force: bool,
-           quiet: bool, default_batch: bool = False) -> None:
+           quiet: bool, default_batch: bool = False, config=None) -> None:
     """``--sweep``: one campaign per rate, the table printed, the curves written to the report folder."""
     import json
 
     from ovrange.faults.sweep import parse_rates, run_sweep, sweep_markdown, write_sweep
-    from ovrange.modelio import check_output_file, write_file_atomically
+    from ovrange.modelio import check_output_file, model_files, write_dir_atomically, write_file_atomically
 
     kind, rates = parse_rates(sweep)
     if spec.ber is not None or spec.error_rate is not None:
         raise ConfigError("--sweep sets the rate itself: drop --ber / --error-rate")
     settings = {k: v for k, v in _settings(spec, default_batch).items() if k not in ("ber", "error_rate")}
     spec.with_overrides(**{kind: rates[0]})  # the combination is valid before any campaign runs
+    inputs = [*model_files(model_path), *[f for path in compare or [] for f in model_files(path)], data, config]
     if report is not None:
-        _check_report_dir(Path(report), force, False)
+        _check_report_dir(Path(report), force, False, inputs)
     if json_out is not None:
-        check_output_file(json_out)
+        check_output_file(json_out, force=force, inputs=inputs)
     plots = _plots_wanted(plots) if report is not None else False
     with progress_bar("sweeping", enabled=not quiet, unit="trials") as progress:
         summary = run_sweep(model_path, data, kind, rates, compare=compare, progress=progress, **settings)
     if report is not None:
-        write_sweep(summary, report, plots=plots)
+        write_dir_atomically(report, lambda tmp: write_sweep(summary, tmp, plots=plots), force=True, inputs=inputs)
     if json_out is not None:
-        write_file_atomically(json_out, json.dumps(summary, indent=1))
+        write_file_atomically(json_out, json.dumps(summary, indent=1), force=force, inputs=inputs)
     typer.echo(sweep_markdown(summary).rstrip())
 
 
-def _check_report_dir(path: Path, force: bool, resume: bool) -> None:
+def _check_report_dir(path: Path, force: bool, resume: bool, inputs: list = ()) -> None:
     """Before the campaign: the folder may be written. It is created by the campaign itself, once inputs are valid."""
     from ovrange.modelio import prepare_output_dir
 
@@ -222,7 +228,7 @@ def _check_report_dir(path: Path, force: bool, resume: bool) -> None:
         raise OutputError(f"report path exists and is not a directory: {path}")
     if path.exists() and not force:
         raise OutputError(f"report folder already exists: {path} (use --force to overwrite or --resume)")
-    prepare_output_dir(path, force=True)
+    prepare_output_dir(path, force=True, inputs=inputs)
 
 
 def _plots_wanted(plots: bool | None) -> bool:

@@ -77,11 +77,12 @@ def protect(
     """
     from ovrange import config as config_mod
     from ovrange import data as data_mod
-    from ovrange.modelio import check_output_file, prepare_output_dir, read_model
+    from ovrange.modelio import check_output_file, model_files, prepare_output_dir, read_model
     from ovrange.protect import chain_name, run_chain, save_protected
 
+    known_inputs = [*(model_files(model) if model else ()), data, config, bounds]
     if json_out:
-        check_output_file(json_out)
+        check_output_file(json_out, force=force, inputs=known_inputs)
     if bounds is not None:
         _protect_with_plan(model, bounds, output_dir, force, config, data, json_out)
         return
@@ -104,20 +105,21 @@ def protect(
         raise ConfigError(f"--shape/--mean/--scale/--color-order describe image folders; {data_path} is not one "
                           "(arrays are fed as they are)")
     dataset = data_mod.load(data_path, ov_model, images=images).dataset  # leaves no folder behind
-    out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force)
+    inputs = [*model_files(model_path), None if model else cfg.weights, data_path, config]
+    out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force, inputs)
     for step in cfg.algorithms:
         detail(f"{step.name}: {', '.join(f'{k}={v}' for k, v in step.params.items())}")
     with progress_bar("calibrating", enabled=not quiet) as progress:
         protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress)
     save_protected(protected, out_dir, name, force=force)
     _print_summary(protected, out_dir, name)
-    _write_json(json_out, protected, model_path, out_dir, name)
+    _write_json(json_out, protected, model_path, out_dir, name, force=force, inputs=inputs)
 
 
 def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, force: bool,
                        config: Optional[Path], data: Optional[Path], json_out: Optional[Path]) -> None:
     """``--bounds``: apply a saved plan to MODEL; nothing is written when the plan does not fit."""
-    from ovrange.modelio import prepare_output_dir, read_model
+    from ovrange.modelio import model_files, prepare_output_dir, read_model
     from ovrange.plan import load_plan
     from ovrange.protect import apply_plan, save_protected
 
@@ -129,13 +131,15 @@ def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, fo
     ov_model = read_model(model)
     protected = apply_plan(ov_model, plan)  # a plan that does not fit fails here, before any output exists
     name = model.stem
-    out_dir = prepare_output_dir(output_dir / f"{name}_{plan.algorithm}", force)
+    inputs = [*model_files(model), bounds]
+    out_dir = prepare_output_dir(output_dir / f"{name}_{plan.algorithm}", force, inputs)
     save_protected(protected, out_dir, name, force=force)
     _print_summary(protected, out_dir, name)
-    _write_json(json_out, protected, model, out_dir, name)
+    _write_json(json_out, protected, model, out_dir, name, force=force, inputs=inputs)
 
 
-def _write_json(json_out: Optional[Path], protected, model: Path, out_dir: Path, name: str) -> None:
+def _write_json(json_out: Optional[Path], protected, model: Path, out_dir: Path, name: str, *, force: bool,
+                inputs: list) -> None:
     """``--json``: what was protected and where the files are."""
     if not json_out:
         return
@@ -149,7 +153,8 @@ def _write_json(json_out: Optional[Path], protected, model: Path, out_dir: Path,
               "bounds": str(out_dir / "bounds.json"), "algorithm": info.algorithm, "samples": info.samples,
               "precision": info.precision, "protected_nodes": len(info.nodes),
               "node_types": dict(sorted(Counter(node.get("type", "?") for node in info.nodes.values()).items()))}
-    write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n")
+    write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
+                          force=force, inputs=inputs)
     typer.echo(f"result:          {json_out}")
 
 
@@ -192,6 +197,7 @@ def evaluate(
     sdc: Sdc = None,
     device: Device = "CPU",
     json_out: JsonOut = None,
+    force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -200,13 +206,14 @@ def evaluate(
     from ovrange.evaluate import agreement, label_accuracy, predict
     from ovrange.faults.outcomes import Judge
     from ovrange.faults.spec import SdcCriterion
-    from ovrange.modelio import check_output_file, read_model
+    from ovrange.modelio import check_output_file, model_files, read_model
 
+    inputs = [file for path in models for file in model_files(path)] + [data]
     loaded = [read_model(path) for path in models]  # every input is checked before the first inference
     judge = Judge.for_model(loaded[0], SdcCriterion.parse(sdc)) if sdc else None
     labelled = data_mod.load(data, loaded[0])
     if json_out:
-        check_output_file(json_out)
+        check_output_file(json_out, force=force, inputs=inputs)
     reference = None
     results = []
     for path, model in zip(models, loaded):
@@ -236,7 +243,8 @@ def evaluate(
         from ovrange.modelio import write_file_atomically
 
         report = {"data": str(data), "reference": str(models[0]), "models": results}
-        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n")
+        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
+                              force=force, inputs=inputs)
         typer.echo(f"result: {json_out}")
 
 

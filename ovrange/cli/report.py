@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ovrange.cli import app
+from ovrange.cli.app import app
 from ovrange.cli.options import Force, positive_finite
 
 Opt = typer.Option
@@ -42,10 +42,9 @@ def report(
     if fit_unit not in FIT_UNITS:
         raise ConfigError(f"--fit-unit must be one of {', '.join(FIT_UNITS)}, got {fit_unit!r}")
     path = campaign / RESULT_FILE if campaign.is_dir() else campaign
+    inputs = [path, check]
     if html is not None:
-        check_output_file(html)
-        if html.exists() and not force:
-            raise OutputError(f"output already exists: {html} (use --force to overwrite)")
+        check_output_file(html, force=force, inputs=inputs)
     try:
         result = CampaignResult.load(path)
         gates = json.loads(check.read_text()) if check is not None else None
@@ -58,7 +57,7 @@ def report(
     data = report_data(result, fit_raw, fit_unit, gates)
     written = write_vulnerability(result, campaign) if campaign.is_dir() else []  # never beside a loose JSON
     if html is not None:
-        written.append(write_file_atomically(html, render(data), force=True))
+        written.append(write_file_atomically(html, render(data), force=force, inputs=inputs))
     for model in data["safety"]["models"]:
         what = "SDC per trial" if data["safety"]["unsuitable"] else "P(SDC|fault)"
         line = f"{model['name']}: {what} {with_interval(model['p_sdc'])}"

@@ -153,8 +153,7 @@ class LocalExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()  # lanes stop at their next inference (Ctrl-C, an error elsewhere)
-        for lane in self.threads:
-            lane.join()
+        _join(self.threads)
         for bench in self.benches:
             bench.engine = None
 
@@ -184,9 +183,18 @@ class LocalExecutor:
                 yield result
         finally:
             self.stop.set()
-            for lane in lanes:
-                lane.join()
+            _join(lanes)
             self.stop.clear()
+
+
+def _join(lanes: list[threading.Thread]) -> None:
+    """Wait for the lanes that started: a signal between creating the lanes and starting them all leaves some
+    unstarted, and joining one raises RuntimeError (a Ctrl-C then ended as an internal error)."""
+    for lane in lanes:
+        try:
+            lane.join()
+        except RuntimeError:
+            continue
 
 
 def _lane(bench: Bench, todo: queue.SimpleQueue, done: queue.SimpleQueue, stop: threading.Event) -> None:

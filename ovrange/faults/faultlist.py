@@ -59,11 +59,13 @@ class FaultList:
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | Path) -> Path:
-        return write_file_atomically(path, self.to_text())
+        return write_file_atomically(path, self.to_text(), force=True)  # part of a checkpoint folder
 
     @classmethod
     def load(cls, path: str | Path) -> FaultList:
-        path = Path(path)
+        from ovrange.modelio import check_regular_file
+
+        path = check_regular_file(path, "fault list", ConfigError)  # a FIFO would block the read forever
         try:
             lines = path.read_text().splitlines()
         except OSError as exc:

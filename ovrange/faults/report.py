@@ -6,30 +6,111 @@ unless plots are asked for.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from ovrange.errors import OutputError
 from ovrange.faults.metrics import Rate
 from ovrange.faults.result import CampaignResult
-from ovrange.modelio import write_file_atomically
+from ovrange.modelio import Inputs, make_temp_dir, write_dir_atomically, write_file_atomically
 
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.md"
 PLOTS = ("sdc_by_bit.png", "sdc_by_layer.png")
 
 
-def write_json(result: CampaignResult, path: str | Path) -> Path:
-    return write_file_atomically(path, result.to_json() + "\n")
+def write_json(result: CampaignResult, path: str | Path, *, force: bool = False, inputs: Inputs = ()) -> Path:
+    """The result as JSON at ``path`` (the overwrite rule of :func:`ovrange.modelio.write_file_atomically`)."""
+    return write_file_atomically(path, result.to_json() + "\n", force=force, inputs=inputs)
 
 
 def write_report(result: CampaignResult, directory: str | Path, plots: bool = True) -> list[Path]:
-    """result.json, summary.md and (with ``plots``) the PNGs, into ``directory`` (which may hold a checkpoint)."""
+    """result.json, summary.md and (with ``plots``) the PNGs, into ``directory`` (which may hold a checkpoint).
+    The files are replaced one by one: :func:`publish_report` makes the whole folder appear in one step."""
     directory = Path(directory)
-    written = [write_json(result, directory / RESULT_FILE)]
+    written = [write_json(result, directory / RESULT_FILE, force=True)]
     images = plot(result, directory) if plots and (result.trial_site >= 0).any() else []
-    written.append(write_file_atomically(directory / SUMMARY_FILE, markdown(result, [p.name for p in images])))
+    written.append(write_file_atomically(directory / SUMMARY_FILE, markdown(result, [p.name for p in images]),
+                                         force=True))
     from ovrange.evidence.vulnerability import write_vulnerability  # vulnerability.json/.svg: see evidence/
     return written + images + write_vulnerability(result, directory)
+
+
+def report_workdir(directory: str | Path, *, resume: bool = False) -> Path:
+    """Where a campaign keeps its checkpoint: ``directory`` itself when it is new, empty or resumed; else (an old
+    report replaced with --force) a temporary sibling, so the old report stays complete until
+    :func:`publish_report` swaps the new one in."""
+    directory = Path(directory)
+    if resume or not directory.is_dir() or not any(directory.iterdir()):
+        return directory
+    return make_temp_dir(directory)
+
+
+def publish_report(result: CampaignResult, workdir: str | Path, directory: str | Path, plots: bool = True,
+                   inputs: Inputs = ()) -> Path:
+    """The complete report folder (the fault list and checkpoint of ``workdir``, result.json, summary.md, plots)
+    is written in a temporary sibling and takes the place of ``directory`` in one step: a reader sees the old
+    report or the new one, never a half-written one; a full disk leaves the old one (or none)."""
+    from ovrange.faults.campaign import CHECKPOINT_FILE, FAULTS_FILE
+
+    workdir, directory = Path(workdir), Path(directory)
+
+    def write(tmp: Path) -> None:
+        for name in (FAULTS_FILE, CHECKPOINT_FILE):
+            if (workdir / name).is_file():
+                _link_or_copy(workdir / name, tmp / name)
+        write_report(result, tmp, plots=plots)
+
+    write_dir_atomically(directory, write, force=True, inputs=inputs)
+    discard_workdir(workdir, directory)
+    return directory
+
+
+@contextlib.contextmanager
+def report_session(directory: str | Path | None, *, resume: bool = False) -> Iterator[Path | None]:
+    """The working folder of a campaign that reports to ``directory`` (see :func:`report_workdir`). If the body
+    fails, a temporary working folder is removed (the old report stays as it was) and a report folder this run
+    created is removed too, except after an interruption, when it holds the checkpoint ``--resume`` continues."""
+    if directory is None:
+        yield None
+        return
+    directory = Path(directory)
+    new = not resume and not directory.exists()
+    if new:  # made here, not by the campaign: only a folder this run made is removed on failure
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir()
+        except FileExistsError:
+            raise OutputError(f"report folder already exists: {directory} (made by another run meanwhile)") from None
+        except OSError as exc:
+            raise OutputError(f"cannot create the report folder {directory}: {exc.strerror}") from exc
+    workdir = report_workdir(directory, resume=resume)
+    try:
+        yield workdir
+    except KeyboardInterrupt:
+        discard_workdir(workdir, directory)
+        raise
+    except BaseException:
+        discard_workdir(workdir, directory)
+        if new:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def discard_workdir(workdir: str | Path, directory: str | Path) -> None:
+    """Remove a temporary campaign folder of :func:`report_workdir` (never the report folder itself)."""
+    if Path(workdir) != Path(directory):
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(source, target)
 
 
 def remove_report(directory: str | Path) -> None:

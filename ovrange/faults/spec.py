@@ -6,7 +6,6 @@ A config file holds the same settings as the command line (``model``, ``compare`
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -20,6 +19,8 @@ SDC_METRICS = ("auto", "top1", "tokens", "text", "linf", "cosine", "boxes", "reg
 WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.execute
 FILE_KEYS = ("model", "compare", "data", "json", "report", "replay")
 RUN_KEYS = ("workers", "ray_address", "shard_size", "lanes")  # where a campaign runs: never part of its result
+# Per-trial arrays take about 40 bytes a trial: 10 million trials hold 400 MB before any inference.
+LIMITS = {"trials": 10_000_000, "inputs": 1_000_000, "batch_size": 65_536, "memory": 1 << 20}
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,10 @@ class CampaignSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if value > LIMITS[name]:
+                raise ConfigError(f"{name} {value} is more than the limit of {LIMITS[name]}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2 ** 63:
+            raise ConfigError(f"seed must be an integer from 0 to 2**63-1, got {self.seed!r}")
         if self.weight_mode not in WEIGHT_MODES:
             raise ConfigError(f"unknown weight_mode {self.weight_mode!r}; use {', '.join(WEIGHT_MODES)}")
         if self.weighting not in ("elements", "uniform"):
@@ -170,22 +175,10 @@ class CampaignSpec:
 def load_file(path: str | Path) -> tuple[CampaignSpec, dict[str, Any]]:
     """Read a YAML/JSON campaign file: (settings, file entries such as model/compare/data/json/report, and where it
     runs: workers/ray_address/shard_size/lanes)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    try:
-        if path.suffix.lower() == ".json":
-            raw = json.loads(text)
-        else:
-            import yaml
+    from ovrange.config import read_mapping  # the one config reader: bounded, JSON with comments or YAML
 
-            raw = yaml.safe_load(text)
-    except Exception as exc:  # noqa: BLE001 - yaml and json raise different types; both mean "malformed"
-        raise ConfigError(f"malformed config {path}: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {path} must be a mapping of settings")
+    path = Path(path)
+    raw = read_mapping(path, "config", default="yaml")
     raw = {str(k).replace("-", "_"): v for k, v in raw.items()}
     files = {k: raw.pop(k) for k in FILE_KEYS if k in raw}
     run = {k: raw.pop(k) for k in RUN_KEYS if k in raw}
@@ -196,4 +189,9 @@ def load_file(path: str | Path) -> tuple[CampaignSpec, dict[str, Any]]:
                                                                            else ""))
         resolved = [Path(os.path.normpath(path.parent / v)) for v in values]
         files[key] = resolved if key == "compare" else resolved[0]
+    for key, value in run.items():
+        if key == "ray_address" and not isinstance(value, str):
+            raise ConfigError(f"ray_address in {path} must be HOST:PORT or auto, got {value!r}")
+        if key != "ray_address" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{key} in {path} must be a positive integer, got {value!r}")
     return CampaignSpec.create(**raw), {**files, **run}

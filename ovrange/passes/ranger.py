@@ -43,7 +43,8 @@ PARAMS: dict[str, Param] = {
     "inherent_bounds": Param(bool, True, None, "use (-1,1)/(0,1) for Tanh/Sigmoid/HSigmoid without statistics"),
     "tighten_clamps": Param(bool, False, None, "also restrict existing Clamps (ReLU6) to their observed range"),
     "skip_last": Param(int, 0, lambda n: None if n >= 0 else "must be >= 0", "leave the last N activations alone"),
-    "histogram_bins": Param(int, 2048, lambda n: None if n >= 16 else "must be >= 16", "bins of percentile "
+    "histogram_bins": Param(int, 2048, lambda n: None if 16 <= n <= 1 << 20 else "must be from 16 to 1048576 (the "
+                            "limit)", "bins of percentile "
                             "histograms (the percentile is exact to one bin width)"),
     "activations": Param(list, list(ACTIVATIONS), None, "activation op types to protect"),
 }

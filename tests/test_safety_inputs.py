@@ -2,7 +2,7 @@
 workspace exactly as it was (no file or folder created, nothing modified, the input model included).
 
 The commands run in-process through the console entry point (``ovrange.cli.main``) on a tiny IR; signals and
-races, which need real processes, are in ``test_hardening_signals.py``.
+races, which need real processes, are in ``test_safety_interrupts.py`` and ``test_safety_signals.py``.
 """
 
 from __future__ import annotations
