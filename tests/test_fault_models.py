@@ -13,12 +13,12 @@ import pytest
 
 from ovrange.errors import ConfigError
 from ovrange.faults import inject
-from ovrange.faults.faultlist import FaultList
+from ovrange.faults.faultlist import Fault, FaultList, plan_faults
 from ovrange.faults.injectors import ScatterInjector, WeightInjector
 from ovrange.faults.linear import linear_layer
-from ovrange.faults.model import FORMATS, Fault, apply_mask, parse_fault_model
+from ovrange.faults.formats import FORMATS, apply_mask, parse_fault_model
 from ovrange.faults.rate_engine import cascade
-from ovrange.faults.sites import find_sites, plan_faults, site_outputs, static_clone
+from ovrange.faults.sites import find_sites, site_outputs, static_clone
 from tests.test_faults_exact import assert_same_output, run
 from tests.test_faults_sites import SHAPES, images, tiny_lenet
 

@@ -17,8 +17,9 @@ import openvino.opset13 as ops
 import pytest
 
 from ovrange.faults.injectors import ScatterInjector, WeightInjector
-from ovrange.faults.model import FORMATS, flip
-from ovrange.faults.sites import find_sites, plan_faults, site_outputs, static_clone
+from ovrange.faults.formats import FORMATS, flip
+from ovrange.faults.faultlist import plan_faults
+from ovrange.faults.sites import find_sites, site_outputs, static_clone
 from ovrange.runtime import compile_model
 from ovrange.faults.linear import linear_layer
 from tests.test_faults_sites import SHAPES, images, tiny_geometry, tiny_lenet

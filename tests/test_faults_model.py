@@ -7,7 +7,8 @@ import pytest
 
 from ovrange.errors import ConfigError
 from ovrange.faults.metrics import Rate, reduction, wilson
-from ovrange.faults.model import FORMATS, Fault, flip, parse_bits, parse_format
+from ovrange.faults.faultlist import Fault
+from ovrange.faults.formats import FORMATS, flip, parse_bits, parse_format
 
 
 def test_fp32_flips_known_values():

@@ -12,9 +12,10 @@ import pytest
 from ovrange.errors import ConfigError
 from ovrange.faults.campaign import inject
 from ovrange.faults.injectors import ScatterInjector, WeightInjector
-from ovrange.faults.model import STORED_FORMATS, flip, parse_bits
+from ovrange.faults.formats import STORED_FORMATS, flip, parse_bits
 from ovrange.faults.linear import linear_layer
-from ovrange.faults.sites import find_sites, plan_faults, site_outputs, static_clone, weight_values
+from ovrange.faults.faultlist import plan_faults
+from ovrange.faults.sites import find_sites, site_outputs, static_clone, weight_values
 from tests.test_faults_exact import assert_same_output, run
 from tests.test_faults_sites import SHAPES, images, tiny_lenet
 

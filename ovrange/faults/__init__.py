@@ -6,9 +6,9 @@
 """
 
 from ovrange.faults.campaign import inject, run_campaign
-from ovrange.faults.faultlist import FaultList
+from ovrange.faults.faultlist import Fault, FaultList
+from ovrange.faults.formats import FORMATS, NumberFormat, flip, parse_bits, parse_format
 from ovrange.faults.metrics import Rate, wilson
-from ovrange.faults.model import FORMATS, Fault, NumberFormat, flip, parse_bits, parse_format
 from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites
 from ovrange.faults.spec import CampaignSpec, SdcCriterion

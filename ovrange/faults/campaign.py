@@ -24,14 +24,14 @@ import openvino as ov
 from ovrange import data as data_mod
 from ovrange.errors import ConfigError, DataError, OutputError
 from ovrange.faults.executors import Job, LocalExecutor, make_shards, shard_size as shard_trials
-from ovrange.faults.faultlist import FaultList
+from ovrange.faults.faultlist import FaultList, plan_faults
 from ovrange.faults.injectors import check_batchable
 from ovrange.faults.inputs import InputStore, select_inputs
-from ovrange.faults.model import OPS, parse_format, rebase_bits
+from ovrange.faults.formats import OPS, parse_format, rebase_bits
 from ovrange.faults.outcomes import Judge
 from ovrange.faults.report import remove_report
 from ovrange.faults.result import CampaignResult, ModelRun
-from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults, sites_in_format
+from ovrange.faults.sites import Site, find_sites, match_sites, sites_in_format
 from ovrange.faults.spec import CampaignSpec
 from ovrange.faults.stopping import Stopping, fault_space
 from ovrange.graph import inserted_nodes

@@ -28,7 +28,7 @@ from ovrange.faults.execute import Outcomes, make_engine
 from ovrange.faults.faultlist import FaultList
 from ovrange.faults.injectors import Stopped, lane_stop
 from ovrange.faults.inputs import InputStore
-from ovrange.faults.model import parse_format
+from ovrange.faults.formats import parse_format
 from ovrange.faults.outcomes import Judge
 from ovrange.faults.sites import Site
 from ovrange.faults.spec import CampaignSpec

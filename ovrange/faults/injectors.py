@@ -25,7 +25,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from ovrange.faults.model import FORMATS, NumberFormat, apply_mask
+from ovrange.faults.formats import FORMATS, NumberFormat, apply_mask
 from ovrange.faults.sites import Site, site_outputs, static_clone
 from ovrange.runtime import compile_model, last_line
 from ovrange.errors import DataError, ModelError

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ovrange.errors import ConfigError
-from ovrange.faults.model import TARGETS, parse_bits, parse_fault_model, parse_format
+from ovrange.faults.formats import TARGETS, parse_bits, parse_fault_model, parse_format
 
 SDC_METRICS = ("auto", "top1", "tokens", "text", "linf", "cosine", "boxes", "regions")
 WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.execute
