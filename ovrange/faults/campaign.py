@@ -22,13 +22,13 @@ import numpy as np
 import openvino as ov
 
 from ovrange import data as data_mod
+from ovrange.compare import Judge
 from ovrange.errors import ConfigError, DataError, OutputError
 from ovrange.faults.executors import Job, LocalExecutor, make_shards, shard_size as shard_trials
 from ovrange.faults.faultlist import FaultList, plan_faults
+from ovrange.faults.formats import OPS, parse_format, rebase_bits
 from ovrange.faults.injectors import check_batchable
 from ovrange.faults.inputs import InputStore, select_inputs
-from ovrange.faults.formats import OPS, parse_format, rebase_bits
-from ovrange.faults.outcomes import Judge
 from ovrange.faults.report import remove_report
 from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, sites_in_format

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
+from ovrange.compare import Judge
 from ovrange.errors import ModelError
 from ovrange.faults.faultlist import Fault, FaultList
 from ovrange.faults.injectors import ScatterInjector, WeightInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.linear import LinearLayer, linear_layer
 from ovrange.faults.formats import NumberFormat, apply_mask
-from ovrange.faults.outcomes import Judge
 from ovrange.faults.sites import Site, site_outputs, static_clone
 from ovrange.faults.spec import CampaignSpec
 

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
+from ovrange.compare import Judge
 from ovrange.faults.execute import Outcomes, make_engine
 from ovrange.faults.faultlist import FaultList
+from ovrange.faults.formats import parse_format
 from ovrange.faults.injectors import Stopped, lane_stop
 from ovrange.faults.inputs import InputStore
-from ovrange.faults.formats import parse_format
-from ovrange.faults.outcomes import Judge
 from ovrange.faults.sites import Site
 from ovrange.faults.spec import CampaignSpec
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 
+from ovrange.compare import Judge
 from ovrange.errors import ModelError
 from ovrange.faults.execute import Outcomes
 from ovrange.faults.faultlist import FaultList
 from ovrange.faults.injectors import ScatterInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.formats import NumberFormat, apply_mask
-from ovrange.faults.outcomes import Judge
 from ovrange.faults.sites import Site
 from ovrange.faults.spec import CampaignSpec
 
