@@ -15,10 +15,10 @@ import openvino as ov
 
 from ovrange.compare import Judge
 from ovrange.errors import ModelError
-from ovrange.faults.execute import Outcomes
 from ovrange.faults.faultlist import FaultList
 from ovrange.faults.injectors import ScatterInjector, check_batchable
 from ovrange.faults.inputs import InputStore
+from ovrange.faults.outcomes import Outcomes
 from ovrange.faults.formats import NumberFormat, apply_mask
 from ovrange.faults.sites import Site
 from ovrange.faults.spec import CampaignSpec
@@ -57,9 +57,7 @@ class RateActivationEngine:
             faults = [by_trial.get(int(t), empty) for t in part]
             inputs = store.batch(trial_inputs[part])
             outputs = cascade(injector, inputs, faults, fmt)[self.judge.output]
-            codes, top1, deviation = self.judge.classify(np.stack([golden[int(i)] for i in trial_inputs[part]]),
-                                                         outputs)
-            parts.append(Outcomes(part, codes, top1, deviation))
+            parts.append(Outcomes.judged(self.judge, golden, trial_inputs[part], outputs, part))
         return Outcomes.concat(parts)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import openvino as ov
 
 from ovrange.errors import ConfigError, DeviceError, OvrangeError
-from ovrange.faults.executors import Bench, Job, Shard, ShardResult
+from ovrange.faults.executors import Job, Lane as Bench, Shard, ShardResult
 from ovrange.faults.inputs import InputStore
 
 EXTRA_HINT = "pip install 'ovrange[ray]'"

@@ -17,7 +17,7 @@ from ovrange.compare import SdcCriterion
 from ovrange.errors import ConfigError
 from ovrange.faults.formats import TARGETS, parse_bits, parse_fault_model, parse_format
 
-WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.execute
+WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.engines
 FILE_KEYS = ("model", "compare", "data", "json", "report", "replay")
 RUN_KEYS = ("workers", "ray_address", "shard_size", "lanes")  # where a campaign runs: never part of its result
 

@@ -7,7 +7,7 @@
 * ParameterWeightEngine: the weights become inputs and bits are flipped in place; one input per inference. Used
   for bit-error-rate mode, layers the delta engine does not cover, and models whose batch cannot change.
 
-Each engine runs a *shard* (any set of trial indices) and returns its Outcomes; it keeps its compiled models
+Each engine (:class:`Engine`) runs a *shard* (any set of trial indices) and returns its Outcomes; it keeps its compiled models
 between shards, so an executor builds one engine per model and feeds it shard after shard. The fault-free output a
 trial is judged against comes from the compiled model the trial runs on, with no fault, so a masked fault leaves
 the output bit-identical; it is computed per shard from the shard's own inputs, so a shard's outcomes do not
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import openvino as ov
@@ -29,6 +29,8 @@ from ovrange.faults.faultlist import Fault, FaultList
 from ovrange.faults.injectors import ScatterInjector, WeightInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.linear import LinearLayer, linear_layer
+from ovrange.faults.outcomes import Outcomes
+from ovrange.faults.rate_engine import RateActivationEngine  # many faults per trial, cascading
 from ovrange.faults.formats import NumberFormat, apply_mask
 from ovrange.faults.sites import Site, site_outputs, static_clone
 from ovrange.faults.spec import CampaignSpec
@@ -40,20 +42,18 @@ WEIGHT_SHARE = 3 / 8
 CHUNK = 64  # trials of a one-input-per-inference engine classified and checkpointed together
 
 
-@dataclass(frozen=True)
-class Outcomes:
-    """What a shard produced: per trial index, the outcome code, faulty top-1 and relative deviation."""
+@runtime_checkable
+class Engine(Protocol):
+    """What an executor needs from an engine: ``run`` a shard of one model's trials and return their outcomes."""
 
-    trials: np.ndarray
-    codes: np.ndarray
-    top1: np.ndarray
-    deviation: np.ndarray
+    kind: str  # "activations" or "weights"
+    batch: int  # trials per inference
+    description: str  # one line for the report: how the faults are injected
 
-    @classmethod
-    def concat(cls, parts: list[Outcomes]) -> Outcomes:
-        if not parts:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int32), np.zeros(0, np.float32))
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("trials", "codes", "top1", "deviation")))
+    def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
+        """Outcomes of the trials ``pending`` of ``plan``, their inputs read from ``store``."""
+        ...
+
 
 
 def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -92,12 +92,6 @@ def _by_site(site: np.ndarray) -> np.ndarray:
     """Trial positions ordered by site: a batch then writes into few taps, and each tap whose writes change costs
     two input tensors per inference (outcomes do not depend on the order)."""
     return np.argsort(site, kind="stable")
-
-
-def _judge(judge: Judge, golden: dict[int, np.ndarray], inputs: np.ndarray, outputs: np.ndarray,
-           trials: np.ndarray) -> Outcomes:
-    codes, top1, deviation = judge.classify(np.stack([golden[int(i)] for i in inputs]), outputs)
-    return Outcomes(np.asarray(trials, np.int64), codes, top1, deviation)
 
 
 class _ScatterEngine:
@@ -182,7 +176,7 @@ class ActivationEngine(_ScatterEngine):
         for part in _chunks(_by_site(trial.site), self.batch):
             outputs, _ = self.injector.run(store.batch(trial.inputs[part]), trial.site[part], np.arange(len(part)),
                                            trial.element[part], trial.faulty[part])
-            parts.append(_judge(self.judge, golden, trial.inputs[part], outputs[self.judge.output],
+            parts.append(Outcomes.judged(self.judge, golden, trial.inputs[part], outputs[self.judge.output],
                                 trial.pending[part]))
         return Outcomes.concat(parts)
 
@@ -244,7 +238,7 @@ class DeltaWeightEngine(_ScatterEngine):
             elements = np.concatenate([writes[k][0] for k in part])
             values = np.concatenate([writes[k][1] for k in part])
             outputs, _ = self.injector.run(store.batch(inputs[part]), taps, rows, elements, values)
-            parts.append(_judge(self.judge, golden, inputs[part], outputs[self.judge.output], pending[part]))
+            parts.append(Outcomes.judged(self.judge, golden, inputs[part], outputs[self.judge.output], pending[part]))
         return Outcomes.concat(parts)
 
 
@@ -288,18 +282,16 @@ class ParameterWeightEngine:
                 flips = [[(names[f.site], f.element, f.mask, f.op) for f in faults[int(t)]] for t in part]
                 outputs = [injector.run(rows[int(trial_inputs[t])], flip)[self.judge.output]
                            for t, flip in zip(part, flips)]
-                parts.append(_judge(self.judge, golden, trial_inputs[part], np.concatenate(outputs), part))
+                parts.append(Outcomes.judged(self.judge, golden, trial_inputs[part], np.concatenate(outputs), part))
             del injector
         return Outcomes.concat(parts)
 
 
 def make_engine(model: ov.Model, target: str, sites: list[Site], shapes: list[tuple[int, ...]],
-                spec: CampaignSpec, judge: Judge, fmt: NumberFormat, config: dict[str, Any] | None = None):
+                spec: CampaignSpec, judge: Judge, fmt: NumberFormat, config: dict[str, Any] | None = None) -> Engine:
     """The fastest engine that runs ``target`` faults on ``model`` (see the module docstring); ``config`` holds
     extra OpenVINO compile properties (a Ray worker turns CPU pinning off)."""
     if target == "activations" and spec.error_rate is not None:
-        from ovrange.faults.rate_engine import RateActivationEngine  # many faults per trial, cascading
-
         return RateActivationEngine(model, sites, shapes, spec, judge, config)
     if target == "activations":
         return ActivationEngine(model, sites, shapes, spec, judge, config)
