@@ -233,11 +233,12 @@ def _run_rounds(result: CampaignResult, executor, stopping: Stopping | None, key
 def _fault_keys(plan: FaultList) -> np.ndarray:
     """Per trial, an id of its fault (input, site, element, mask, operation): equal ids are the same fault drawn
     twice."""
-    index = {site.name: i for i, site in enumerate(plan.sites)}
-    operations = {op: i for i, op in enumerate(OPS)}
+    faults = plan.arrays
     rows = np.full((plan.trials, 5), -1, np.int64)
-    for fault in plan.faults:  # multi-fault trials keep their last fault: only single-fault plans use the ids
-        rows[fault.trial] = (fault.input, index[fault.site], fault.element, fault.mask, operations[fault.op])
+    trials, last = faults.last()  # multi-fault trials keep their last fault: only single-fault plans use the ids
+    codes = np.select([faults.op[last] == op for op in OPS], range(len(OPS)), -1)  # the operation's index in OPS
+    rows[trials] = np.stack([faults.input[last], faults.site[last], faults.element[last],
+                             faults.mask[last].astype(np.int64), codes], axis=1)
     return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
 
 
@@ -269,22 +270,19 @@ def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[
 
 
 def _empty_result(plan: FaultList, spec: CampaignSpec, names: list[str], data: str) -> CampaignResult:
-    index = {site.name: i for i, site in enumerate(plan.sites)}
+    faults = plan.arrays
+    bad = (faults.trial < 0) | (faults.trial >= plan.trials) | (faults.site < 0)
+    if bad.any():
+        raise ConfigError(f"fault {plan.faults[int(np.argmax(bad))]} does not fit the plan ({plan.trials} trials)")
+    count = np.bincount(faults.trial, minlength=plan.trials).astype(np.int32)
+    single = count[faults.trial] == 1
     trial_site = np.full(plan.trials, -1, np.int32)
     trial_bit = np.full(plan.trials, -1, np.int16)
-    trial_input = np.full(plan.trials, -1, np.int64)
-    count = np.zeros(plan.trials, np.int32)
-    for fault in plan.faults:
-        if not 0 <= fault.trial < plan.trials or fault.site not in index:
-            raise ConfigError(f"fault {fault} does not fit the plan ({plan.trials} trials)")
-        count[fault.trial] += 1
-        trial_input[fault.trial] = fault.input
-        trial_site[fault.trial] = index[fault.site] if count[fault.trial] == 1 else -1
-        trial_bit[fault.trial] = fault.bit if count[fault.trial] == 1 else -1
+    trial_site[faults.trial[single]] = faults.site[single]
+    trial_bit[faults.trial[single]] = faults.bits()[single]
     if plan.ber is None and plan.error_rate is None and (count != 1).any():
         raise ConfigError("a single-fault plan must hold exactly one fault per trial")
-    if plan.trial_inputs:
-        trial_input[:] = plan.trial_inputs
+    trial_input = plan.trial_input.copy()
     if (trial_input < 0).any():
         raise ConfigError("the fault list has trials without an input")
     runs = [ModelRun.empty(name, plan.trials) for name in names]

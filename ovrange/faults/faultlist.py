@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,60 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class FaultArrays:
+    """The faults of a plan as parallel numpy arrays, one row per fault, in the plan's order: what engines index.
+
+    ``site`` is the index of the fault's site in the plan's sites (-1: not one of them).
+    """
+
+    trial: np.ndarray  # int64
+    input: np.ndarray  # int64
+    site: np.ndarray  # int64
+    element: np.ndarray  # int64
+    mask: np.ndarray  # uint64 (masks of up to 32 bits)
+    op: np.ndarray  # str: flip, set or clear
+
+    @classmethod
+    def of(cls, faults: tuple[Fault, ...], sites: tuple[Site, ...]) -> FaultArrays:
+        index = {site.name: i for i, site in enumerate(sites)}
+        return cls(np.array([f.trial for f in faults], np.int64), np.array([f.input for f in faults], np.int64),
+                   np.array([index.get(f.site, -1) for f in faults], np.int64),
+                   np.array([f.element for f in faults], np.int64), np.array([f.mask for f in faults], np.uint64),
+                   np.array([f.op for f in faults], "<U5"))
+
+    def __len__(self) -> int:
+        return len(self.trial)
+
+    def take(self, rows: np.ndarray) -> FaultArrays:
+        return FaultArrays(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    def single(self, trials: np.ndarray) -> FaultArrays:
+        """The one fault of each trial of ``trials``, in that order (a one-fault-per-trial plan)."""
+        order = np.argsort(self.trial, kind="stable")
+        rows = order[np.minimum(np.searchsorted(self.trial[order], trials), max(len(order) - 1, 0))]
+        if not len(order) or not np.array_equal(self.trial[rows], trials):
+            raise ValueError("a trial of a one-fault-per-trial plan has no fault")
+        return self.take(rows)
+
+    def per_trial(self, trials: np.ndarray) -> dict[int, FaultArrays]:
+        """The faults of each trial of ``trials`` that has any, in the plan's order."""
+        wanted = np.isin(self.trial, trials)
+        order = np.flatnonzero(wanted)
+        order = order[np.argsort(self.trial[order], kind="stable")]
+        found, starts = np.unique(self.trial[order], return_index=True)
+        return {int(t): self.take(order[a:b]) for t, a, b in zip(found, starts, [*starts[1:], len(order)])}
+
+    def last(self) -> tuple[np.ndarray, np.ndarray]:
+        """(trials, rows): each trial that has faults once, with the row of its last fault."""
+        trials, from_end = np.unique(self.trial[::-1], return_index=True)
+        return trials, len(self.trial) - 1 - from_end
+
+    def bits(self) -> np.ndarray:
+        """The most significant bit of each mask (:attr:`Fault.bit`)."""
+        return np.frexp(self.mask.astype(np.float64))[1].astype(np.int64) - 1  # exact below 2**53; masks have <= 32 bits
+
+
+@dataclass(frozen=True)
 class FaultList:
     """The full plan of a campaign: ``faults`` (grouped by ``trial``) over ``sites`` and input ``inputs``."""
 
@@ -73,6 +128,22 @@ class FaultList:
     trial_inputs: tuple[int, ...] = ()  # error-rate plans only: a trial may hold no fault but has an input
     fault_model: str = "bit"
     error_rate: float | None = None  # per-element probability (activations per inference, or weights)
+
+    @cached_property
+    def arrays(self) -> FaultArrays:
+        """The faults as arrays, built once per plan (a shard looks its trials up instead of scanning the list)."""
+        return FaultArrays.of(self.faults, self.sites)
+
+    @cached_property
+    def trial_input(self) -> np.ndarray:
+        """The input of every trial (-1: none): its faults' input, or the recorded one of an error-rate plan."""
+        inputs = np.full(self.trials, -1, np.int64)
+        trials, rows = self.arrays.last()
+        inside = (trials >= 0) & (trials < self.trials)
+        inputs[trials[inside]] = self.arrays.input[rows[inside]]
+        if self.trial_inputs:
+            inputs[:] = self.trial_inputs
+        return inputs
 
     def header(self) -> dict:
         return {"format": MAGIC, "version": VERSION, "target": self.target, "number_format": self.number_format,

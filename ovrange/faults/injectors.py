@@ -18,8 +18,9 @@ computes the corrected layer output (:mod:`ovrange.faults.linear`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import openvino as ov
@@ -216,6 +217,17 @@ def _taps(clone: ov.Model, kind: str, names: list[str]) -> list[tuple[ov.Output,
     return [(found[name][0].output(0), [found[name][0].input_value(0), found[name][0].output(0)]) for name in names]
 
 
+@dataclass(frozen=True)
+class WeightFlip:
+    """One weight fault of a :class:`WeightInjector` run: ``mask`` applied by ``op`` to flat element ``element`` of
+    the injector's site number ``site``."""
+
+    site: int
+    element: int
+    mask: int
+    op: str = "flip"
+
+
 class WeightInjector:
     """Runs one input per inference with the weights of ``sites`` as inputs, some bits flipped."""
 
@@ -252,31 +264,30 @@ class WeightInjector:
             flat[...] = values.reshape(-1)
         self._bits = [flat.view(np.uint32) for flat in self.weights]
 
-    def run(self, inputs: list[np.ndarray], flips: list[tuple] = ()) -> list[np.ndarray]:
-        """Infer one input with ``mask`` applied to element ``element`` of site ``site`` (by ``op``, default flip),
-        for each ``(site, element, mask[, op])`` of ``flips``."""
+    def run(self, inputs: list[np.ndarray], flips: Sequence[WeightFlip] = ()) -> list[np.ndarray]:
+        """Infer one input with each of ``flips`` applied (a mask on one element of one of the sites)."""
         for buffer, array in zip(self.runner.buffers, inputs):
             buffer[...] = array
-        if self.format == FORMATS["fp32"] and all(len(f) < 4 or f[3] == "flip" for f in flips):
-            for site, element, mask, *_ in flips:  # XOR in place and XOR back: exact, and no copy of the weights
-                self._bits[site][element] ^= np.uint32(mask)
+        if self.format == FORMATS["fp32"] and all(f.op == "flip" for f in flips):
+            for f in flips:  # XOR in place and XOR back: exact, and no copy of the weights
+                self._bits[f.site][f.element] ^= np.uint32(f.mask)
             try:
                 return self.runner.infer(1)
             finally:
-                for site, element, mask, *_ in reversed(flips):
-                    self._bits[site][element] ^= np.uint32(mask)
+                for f in reversed(flips):
+                    self._bits[f.site][f.element] ^= np.uint32(f.mask)
         saved = []
-        for site in sorted({f[0] for f in flips}):  # one vectorized apply per site (a BER trial has thousands)
-            mine = [f for f in flips if f[0] == site]
-            elements = np.array([f[1] for f in mine], np.int64)
+        for site in sorted({f.site for f in flips}):  # one vectorized apply per site (a BER trial has thousands)
+            mine = [f for f in flips if f.site == site]
+            elements = np.array([f.element for f in mine], np.int64)
             # the same value struck twice: apply one after the other
             groups = [[f] for f in mine] if len(np.unique(elements)) < len(elements) else [mine]
             stored = self.stored[site]
             struck: dict[int, float] = {}  # stored integers already struck in this run
             for group in groups:
-                where = np.array([f[1] for f in group], np.int64)
-                masks = np.array([f[2] for f in group])
-                operations = np.array([f[3] if len(f) > 3 else "flip" for f in group])
+                where = np.array([f.element for f in group], np.int64)
+                masks = np.array([f.mask for f in group])
+                operations = np.array([f.op for f in group])
                 saved.append((site, where, self.weights[site][where].copy()))
                 if stored is None:
                     self.weights[site][where] = apply_mask(self.weights[site][where], masks, self.format, operations)
