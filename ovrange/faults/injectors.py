@@ -3,9 +3,8 @@
 * ScatterInjector: a ScatterNDUpdate after every tap output (an activation site, or the output of a weight
   layer), fed with ``indices``/``updates`` Parameters of dynamic length: each batch element carries its own fault,
   and an inference passes exactly its writes (none at the other taps). One compiled model serves every site; a
-  model whose batch cannot change runs it at batch 1. (Until 2026-11 the writes had a fixed length and idle rows
-  wrote into a spare "trash" batch element: on a DeiT-Tiny-sized ViT that cost 14% more CPU per trial than empty
-  writes, docs/distributed.md.)
+  model whose batch cannot change runs it at batch 1. (Empty writes cost nothing; fixed-length writes with idle
+  rows writing into a spare batch element cost 14% more CPU per trial on a DeiT-Tiny-sized ViT, docs/distributed.md.)
 * WeightInjector: each site's constant weight becomes a Parameter fed through shared-memory tensors; a trial
   flips bits in place, infers, and flips them back. One input per inference; any number of flips (bit-error-rate
   mode), any layer kind.
@@ -26,10 +25,10 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from ovrange.errors import ModelError
 from ovrange.faults.formats import FORMATS, NumberFormat, apply_mask
 from ovrange.faults.sites import Site, site_outputs, static_clone
-from ovrange.runtime import compile_model, last_line
-from ovrange.errors import DataError, ModelError
+from ovrange.runtime import Runner
 
 
 def _move_names(old: ov.Output, new: ov.Output) -> None:
@@ -56,15 +55,16 @@ def lane_stop(stop: threading.Event) -> Iterator[None]:
         _LANE.stop = None
 
 
-class _Runner:
-    """A compiled model with preallocated shared-memory buffers for its static-shaped inputs; inputs of dynamic
-    length (the writes and reads of a :class:`ScatterInjector`) are set per inference with :meth:`feed`."""
+class _Bound:
+    """A :class:`ovrange.runtime.Runner` whose static-shaped inputs are bound once to shared-memory ``buffers``
+    (written in place: no copy per inference); inputs of dynamic length (the writes and reads of a
+    :class:`ScatterInjector`) are set per inference with :meth:`feed`. It uses the Runner's first request only."""
 
     def __init__(self, model: ov.Model, device: str, precision: str, config: dict | None = None):
-        self.compiled = compile_model(model, device, precision=precision, config=config)
-        self.request = self.compiled.create_infer_request()
+        self.runner = Runner(model, device=device, precision=precision, config=config, batched_outputs=False)
+        self.request = self.runner.requests[0]
         self.buffers = []
-        for index, port in enumerate(self.compiled.inputs):
+        for index, port in enumerate(self.runner.compiled.inputs):
             if port.get_partial_shape().is_dynamic:
                 continue
             buffer = np.zeros(tuple(port.get_shape()), dtype=port.get_element_type().to_dtype())
@@ -74,19 +74,17 @@ class _Runner:
     def feed(self, index: int, array: np.ndarray) -> None:
         self.request.set_input_tensor(index, ov.Tensor(np.ascontiguousarray(array)))
 
-    def run(self) -> None:
+    def outputs(self) -> tuple:
+        """Infer the inputs as bound and fed; copies of every output."""
         stop = getattr(_LANE, "stop", None)
         if stop is not None and stop.is_set():
             raise Stopped()
-        try:
-            self.request.infer()
-        except RuntimeError as exc:
-            raise DataError(f"inference failed: {last_line(exc)}") from exc
+        return self.runner.infer({})
 
     def infer(self, n: int, count: int | None = None) -> list[np.ndarray]:
-        """Infer; copies of the first ``count`` outputs (default all), ``n`` rows each."""
-        self.run()
-        return [self.request.get_output_tensor(i).data[:n].copy() for i in range(count or len(self.compiled.outputs))]
+        """Infer; the first ``count`` outputs (default all), ``n`` rows each."""
+        outputs = self.outputs()
+        return [out[:n] for out in outputs[:count or len(outputs)]]
 
 
 def _coordinates(row: np.ndarray, element: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -149,7 +147,7 @@ class ScatterInjector:
             clone.add_results(probes + read_results)
         clone.validate_nodes_and_infer_types()
         self.n_outputs = len(clone.outputs) - len(probes) - len(read_results)
-        self.runner = _Runner(clone, device, precision, config)
+        self.runner = _Bound(clone, device, precision, config)
         self.read_at = self.n_inputs + len(params)
         self._none = [_coordinates(np.zeros(0, np.int64), np.zeros(0, np.int64), shape) for shape in self.shapes]
         self._dirty: set[int] = set(range(len(self.shapes)))  # taps whose writes are not empty
@@ -200,13 +198,11 @@ class ScatterInjector:
         groups = _groups(site)
         for s, take in groups.items():
             self.runner.feed(self.read_at + s, _coordinates(row[take], element[take], self.shapes[s]))
-        self.runner.run()
-        request, first = self.runner.request, self.n_outputs + sum(self.probe_counts)
+        outputs, first = self.runner.outputs(), self.n_outputs + sum(self.probe_counts)
         values = np.zeros(len(site), np.float32)
         for s, take in groups.items():
-            values[take] = request.get_output_tensor(first + s).data[: len(take)]
-        outputs = [request.get_output_tensor(i).data[:n].copy() for i in range(self.n_outputs)]
-        return outputs, values
+            values[take] = outputs[first + s][: len(take)]
+        return [out[:n] for out in outputs[:self.n_outputs]], values
 
 
 def _taps(clone: ov.Model, kind: str, names: list[str]) -> list[tuple[ov.Output, list[ov.Output]]]:
@@ -258,7 +254,7 @@ class WeightInjector:
             params.append(param)
         clone.add_parameters(params)
         clone.validate_nodes_and_infer_types()
-        self.runner = _Runner(clone, device, precision, config)
+        self.runner = _Bound(clone, device, precision, config)
         self.weights = [self.runner.buffers[self.n_inputs + i].reshape(-1) for i in range(len(sites))]
         for flat, values in zip(self.weights, golden):
             flat[...] = values.reshape(-1)
