@@ -34,10 +34,9 @@ from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, sites_in_format
 from ovrange.faults.spec import CampaignSpec
 from ovrange.faults.stopping import Stopping, fault_space
-from ovrange.graph import inserted_nodes
+from ovrange.graph import get_rt_json, inserted_nodes
 from ovrange.modelio import read_model
 from ovrange.runtime import Runner
-from ovrange.protect import protection_info
 
 ProgressFn = Callable[[int, int], None]
 FAULTS_FILE = "faults.jsonl"
@@ -260,7 +259,7 @@ def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[
     found = find_sites(models[0][1], spec.target, shapes, include, exclude)
     number_format, sites = sites_in_format(found, spec.number_format, models[0][0])
     for name, model in models[1:]:
-        protected_twin = protection_info(model) is not None
+        protected_twin = get_rt_json(model, "protection") is not None  # the record ovrange.protect writes
         _, theirs = sites_in_format(find_sites(model, spec.target, shapes, include, exclude), number_format, name)
         match_sites(sites, theirs, name, protected_twin)
     if number_format != spec.number_format:  # 'all' and named bit groups under auto: taken in the model's format

@@ -223,6 +223,8 @@ class DeltaWeightEngine(_ScatterEngine):
 class ParameterWeightEngine:
     """Weights as inputs, one inference per trial; flips applied in place and undone."""
 
+    kind = "weights"
+
     def __init__(self, model, sites, shapes, spec, judge, fmt: NumberFormat, config=None):
         self.model, self.sites, self.shapes, self.spec, self.judge, self.fmt = model, sites, shapes, spec, judge, fmt
         self.config = config
