@@ -53,7 +53,8 @@ def test_weight_faults_equal_the_model_recompiled_with_the_flipped_constant():
     index = {s.name: i for i, s in enumerate(sites)}
     changed = 0
     for fault in faults:
-        ours = injector.run([x[fault.input:fault.input + 1]], [WeightFlip(index[fault.site], fault.element, fault.mask)])[0]
+        flip_at = WeightFlip(index[fault.site], fault.element, fault.mask)
+        ours = injector.run([x[fault.input:fault.input + 1]], [flip_at])[0]
         clone = recompiled_with_flip(model, fault.site, fault.element, fault.bit)
         assert_same_output(ours, run(clone, x[fault.input:fault.input + 1]))
         changed += not np.array_equal(ours, golden[fault.input], equal_nan=True)

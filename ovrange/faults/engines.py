@@ -7,11 +7,11 @@
 * ParameterWeightEngine: the weights become inputs and bits are flipped in place; one input per inference. Used
   for bit-error-rate mode, layers the delta engine does not cover, and models whose batch cannot change.
 
-Each engine (:class:`Engine`) runs a *shard* (any set of trial indices) and returns its Outcomes; it keeps its compiled models
-between shards, so an executor builds one engine per model and feeds it shard after shard. The fault-free output a
-trial is judged against comes from the compiled model the trial runs on, with no fault, so a masked fault leaves
-the output bit-identical; it is computed per shard from the shard's own inputs, so a shard's outcomes do not
-depend on which worker ran it or what ran before.
+Each engine (:class:`Engine`) runs a *shard* (any set of trial indices) and returns its Outcomes; it keeps its
+compiled models between shards, so an executor builds one engine per model and feeds it shard after shard. The
+fault-free output a trial is judged against comes from the compiled model the trial runs on, with no fault, so a
+masked fault leaves the output bit-identical; it is computed per shard from the shard's own inputs, so a shard's
+outcomes do not depend on which worker ran it or what ran before.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import openvino as ov
 from ovrange.compare import Judge
 from ovrange.errors import ModelError
 from ovrange.faults.faultlist import FaultArrays, FaultList
+from ovrange.faults.formats import NumberFormat, apply_mask
 from ovrange.faults.injectors import ScatterInjector, WeightFlip, WeightInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.linear import LinearLayer, linear_layer
 from ovrange.faults.outcomes import Outcomes
 from ovrange.faults.rate_engine import RateActivationEngine  # many faults per trial, cascading
-from ovrange.faults.formats import NumberFormat, apply_mask
 from ovrange.faults.sites import Site, site_outputs, static_clone
 from ovrange.faults.spec import CampaignSpec
 
@@ -53,7 +53,6 @@ class Engine(Protocol):
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         """Outcomes of the trials ``pending`` of ``plan``, their inputs read from ``store``."""
         ...
-
 
 
 def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:

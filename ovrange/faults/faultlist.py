@@ -109,7 +109,7 @@ class FaultArrays:
 
     def bits(self) -> np.ndarray:
         """The most significant bit of each mask (:attr:`Fault.bit`)."""
-        return np.frexp(self.mask.astype(np.float64))[1].astype(np.int64) - 1  # exact below 2**53; masks have <= 32 bits
+        return np.frexp(self.mask.astype(np.float64))[1].astype(np.int64) - 1  # exact: masks have <= 32 bits
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,6 @@ class Outcomes:
     @classmethod
     def judged(cls, judge: Judge, golden: dict[int, np.ndarray], inputs: np.ndarray, outputs: np.ndarray,
                trials: np.ndarray) -> Outcomes:
-        """Outcomes of trials ``trials``: faulty ``outputs`` judged against the fault-free output of each one's input."""
+        """Outcomes of ``trials``: faulty ``outputs`` judged against the fault-free output of each one's input."""
         codes, top1, deviation = judge.classify(np.stack([golden[int(i)] for i in inputs]), outputs)
         return cls(np.asarray(trials, np.int64), codes, top1, deviation)

@@ -16,10 +16,10 @@ import openvino as ov
 from ovrange.compare import Judge
 from ovrange.errors import ModelError
 from ovrange.faults.faultlist import FaultArrays, FaultList
+from ovrange.faults.formats import NumberFormat, apply_mask
 from ovrange.faults.injectors import ScatterInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.outcomes import Outcomes
-from ovrange.faults.formats import NumberFormat, apply_mask
 from ovrange.faults.sites import Site
 from ovrange.faults.spec import CampaignSpec
 
@@ -69,7 +69,8 @@ def cascade(injector: ScatterInjector, inputs: list[np.ndarray], faults: list[Fa
     """Outputs of ``injector`` on ``inputs`` (row r carrying ``faults[r]``), each fault applied to the value its
     site actually computes given the faults upstream of it."""
     rows = np.concatenate([np.full(len(f), r, np.int64) for r, f in enumerate(faults)])
-    site, element, mask, op = (np.concatenate([getattr(f, k) for f in faults]) for k in ("site", "element", "mask", "op"))
+    site, element, mask, op = (np.concatenate([getattr(f, k) for f in faults])
+                               for k in ("site", "element", "mask", "op"))
     taps, where, values = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     done_rows: list[np.ndarray] = [np.zeros(0, np.int64)]
     for s in np.unique(site):  # site indices are in topological order
