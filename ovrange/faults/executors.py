@@ -137,12 +137,12 @@ class LocalExecutor:
             self.pool = [Lane(job, lambda i: models[i], store, name=name)]
         else:
             plan = job.plan  # every input loaded here: the dataset is not read from two threads
-            store.load(sorted({int(i) for i in (*plan.inputs, *plan.trial_inputs)} | {f.input for f in plan.faults}))
+            store.load(sorted({int(i) for i in (*plan.inputs, *plan.trial_inputs, *plan.arrays.input)}))
             threads = max(1, (os.cpu_count() or 1) // self.lanes)
             config = {"INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}  # pinned lanes share a core
             lane_job = replace(job, spec=replace(job.spec, memory=max(1, job.spec.memory // self.lanes)))
             self.pool = [Lane(lane_job, lambda i: models[i], store, config, f"{name}:{k}")
-                            for k in range(self.lanes)]
+                         for k in range(self.lanes)]
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
 

@@ -28,14 +28,8 @@ import openvino.opset13 as ops
 from ovrange.errors import ModelError
 from ovrange.faults.formats import FORMATS, NumberFormat, apply_mask
 from ovrange.faults.sites import Site, site_outputs, static_clone
+from ovrange.graph import insert_after
 from ovrange.runtime import Runner
-
-
-def _move_names(old: ov.Output, new: ov.Output) -> None:
-    names = set(old.get_names())
-    if names:
-        old.get_tensor().set_names(set())
-        new.get_tensor().set_names(names)
 
 
 class Stopped(Exception):
@@ -125,16 +119,12 @@ class ScatterInjector:
         for i, (out, tensors) in enumerate(_taps(clone, kind, names)):
             shape = tuple(int(d) for d in out.get_shape()[1:])
             self.shapes.append(shape)
-            targets = list(out.get_target_inputs())  # snapshot before the scatter and probes become consumers
-            if probe:
-                probes += [ops.result(r) for r in tensors]
-                self.probe_counts.append(len(tensors))
             indices = ops.parameter(ov.PartialShape([-1, 1 + len(shape)]), ov.Type.i32, name=f"ovrange_fi_idx_{i}")
             updates = ops.parameter(ov.PartialShape([-1]), ov.Type.f32, name=f"ovrange_fi_upd_{i}")
-            written = ops.scatter_nd_update(out, indices, updates).output(0)
-            for target in targets:
-                target.replace_source_output(written)
-            _move_names(out, written)
+            written = insert_after(out, lambda tap: ops.scatter_nd_update(tap, indices, updates)).output(0)
+            if probe:  # added after the scatter, so they read the tap's fault-free tensors
+                probes += [ops.result(r) for r in tensors]
+                self.probe_counts.append(len(tensors))
             params += [indices, updates]
             if reads:
                 # Read after the scatter: a read run writes nothing, and the scatter stays the tap's one consumer
