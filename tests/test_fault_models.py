@@ -13,10 +13,11 @@ import pytest
 
 from ovrange.errors import ConfigError
 from ovrange.faults import inject
+from ovrange.faults import rate_engine
 from ovrange.faults.faultlist import Fault, FaultArrays, FaultList, plan_faults
+from ovrange.faults.formats import FORMATS, apply_mask, parse_fault_model
 from ovrange.faults.injectors import ScatterInjector, WeightFlip, WeightInjector
 from ovrange.faults.linear import linear_layer
-from ovrange.faults.formats import FORMATS, apply_mask, parse_fault_model
 from ovrange.faults.rate_engine import cascade
 from ovrange.faults.sites import find_sites, site_outputs, static_clone
 from tests.test_faults_exact import assert_same_output, run
@@ -206,6 +207,25 @@ def test_error_rate_campaigns_replay_exactly_from_the_saved_fault_list(tmp_path)
     single = inject(tiny_lenet(), x, fault_model="stuck-at-1", bits="30", checkpoint_dir=tmp_path / "b", **settings)
     replayed = inject(tiny_lenet(), x, replay=tmp_path / "b" / "faults.jsonl", **settings)
     assert np.array_equal(single.models[0].outcome, replayed.models[0].outcome)
+
+
+def test_the_error_rate_engine_compiles_once_for_all_its_shards(monkeypatch):
+    built = []
+
+    def counted(*args, **kwargs):
+        built.append(args[0])
+        return ScatterInjector(*args, **kwargs)
+
+    monkeypatch.setattr(rate_engine, "ScatterInjector", counted)
+    x = images(40, seed=3)
+    y = run(tiny_lenet(), x.astype(np.float32)).argmax(1)
+    settings = dict(labels=y, trials=60, seed=4, inputs=10, batch_size=8, lanes=1, error_rate=2e-3)
+    sharded = inject(tiny_lenet(), x, shard_size=16, **settings)  # 4 shards
+    assert len(built) == 1
+    whole = inject(tiny_lenet(), x, shard_size=64, **settings)
+    assert np.array_equal(sharded.models[0].outcome, whole.models[0].outcome)
+    assert np.array_equal(sharded.models[0].deviation, whole.models[0].deviation, equal_nan=True)
+    assert (whole.models[0].outcome != 0).any()  # the faults did something
 
 
 def test_version_one_fault_lists_still_load(tmp_path):
