@@ -125,8 +125,11 @@ def test_fault_arrays_look_trials_up_in_any_order():
     one = arrays.take(np.array([0, 1, 2]))  # one fault per trial
     picked = one.single(np.array([2, 0]))
     assert picked.element.tolist() == [5, 7] and picked.op.tolist() == ["flip", "set"]
+    assert len(one.single(np.zeros(0, np.int64))) == 0
     with pytest.raises(ValueError):
         one.single(np.array([3]))
+    with pytest.raises(ValueError):
+        one.take(np.zeros(0, np.int64)).single(np.array([0]))
     grouped = arrays.per_trial(np.array([1, 2, 5]))
     assert sorted(grouped) == [1, 2]
     assert grouped[1].element.tolist() == [9, 4] and grouped[1].site.tolist() == [0, 1]  # in the plan's order

@@ -89,8 +89,11 @@ class FaultArrays:
     def single(self, trials: np.ndarray) -> FaultArrays:
         """The one fault of each trial of ``trials``, in that order (a one-fault-per-trial plan)."""
         order = np.argsort(self.trial, kind="stable")
-        rows = order[np.minimum(np.searchsorted(self.trial[order], trials), max(len(order) - 1, 0))]
-        if not len(order) or not np.array_equal(self.trial[rows], trials):
+        if not len(order):
+            rows = np.zeros(0, np.int64)
+        else:
+            rows = order[np.minimum(np.searchsorted(self.trial[order], trials), len(order) - 1)]
+        if not np.array_equal(self.trial[rows], trials):
             raise ValueError("a trial of a one-fault-per-trial plan has no fault")
         return self.take(rows)
 
