@@ -36,7 +36,7 @@ import numpy as np
 
 import ovrange
 from ovrange.errors import ConfigError
-from ovrange.faults.model import parse_format
+from ovrange.faults.formats import parse_format
 from ovrange.faults.sweep import plot_sweep, run_sweep
 from ovrange.modelio import read_model
 

@@ -24,11 +24,10 @@ import numpy as np
 import openvino as ov
 
 from ovrange.bench import BenchmarkResult, benchmark
+from ovrange.compare import Judge, SdcCriterion, agreement
 from ovrange.data import LabelledData
 from ovrange.errors import CheckFailed, ConfigError
-from ovrange.evaluate import agreement, label_accuracy, predict
-from ovrange.faults.outcomes import Judge
-from ovrange.faults.spec import SdcCriterion
+from ovrange.evaluate import label_accuracy, predict
 
 ProgressFn = Callable[[int, int], None]
 

@@ -9,6 +9,7 @@ import numpy as np
 import openvino as ov
 
 from ovrange import data as data_mod
+from ovrange.compare import classes
 from ovrange.errors import DataError
 from ovrange.runtime import Runner
 
@@ -57,13 +58,6 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> Accuracy:
     return Accuracy(int((predictions == labels).sum()), int(len(labels)))
 
 
-def classes(output: np.ndarray) -> np.ndarray:
-    """Arg-max class per position, one row per sample: ``[N, 1]`` for ``[N, classes]`` (unit axes ignored, so
-    ``[N, classes, 1, 1]`` too), ``[N, T]`` for sequence outputs ``[N, T, classes]``."""
-    dims = [d for d in output.shape[1:] if d != 1] or [1]
-    return output.reshape(len(output), -1, dims[-1]).argmax(axis=-1)
-
-
 def check_labels(labels: np.ndarray, output: np.ndarray) -> np.ndarray:
     """``labels`` as int64 class indices shaped like :func:`classes` of ``output``, after checking they fit it:
     one-hot, fractional or out-of-range labels would give a meaningless accuracy."""
@@ -87,14 +81,3 @@ def label_accuracy(output: np.ndarray, labels: np.ndarray) -> Accuracy:
     """Top-1 accuracy of ``output`` against ``labels`` (a sequence sample counts when every position is right)."""
     expected = check_labels(labels, output)[: len(output)]
     return Accuracy(int(np.all(classes(output)[: len(expected)] == expected, axis=1).sum()), len(expected))
-
-
-def agreement(reference: np.ndarray, other: np.ndarray, judge=None) -> float:
-    """Share of samples on which ``other`` agrees with ``reference``: same arg-max at every position, or, with a
-    :class:`ovrange.faults.outcomes.Judge`, no SDC and no DUE under its criterion (as ``inject --sdc``)."""
-    if judge is None:
-        return float(np.mean(np.all(classes(other) == classes(reference), axis=1)))
-    from ovrange.faults.metrics import MASKED
-
-    codes, _, _ = judge.classify(reference, other)
-    return float(np.mean(codes == MASKED))

@@ -2,7 +2,7 @@
 
 Input ``x`` ``[N, 3, H, W]`` (H, W multiples of 32), output the text probability map ``[N, 1, H, W]`` (a Sigmoid).
 rapidocr binarizes it at 0.3 and turns the connected regions into boxes; a change of that binary map is what a
-fault must not cause (``--sdc boxes``, :mod:`ovrange.faults.outcomes`). Preprocessing as rapidocr's
+fault must not cause (``--sdc boxes``, :mod:`ovrange.compare`). Preprocessing as rapidocr's
 ``DetPreProcess`` (mean = std = 0.5 on 0..1 pixels, BGR), on pages of :data:`PAGE` pixels rendered here: 3-6 lines of
 :func:`scripts.ocr_data.sample_texts` at seeded positions, black on white (rapidocr would upscale the short side
 to 736; a fixed page size keeps campaigns batchable).

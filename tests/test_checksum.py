@@ -14,7 +14,7 @@ import ovrange
 from ovrange.errors import ConfigError, ModelError
 from ovrange.faults import inject
 from ovrange.faults.injectors import ScatterInjector
-from ovrange.faults.model import flip
+from ovrange.faults.formats import flip
 from ovrange.faults.sites import find_sites
 from ovrange.passes.checksum import find_layers, flag_model, plan_of
 from ovrange.passes.checksum_graph import encoded_sum, input_weights

@@ -13,12 +13,13 @@ import pytest
 
 from ovrange.errors import ConfigError
 from ovrange.faults import inject
-from ovrange.faults.faultlist import FaultList
-from ovrange.faults.injectors import ScatterInjector, WeightInjector
+from ovrange.faults import rate_engine
+from ovrange.faults.faultlist import Fault, FaultArrays, FaultList, plan_faults
+from ovrange.faults.formats import FORMATS, apply_mask, parse_fault_model
+from ovrange.faults.injectors import ScatterInjector, WeightFlip, WeightInjector
 from ovrange.faults.linear import linear_layer
-from ovrange.faults.model import FORMATS, Fault, apply_mask, parse_fault_model
 from ovrange.faults.rate_engine import cascade
-from ovrange.faults.sites import find_sites, plan_faults, site_outputs, static_clone
+from ovrange.faults.sites import find_sites, site_outputs, static_clone
 from tests.test_faults_exact import assert_same_output, run
 from tests.test_faults_sites import SHAPES, images, tiny_lenet
 
@@ -106,7 +107,7 @@ def test_multi_bit_and_stuck_at_weight_faults_equal_the_recompiled_constant():
         faults, _ = plan_faults(struck, np.arange(6), 6, tuple(range(20, 32)), seed=3, fault_model=model_spec)
         for fault in faults:
             ours = injector.run([x[fault.input:fault.input + 1]],
-                                [(index[fault.site], fault.element, fault.mask, fault.op)])[0]
+                                [WeightFlip(index[fault.site], fault.element, fault.mask, fault.op)])[0]
             clone = model.clone()
             node, source = site_outputs(clone, "weights")[fault.site]
             weights = source.get_node().get_data().copy()
@@ -177,13 +178,8 @@ def test_activation_error_rate_cascade_is_bit_exact_against_numpy():
     faults, _ = plan_faults(sites, np.arange(4), 4, tuple(range(32)), seed=1, fault_model="bits:3",
                             error_rate=0.3)
     assert len({f.site for f in faults}) >= 3 and len(faults) >= 8
-    index = {s.name: i for i, s in enumerate(sites)}
     injector = ScatterInjector(model, "activations", [s.name for s in sites], shapes, 4, probe=True)
-    per_row = []
-    for t in range(4):
-        mine = [f for f in faults if f.trial == t]
-        per_row.append((np.array([index[f.site] for f in mine], np.int64), np.array([f.element for f in mine]),
-                        np.array([f.mask for f in mine], np.uint64), np.array([f.op for f in mine])))
+    per_row = [FaultArrays.of(tuple(f for f in faults if f.trial == t), tuple(sites)) for t in range(4)]
     ours = cascade(injector, [x], per_row, FORMATS["fp32"])[0]  # row t carries trial t's faults
     for t in range(4):
         mine = [f for f in faults if f.trial == t]
@@ -213,6 +209,25 @@ def test_error_rate_campaigns_replay_exactly_from_the_saved_fault_list(tmp_path)
     assert np.array_equal(single.models[0].outcome, replayed.models[0].outcome)
 
 
+def test_the_error_rate_engine_compiles_once_for_all_its_shards(monkeypatch):
+    built = []
+
+    def counted(*args, **kwargs):
+        built.append(args[0])
+        return ScatterInjector(*args, **kwargs)
+
+    monkeypatch.setattr(rate_engine, "ScatterInjector", counted)
+    x = images(40, seed=3)
+    y = run(tiny_lenet(), x.astype(np.float32)).argmax(1)
+    settings = dict(labels=y, trials=60, seed=4, inputs=10, batch_size=8, lanes=1, error_rate=2e-3)
+    sharded = inject(tiny_lenet(), x, shard_size=16, **settings)  # 4 shards
+    assert len(built) == 1
+    whole = inject(tiny_lenet(), x, shard_size=64, **settings)
+    assert np.array_equal(sharded.models[0].outcome, whole.models[0].outcome)
+    assert np.array_equal(sharded.models[0].deviation, whole.models[0].deviation, equal_nan=True)
+    assert (whole.models[0].outcome != 0).any()  # the faults did something
+
+
 def test_version_one_fault_lists_still_load(tmp_path):
     sites = find_sites(tiny_lenet(), "activations", SHAPES)
     header = FaultList("activations", "fp32", tuple(sites), (0,), (), 1).header()
@@ -236,7 +251,7 @@ def test_many_fixed_point_weight_faults_in_one_inference_equal_the_recompiled_co
     assert len(faults) > 20 and len({f.site for f in faults}) >= 3
     index = {s.name: i for i, s in enumerate(sites)}
     ours = injector.run([x[faults[0].input:faults[0].input + 1]],
-                        [(index[f.site], f.element, f.mask, f.op) for f in faults])[0]
+                        [WeightFlip(index[f.site], f.element, f.mask, f.op) for f in faults])[0]
     clone = model.clone()
     found = site_outputs(clone, "weights")
     for site in {f.site for f in faults}:

@@ -16,9 +16,10 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 
-from ovrange.faults.injectors import ScatterInjector, WeightInjector
-from ovrange.faults.model import FORMATS, flip
-from ovrange.faults.sites import find_sites, plan_faults, site_outputs, static_clone
+from ovrange.faults.injectors import ScatterInjector, WeightFlip, WeightInjector
+from ovrange.faults.formats import FORMATS, flip
+from ovrange.faults.faultlist import plan_faults
+from ovrange.faults.sites import find_sites, site_outputs, static_clone
 from ovrange.runtime import compile_model
 from ovrange.faults.linear import linear_layer
 from tests.test_faults_sites import SHAPES, images, tiny_geometry, tiny_lenet
@@ -52,7 +53,8 @@ def test_weight_faults_equal_the_model_recompiled_with_the_flipped_constant():
     index = {s.name: i for i, s in enumerate(sites)}
     changed = 0
     for fault in faults:
-        ours = injector.run([x[fault.input:fault.input + 1]], [(index[fault.site], fault.element, fault.mask)])[0]
+        flip_at = WeightFlip(index[fault.site], fault.element, fault.mask)
+        ours = injector.run([x[fault.input:fault.input + 1]], [flip_at])[0]
         clone = recompiled_with_flip(model, fault.site, fault.element, fault.bit)
         assert_same_output(ours, run(clone, x[fault.input:fault.input + 1]))
         changed += not np.array_equal(ours, golden[fault.input], equal_nan=True)
@@ -181,7 +183,7 @@ def test_weight_faults_strike_the_stored_theta_of_bounded_weights():
     index = {s.name: i for i, s in enumerate(sites)}
     exploded = 0
     for site in sites:
-        flip_at = (index[site.name], 0, 1 << 30)  # exponent MSB of the first stored value
+        flip_at = WeightFlip(index[site.name], 0, 1 << 30)  # exponent MSB of the first stored value
         ours = injector.run([x[:1]], [flip_at])[0]
         clone = protected.clone()
         theta = bounded_theta(clone, site_outputs(clone, "weights")[site.name][0])

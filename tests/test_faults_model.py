@@ -7,7 +7,8 @@ import pytest
 
 from ovrange.errors import ConfigError
 from ovrange.faults.metrics import Rate, reduction, wilson
-from ovrange.faults.model import FORMATS, Fault, flip, parse_bits, parse_format
+from ovrange.faults.faultlist import Fault
+from ovrange.faults.formats import FORMATS, flip, parse_bits, parse_format
 
 
 def test_fp32_flips_known_values():
@@ -76,8 +77,7 @@ def test_wilson_interval_matches_reference_values():
 
 
 def test_tokens_criterion_flags_any_changed_position():
-    from ovrange.faults.outcomes import Judge
-    from ovrange.faults.spec import SdcCriterion
+    from ovrange.compare import Judge, SdcCriterion
 
     golden = np.zeros((3, 4, 5), np.float32)
     golden[:, :, 1] = 1.0  # every position predicts class 1
@@ -92,8 +92,7 @@ def test_text_criterion_counts_only_changes_of_the_text_read():
     """Greedy CTC: a repeat turned blank, or a blank turned repeat, reads the same text (masked, where ``tokens``
     counts an SDC); a blank that splits a repeat doubles a letter, a new class changes one (SDC)."""
     from ovrange.errors import ConfigError
-    from ovrange.faults.outcomes import Judge, ctc_text
-    from ovrange.faults.spec import SdcCriterion
+    from ovrange.compare import Judge, SdcCriterion, ctc_text
 
     def scores(rows: list[list[int]]) -> np.ndarray:
         return np.eye(5, dtype=np.float32)[np.array(rows)]  # [N, T, 5]: one-hot per position

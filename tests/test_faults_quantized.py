@@ -11,10 +11,11 @@ import pytest
 
 from ovrange.errors import ConfigError
 from ovrange.faults.campaign import inject
-from ovrange.faults.injectors import ScatterInjector, WeightInjector
-from ovrange.faults.model import STORED_FORMATS, flip, parse_bits
+from ovrange.faults.injectors import ScatterInjector, WeightFlip, WeightInjector
+from ovrange.faults.formats import STORED_FORMATS, flip, parse_bits
 from ovrange.faults.linear import linear_layer
-from ovrange.faults.sites import find_sites, plan_faults, site_outputs, static_clone, weight_values
+from ovrange.faults.faultlist import plan_faults
+from ovrange.faults.sites import find_sites, site_outputs, static_clone, weight_values
 from tests.test_faults_exact import assert_same_output, run
 from tests.test_faults_sites import SHAPES, images, tiny_lenet
 
@@ -93,7 +94,7 @@ def test_injected_run_equals_the_model_recompiled_with_the_flipped_constant(mode
     changed = 0
     for fault in faults:
         sample = x[fault.input:fault.input + 1]
-        ours = injector.run([sample], [(index[fault.site], fault.element, fault.mask)])[0]
+        ours = injector.run([sample], [WeightFlip(index[fault.site], fault.element, fault.mask)])[0]
         reference = run(recompiled_with_stored_flip(model, fault.site, fault.element, fault.bit, fmt), sample)
         assert_same_output(ours, reference)
         changed += not np.array_equal(ours, injector.run([sample])[0])

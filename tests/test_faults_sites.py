@@ -10,7 +10,8 @@ from tests.models import record_guards
 import pytest
 
 from ovrange.errors import ModelError
-from ovrange.faults.sites import find_sites, match_sites, plan_faults
+from ovrange.faults.faultlist import plan_faults
+from ovrange.faults.sites import find_sites, match_sites
 
 SHAPES = [(1, 12, 12)]
 

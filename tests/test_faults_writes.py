@@ -11,7 +11,7 @@ import pytest
 
 from ovrange.faults import inject
 from ovrange.faults.injectors import ScatterInjector
-from ovrange.faults.model import flip
+from ovrange.faults.formats import flip
 from ovrange.faults.sites import find_sites
 from ovrange.modelio import read_model
 

@@ -13,10 +13,9 @@ import openvino.opset13 as ops
 import pytest
 
 import ovrange
+from ovrange.compare import Judge, SdcCriterion
 from ovrange.errors import ConfigError
-from ovrange.faults.outcomes import Judge
 from ovrange.faults.sites import site_outputs
-from ovrange.faults.spec import SdcCriterion
 from ovrange.passes.global_clipper import apply_plan
 from ovrange.passes.roles import ROLES, find_targets
 from ovrange.runtime import compile_model

@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 
 from ovrange.errors import ConfigError
-from ovrange.faults.metrics import MASKED, SDC
-from ovrange.faults.outcomes import Judge
-from ovrange.faults.regions import boxes, changed
-from ovrange.faults.spec import SdcCriterion
+from ovrange.compare import MASKED, SDC, Judge, SdcCriterion, regions_changed, text_regions
 
 
 def page() -> np.ndarray:
@@ -23,14 +20,14 @@ def page() -> np.ndarray:
 def test_boxes_of_two_lines_and_a_speck_dbnet_drops():
     p = page() > 0.3
     p[35, 55] = p[35, 56] = True  # 1x2: a side under 3 pixels
-    assert boxes(p).tolist() == [[5, 4, 11, 49], [20, 10, 27, 39]]
+    assert text_regions(p).tolist() == [[5, 4, 11, 49], [20, 10, 27, 39]]
 
 
 def test_diagonal_pixels_are_one_region():
     p = np.zeros((10, 10), bool)
     for i in range(6):
         p[i, i] = True
-    assert boxes(p).tolist() == [[0, 0, 5, 5]]
+    assert text_regions(p).tolist() == [[0, 0, 5, 5]]
 
 
 @pytest.mark.parametrize("edit, tolerance, sdc", [
@@ -46,7 +43,7 @@ def test_regions_criterion(edit, tolerance, sdc):
     golden = page()
     faulty = golden.copy()
     edit(faulty)
-    assert changed(golden > 0.3, faulty > 0.3, tolerance) == sdc
+    assert regions_changed(golden > 0.3, faulty > 0.3, tolerance) == sdc
     judge = Judge(SdcCriterion.parse(f"regions:{tolerance}"))
     codes, _, _ = judge.classify(golden[None, None], faulty[None, None])
     assert codes.tolist() == [SDC if sdc else MASKED]

@@ -203,9 +203,8 @@ def evaluate(
 ) -> None:
     """Top-1 accuracy of each model (with labels) and how often each agrees with the first (always), in f32."""
     from ovrange import data as data_mod
-    from ovrange.evaluate import agreement, label_accuracy, predict
-    from ovrange.faults.outcomes import Judge
-    from ovrange.faults.spec import SdcCriterion
+    from ovrange.compare import Judge, SdcCriterion, agreement
+    from ovrange.evaluate import label_accuracy, predict
     from ovrange.modelio import check_output_file, model_files, read_model
 
     inputs = [file for path in models for file in model_files(path)] + [data]

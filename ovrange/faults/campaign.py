@@ -22,22 +22,21 @@ import numpy as np
 import openvino as ov
 
 from ovrange import data as data_mod
+from ovrange.compare import Judge
 from ovrange.errors import ConfigError, DataError, OutputError
 from ovrange.faults.executors import Job, LocalExecutor, make_shards, shard_size as shard_trials
-from ovrange.faults.faultlist import FaultList
+from ovrange.faults.faultlist import FaultList, plan_faults
+from ovrange.faults.formats import OPS, parse_format, rebase_bits
 from ovrange.faults.injectors import check_batchable
 from ovrange.faults.inputs import InputStore, select_inputs
-from ovrange.faults.model import OPS, parse_format, rebase_bits
-from ovrange.faults.outcomes import Judge
 from ovrange.faults.report import remove_report
 from ovrange.faults.result import CampaignResult, ModelRun
-from ovrange.faults.sites import Site, find_sites, match_sites, plan_faults, sites_in_format
+from ovrange.faults.sites import Site, find_sites, match_sites, sites_in_format
 from ovrange.faults.spec import CampaignSpec
 from ovrange.faults.stopping import Stopping, fault_space
-from ovrange.graph import inserted_nodes
+from ovrange.graph import get_rt_json, inserted_nodes
 from ovrange.modelio import read_model
 from ovrange.runtime import Runner
-from ovrange.protect import protection_info
 
 ProgressFn = Callable[[int, int], None]
 FAULTS_FILE = "faults.jsonl"
@@ -237,11 +236,12 @@ def _run_rounds(result: CampaignResult, executor, stopping: Stopping | None, key
 def _fault_keys(plan: FaultList) -> np.ndarray:
     """Per trial, an id of its fault (input, site, element, mask, operation): equal ids are the same fault drawn
     twice."""
-    index = {site.name: i for i, site in enumerate(plan.sites)}
-    operations = {op: i for i, op in enumerate(OPS)}
+    faults = plan.arrays
     rows = np.full((plan.trials, 5), -1, np.int64)
-    for fault in plan.faults:  # multi-fault trials keep their last fault: only single-fault plans use the ids
-        rows[fault.trial] = (fault.input, index[fault.site], fault.element, fault.mask, operations[fault.op])
+    trials, last = faults.last()  # multi-fault trials keep their last fault: only single-fault plans use the ids
+    codes = np.select([faults.op[last] == op for op in OPS], range(len(OPS)), -1)  # the operation's index in OPS
+    rows[trials] = np.stack([faults.input[last], faults.site[last], faults.element[last],
+                             faults.mask[last].astype(np.int64), codes], axis=1)
     return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
 
 
@@ -263,7 +263,7 @@ def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[
     found = find_sites(models[0][1], spec.target, shapes, include, exclude)
     number_format, sites = sites_in_format(found, spec.number_format, models[0][0])
     for name, model in models[1:]:
-        protected_twin = protection_info(model) is not None
+        protected_twin = get_rt_json(model, "protection") is not None  # the record ovrange.protect writes
         _, theirs = sites_in_format(find_sites(model, spec.target, shapes, include, exclude), number_format, name)
         match_sites(sites, theirs, name, protected_twin)
     if number_format != spec.number_format:  # 'all' and named bit groups under auto: taken in the model's format
@@ -273,22 +273,19 @@ def _sites(models: list[tuple[str, ov.Model]], spec: CampaignSpec, shapes: list[
 
 
 def _empty_result(plan: FaultList, spec: CampaignSpec, names: list[str], data: str) -> CampaignResult:
-    index = {site.name: i for i, site in enumerate(plan.sites)}
+    faults = plan.arrays
+    bad = (faults.trial < 0) | (faults.trial >= plan.trials) | (faults.site < 0)
+    if bad.any():
+        raise ConfigError(f"fault {plan.faults[int(np.argmax(bad))]} does not fit the plan ({plan.trials} trials)")
+    count = np.bincount(faults.trial, minlength=plan.trials).astype(np.int32)
+    single = count[faults.trial] == 1
     trial_site = np.full(plan.trials, -1, np.int32)
     trial_bit = np.full(plan.trials, -1, np.int16)
-    trial_input = np.full(plan.trials, -1, np.int64)
-    count = np.zeros(plan.trials, np.int32)
-    for fault in plan.faults:
-        if not 0 <= fault.trial < plan.trials or fault.site not in index:
-            raise ConfigError(f"fault {fault} does not fit the plan ({plan.trials} trials)")
-        count[fault.trial] += 1
-        trial_input[fault.trial] = fault.input
-        trial_site[fault.trial] = index[fault.site] if count[fault.trial] == 1 else -1
-        trial_bit[fault.trial] = fault.bit if count[fault.trial] == 1 else -1
+    trial_site[faults.trial[single]] = faults.site[single]
+    trial_bit[faults.trial[single]] = faults.bits()[single]
     if plan.ber is None and plan.error_rate is None and (count != 1).any():
         raise ConfigError("a single-fault plan must hold exactly one fault per trial")
-    if plan.trial_inputs:
-        trial_input[:] = plan.trial_inputs
+    trial_input = plan.trial_input.copy()
     if (trial_input < 0).any():
         raise ConfigError("the fault list has trials without an input")
     runs = [ModelRun.empty(name, plan.trials) for name in names]

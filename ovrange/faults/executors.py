@@ -1,8 +1,8 @@
 """The executor seam: a campaign is a plan plus shards of trial indices; executors run shards and return outcomes.
 
 A :class:`Job` is everything an engine needs apart from the models' files (plan, sites, shapes, settings, judge and
-the campaign's input rows). A :class:`Bench` holds one engine at a time and runs a shard through it; it lives in the
-driver (:class:`LocalExecutor`, today's single process) or in each Ray actor (:mod:`ovrange.faults.ray_executor`).
+the campaign's input rows). A :class:`Lane` holds one engine at a time and runs a shard through it; it lives in the
+driver (:class:`LocalExecutor`, one per local lane) or in each Ray actor (:mod:`ovrange.faults.ray_executor`).
 Shards depend on the plan, the pending trials and the shard size (which grows with the worker count only beyond
 4 workers); a trial's outcome does not depend on the shard it ran in (the fault-free output it is judged against
 comes from the same compiled model, per input), so the same seed gives the same per-trial outcomes however a
@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from ovrange.faults.execute import Outcomes, make_engine
+from ovrange.compare import Judge
+from ovrange.faults.engines import Engine, make_engine
 from ovrange.faults.faultlist import FaultList
+from ovrange.faults.formats import parse_format
 from ovrange.faults.injectors import Stopped, lane_stop
 from ovrange.faults.inputs import InputStore
-from ovrange.faults.model import parse_format
-from ovrange.faults.outcomes import Judge
+from ovrange.faults.outcomes import Outcomes
 from ovrange.faults.sites import Site
 from ovrange.faults.spec import CampaignSpec
 
@@ -95,7 +96,7 @@ def make_shards(pending: list[np.ndarray], trial_input: np.ndarray, size: int, f
     return shards
 
 
-class Bench:
+class Lane:
     """Runs shards of a Job; builds the engine of a model on first use and keeps one engine at a time (each holds
     compiled models with their own copy of the weights)."""
 
@@ -104,7 +105,7 @@ class Bench:
         self.job, self.load_model, self.store, self.config, self.name = job, load_model, store, config, name
         self.fmt = parse_format(job.plan.number_format)
         self.model_index: int | None = None
-        self.engine = None
+        self.engine: Engine | None = None
 
     def run(self, shard: Shard) -> ShardResult:
         started = time.perf_counter()
@@ -133,15 +134,15 @@ class LocalExecutor:
         self.lanes = lanes or local_lanes()
         name = f"local:{socket.gethostname()}:{os.getpid()}"
         if self.lanes == 1:
-            self.benches = [Bench(job, lambda i: models[i], store, name=name)]
+            self.pool = [Lane(job, lambda i: models[i], store, name=name)]
         else:
             plan = job.plan  # every input loaded here: the dataset is not read from two threads
-            store.load(sorted({int(i) for i in (*plan.inputs, *plan.trial_inputs)} | {f.input for f in plan.faults}))
+            store.load(sorted({int(i) for i in (*plan.inputs, *plan.trial_inputs, *plan.arrays.input)}))
             threads = max(1, (os.cpu_count() or 1) // self.lanes)
             config = {"INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}  # pinned lanes share a core
             lane_job = replace(job, spec=replace(job.spec, memory=max(1, job.spec.memory // self.lanes)))
-            self.benches = [Bench(lane_job, lambda i: models[i], store, config, f"{name}:{k}")
-                            for k in range(self.lanes)]
+            self.pool = [Lane(lane_job, lambda i: models[i], store, config, f"{name}:{k}")
+                         for k in range(self.lanes)]
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
 
@@ -154,22 +155,22 @@ class LocalExecutor:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()  # lanes stop at their next inference (Ctrl-C, an error elsewhere)
         _join(self.threads)
-        for bench in self.benches:
-            bench.engine = None
+        for lane in self.pool:
+            lane.engine = None
 
     def run(self, shards: list[Shard]) -> Iterator[ShardResult]:
-        if len(self.benches) == 1:
+        if len(self.pool) == 1:
             for shard in shards:
-                yield self.benches[0].run(shard)
+                yield self.pool[0].run(shard)
             return
         todo: queue.SimpleQueue = queue.SimpleQueue()
         done: queue.SimpleQueue = queue.SimpleQueue()
         for shard in shards:
             todo.put(shard)
-        self.threads = lanes = [threading.Thread(target=_lane, args=(bench, todo, done, self.stop), daemon=True)
-                                for bench in self.benches[:len(shards)]]
-        for lane in lanes:
-            lane.start()
+        self.threads = threads = [threading.Thread(target=_drain, args=(lane, todo, done, self.stop), daemon=True)
+                                  for lane in self.pool[:len(shards)]]
+        for thread in threads:
+            thread.start()
         try:
             for _ in shards:
                 while True:
@@ -183,21 +184,21 @@ class LocalExecutor:
                 yield result
         finally:
             self.stop.set()
-            _join(lanes)
+            _join(threads)
             self.stop.clear()
 
 
-def _join(lanes: list[threading.Thread]) -> None:
+def _join(threads: list[threading.Thread]) -> None:
     """Wait for the lanes that started: a signal between creating the lanes and starting them all leaves some
     unstarted, and joining one raises RuntimeError (a Ctrl-C then ended as an internal error)."""
-    for lane in lanes:
+    for thread in threads:
         try:
-            lane.join()
+            thread.join()
         except RuntimeError:
             continue
 
 
-def _lane(bench: Bench, todo: queue.SimpleQueue, done: queue.SimpleQueue, stop: threading.Event) -> None:
+def _drain(lane: Lane, todo: queue.SimpleQueue, done: queue.SimpleQueue, stop: threading.Event) -> None:
     """Run shards from ``todo`` until it is empty or ``stop`` is set; results (or the error) go to ``done``."""
     with lane_stop(stop):
         while not stop.is_set():
@@ -206,7 +207,7 @@ def _lane(bench: Bench, todo: queue.SimpleQueue, done: queue.SimpleQueue, stop: 
             except queue.Empty:
                 return
             try:
-                done.put(bench.run(shard))
+                done.put(lane.run(shard))
             except Stopped:
                 return
             except BaseException as exc:  # the driver re-raises it

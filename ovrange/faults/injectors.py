@@ -17,24 +17,19 @@ computes the corrected layer output (:mod:`ovrange.faults.linear`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from ovrange.faults.model import FORMATS, NumberFormat, apply_mask
+from ovrange.errors import ModelError
+from ovrange.faults.formats import FORMATS, NumberFormat, apply_mask
 from ovrange.faults.sites import Site, site_outputs, static_clone
-from ovrange.runtime import compile_model, last_line
-from ovrange.errors import DataError, ModelError
-
-
-def _move_names(old: ov.Output, new: ov.Output) -> None:
-    names = set(old.get_names())
-    if names:
-        old.get_tensor().set_names(set())
-        new.get_tensor().set_names(names)
+from ovrange.graph import insert_after
+from ovrange.runtime import Runner
 
 
 class Stopped(Exception):
@@ -54,15 +49,16 @@ def lane_stop(stop: threading.Event) -> Iterator[None]:
         _LANE.stop = None
 
 
-class _Runner:
-    """A compiled model with preallocated shared-memory buffers for its static-shaped inputs; inputs of dynamic
-    length (the writes and reads of a :class:`ScatterInjector`) are set per inference with :meth:`feed`."""
+class _Bound:
+    """A :class:`ovrange.runtime.Runner` whose static-shaped inputs are bound once to shared-memory ``buffers``
+    (written in place: no copy per inference); inputs of dynamic length (the writes and reads of a
+    :class:`ScatterInjector`) are set per inference with :meth:`feed`. It uses the Runner's first request only."""
 
     def __init__(self, model: ov.Model, device: str, precision: str, config: dict | None = None):
-        self.compiled = compile_model(model, device, precision=precision, config=config)
-        self.request = self.compiled.create_infer_request()
+        self.runner = Runner(model, device=device, precision=precision, config=config, batched_outputs=False)
+        self.request = self.runner.requests[0]
         self.buffers = []
-        for index, port in enumerate(self.compiled.inputs):
+        for index, port in enumerate(self.runner.compiled.inputs):
             if port.get_partial_shape().is_dynamic:
                 continue
             buffer = np.zeros(tuple(port.get_shape()), dtype=port.get_element_type().to_dtype())
@@ -72,19 +68,17 @@ class _Runner:
     def feed(self, index: int, array: np.ndarray) -> None:
         self.request.set_input_tensor(index, ov.Tensor(np.ascontiguousarray(array)))
 
-    def run(self) -> None:
+    def outputs(self) -> tuple:
+        """Infer the inputs as bound and fed; copies of every output."""
         stop = getattr(_LANE, "stop", None)
         if stop is not None and stop.is_set():
             raise Stopped()
-        try:
-            self.request.infer()
-        except RuntimeError as exc:
-            raise DataError(f"inference failed: {last_line(exc)}") from exc
+        return self.runner.infer({})
 
     def infer(self, n: int, count: int | None = None) -> list[np.ndarray]:
-        """Infer; copies of the first ``count`` outputs (default all), ``n`` rows each."""
-        self.run()
-        return [self.request.get_output_tensor(i).data[:n].copy() for i in range(count or len(self.compiled.outputs))]
+        """Infer; the first ``count`` outputs (default all), ``n`` rows each."""
+        outputs = self.outputs()
+        return [out[:n] for out in outputs[:count or len(outputs)]]
 
 
 def _coordinates(row: np.ndarray, element: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -125,16 +119,12 @@ class ScatterInjector:
         for i, (out, tensors) in enumerate(_taps(clone, kind, names)):
             shape = tuple(int(d) for d in out.get_shape()[1:])
             self.shapes.append(shape)
-            targets = list(out.get_target_inputs())  # snapshot before the scatter and probes become consumers
-            if probe:
-                probes += [ops.result(r) for r in tensors]
-                self.probe_counts.append(len(tensors))
             indices = ops.parameter(ov.PartialShape([-1, 1 + len(shape)]), ov.Type.i32, name=f"ovrange_fi_idx_{i}")
             updates = ops.parameter(ov.PartialShape([-1]), ov.Type.f32, name=f"ovrange_fi_upd_{i}")
-            written = ops.scatter_nd_update(out, indices, updates).output(0)
-            for target in targets:
-                target.replace_source_output(written)
-            _move_names(out, written)
+            written = insert_after(out, lambda tap: ops.scatter_nd_update(tap, indices, updates)).output(0)
+            if probe:  # added after the scatter, so they read the tap's fault-free tensors
+                probes += [ops.result(r) for r in tensors]
+                self.probe_counts.append(len(tensors))
             params += [indices, updates]
             if reads:
                 # Read after the scatter: a read run writes nothing, and the scatter stays the tap's one consumer
@@ -147,7 +137,7 @@ class ScatterInjector:
             clone.add_results(probes + read_results)
         clone.validate_nodes_and_infer_types()
         self.n_outputs = len(clone.outputs) - len(probes) - len(read_results)
-        self.runner = _Runner(clone, device, precision, config)
+        self.runner = _Bound(clone, device, precision, config)
         self.read_at = self.n_inputs + len(params)
         self._none = [_coordinates(np.zeros(0, np.int64), np.zeros(0, np.int64), shape) for shape in self.shapes]
         self._dirty: set[int] = set(range(len(self.shapes)))  # taps whose writes are not empty
@@ -198,13 +188,11 @@ class ScatterInjector:
         groups = _groups(site)
         for s, take in groups.items():
             self.runner.feed(self.read_at + s, _coordinates(row[take], element[take], self.shapes[s]))
-        self.runner.run()
-        request, first = self.runner.request, self.n_outputs + sum(self.probe_counts)
+        outputs, first = self.runner.outputs(), self.n_outputs + sum(self.probe_counts)
         values = np.zeros(len(site), np.float32)
         for s, take in groups.items():
-            values[take] = request.get_output_tensor(first + s).data[: len(take)]
-        outputs = [request.get_output_tensor(i).data[:n].copy() for i in range(self.n_outputs)]
-        return outputs, values
+            values[take] = outputs[first + s][: len(take)]
+        return [out[:n] for out in outputs[:self.n_outputs]], values
 
 
 def _taps(clone: ov.Model, kind: str, names: list[str]) -> list[tuple[ov.Output, list[ov.Output]]]:
@@ -213,6 +201,17 @@ def _taps(clone: ov.Model, kind: str, names: list[str]) -> list[tuple[ov.Output,
     if kind == "activations":
         return [(found[name][1], [found[name][1]]) for name in names]
     return [(found[name][0].output(0), [found[name][0].input_value(0), found[name][0].output(0)]) for name in names]
+
+
+@dataclass(frozen=True)
+class WeightFlip:
+    """One weight fault of a :class:`WeightInjector` run: ``mask`` applied by ``op`` to flat element ``element`` of
+    the injector's site number ``site``."""
+
+    site: int
+    element: int
+    mask: int
+    op: str = "flip"
 
 
 class WeightInjector:
@@ -245,37 +244,36 @@ class WeightInjector:
             params.append(param)
         clone.add_parameters(params)
         clone.validate_nodes_and_infer_types()
-        self.runner = _Runner(clone, device, precision, config)
+        self.runner = _Bound(clone, device, precision, config)
         self.weights = [self.runner.buffers[self.n_inputs + i].reshape(-1) for i in range(len(sites))]
         for flat, values in zip(self.weights, golden):
             flat[...] = values.reshape(-1)
         self._bits = [flat.view(np.uint32) for flat in self.weights]
 
-    def run(self, inputs: list[np.ndarray], flips: list[tuple] = ()) -> list[np.ndarray]:
-        """Infer one input with ``mask`` applied to element ``element`` of site ``site`` (by ``op``, default flip),
-        for each ``(site, element, mask[, op])`` of ``flips``."""
+    def run(self, inputs: list[np.ndarray], flips: Sequence[WeightFlip] = ()) -> list[np.ndarray]:
+        """Infer one input with each of ``flips`` applied (a mask on one element of one of the sites)."""
         for buffer, array in zip(self.runner.buffers, inputs):
             buffer[...] = array
-        if self.format == FORMATS["fp32"] and all(len(f) < 4 or f[3] == "flip" for f in flips):
-            for site, element, mask, *_ in flips:  # XOR in place and XOR back: exact, and no copy of the weights
-                self._bits[site][element] ^= np.uint32(mask)
+        if self.format == FORMATS["fp32"] and all(f.op == "flip" for f in flips):
+            for f in flips:  # XOR in place and XOR back: exact, and no copy of the weights
+                self._bits[f.site][f.element] ^= np.uint32(f.mask)
             try:
                 return self.runner.infer(1)
             finally:
-                for site, element, mask, *_ in reversed(flips):
-                    self._bits[site][element] ^= np.uint32(mask)
+                for f in reversed(flips):
+                    self._bits[f.site][f.element] ^= np.uint32(f.mask)
         saved = []
-        for site in sorted({f[0] for f in flips}):  # one vectorized apply per site (a BER trial has thousands)
-            mine = [f for f in flips if f[0] == site]
-            elements = np.array([f[1] for f in mine], np.int64)
+        for site in sorted({f.site for f in flips}):  # one vectorized apply per site (a BER trial has thousands)
+            mine = [f for f in flips if f.site == site]
+            elements = np.array([f.element for f in mine], np.int64)
             # the same value struck twice: apply one after the other
             groups = [[f] for f in mine] if len(np.unique(elements)) < len(elements) else [mine]
             stored = self.stored[site]
             struck: dict[int, float] = {}  # stored integers already struck in this run
             for group in groups:
-                where = np.array([f[1] for f in group], np.int64)
-                masks = np.array([f[2] for f in group])
-                operations = np.array([f[3] if len(f) > 3 else "flip" for f in group])
+                where = np.array([f.element for f in group], np.int64)
+                masks = np.array([f.mask for f in group])
+                operations = np.array([f.op for f in group])
                 saved.append((site, where, self.weights[site][where].copy()))
                 if stored is None:
                     self.weights[site][where] = apply_mask(self.weights[site][where], masks, self.format, operations)

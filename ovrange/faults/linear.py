@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import openvino as ov
 
-from ovrange.faults.model import NumberFormat, apply_mask
+from ovrange.faults.formats import NumberFormat, apply_mask
 from ovrange.faults.sites import stored_through_transform, weight_values
 from ovrange.faults.stored import StoredWeight, stored_weight
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OUTCOMES = ("masked", "sdc", "due")
-MASKED, SDC, DUE = 0, 1, 2
+from ovrange.compare import DUE, MASKED, OUTCOMES, SDC  # noqa: F401  (the outcome codes, for the campaign's readers)
+
 Z95 = 1.959963984540054
 
 

@@ -13,18 +13,20 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 
+from ovrange.compare import Judge
 from ovrange.errors import ModelError
-from ovrange.faults.execute import Outcomes
-from ovrange.faults.faultlist import FaultList
+from ovrange.faults.faultlist import FaultArrays, FaultList
+from ovrange.faults.formats import NumberFormat, apply_mask
 from ovrange.faults.injectors import ScatterInjector, check_batchable
 from ovrange.faults.inputs import InputStore
-from ovrange.faults.model import NumberFormat, apply_mask
-from ovrange.faults.outcomes import Judge
+from ovrange.faults.outcomes import Outcomes
 from ovrange.faults.sites import Site
 from ovrange.faults.spec import CampaignSpec
 
 
 class RateActivationEngine:
+    """Activation error-rate trials, a batch per inference round; one compiled injection model for the whole run."""
+
     kind = "activations"
 
     def __init__(self, model: ov.Model, sites: list[Site], shapes: list[tuple[int, ...]], spec: CampaignSpec,
@@ -34,16 +36,17 @@ class RateActivationEngine:
         self.model, self.sites, self.shapes, self.spec, self.judge = model, sites, shapes, spec, judge
         self.batch = spec.batch_size
         self.config = config
+        # compiled once, kept between shards
+        self.injector = ScatterInjector(model, "activations", [s.name for s in sites], shapes, self.batch, probe=True,
+                                        device=spec.device, config=config)
         self.description = (f"activation error rate {spec.error_rate:g} ({spec.fault_model}): cascaded "
                             f"ScatterNDUpdate at {len(sites)} sites, {self.batch} trials per inference round")
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
         """Run the trials ``pending`` and return their outcomes."""
-        index = {site.name: i for i, site in enumerate(self.sites)}
-        trial_inputs = np.asarray(plan.trial_inputs, np.int64)
-        by_trial = trial_faults(plan, index)
-        injector = ScatterInjector(self.model, "activations", [s.name for s in self.sites], self.shapes, self.batch,
-                                   probe=True, device=self.spec.device, config=self.config)
+        trial_inputs = plan.trial_input
+        by_trial = plan.arrays.per_trial(pending)
+        injector = self.injector
         golden = {}
         used = np.unique(trial_inputs[pending])
         for start in range(0, len(used), self.batch):
@@ -51,34 +54,23 @@ class RateActivationEngine:
             outputs, _ = injector.run(store.batch(chunk))
             golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
         parts = []
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, "<U5"))
+        empty = plan.arrays.take(np.zeros(0, np.int64))
         for start in range(0, len(pending), self.batch):
             part = pending[start:start + self.batch]
             faults = [by_trial.get(int(t), empty) for t in part]
             inputs = store.batch(trial_inputs[part])
             outputs = cascade(injector, inputs, faults, fmt)[self.judge.output]
-            codes, top1, deviation = self.judge.classify(np.stack([golden[int(i)] for i in trial_inputs[part]]),
-                                                         outputs)
-            parts.append(Outcomes(part, codes, top1, deviation))
+            parts.append(Outcomes.judged(self.judge, golden, trial_inputs[part], outputs, part))
         return Outcomes.concat(parts)
 
 
-def trial_faults(plan: FaultList, index: dict[str, int]) -> dict[int, tuple[np.ndarray, ...]]:
-    """Per trial: (site index, element, mask, operation) arrays of its faults."""
-    grouped: dict[int, list] = {}
-    for fault in plan.faults:
-        grouped.setdefault(fault.trial, []).append((index[fault.site], fault.element, fault.mask, fault.op))
-    return {t: (np.array([f[0] for f in rows], np.int64), np.array([f[1] for f in rows], np.int64),
-                np.array([f[2] for f in rows], np.uint64), np.array([f[3] for f in rows]))
-            for t, rows in grouped.items()}
-
-
-def cascade(injector: ScatterInjector, inputs: list[np.ndarray], faults: list[tuple[np.ndarray, ...]],
+def cascade(injector: ScatterInjector, inputs: list[np.ndarray], faults: list[FaultArrays],
             fmt: NumberFormat) -> list[np.ndarray]:
     """Outputs of ``injector`` on ``inputs`` (row r carrying ``faults[r]``), each fault applied to the value its
     site actually computes given the faults upstream of it."""
-    rows = np.concatenate([np.full(len(f[0]), r, np.int64) for r, f in enumerate(faults)])
-    site, element, mask, op = (np.concatenate([f[k] for f in faults]) for k in range(4))
+    rows = np.concatenate([np.full(len(f), r, np.int64) for r, f in enumerate(faults)])
+    site, element, mask, op = (np.concatenate([getattr(f, k) for f in faults])
+                               for k in ("site", "element", "mask", "op"))
     taps, where, values = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     done_rows: list[np.ndarray] = [np.zeros(0, np.int64)]
     for s in np.unique(site):  # site indices are in topological order

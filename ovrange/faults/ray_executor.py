@@ -31,7 +31,7 @@ import numpy as np
 import openvino as ov
 
 from ovrange.errors import ConfigError, DeviceError, OvrangeError
-from ovrange.faults.executors import Bench, Job, Shard, ShardResult
+from ovrange.faults.executors import Job, Lane, Shard, ShardResult
 from ovrange.faults.inputs import InputStore
 from ovrange.runtime import shared_core
 
@@ -91,18 +91,18 @@ class Worker:
 
     def __init__(self, threads: int):
         self.config = {**WORKER_CONFIG, "INFERENCE_NUM_THREADS": threads}
-        self.bench: Bench | None = None
+        self.lane: Lane | None = None
 
     def run(self, shard: Shard, refs: list) -> ShardResult:
-        if self.bench is None:
+        if self.lane is None:
             import ray
 
             job, models = ray.get(refs)
             store = InputStore(None, None)
             store.rows = dict(job.rows)
             name = f"{socket.gethostname()}:{os.getpid()}"
-            self.bench = Bench(job, lambda i: _checked(read_model_bytes(models[i]), job), store, self.config, name)
-        return self.bench.run(shard)
+            self.lane = Lane(job, lambda i: _checked(read_model_bytes(models[i]), job), store, self.config, name)
+        return self.lane.run(shard)
 
 
 def _checked(model: ov.Model, job: Job) -> ov.Model:

@@ -165,7 +165,7 @@ def markdown(result: CampaignResult, images: list[str] | tuple[str, ...] = ()) -
     lines = [f"# Fault-injection campaign: {spec.target}, {result.trials} trials", ""]
     bits = _ranges(spec.bits)
     mode = f"bit-error rate {spec.ber:g} per bit" if spec.ber else "one single-bit flip per trial"
-    if spec.error_rate or spec.fault_model != "bit":  # the fault model seam (ovrange.faults.model.FaultModel)
+    if spec.error_rate or spec.fault_model != "bit":  # the fault model seam (ovrange.faults.formats.FaultModel)
         mode = (f"error rate {spec.error_rate:g} per value, {spec.fault_model} each" if spec.error_rate
                 else f"one {spec.fault_model} fault per trial")
     lines += [f"- Fault model: {mode} in {spec.number_format} values; bits: {bits}",

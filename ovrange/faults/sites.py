@@ -1,4 +1,4 @@
-"""Where faults can strike: site discovery, matching two models by node name, and the seeded fault plan.
+"""Where faults can strike: site discovery and matching two models by node name.
 
 Weight sites are the constant weights of Convolution / GroupConvolution / MatMul (memory faults), as stored: f32,
 f16 (decompressed by a Convert) or the integer Constant of a quantized layer (docs/quantized.md). Activation sites
@@ -17,7 +17,7 @@ import numpy as np
 import openvino as ov
 
 from ovrange.errors import ConfigError, ModelError
-from ovrange.faults.model import AUTO, FORMATS, STORED_FORMATS, Fault, FaultModel, NumberFormat, parse_fault_model
+from ovrange.faults.formats import AUTO, STORED_FORMATS
 from ovrange.faults.stored import INTEGER_FORMATS, constant_array, stored_integers
 from ovrange.graph import constant_values, inserted_nodes, node_ids, stored_weight
 
@@ -191,66 +191,3 @@ def match_sites(reference: list[Site], other: list[Site], other_name: str, allow
         detail = (f"missing {missing[:3]}" if missing else f"extra {extra[:3]}" if extra
                   else f"different op or shape at {differ[:3]}")
         raise ModelError(f"--compare model {other_name} does not match the structure of the first model: {detail}")
-
-
-def plan_faults(sites: list[Site], inputs: np.ndarray, trials: int, bits: tuple[int, ...], seed: int,
-                weighting: str = "elements", ber: float | None = None, fault_model: FaultModel | str = "bit",
-                fmt: NumberFormat = FORMATS["fp32"], error_rate: float | None = None) -> tuple[list[Fault], np.ndarray]:
-    """The whole fault list and each trial's input, drawn up front from ``seed`` (replayable, same for all models).
-
-    Single-fault mode: per trial a site (in proportion to its element count, or uniformly), an element, a mask
-    drawn by ``fault_model`` from ``bits`` and an input from ``inputs``. Bit-error-rate mode (``ber``): per trial
-    every allowed bit of every site flips with probability ``ber`` (a binomial count per site, then distinct
-    positions; the bits of one element make one fault). Error-rate mode (``error_rate``): per trial every element
-    of every site is struck with probability ``error_rate``, each with a mask drawn by ``fault_model``. In both
-    rate modes a trial may have no fault.
-    """
-    model = parse_fault_model(fault_model)
-    model.check(bits)
-    rng = np.random.default_rng(seed)
-    trial_inputs = rng.choice(np.asarray(inputs), size=trials)
-    if ber is not None:
-        return _plan_ber(sites, trial_inputs, bits, rng, ber), trial_inputs
-    if error_rate is not None:
-        return _plan_rate(sites, trial_inputs, bits, rng, error_rate, model, fmt), trial_inputs
-    sizes = np.array([s.size for s in sites], dtype=np.float64)
-    p = sizes / sizes.sum() if weighting == "elements" else np.full(len(sites), 1.0 / len(sites))
-    site_idx = rng.choice(len(sites), size=trials, p=p)
-    elements = np.minimum((rng.random(trials) * sizes[site_idx]).astype(np.int64), sizes[site_idx].astype(np.int64) - 1)
-    masks = model.draw_masks(rng, trials, bits, fmt)
-    faults = [Fault(t, int(trial_inputs[t]), sites[site_idx[t]].name, int(elements[t]), int(masks[t]), model.op)
-              for t in range(trials)]
-    return faults, trial_inputs
-
-
-def _plan_ber(sites: list[Site], inputs: np.ndarray, bits: tuple[int, ...], rng: np.random.Generator,
-              ber: float) -> list[Fault]:
-    faults = []
-    for trial, input_index in enumerate(inputs):
-        for site in sites:
-            population = site.size * len(bits)
-            count = min(int(rng.binomial(population, ber)), population)
-            if not count:
-                continue
-            slots = np.sort(rng.choice(population, size=count, replace=False))
-            masks: dict[int, int] = {}  # slots are sorted: the bits of one element are adjacent
-            for slot in slots:
-                element = int(slot // len(bits))
-                masks[element] = masks.get(element, 0) | (1 << int(bits[slot % len(bits)]))
-            faults += [Fault(trial, int(input_index), site.name, element, mask) for element, mask in masks.items()]
-    return faults
-
-
-def _plan_rate(sites: list[Site], inputs: np.ndarray, bits: tuple[int, ...], rng: np.random.Generator,
-               rate: float, model: FaultModel, fmt: NumberFormat) -> list[Fault]:
-    faults = []
-    for trial, input_index in enumerate(inputs):
-        for site in sites:
-            count = int(rng.binomial(site.size, rate))
-            if not count:
-                continue
-            elements = np.sort(rng.choice(site.size, size=count, replace=False))
-            masks = model.draw_masks(rng, count, bits, fmt)
-            faults += [Fault(trial, int(input_index), site.name, int(e), int(m), model.op)
-                       for e, m in zip(elements, masks)]
-    return faults

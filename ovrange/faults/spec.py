@@ -12,59 +12,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ovrange.compare import SdcCriterion
 from ovrange.errors import ConfigError
-from ovrange.faults.model import TARGETS, parse_bits, parse_fault_model, parse_format
+from ovrange.faults.formats import TARGETS, parse_bits, parse_fault_model, parse_format
 
-SDC_METRICS = ("auto", "top1", "tokens", "text", "linf", "cosine", "boxes", "regions")
-WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.execute
+WEIGHT_MODES = ("auto", "delta", "parameter")  # how weight faults run: see ovrange.faults.engines
 FILE_KEYS = ("model", "compare", "data", "json", "report", "replay")
 RUN_KEYS = ("workers", "ray_address", "shard_size", "lanes")  # where a campaign runs: never part of its result
 # Per-trial arrays take about 40 bytes a trial: 10 million trials hold 400 MB before any inference.
 LIMITS = {"trials": 10_000_000, "inputs": 1_000_000, "batch_size": 65_536, "memory": 1 << 20}
-
-
-@dataclass(frozen=True)
-class SdcCriterion:
-    """What counts as a silent data corruption: a top-1 change, or an output deviation above ``threshold``."""
-
-    metric: str = "auto"
-    threshold: float | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> SdcCriterion:
-        """``auto``, ``top1``, ``tokens`` (per-position top-1 over the last axis, e.g. OCR/CTC sequences),
-        ``text`` / ``text:B`` (the greedy CTC text of such a sequence: repeats merged, blank class B dropped,
-        default 0 as in PaddleOCR),
-        ``linf:0.1`` (relative L-infinity), ``cosine:0.01`` (cosine distance) or ``boxes`` / ``boxes:N`` (a
-        text detector's probability map binarized at 0.3, as DBNet does: more than N pixels flip, default 0) or
-        ``regions`` / ``regions:N`` (that map's text regions change: one appears, vanishes, merges or splits, or a
-        box side moves by more than N pixels, default 0)."""
-        match = re.fullmatch(r"(auto|top1|tokens|text|linf|cosine|boxes|regions)(?::([0-9.eE+-]+))?",
-                             str(spec).strip())
-        if not match:
-            raise ConfigError(f"unknown SDC criterion {spec!r}; use top1, tokens, text[:blank], linf:<threshold>, "
-                              "cosine:<threshold>, boxes[:pixels] or regions[:pixels]")
-        metric, value = match[1], match[2]
-        if metric in ("linf", "cosine"):
-            try:
-                threshold = float(value) if value is not None else None
-            except ValueError:
-                threshold = None
-            if threshold is None or not threshold > 0:
-                raise ConfigError(f"SDC criterion {metric} needs a positive threshold, e.g. {metric}:0.1")
-            return cls(metric, threshold)
-        if metric in ("boxes", "regions", "text"):
-            count = int(value) if value is not None and value.isdigit() else None
-            what = "the blank class" if metric == "text" else "a pixel count"
-            if value is not None and count is None:
-                raise ConfigError(f"SDC criterion {metric} takes {what}, e.g. {metric}:1, got {value!r}")
-            return cls(metric, float(count or 0))
-        if value is not None:
-            raise ConfigError(f"SDC criterion {metric} takes no threshold")
-        return cls(metric)
-
-    def __str__(self) -> str:
-        return self.metric if self.threshold is None else f"{self.metric}:{self.threshold:g}"
 
 
 @dataclass(frozen=True)

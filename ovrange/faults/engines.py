@@ -7,29 +7,31 @@
 * ParameterWeightEngine: the weights become inputs and bits are flipped in place; one input per inference. Used
   for bit-error-rate mode, layers the delta engine does not cover, and models whose batch cannot change.
 
-Each engine runs a *shard* (any set of trial indices) and returns its Outcomes; it keeps its compiled models
-between shards, so an executor builds one engine per model and feeds it shard after shard. The fault-free output a
-trial is judged against comes from the compiled model the trial runs on, with no fault, so a masked fault leaves
-the output bit-identical; it is computed per shard from the shard's own inputs, so a shard's outcomes do not
-depend on which worker ran it or what ran before.
+Each engine (:class:`Engine`) runs a *shard* (any set of trial indices) and returns its Outcomes; it keeps its
+compiled models between shards, so an executor builds one engine per model and feeds it shard after shard. The
+fault-free output a trial is judged against comes from the compiled model the trial runs on, with no fault, so a
+masked fault leaves the output bit-identical; it is computed per shard from the shard's own inputs, so a shard's
+outcomes do not depend on which worker ran it or what ran before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import openvino as ov
 
+from ovrange.compare import Judge
 from ovrange.errors import ModelError
-from ovrange.faults.faultlist import FaultList
-from ovrange.faults.injectors import ScatterInjector, WeightInjector, check_batchable
+from ovrange.faults.faultlist import FaultArrays, FaultList
+from ovrange.faults.formats import NumberFormat, apply_mask
+from ovrange.faults.injectors import ScatterInjector, WeightFlip, WeightInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.linear import LinearLayer, linear_layer
-from ovrange.faults.model import Fault, NumberFormat, apply_mask
-from ovrange.faults.outcomes import Judge
+from ovrange.faults.outcomes import Outcomes
+from ovrange.faults.rate_engine import RateActivationEngine  # many faults per trial, cascading
 from ovrange.faults.sites import Site, site_outputs, static_clone
 from ovrange.faults.spec import CampaignSpec
 
@@ -40,20 +42,17 @@ WEIGHT_SHARE = 3 / 8
 CHUNK = 64  # trials of a one-input-per-inference engine classified and checkpointed together
 
 
-@dataclass(frozen=True)
-class Outcomes:
-    """What a shard produced: per trial index, the outcome code, faulty top-1 and relative deviation."""
+@runtime_checkable
+class Engine(Protocol):
+    """What an executor needs from an engine: ``run`` a shard of one model's trials and return their outcomes."""
 
-    trials: np.ndarray
-    codes: np.ndarray
-    top1: np.ndarray
-    deviation: np.ndarray
+    kind: str  # "activations" or "weights"
+    batch: int  # trials per inference
+    description: str  # one line for the report: how the faults are injected
 
-    @classmethod
-    def concat(cls, parts: list[Outcomes]) -> Outcomes:
-        if not parts:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int32), np.zeros(0, np.float32))
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("trials", "codes", "top1", "deviation")))
+    def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
+        """Outcomes of the trials ``pending`` of ``plan``, their inputs read from ``store``."""
+        ...
 
 
 def _chunks(items: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -66,38 +65,10 @@ def _fitting(batch: int, memory_mb: float, per_sample: int) -> int:
     return int(max(1, min(batch, memory_mb * 2**20 // max(per_sample, 1))))
 
 
-class _FaultTable:
-    """(site index, element, mask, operation, input) per trial of a one-fault-per-trial plan, built once per plan (a
-    shard looks its trials up instead of scanning the whole fault list)."""
-
-    def __init__(self) -> None:
-        self.plan: FaultList | None = None
-        self.table: np.ndarray | None = None
-        self.ops: np.ndarray | None = None
-
-    def __call__(self, plan: FaultList, pending: np.ndarray) -> tuple[np.ndarray, ...]:
-        if self.plan is not plan:
-            index = {site.name: i for i, site in enumerate(plan.sites)}
-            self.table = np.zeros((4, plan.trials), np.int64)  # masks of up to 32 bits fit an int64
-            self.ops = np.full(plan.trials, "flip", dtype="<U5")
-            for f in plan.faults:
-                self.table[:, f.trial] = (index[f.site], f.element, f.mask, f.input)
-                self.ops[f.trial] = f.op
-            self.plan = plan
-        site, element, mask, inputs = self.table[:, pending]
-        return site, element, mask.astype(np.uint64), self.ops[pending], inputs
-
-
 def _by_site(site: np.ndarray) -> np.ndarray:
     """Trial positions ordered by site: a batch then writes into few taps, and each tap whose writes change costs
     two input tensors per inference (outcomes do not depend on the order)."""
     return np.argsort(site, kind="stable")
-
-
-def _judge(judge: Judge, golden: dict[int, np.ndarray], inputs: np.ndarray, outputs: np.ndarray,
-           trials: np.ndarray) -> Outcomes:
-    codes, top1, deviation = judge.classify(np.stack([golden[int(i)] for i in inputs]), outputs)
-    return Outcomes(np.asarray(trials, np.int64), codes, top1, deviation)
 
 
 class _ScatterEngine:
@@ -110,7 +81,6 @@ class _ScatterEngine:
                  judge: Judge, batchable: bool = True, config: dict[str, Any] | None = None):
         self.model, self.sites, self.shapes, self.spec, self.judge = model, sites, shapes, spec, judge
         self.config = config
-        self.faults = _FaultTable()
         # Every tap's batch-sized output stays alive in the injection model, and the ops between taps (reshapes,
         # transposes) add about a quarter on a ViT: the batch is what fits in the injection model's share of memory.
         # A model whose batch cannot change runs one input (one fault) per inference.
@@ -161,10 +131,10 @@ class ActivationEngine(_ScatterEngine):
                                reads=True, device=self.spec.device, config=self.config)
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
-        site, element, mask, op, inputs = self.faults(plan, pending)
-        original, golden = self._read(store, np.unique(inputs), site, element, inputs)
-        faulty = apply_mask(original, mask, fmt, op)
-        return self._inject(store, _Trials(pending, site, element, inputs, faulty), golden)
+        f = plan.arrays.single(pending)
+        original, golden = self._read(store, np.unique(f.input), f.site, f.element, f.input)
+        faulty = apply_mask(original, f.mask, fmt, f.op)
+        return self._inject(store, _Trials(pending, f.site, f.element, f.input, faulty), golden)
 
     def _read(self, store: InputStore, used: np.ndarray, site: np.ndarray, element: np.ndarray, inputs: np.ndarray
               ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -182,7 +152,7 @@ class ActivationEngine(_ScatterEngine):
         for part in _chunks(_by_site(trial.site), self.batch):
             outputs, _ = self.injector.run(store.batch(trial.inputs[part]), trial.site[part], np.arange(len(part)),
                                            trial.element[part], trial.faulty[part])
-            parts.append(_judge(self.judge, golden, trial.inputs[part], outputs[self.judge.output],
+            parts.append(Outcomes.judged(self.judge, golden, trial.inputs[part], outputs[self.judge.output],
                                 trial.pending[part]))
         return Outcomes.concat(parts)
 
@@ -221,7 +191,8 @@ class DeltaWeightEngine(_ScatterEngine):
         return self.spec.memory * WEIGHT_SHARE
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
-        site, element, mask, op, inputs = self.faults(plan, pending)
+        f = plan.arrays.single(pending)
+        site, element, mask, op, inputs = f.site, f.element, f.mask, f.op, f.input
         used = np.unique(inputs)
         writes: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(pending)
         for chunk in _chunks(used, self.probe_batch):
@@ -244,12 +215,14 @@ class DeltaWeightEngine(_ScatterEngine):
             elements = np.concatenate([writes[k][0] for k in part])
             values = np.concatenate([writes[k][1] for k in part])
             outputs, _ = self.injector.run(store.batch(inputs[part]), taps, rows, elements, values)
-            parts.append(_judge(self.judge, golden, inputs[part], outputs[self.judge.output], pending[part]))
+            parts.append(Outcomes.judged(self.judge, golden, inputs[part], outputs[self.judge.output], pending[part]))
         return Outcomes.concat(parts)
 
 
 class ParameterWeightEngine:
     """Weights as inputs, one inference per trial; flips applied in place and undone."""
+
+    kind = "weights"
 
     def __init__(self, model, sites, shapes, spec, judge, fmt: NumberFormat, config=None):
         self.model, self.sites, self.shapes, self.spec, self.judge, self.fmt = model, sites, shapes, spec, judge, fmt
@@ -265,19 +238,17 @@ class ParameterWeightEngine:
                               config=self.config)
 
     def run(self, plan: FaultList, pending: np.ndarray, store: InputStore, fmt: NumberFormat) -> Outcomes:
-        faults: dict[int, list[Fault]] = {int(t): [] for t in pending}
-        trial_inputs = np.zeros(plan.trials, np.int64)
-        if plan.trial_inputs:
-            trial_inputs[:] = plan.trial_inputs
-        for fault in plan.faults:
-            trial_inputs[fault.trial] = fault.input
-            if fault.trial in faults:
-                faults[fault.trial].append(fault)
+        faults = plan.arrays.per_trial(pending)
+        none = plan.arrays.take(np.zeros(0, np.int64))
+        trial_inputs = plan.trial_input
+        plan_index = {site.name: i for i, site in enumerate(plan.sites)}
         parts = []
         for number, group in enumerate(self.groups):
-            names = {s.name: i for i, s in enumerate(group)}
-            trials = np.array([t for t in pending if all(f.site in names for f in faults[int(t)])
-                               and (len(self.groups) == 1 or faults[int(t)])], np.int64)
+            local = np.full(len(plan.sites) + 1, -1, np.int64)  # plan site index -> index in the group (-1: other)
+            for i, site in enumerate(group):
+                local[plan_index[site.name]] = i
+            trials = np.array([t for t in pending if (local[faults.get(int(t), none).site] >= 0).all()
+                               and (len(self.groups) == 1 or int(t) in faults)], np.int64)
             if not len(trials):
                 continue
             injector = self.injector if number == 0 else self._injector(group)
@@ -285,21 +256,25 @@ class ParameterWeightEngine:
             rows = dict(zip(used.tolist(), store.load(used)))
             golden = {i: injector.run(rows[i])[self.judge.output][0] for i in rows}
             for part in _chunks(trials, CHUNK):
-                flips = [[(names[f.site], f.element, f.mask, f.op) for f in faults[int(t)]] for t in part]
+                flips = [weight_flips(faults.get(int(t), none), local) for t in part]
                 outputs = [injector.run(rows[int(trial_inputs[t])], flip)[self.judge.output]
                            for t, flip in zip(part, flips)]
-                parts.append(_judge(self.judge, golden, trial_inputs[part], np.concatenate(outputs), part))
+                parts.append(Outcomes.judged(self.judge, golden, trial_inputs[part], np.concatenate(outputs), part))
             del injector
         return Outcomes.concat(parts)
 
 
+def weight_flips(faults: FaultArrays, local: np.ndarray) -> list[WeightFlip]:
+    """The flips of one trial, sites numbered as in the injector (``local``: plan site index -> injector's)."""
+    return [WeightFlip(int(local[s]), int(e), int(m), str(o))
+            for s, e, m, o in zip(faults.site, faults.element, faults.mask, faults.op)]
+
+
 def make_engine(model: ov.Model, target: str, sites: list[Site], shapes: list[tuple[int, ...]],
-                spec: CampaignSpec, judge: Judge, fmt: NumberFormat, config: dict[str, Any] | None = None):
+                spec: CampaignSpec, judge: Judge, fmt: NumberFormat, config: dict[str, Any] | None = None) -> Engine:
     """The fastest engine that runs ``target`` faults on ``model`` (see the module docstring); ``config`` holds
     extra OpenVINO compile properties (a Ray worker turns CPU pinning off)."""
     if target == "activations" and spec.error_rate is not None:
-        from ovrange.faults.rate_engine import RateActivationEngine  # many faults per trial, cascading
-
         return RateActivationEngine(model, sites, shapes, spec, judge, config)
     if target == "activations":
         return ActivationEngine(model, sites, shapes, spec, judge, config)

@@ -1,4 +1,4 @@
-"""The fault model: number formats, fault models, bit masks applied on numpy integer views, the Fault record.
+"""Number formats and fault models: bit masks drawn, and applied on numpy integer views.
 
 A fault strikes one value: a weight element (memory fault) or one element of an operator's output for one input
 (datapath fault). It carries a bit *mask* and an operation: ``flip`` (XOR: one bit, K random bits, or a burst of
@@ -11,7 +11,7 @@ The rest of the network still computes in f32.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -263,36 +263,3 @@ def parse_fault_model(spec: str | FaultModel | None) -> FaultModel:
             return FaultModel("word", p=p)
         raise ConfigError(f"word fault probability must be in [0, 1], got {match[1]}")
     raise ConfigError(f"unknown fault model {spec!r}; use bit, bits:<K>, word:<P>, stuck-at-0 or stuck-at-1")
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One corrupted value in one trial. A trial has one fault (Ranger's model) or several (error-rate modes).
-
-    ``site`` is the node friendly name (the layer for weights; the producer, with ``:port`` when port > 0, for
-    activations); ``element`` is the flat index into the weight tensor, or into one sample's output tensor;
-    ``input`` is the index of the input sample in the dataset; ``mask`` the bits ``op`` acts on.
-    """
-
-    trial: int
-    input: int
-    site: str
-    element: int
-    mask: int
-    op: str = "flip"
-
-    @property
-    def bit(self) -> int:
-        """The most significant bit of the mask (the one that dominates the damage; the bit of a single flip)."""
-        return int(self.mask).bit_length() - 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Fault:
-        try:
-            return cls(int(data["trial"]), int(data["input"]), str(data["site"]), int(data["element"]),
-                       int(data["mask"]), str(data.get("op", "flip")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"malformed fault record {data!r}") from exc

@@ -1,0 +1,228 @@
+"""The comparator: one output against a reference output, by an SDC criterion; agreement of two models.
+
+Fault campaigns judge a faulty output against the fault-free output of the same compiled model; ``evaluate``,
+``check`` and ``protect --eval`` judge a protected model's outputs against the original's with the same criteria.
+
+DUE: the output holds NaN or Inf (a runtime could detect it). SDC: for classifiers (output ``[N, classes]``) the
+top-1 class changed, as in Ranger; for sequence outputs (``tokens``: ``[N, T, classes]``, e.g. CTC text
+recognition) any position's top-1 changed, or (``text``) the greedy CTC text read from those positions changed;
+otherwise the deviation passed a user-chosen threshold, relative
+L-infinity (``max|y' - y| / max|y|``) or cosine distance (``1 - cos(y', y)``); for text detectors (``boxes``: a
+DBNet probability map) more than N pixels of the map binarized at 0.3 flipped; ``regions``: the text regions of
+that map (DBNet's boxes before unclipping) change (:func:`regions_changed`). Anything else is masked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import openvino as ov
+
+from ovrange.errors import ConfigError
+
+OUTCOMES = ("masked", "sdc", "due")
+MASKED, SDC, DUE = 0, 1, 2
+BOXES_THRESHOLD = 0.3  # DBNet's binarization threshold (PaddleOCR det_db_thresh, rapidocr's default)
+MIN_SIZE = 3  # DBNet/rapidocr: boxes with a side under 3 pixels are dropped
+
+
+@dataclass(frozen=True)
+class SdcCriterion:
+    """What counts as a silent data corruption: a top-1 change, or an output deviation above ``threshold``."""
+
+    metric: str = "auto"
+    threshold: float | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> SdcCriterion:
+        """``auto``, ``top1``, ``tokens`` (per-position top-1 over the last axis, e.g. OCR/CTC sequences),
+        ``text`` / ``text:B`` (the greedy CTC text of such a sequence: repeats merged, blank class B dropped,
+        default 0 as in PaddleOCR),
+        ``linf:0.1`` (relative L-infinity), ``cosine:0.01`` (cosine distance) or ``boxes`` / ``boxes:N`` (a
+        text detector's probability map binarized at 0.3, as DBNet does: more than N pixels flip, default 0) or
+        ``regions`` / ``regions:N`` (that map's text regions change: one appears, vanishes, merges or splits, or a
+        box side moves by more than N pixels, default 0)."""
+        match = re.fullmatch(r"(auto|top1|tokens|text|linf|cosine|boxes|regions)(?::([0-9.eE+-]+))?",
+                             str(spec).strip())
+        if not match:
+            raise ConfigError(f"unknown SDC criterion {spec!r}; use top1, tokens, text[:blank], linf:<threshold>, "
+                              "cosine:<threshold>, boxes[:pixels] or regions[:pixels]")
+        metric, value = match[1], match[2]
+        if metric in ("linf", "cosine"):
+            try:
+                threshold = float(value) if value is not None else None
+            except ValueError:
+                threshold = None
+            if threshold is None or not threshold > 0:
+                raise ConfigError(f"SDC criterion {metric} needs a positive threshold, e.g. {metric}:0.1")
+            return cls(metric, threshold)
+        if metric in ("boxes", "regions", "text"):
+            count = int(value) if value is not None and value.isdigit() else None
+            what = "the blank class" if metric == "text" else "a pixel count"
+            if value is not None and count is None:
+                raise ConfigError(f"SDC criterion {metric} takes {what}, e.g. {metric}:1, got {value!r}")
+            return cls(metric, float(count or 0))
+        if value is not None:
+            raise ConfigError(f"SDC criterion {metric} takes no threshold")
+        return cls(metric)
+
+    def __str__(self) -> str:
+        return self.metric if self.threshold is None else f"{self.metric}:{self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Classifies trials on model output ``output`` with ``criterion`` (never ``auto``)."""
+
+    criterion: SdcCriterion
+    output: int = 0
+
+    @classmethod
+    def for_model(cls, model: ov.Model, criterion: SdcCriterion, output: str | None = None) -> Judge:
+        """Pick the judged output (by tensor name, default the first) and resolve ``auto`` from its shape."""
+        index = 0
+        if output is not None:
+            names = [set(port.get_names()) for port in model.outputs]
+            matches = [i for i, n in enumerate(names) if output in n]
+            if not matches:
+                known = ", ".join(sorted(n for group in names for n in group)) or "none named"
+                raise ConfigError(f"model has no output named {output!r}; outputs: {known}")
+            index = matches[0]
+        if criterion.metric != "auto":
+            return cls(criterion, index)
+        shape = model.outputs[index].get_partial_shape()
+        classes = shape[1] if shape.rank.is_static and shape.rank.get_length() == 2 else None
+        if classes is not None and (classes.is_dynamic or classes.get_length() > 1):
+            return cls(SdcCriterion("top1"), index)
+        raise ConfigError(f"output {model.outputs[index].get_any_name()!r} of shape {shape} is not "
+                          "[batch, classes]; choose an SDC threshold, e.g. --sdc linf:0.1 or --sdc cosine:0.01")
+
+    def classify(self, golden: np.ndarray, faulty: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: (outcome code, faulty top-1 or -1, relative L-infinity deviation, inf when not finite)."""
+        n = len(faulty)
+        g = golden.reshape(n, -1).astype(np.float64)
+        finite_values = np.isfinite(faulty.reshape(n, -1))
+        finite = finite_values.all(axis=1)
+        f = np.where(finite_values, faulty.reshape(n, -1), 0.0).astype(np.float64)
+        deviation = np.abs(f - g).max(axis=1) / np.maximum(np.abs(g).max(axis=1), np.finfo(np.float32).tiny)
+        deviation = np.where(finite, deviation, np.inf)
+        top1 = np.full(n, -1, np.int32)
+        if self.criterion.metric == "top1":
+            top1 = np.where(finite, f.argmax(axis=1), -1).astype(np.int32)
+            sdc = top1 != g.argmax(axis=1)
+        elif self.criterion.metric in ("tokens", "text"):
+            classes = golden.shape[-1]
+            tokens_g = g.reshape(n, -1, classes).argmax(axis=2)
+            tokens_f = f.reshape(n, -1, classes).argmax(axis=2)
+            if self.criterion.metric == "tokens":
+                sdc = (tokens_f != tokens_g).any(axis=1)
+            else:
+                blank = int(self.criterion.threshold or 0)
+                sdc = np.array([not np.array_equal(ctc_text(a, blank), ctc_text(b, blank))
+                                for a, b in zip(tokens_g, tokens_f)], bool).reshape(n)
+        elif self.criterion.metric == "boxes":
+            flipped = ((f > BOXES_THRESHOLD) != (g > BOXES_THRESHOLD)).sum(axis=1)
+            sdc = flipped > self.criterion.threshold
+        elif self.criterion.metric == "regions":
+            sdc = _regions_changed(golden, f.reshape(faulty.shape), self.criterion.threshold)
+        elif self.criterion.metric == "linf":
+            sdc = deviation > self.criterion.threshold
+        else:
+            sdc = _cosine_distance(g, f) > self.criterion.threshold
+        codes = np.where(~finite, DUE, np.where(sdc, SDC, MASKED)).astype(np.int8)
+        return codes, top1, deviation.astype(np.float32)
+
+
+def ctc_text(tokens: np.ndarray, blank: int = 0) -> np.ndarray:
+    """Greedy CTC decoding of one sequence of per-position classes: repeats merged, then blanks dropped."""
+    merged = tokens[np.diff(tokens, prepend=-1) != 0]
+    return merged[merged != blank]
+
+
+def _regions_changed(golden: np.ndarray, faulty: np.ndarray, tolerance: float) -> np.ndarray:
+    """Per row: the text regions of the map binarized at 0.3 changed (:func:`regions_changed`); only rows with a
+    flipped pixel are labelled."""
+    n = len(faulty)
+    g, f = golden.reshape(n, -1, *golden.shape[-2:]) > BOXES_THRESHOLD, faulty.reshape(n, -1, *faulty.shape[-2:]) \
+        > BOXES_THRESHOLD
+    return np.array([(a != b).any() and any(regions_changed(x, y, tolerance) for x, y in zip(a, b))
+                     for a, b in zip(g, f)], bool)
+
+
+def _cosine_distance(g: np.ndarray, f: np.ndarray) -> np.ndarray:
+    # Normalise by the max first: squares of values near the f32 limit would overflow.
+    g = g / np.maximum(np.abs(g).max(axis=1, keepdims=True), 1e-300)
+    f = f / np.maximum(np.abs(f).max(axis=1, keepdims=True), 1e-300)
+    ng, nf = np.linalg.norm(g, axis=1), np.linalg.norm(f, axis=1)
+    cos = (g * f).sum(axis=1) / np.maximum(ng * nf, 1e-300)
+    cos = np.where((ng > 0) & (nf > 0), cos, np.where((ng > 0) | (nf > 0), 0.0, 1.0))  # one zero vector: unrelated
+    return 1.0 - cos
+
+
+# Text regions of a binarized detection map, as DBNet's post-processing sees them, in numpy only. DBNet (PP-OCR
+# det) binarizes its probability map at 0.3, takes each connected region (8-connectivity, as cv2.findContours) and
+# drops regions whose box has a side under 3 pixels (min_size).
+# The regions criterion: a region appears, vanishes, merges or splits, or a box side moves by more than N pixels;
+# pixels flipping at a line's edge without moving its box, and specks smaller than DBNet keeps, are masked.
+
+
+def region_labels(mask: np.ndarray) -> np.ndarray:
+    """8-connected component labels of a 2-D bool mask: each pixel gets the smallest flat index of its region
+    (-1 off the mask). Min-propagation with pointer jumping, so long text lines converge in few sweeps."""
+    h, w = mask.shape
+    big = h * w
+    lab = np.where(mask, np.arange(big).reshape(h, w), big)
+    while True:
+        padded = np.pad(lab, 1, constant_values=big)
+        low = lab.copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                np.minimum(low, padded[dy:dy + h, dx:dx + w], out=low)
+        low = np.where(mask, low, big)
+        flat = low.reshape(-1)
+        inside = flat < big
+        flat[inside] = flat[flat[inside]]  # jump to the label's own label (same region, smaller index)
+        if np.array_equal(low, lab):
+            return np.where(mask, lab, -1)
+        lab = low
+
+
+def text_regions(mask: np.ndarray) -> np.ndarray:
+    """``[k, 4]`` int (top, left, bottom, right) of the regions DBNet keeps, sorted."""
+    lab = region_labels(mask)
+    ys, xs = np.nonzero(lab >= 0)
+    if not len(ys):
+        return np.zeros((0, 4), np.int64)
+    ids = lab[ys, xs]
+    order = np.argsort(ids, kind="stable")
+    ids, ys, xs = ids[order], ys[order], xs[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    found = np.stack([np.minimum.reduceat(ys, starts), np.minimum.reduceat(xs, starts),
+                      np.maximum.reduceat(ys, starts), np.maximum.reduceat(xs, starts)], axis=1)
+    keep = np.minimum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1]) + 1 >= MIN_SIZE
+    found = found[keep]
+    return found[np.lexsort(found.T[::-1])]
+
+
+def regions_changed(golden: np.ndarray, faulty: np.ndarray, tolerance: float) -> bool:
+    """Whether the kept regions of two binarized maps differ: count, or any box side by more than ``tolerance``."""
+    a, b = text_regions(golden), text_regions(faulty)
+    return len(a) != len(b) or bool(len(a) and np.abs(a - b).max() > tolerance)
+
+
+def classes(output: np.ndarray) -> np.ndarray:
+    """Arg-max class per position, one row per sample: ``[N, 1]`` for ``[N, classes]`` (unit axes ignored, so
+    ``[N, classes, 1, 1]`` too), ``[N, T]`` for sequence outputs ``[N, T, classes]``."""
+    dims = [d for d in output.shape[1:] if d != 1] or [1]
+    return output.reshape(len(output), -1, dims[-1]).argmax(axis=-1)
+
+
+def agreement(reference: np.ndarray, other: np.ndarray, judge: Judge | None = None) -> float:
+    """Share of samples on which ``other`` agrees with ``reference``: same arg-max at every position, or, with a
+    :class:`Judge`, no SDC and no DUE under its criterion (as ``inject --sdc``)."""
+    if judge is None:
+        return float(np.mean(np.all(classes(other) == classes(reference), axis=1)))
+    codes, _, _ = judge.classify(reference, other)
+    return float(np.mean(codes == MASKED))
