@@ -29,7 +29,7 @@ from ovrange.faults.faultlist import FaultList, plan_faults
 from ovrange.faults.formats import OPS, parse_format, rebase_bits
 from ovrange.faults.injectors import check_batchable
 from ovrange.faults.inputs import InputStore, select_inputs
-from ovrange.faults.report import remove_report
+from ovrange.faults.report import CHECKPOINT_FILE, FAULTS_FILE, remove_report
 from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, sites_in_format
 from ovrange.faults.spec import CampaignSpec
@@ -39,8 +39,6 @@ from ovrange.modelio import read_model
 from ovrange.runtime import Runner
 
 ProgressFn = Callable[[int, int], None]
-FAULTS_FILE = "faults.jsonl"
-CHECKPOINT_FILE = "checkpoint.jsonl"
 
 
 ModelLike = ov.Model | str | os.PathLike

@@ -19,6 +19,8 @@ from ovrange.modelio import Inputs, make_temp_dir, write_dir_atomically, write_f
 
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.md"
+FAULTS_FILE = "faults.jsonl"  # the fault list a campaign replays when resumed
+CHECKPOINT_FILE = "checkpoint.jsonl"  # outcomes of the finished shards
 PLOTS = ("sdc_by_bit.png", "sdc_by_layer.png")
 
 
@@ -54,8 +56,6 @@ def publish_report(result: CampaignResult, workdir: str | Path, directory: str |
     """The complete report folder (the fault list and checkpoint of ``workdir``, result.json, summary.md, plots)
     is written in a temporary sibling and takes the place of ``directory`` in one step: a reader sees the old
     report or the new one, never a half-written one; a full disk leaves the old one (or none)."""
-    from ovrange.faults.campaign import CHECKPOINT_FILE, FAULTS_FILE
-
     workdir, directory = Path(workdir), Path(directory)
 
     def write(tmp: Path) -> None:
