@@ -8,12 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from ovrange.cli.app import app
-from ovrange.cli.options import Force, positive_finite
+from ovrange.cli.aliases import AliasedCommand
+from ovrange.cli.options import Force, JsonOut, Verbose, finite_json, positive_finite
 
 Opt = typer.Option
 
 
-@app.command()
+@app.command(cls=AliasedCommand)
 def report(
     campaign: Annotated[Path, typer.Argument(help="A campaign's report folder (from `ovrange inject --report`), "
                                                   "or its result.json.")],
@@ -25,13 +26,15 @@ def report(
     fit_unit: Annotated[str, Opt("--fit-unit", help="mbit or device.")] = "mbit",
     check: Annotated[Optional[Path], Opt("--check", help="`ovrange check --json` output to show with the "
                                          "report.")] = None,
+    json_out: JsonOut = None,
     force: Force = False,
+    verbose: Verbose = False,
 ) -> None:
     """Print the safety figures and write vulnerability.json/.svg into the CAMPAIGN folder; --html writes one
     shareable, self-contained HTML report."""
     import json
 
-    from ovrange.errors import ConfigError, DataError, OutputError
+    from ovrange.errors import ConfigError, DataError
     from ovrange.evidence.html import render, report_data, with_interval, fit
     from ovrange.evidence.safety import FIT_UNITS
     from ovrange.evidence.vulnerability import write_vulnerability
@@ -43,8 +46,9 @@ def report(
         raise ConfigError(f"--fit-unit must be one of {', '.join(FIT_UNITS)}, got {fit_unit!r}")
     path = campaign / RESULT_FILE if campaign.is_dir() else campaign
     inputs = [path, check]
-    if html is not None:
-        check_output_file(html, force=force, inputs=inputs)
+    for out in (html, json_out):
+        if out is not None:
+            check_output_file(out, force=force, inputs=inputs)
     try:
         result = CampaignResult.load(path)
         gates = json.loads(check.read_text()) if check is not None else None
@@ -58,6 +62,9 @@ def report(
     written = write_vulnerability(result, campaign) if campaign.is_dir() else []  # never beside a loose JSON
     if html is not None:
         written.append(write_file_atomically(html, render(data), force=force, inputs=inputs))
+    if json_out is not None:
+        text = json.dumps(finite_json(data), indent=1, allow_nan=False) + "\n"
+        written.append(write_file_atomically(json_out, text, force=force, inputs=inputs))
     for model in data["safety"]["models"]:
         what = "SDC per trial" if data["safety"]["unsuitable"] else "P(SDC|fault)"
         line = f"{model['name']}: {what} {with_interval(model['p_sdc'])}"
