@@ -207,7 +207,8 @@ def settled(value: ov.Output, like: ov.Output) -> ov.Node:
 
     The CPU plugin (OpenVINO 2026.4 on AVX2, e.g. AMD EPYC) hands the consumers of a dynamic-batch ``If`` stale
     memory on the first inference at a batch larger than any before, when an Eltwise and a layout Reorder follow
-    the ``If`` (repro/if_dynamic_batch.py). Behind a Broadcast whose shape comes from ``like`` they read right.
+    the ``If`` (repro/if_dynamic_batch.py). A node that copies the tensor right after the ``If`` avoids it (this
+    Broadcast; a full Slice too); a Reshape or a Multiply by 1 does not (the plugin drops them).
     """
     return ops.broadcast(value, ops.shape_of(like), name=value.get_node().get_friendly_name() + "/settled")
 
