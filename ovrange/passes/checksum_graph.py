@@ -202,6 +202,17 @@ def if_else(condition: ov.Output, passed: list[ov.Output], body_inputs: list[ov.
     return branch
 
 
+def settled(value: ov.Output, like: ov.Output) -> ov.Node:
+    """``value`` (an ``If`` output inside the graph) broadcast to the shape of ``like``, which it has: an identity.
+
+    The CPU plugin (OpenVINO 2026.4 on AVX2, e.g. AMD EPYC) hands the consumers of a dynamic-batch ``If`` stale
+    memory on the first inference at a batch larger than any before, when an Eltwise and a layout Reorder follow
+    the ``If`` (repro/if_dynamic_batch.py). A node that copies the tensor right after the ``If`` avoids it (this
+    Broadcast; a full Slice too); a Reshape or a Multiply by 1 does not (the plugin drops them).
+    """
+    return ops.broadcast(value, ops.shape_of(like), name=value.get_node().get_friendly_name() + "/settled")
+
+
 def corrected(nodes: Mapping[str, ov.Node], layer: Layer, check: dict[str, Any], correction: str, branch: str,
               y: ov.Output) -> ov.Node:
     """The node that replaces ``y`` (the checked output) for its consumers."""
@@ -210,8 +221,8 @@ def corrected(nodes: Mapping[str, ov.Node], layer: Layer, check: dict[str, Any],
     ok = pass_node(nodes, layer, y, check, name)
     bias = bias_values(nodes, layer)
     if correction == "recompute" and branch == "if":
-        return if_else(all_passed(ok, name + "/all").output(0), [y], [mac.input_value(0)],
-                       lambda xs: [layer_copy(mac, bias, xs[0], name).output(0)], name)
+        return settled(if_else(all_passed(ok, name + "/all").output(0), [y], [mac.input_value(0)],
+                               lambda xs: [layer_copy(mac, bias, xs[0], name).output(0)], name).output(0), y)
     if correction == "recompute":
         fixed = layer_copy(mac, bias, mac.input_value(0), name)
     elif correction == "zero":
@@ -268,8 +279,8 @@ def gate(nodes: Mapping[str, ov.Node], check: dict[str, Any], out: ov.Output, ma
         ok = ops.logical_and(ok, also)
     if mode == "select":
         return ops.select(ok, out, make(out))
-    return if_else(all_passed(ok).output(0), [out], [out], lambda xs: [make(xs[0]).output(0)],
-                   layer.checked + SUFFIX + "/gate")
+    return settled(if_else(all_passed(ok).output(0), [out], [out], lambda xs: [make(xs[0]).output(0)],
+                           layer.checked + SUFFIX + "/gate").output(0), out)
 
 
 def layer_of(check: dict[str, Any]) -> Layer:
