@@ -193,6 +193,16 @@ class Runner:
             raise self._data_error(arrays, exc) from exc
         return self._checked(outputs, arrays)
 
+    def step(self, arrays: list[np.ndarray], *, first: bool) -> tuple:
+        """One inference of a sequence on a stateful model (a prefill, then decode steps): the state is reset before
+        the ``first`` step only, so each later step sees the state (KV cache) the steps before it left."""
+        request = self._fresh(self.requests[0]) if first else self.requests[0]
+        try:
+            outputs = request.infer(arrays, share_outputs=False).to_tuple()
+        except RuntimeError as exc:
+            raise self._data_error(arrays, exc) from exc
+        return outputs
+
     def run(self, batches: Iterable[tuple[list[np.ndarray], int]], progress: ProgressFn | None = None
             ) -> Iterator[tuple[tuple, int]]:
         """Yield (outputs, samples in batch) for each batch, in order; outputs are views valid until the next yield.
