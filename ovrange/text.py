@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
 from ovrange.errors import DataError
-from ovrange.runtime import is_stateful, last_line
+from ovrange.runtime import compile_model, is_stateful, last_line, shared_core
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 OV_TOKENIZER = "openvino_tokenizer.xml"
@@ -70,16 +71,27 @@ def tokenizer(folder: str | Path) -> Callable[[str], np.ndarray]:
     raise DataError(f"prompts need the model's tokenizer: no {OV_TOKENIZER} or {HF_TOKENIZER} in {folder}")
 
 
-def _ov_tokenizer(xml: Path) -> Callable[[str], np.ndarray]:
-    import openvino_tokenizers  # noqa: F401 - registers the tokenizer's extension ops with OpenVINO
-
-    from ovrange.runtime import compile_model, shared_core
-
+@lru_cache(maxsize=1)
+def _tokenizer_core() -> ov.Core:
+    """The shared core, with openvino-tokenizers' extension ops (importing the package only patches Cores made
+    after the import; the shared one may be older)."""
     try:
-        model = shared_core().read_model(str(xml))
+        import openvino_tokenizers
+    except ImportError as exc:
+        raise DataError("openvino_tokenizer.xml needs the openvino-tokenizers package (pip install "
+                        "openvino-tokenizers, the version of your openvino)") from exc
+    core = shared_core()
+    core.add_extension(str(openvino_tokenizers._ext_path))  # the package's documented extension library
+    return core
+
+
+def _ov_tokenizer(xml: Path) -> Callable[[str], np.ndarray]:
+    core = _tokenizer_core()
+    try:
+        model = core.read_model(str(xml))
     except RuntimeError as exc:
         raise DataError(f"cannot read tokenizer {xml}: {last_line(exc)}") from exc
-    compiled = compile_model(model, "CPU", precision="default")
+    compiled = compile_model(model, "CPU", precision="default", core=core)
     ids = next(port for port in compiled.outputs if "input_ids" in port.get_names())
 
     def encode(prompt: str) -> np.ndarray:
@@ -113,3 +125,18 @@ def load(path: str | Path, model: ov.Model, model_path: str | Path | None) -> li
     if empty is not None:
         raise DataError(f"prompt {empty + 1} of {Path(path).name} has no tokens")
     return samples
+
+
+EXPORT_FILES = ("openvino_tokenizer.xml", "openvino_tokenizer.bin", "openvino_detokenizer.xml",
+                "openvino_detokenizer.bin", "tokenizer.model", "merges.txt", "vocab.txt", "vocab.json")
+
+
+def export_files(model_path: str | Path, model: ov.Model) -> list[Path]:
+    """The files beside a stateful language model's IR that make its folder an LLM folder openvino-genai loads
+    (tokenizer and detokenizer IRs, the JSON configs), to copy beside the protected IR; none for other models."""
+    folder = Path(model_path).parent
+    if not (is_language_model(model) and is_stateful(model)):
+        return []
+    found = [folder / name for name in EXPORT_FILES if (folder / name).is_file()]
+    found += sorted(p for p in folder.glob("*.json") if p.name != "bounds.json")
+    return found

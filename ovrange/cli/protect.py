@@ -63,6 +63,7 @@ def protect(
     from ovrange import data as data_mod
     from ovrange.modelio import prepare_output_dir, read_model
     from ovrange.protect import chain_name, run_chain, save_protected
+    from ovrange.text import export_files
 
     if bounds is not None:
         _protect_with_plan(model, bounds, output_dir, force, config, data)
@@ -85,11 +86,12 @@ def protect(
     if images != replace(images, mean=(), scale=(), color_order="BGR", shape=None) and not Path(data_path).is_dir():
         raise ConfigError(f"--shape/--mean/--scale/--color-order describe image folders; {data_path} is not one "
                           "(arrays are fed as they are)")
-    dataset = data_mod.load(data_path, ov_model, images=images).dataset  # leaves no folder behind
+    dataset = data_mod.load(data_path, ov_model, images=images,
+                            model_path=model_path).dataset  # leaves no folder behind
     out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force)
     with progress_bar("calibrating", enabled=not quiet) as progress:
         protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress)
-    save_protected(protected, out_dir, name, force=force)
+    save_protected(protected, out_dir, name, force=force, copy=export_files(model_path, ov_model))
     _print_summary(protected, out_dir, name)
 
 
@@ -99,6 +101,7 @@ def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, fo
     from ovrange.modelio import prepare_output_dir, read_model
     from ovrange.plan import load_plan
     from ovrange.protect import apply_plan, save_protected
+    from ovrange.text import export_files
 
     if config is not None or data is not None:
         raise ConfigError("--bounds applies a saved plan as it is: it takes no --config or --data")
@@ -109,7 +112,7 @@ def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, fo
     protected = apply_plan(ov_model, plan)  # a plan that does not fit fails here, before any output exists
     name = model.stem
     out_dir = prepare_output_dir(output_dir / f"{name}_{plan.algorithm}", force)
-    save_protected(protected, out_dir, name, force=force)
+    save_protected(protected, out_dir, name, force=force, copy=export_files(model, ov_model))
     _print_summary(protected, out_dir, name)
 
 
@@ -155,12 +158,16 @@ def evaluate(
 ) -> None:
     """Top-1 accuracy of each model (with labels) and how often each agrees with the first (always), in f32."""
     from ovrange import data as data_mod
-    from ovrange.evaluate import agreement, label_accuracy, predict
+    from ovrange.evaluate import agreement, generation_criterion, generation_lines, label_accuracy, predict
     from ovrange.faults.outcomes import Judge
     from ovrange.faults.spec import SdcCriterion
     from ovrange.modelio import read_model
 
     loaded = [read_model(path) for path in models]  # every input is checked before the first inference
+    if generation_criterion(loaded, sdc):  # language models: their greedy generations are compared
+        for line in generation_lines(models, loaded, data, sdc, limit=limit, device=device or "CPU"):
+            typer.echo(line)
+        return
     judge = Judge.for_model(loaded[0], SdcCriterion.parse(sdc)) if sdc else None
     labelled = data_mod.load(data, loaded[0])
     reference = None
