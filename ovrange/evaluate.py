@@ -12,7 +12,7 @@ import openvino as ov
 
 from ovrange import data as data_mod
 from ovrange.errors import ConfigError, DataError, ModelError
-from ovrange.runtime import Runner, is_stateful
+from ovrange.runtime import Runner, is_stateful, refuse_stateful
 from ovrange.text import is_language_model
 
 ProgressFn = Callable[[int, int], None]
@@ -104,8 +104,9 @@ def agreement(reference: np.ndarray, other: np.ndarray, judge=None) -> float:
 
 
 def generation_criterion(models: list[ov.Model], sdc: str | None) -> bool:
-    """True when ``evaluate`` compares greedy generations: stateful language models, or ``--sdc generation:N``."""
-    return any(is_stateful(m) for m in models) or (sdc or "").strip().startswith("generation")
+    """True when ``evaluate`` compares greedy generations: a stateful language model, or ``--sdc generation:N``."""
+    return any(is_stateful(m) and is_language_model(m) for m in models) or \
+        (sdc or "").strip().startswith("generation")
 
 
 def generation_lines(paths: list[Path], models: list[ov.Model], data: Path, sdc: str | None, *,
@@ -120,6 +121,8 @@ def generation_lines(paths: list[Path], models: list[ov.Model], data: Path, sdc:
         raise ConfigError(f"stateful language models are compared by their greedy generations: use --sdc "
                           f"generation:N, not {sdc!r}")
     for path, model in zip(paths, models):
+        if not is_language_model(model):
+            refuse_stateful(model, "evaluate")  # a stateful model of another kind: the refusal of every command
         if not (is_language_model(model) and is_stateful(model)):
             raise ModelError(f"{path}: --sdc {criterion} compares stateful language models (optimum-intel exports "
                              "with past); this model is not one")

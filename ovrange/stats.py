@@ -21,8 +21,9 @@ from ovrange import data as data_mod
 from ovrange import generate
 from ovrange.errors import ConfigError, DataError
 from ovrange.moments import RunningMoments, differences
-from ovrange.runtime import Runner, is_stateful
+from ovrange.runtime import Runner, is_stateful, refuse_stateful
 from ovrange.targets import outputs_by_id
+from ovrange.text import is_language_model
 
 ProgressFn = Callable[[int, int], None]
 KINDS = ("minmax", "histogram", "moments")
@@ -82,7 +83,9 @@ def collect(model: ov.Model, dataset: object, requests: Iterable[StatRequest], *
     :data:`ovrange.generate.CALIBRATION_STEPS` greedy decode steps, the state reset before each sample; the
     statistics fold over every step."""
     if is_stateful(model):
-        generate.input_roles(model)  # a stateful model that is not a language model is refused in one line
+        if not is_language_model(model):
+            refuse_stateful(model, "protect")  # before any statistics model is built
+        generate.input_roles(model)  # a language model with inputs generation cannot fill is refused in one line
         if batch_size != 1:
             raise ConfigError(f"a stateful language model is calibrated one prompt at a time; stat_batch_size must "
                               f"be 1, got {batch_size}")
