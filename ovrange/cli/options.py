@@ -16,7 +16,8 @@ import typer
 Device = Annotated[Optional[str], typer.Option("--device", help="OpenVINO device: CPU, GPU, NPU, AUTO. Default: CPU.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing result.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-DataPath = Annotated[Optional[Path], typer.Option("--data", "-d", help="Image folder, .npy or .npz file.")]
+DataPath = Annotated[Optional[Path], typer.Option("--data", "-d", help="Image folder, .npy or .npz file; for a language "
+                                                   "model, prompts (.txt, .jsonl).")]
 Sdc = Annotated[Optional[str], typer.Option("--sdc", help="SDC criterion: top1 (classifiers), tokens (per-position "
                                            "top-1 of [N, T, classes], e.g. OCR), text[:<blank>] (the greedy CTC text "
                                            "of those positions changes), linf:<t>, cosine:<t> or "

@@ -149,14 +149,19 @@ def _describe(node: dict) -> str:
 def evaluate(
     models: Annotated[list[Path], typer.Argument(help="One or more models (e.g. original and protected).")],
     data: Annotated[Path, typer.Option("--data", "-d", help=".npz with x (inputs) and, optionally, y (labels); "
-                                                            ".npy or an image folder (no labels).")],
+                                                            ".npy or an image folder (no labels); for a language "
+                                                            "model, prompts (.txt, .jsonl).")],
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch.", min=1)] = 64,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Use only the first N samples.", min=1)] = None,
     sdc: Sdc = None,
     device: Device = None,
     quiet: Quiet = False,
 ) -> None:
-    """Top-1 accuracy of each model (with labels) and how often each agrees with the first (always), in f32."""
+    """Top-1 accuracy of each model (with labels) and how often each agrees with the first (always), in f32.
+
+    Stateful language models (optimum-intel exports) are compared by their greedy generations on prompts:
+    --sdc generation:N (default 16 new tokens), agreement = the same N tokens.
+    """
     from ovrange import data as data_mod
     from ovrange.evaluate import agreement, generation_criterion, generation_lines, label_accuracy, predict
     from ovrange.faults.outcomes import Judge
