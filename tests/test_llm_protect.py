@@ -52,6 +52,8 @@ def test_the_protected_export_is_stateful_with_the_same_interface(protected):
     options = before.get_rt_info()["runtime_options"]
     kept = after.get_rt_info()["runtime_options"]
     assert {k: str(options[k]) for k in options.keys()} == {k: str(kept[k]) for k in kept.keys()}
+    size = (original / "openvino_model.bin").stat().st_size  # INT8 weights stay INT8, f32 stay f32
+    assert size <= (folder / "openvino_model.bin").stat().st_size < 1.01 * size
     bounds = json.loads((folder / "bounds.json").read_text())
     assert bounds["samples"] == CALIBRATION and len(bounds["nodes"]) == 4  # one Swish per layer
     for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml", "config.json", "generation_config.json",
