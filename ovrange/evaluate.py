@@ -113,7 +113,6 @@ def generation_lines(paths: list[Path], models: list[ov.Model], data: Path, sdc:
                      limit: int | None = None, device: str = "CPU") -> Iterator[str]:
     """``evaluate`` of stateful language models on prompts: one line per model, the first the reference, the others
     with the share of prompts whose N greedy tokens (``generation:N``) are those of the reference."""
-    from ovrange import data as data_mod
     from ovrange import generate
 
     criterion = generate.Generation.parse(sdc or f"generation:{generate.DEFAULT_NEW_TOKENS}")

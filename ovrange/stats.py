@@ -161,7 +161,8 @@ class _Slot:
 def statistics_model(model: ov.Model, requests: list[StatRequest], keep_outputs: bool = False
                      ) -> tuple[ov.Model, list[_Slot]]:
     """A clone of ``model`` whose output 0 is one 1-D float32 vector with every request's reduced values, followed
-    by one raw output per histogram request (then, with ``keep_outputs``, the model's own outputs). One concatenated output instead of several per node: on small models
+    by one raw output per histogram request (then, with ``keep_outputs``, the model's own outputs: a language
+    model's next token comes from its logits). One concatenated output instead of several per node: on small models
     the per-output cost of fetching results dominates the calibration time."""
     clone = model.clone()
     outputs = outputs_by_id(clone)
