@@ -120,3 +120,14 @@ def test_jsonl_prompts_need_a_prompt_or_text_field(tmp_path):
     bad.write_text('{"question": "x"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:1 has no \"prompt\" or \"text\" string field"):
         text.read_prompts(bad)
+
+
+def test_without_the_openvino_tokenizer_tokenizer_json_gives_the_same_tokens(llm, tmp_path):  # noqa: F811
+    xml = llm["fp32"] / "openvino_model.xml"
+    model = ov.Core().read_model(xml)
+    for name in ("openvino_model.xml", "tokenizer.json"):
+        shutil.copy(llm["fp32"] / name, tmp_path / name)
+    with_ov = text.load(llm["prompts"], model, xml)
+    with_json = text.load(llm["prompts"], model, tmp_path / "openvino_model.xml")
+    assert len(with_ov) == len(with_json) >= 100
+    assert all(np.array_equal(a, b) for a, b in zip(with_ov, with_json))
