@@ -241,9 +241,10 @@ def load(path: str | os.PathLike, model: ov.Model, layout: str | None = None,
         return LabelledData(Dataset(array), None, str(path))
     if path.suffix == ".npz":
         return _load_npz(path, model)
-    if text.is_text_data(path):  # prompts for a language model, tokenized by the tokenizer beside model_path
+    if text.is_text_data(path) and text.is_language_model(model):  # prompts, tokenized beside model_path
         return LabelledData(Dataset(text.load(path, model, model_path)), None, str(path))
-    raise DataError(f"unsupported data file {path.name}: use an image folder, .npy, .npz, or .txt/.jsonl prompts")
+    raise DataError(f"unsupported data file {path.name}: use an image folder, .npy or .npz (.txt/.jsonl prompts "
+                    "feed language models)")
 
 
 def check_samples(array: np.ndarray, port: ov.Output, what: str) -> None:
