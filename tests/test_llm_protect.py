@@ -131,3 +131,33 @@ def test_without_the_openvino_tokenizer_tokenizer_json_gives_the_same_tokens(llm
     with_json = text.load(llm["prompts"], model, tmp_path / "openvino_model.xml")
     assert len(with_ov) == len(with_json) >= 100
     assert all(np.array_equal(a, b) for a, b in zip(with_ov, with_json))
+
+
+def test_statistics_fold_over_the_prefill_and_every_decode_step(llm):  # noqa: F811
+    from ovrange.stats import StatRequest, collect
+    from ovrange.targets import outputs_by_id
+
+    xml = llm["fp32"] / "openvino_model.xml"
+    model = ov.Core().read_model(xml)
+    prompts = text.load(llm["calib_prompts"], model, xml)[:3]
+    targets = [key for key in outputs_by_id(model) if key.endswith(("mlp.act_fn/aten::silu/Swish", "0/aten::add/Add",
+                                                                    "/aten::add/Add_1")) and ".layers." in key]
+    stats = collect(model, prompts, [StatRequest(t) for t in targets], subset_size=3)
+    assert stats.samples == 3
+    # The same values by hand: the model with the watched outputs added, run prompt by prompt, step by step.
+    clone = model.clone()
+    found = outputs_by_id(clone)
+    watched = ov.Model([*clone.get_results(), *(ov.opset13.result(found[t]) for t in targets)], clone.get_sinks(),
+                       clone.get_parameters())
+    runner = Runner(watched, stateful=True)
+    steps = [[np.asarray(o) for o in outputs[1:]] for prompt in prompts
+             for _, outputs in generate.steps(runner, watched, prompt, generate.CALIBRATION_STEPS)]
+    assert len(steps) == 3 * (generate.CALIBRATION_STEPS + 1)
+    prefills = steps[:: generate.CALIBRATION_STEPS + 1]
+    wider = 0
+    for index, target in enumerate(targets):
+        bound = stats[StatRequest(target)]
+        every = (min(float(s[index].min()) for s in steps), max(float(s[index].max()) for s in steps))
+        assert (float(bound.low), float(bound.high)) == every
+        wider += every != (min(float(s[index].min()) for s in prefills), max(float(s[index].max()) for s in prefills))
+    assert wider  # the decode steps widened some ranges: they are in the statistics
