@@ -70,6 +70,10 @@ def steps(runner: Runner, model: ov.Model, sample: object, decode_steps: int, lo
     step's (inputs, outputs). The next token is the arg-max of output ``logits`` at the last position."""
     roles = input_roles(model)
     ids, past = token_ids(sample), 0
+    vocabulary = model.outputs[0].get_partial_shape()[-1]
+    if ids.min() < 0 or (vocabulary.is_static and ids.max() >= vocabulary.get_length()):
+        raise DataError(f"token ids {ids.min()}..{ids.max()} are outside the model's vocabulary of "
+                        f"{vocabulary} tokens (a tokenizer of another model?)")
     for index in range(decode_steps + 1):
         arrays = _arrays(model, roles, ids, past)
         outputs = runner.step(arrays, first=index == 0)

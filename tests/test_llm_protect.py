@@ -160,3 +160,13 @@ def test_statistics_fold_over_the_prefill_and_every_decode_step(llm):  # noqa: F
         assert (float(bound.low), float(bound.high)) == every
         wider += every != (min(float(s[index].min()) for s in prefills), max(float(s[index].max()) for s in prefills))
     assert wider  # the decode steps widened some ranges: they are in the statistics
+
+
+def test_token_ids_outside_the_vocabulary_are_one_data_error(llm, tmp_path):  # noqa: F811
+    np.save(tmp_path / "ids.npy", np.full((2, 5), 5000, np.int64))
+    result = ovrange("protect", llm["fp32"] / "openvino_model.xml", "--data", tmp_path / "ids.npy", "-o",
+                     tmp_path / "out")
+    assert result.returncode == DataError.exit_code
+    assert result.stderr.strip().splitlines() == [
+        "error: token ids 5000..5000 are outside the model's vocabulary of 4096 tokens (a tokenizer of another model?)"]
+    assert not (tmp_path / "out").exists()
