@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
+from ovrange import text
 from ovrange.errors import DataError
 from ovrange.images import ImageOptions, image_reader
 
@@ -221,8 +222,9 @@ def _concat(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
 
 
 def load(path: str | os.PathLike, model: ov.Model, layout: str | None = None,
-         images: ImageOptions | None = None) -> LabelledData:
-    """Open an image folder or an ``.npy``/``.npz`` file as a dataset that fits ``model``.
+         images: ImageOptions | None = None, model_path: str | os.PathLike | None = None) -> LabelledData:
+    """Open an image folder, an ``.npy``/``.npz`` file or prompts (``.txt``/``.jsonl``, for the stateful language
+    model read from ``model_path``) as a dataset that fits ``model``.
 
     Arrays hold samples along axis 0; their shape and dtype are checked here, against the model, so a mistake is
     reported with the user's own array shape. ``images`` (or just ``layout``) says how image files are decoded.
@@ -245,7 +247,10 @@ def load(path: str | os.PathLike, model: ov.Model, layout: str | None = None,
         return LabelledData(Dataset(array), None, str(path))
     if path.suffix == ".npz":
         return _load_npz(path, model)
-    raise DataError(f"unsupported data file {path.name}: use an image folder, .npy or .npz")
+    if text.is_text_data(path) and text.is_language_model(model):  # prompts, tokenized beside model_path
+        return LabelledData(Dataset(text.load(path, model, model_path)), None, str(path))
+    raise DataError(f"unsupported data file {path.name}: use an image folder, .npy or .npz (.txt/.jsonl prompts "
+                    "feed language models)")
 
 
 def check_samples(array: np.ndarray, port: ov.Output, what: str) -> None:

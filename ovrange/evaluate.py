@@ -1,17 +1,20 @@
-"""Running a model over a labelled dataset: predictions and top-1 accuracy (f32 by default)."""
+"""Running a model over a labelled dataset: predictions and top-1 accuracy (f32 by default); for stateful language
+models, the agreement of their greedy generations (:mod:`ovrange.generate`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
 from ovrange import data as data_mod
 from ovrange.compare import classes
-from ovrange.errors import DataError
-from ovrange.runtime import Runner
+from ovrange.errors import ConfigError, DataError, ModelError
+from ovrange.runtime import Runner, is_stateful, refuse_stateful
+from ovrange.text import is_language_model
 
 ProgressFn = Callable[[int, int], None]
 
@@ -81,3 +84,40 @@ def label_accuracy(output: np.ndarray, labels: np.ndarray) -> Accuracy:
     """Top-1 accuracy of ``output`` against ``labels`` (a sequence sample counts when every position is right)."""
     expected = check_labels(labels, output)[: len(output)]
     return Accuracy(int(np.all(classes(output)[: len(expected)] == expected, axis=1).sum()), len(expected))
+
+
+def generation_criterion(models: list[ov.Model], sdc: str | None) -> bool:
+    """True when ``evaluate`` compares greedy generations: a stateful language model, or ``--sdc generation:N``."""
+    return any(is_stateful(m) and is_language_model(m) for m in models) or \
+        (sdc or "").strip().startswith("generation")
+
+
+def generation_lines(paths: list[Path], models: list[ov.Model], data: Path, sdc: str | None, *,
+                     limit: int | None = None, device: str = "CPU") -> Iterator[str]:
+    """``evaluate`` of stateful language models on prompts: one line per model, the first the reference, the others
+    with the share of prompts whose N greedy tokens (``generation:N``) are those of the reference."""
+    from ovrange import generate
+
+    criterion = generate.Generation.parse(sdc or f"generation:{generate.DEFAULT_NEW_TOKENS}")
+    if criterion is None:
+        raise ConfigError(f"stateful language models are compared by their greedy generations: use --sdc "
+                          f"generation:N, not {sdc!r}")
+    for path, model in zip(paths, models):
+        if not is_language_model(model):
+            refuse_stateful(model, "evaluate")  # a stateful model of another kind: the refusal of every command
+        if not (is_language_model(model) and is_stateful(model)):
+            raise ModelError(f"{path}: --sdc {criterion} compares stateful language models (optimum-intel exports "
+                             "with past); this model is not one")
+    samples, total = data_mod.subset(data_mod.load(data, models[0], model_path=paths[0]).dataset, limit)
+    samples = list(samples)
+    eos = generate.eos_token(paths[0].parent)
+    reference = None
+    for path, model in zip(paths, models):
+        tokens = generate.generations(model, samples, criterion.new_tokens, device=device, eos=eos)
+        if reference is None:
+            reference = tokens
+            yield f"{path}: the reference ({total} prompts, {criterion.new_tokens} greedy tokens each, f32)"
+        else:
+            share = generate.agreement(reference, tokens)
+            same = round(share * total)
+            yield f"{path}: agrees with {paths[0].name} on {share:.2%} ({same}/{total} prompts, {criterion})"

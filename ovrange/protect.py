@@ -9,7 +9,8 @@ from any protected model, and ``protect(model, plan=...)`` re-applies it without
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,10 @@ def protection_info(model: ov.Model) -> ProtectionPlan | None:
     return None if raw is None else ProtectionPlan.from_json(raw)
 
 
-def save_protected(model: ov.Model, out_dir: str | Path, model_name: str, *, force: bool = False) -> Path:
-    """Write ``<out_dir>/<model_name>.xml/.bin`` (f32 weights) and ``bounds.json`` in one atomic step."""
+def save_protected(model: ov.Model, out_dir: str | Path, model_name: str, *, force: bool = False,
+                   copy: Sequence[Path] = ()) -> Path:
+    """Write ``<out_dir>/<model_name>.xml/.bin`` (f32 weights), ``bounds.json`` and a copy of the ``copy`` files
+    (e.g. a language model's tokenizer, :func:`ovrange.text.export_files`) in one atomic step."""
     info = protection_info(model)
     if info is None:
         raise ModelError("save_protected() needs a model returned by ovrange.protect()")
@@ -148,5 +151,7 @@ def save_protected(model: ov.Model, out_dir: str | Path, model_name: str, *, for
     def write(tmp: Path) -> None:
         save_model(model, tmp / f"{model_name}.xml")
         (tmp / "bounds.json").write_text(json.dumps(info.to_json(), indent=2) + "\n")
+        for path in copy:
+            shutil.copy2(path, tmp / path.name)
 
     return write_dir_atomically(out_dir, write, force=force)

@@ -5,7 +5,8 @@ f32, so every compile in ovrange goes through :func:`compile_model` with an expl
 owns the batching policy (dynamic batch axis, else one sample at a time), the one error-wrapped ``infer``, timed
 inference for benchmarks and the state of stateful models (ReadValue/Assign, e.g. an LLM's KV cache): such a model
 is refused by every command that would measure it wrongly, or, when the caller handles it, its state is reset
-before each inference so that samples stay independent.
+before each inference so that samples stay independent, or before the first step of a sequence (:meth:`Runner.step`:
+a language model's prefill and decode steps, :mod:`ovrange.generate`).
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ class Runner:
     would be mixed up silently.
 
     A stateful model is refused (a ModelError naming ``command``) unless ``stateful`` is True; then every inference
-    starts from the initial state (``reset_state``), as if each batch were the model's first.
+    starts from the initial state (``reset_state``), as if each batch were the model's first, except the later
+    steps of a sequence run by :meth:`step`.
     """
 
     def __init__(self, model: ov.Model, *, device: str = "CPU", batch_size: int = 1, precision: str = "f32",
@@ -192,6 +194,16 @@ class Runner:
         except RuntimeError as exc:
             raise self._data_error(arrays, exc) from exc
         return self._checked(outputs, arrays)
+
+    def step(self, arrays: list[np.ndarray], *, first: bool) -> tuple:
+        """One inference of a sequence on a stateful model (a prefill, then decode steps): the state is reset before
+        the ``first`` step only, so each later step sees the state (KV cache) the steps before it left."""
+        request = self._fresh(self.requests[0]) if first else self.requests[0]
+        try:
+            outputs = request.infer(arrays, share_outputs=False).to_tuple()
+        except RuntimeError as exc:
+            raise self._data_error(arrays, exc) from exc
+        return outputs
 
     def run(self, batches: Iterable[tuple[list[np.ndarray], int]], progress: ProgressFn | None = None
             ) -> Iterator[tuple[tuple, int]]:

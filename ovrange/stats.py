@@ -18,10 +18,12 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from ovrange import data as data_mod
+from ovrange import generate
 from ovrange.errors import ConfigError, DataError
 from ovrange.moments import RunningMoments, differences
-from ovrange.runtime import Runner, refuse_stateful
+from ovrange.runtime import Runner, is_stateful, refuse_stateful
 from ovrange.targets import outputs_by_id
+from ovrange.text import is_language_model
 
 ProgressFn = Callable[[int, int], None]
 KINDS = ("minmax", "histogram", "moments")
@@ -75,8 +77,18 @@ class Statistics:
 def collect(model: ov.Model, dataset: object, requests: Iterable[StatRequest], *, subset_size: int | None = 300,
             batch_size: int = 1, shuffle: bool = False, seed: int = 0, device: str = "CPU",
             progress: ProgressFn | None = None) -> Statistics:
-    """Run the calibration subset of ``dataset`` through ``model`` once (twice with histograms); serve ``requests``."""
-    refuse_stateful(model, "protect")  # before any statistics model is built
+    """Run the calibration subset of ``dataset`` through ``model`` once (twice with histograms); serve ``requests``.
+
+    A stateful language model runs each sample (a prompt's token ids) as a prefill followed by
+    :data:`ovrange.generate.CALIBRATION_STEPS` greedy decode steps, the state reset before each sample; the
+    statistics fold over every step."""
+    if is_stateful(model):
+        if not is_language_model(model):
+            refuse_stateful(model, "protect")  # before any statistics model is built
+        generate.input_roles(model)  # a language model with inputs generation cannot fill is refused in one line
+        if batch_size != 1:
+            raise ConfigError(f"a stateful language model is calibrated one prompt at a time; stat_batch_size must "
+                              f"be 1, got {batch_size}")
     if subset_size is not None and subset_size <= 0:
         raise ConfigError(f"stat_subset_size must be > 0, got {subset_size}")
     if batch_size <= 0:
@@ -113,10 +125,23 @@ def _scaled(progress: ProgressFn | None, index: int, passes: int, total: int) ->
 
 def _pass(model: ov.Model, samples: Iterable, requests: list[StatRequest], known: dict, batch_size: int,
           device: str, progress: ProgressFn | None) -> tuple[dict, int]:
-    stats_model, layout = statistics_model(model, requests)
-    runner = Runner(stats_model, device=device, batch_size=batch_size, batched_outputs=False, command="protect")
+    stateful = is_stateful(model)
+    stats_model, layout = statistics_model(model, requests, keep_outputs=stateful)
+    runner = Runner(stats_model, device=device, batch_size=batch_size, batched_outputs=False, stateful=stateful,
+                    command="protect")
     fold = _Fold(layout, known)
     seen = 0
+    if stateful:
+        # The model's own outputs follow the statistics: the greedy token of each step comes from its logits.
+        logits = len(stats_model.outputs) - len(model.outputs)
+        samples = list(samples)
+        for sample in samples:
+            for _, outputs in generate.steps(runner, model, sample, generate.CALIBRATION_STEPS, logits):
+                fold.add(outputs)
+            seen += 1
+            if progress:
+                progress(seen, len(samples))
+        return fold.results(), seen
     for outputs, count in runner.run(data_mod.batches(samples, model, batch_size), progress):
         fold.add(outputs)
         seen += count
@@ -133,9 +158,11 @@ class _Slot:
     raw: int | None = None  # index of the raw output (histograms)
 
 
-def statistics_model(model: ov.Model, requests: list[StatRequest]) -> tuple[ov.Model, list[_Slot]]:
+def statistics_model(model: ov.Model, requests: list[StatRequest], keep_outputs: bool = False
+                     ) -> tuple[ov.Model, list[_Slot]]:
     """A clone of ``model`` whose output 0 is one 1-D float32 vector with every request's reduced values, followed
-    by one raw output per histogram request. One concatenated output instead of several per node: on small models
+    by one raw output per histogram request (then, with ``keep_outputs``, the model's own outputs: a language
+    model's next token comes from its logits). One concatenated output instead of several per node: on small models
     the per-output cost of fetching results dominates the calibration time."""
     clone = model.clone()
     outputs = outputs_by_id(clone)
@@ -175,6 +202,8 @@ def statistics_model(model: ov.Model, requests: list[StatRequest]) -> tuple[ov.M
     parts = lows + highs + others
     results = [ops.result(ops.concat(parts, 0) if len(parts) > 1 else parts[0])] if parts else []
     results += [ops.result(r) for r in raws]
+    if keep_outputs:
+        results += [ops.result(r.input_value(0)) for r in clone.get_results()]
     # The sinks stay: a stateful model's statistics model must keep its ReadValue/Assign pairs.
     return ov.Model(results, clone.get_sinks(), clone.get_parameters(), f"{model.get_friendly_name()}_stats"), layout
 

@@ -1,6 +1,7 @@
 """The bundled language model (``scripts/build_llm.py``): an optimum-intel export as users have them -- stateful
 (KV cache in ReadValue/Assign, ``beam_idx``), with its OpenVINO tokenizer -- that openvino-genai's LLMPipeline runs,
-and that every ovrange command refuses in one line rather than measuring it wrongly."""
+and that the ovrange commands without stateful support (inject, check, benchmark) refuse in one line rather than
+measuring it wrongly."""
 
 from __future__ import annotations
 
@@ -65,16 +66,15 @@ def test_held_out_prompts_are_not_calibration_prompts(llm):
     assert not set(held) & set(calib)
 
 
-@pytest.mark.parametrize("command", ["protect", "evaluate", "benchmark"])
-def test_ovrange_refuses_the_stateful_export_in_one_line(llm, tmp_path, command):
+@pytest.mark.parametrize("command", ["inject", "check", "benchmark"])
+def test_commands_without_stateful_support_refuse_the_export_in_one_line(llm, tmp_path, command):
     xml = llm["fp32"] / "openvino_model.xml"
-    np.save(tmp_path / "ids.npy", np.ones((2, 8), np.int64))
-    args = {"protect": [xml, "--data", tmp_path / "ids.npy", "-o", tmp_path / "out"],
-            "evaluate": [xml, xml, "--data", tmp_path / "ids.npy"],
+    args = {"inject": [xml, "--data", llm["prompts"], "-n", "10", "--report", tmp_path / "out"],
+            "check": [xml, xml, "--data", llm["prompts"], "--json", tmp_path / "out"],
             "benchmark": [xml, xml, "--time", "1"]}[command]
     result = subprocess.run([sys.executable, "-m", "ovrange", command, *map(str, args)], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 3, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "stateful model (KV cache)" in lines[0]
+    assert lines == [f"error: model 'Model0' is a stateful model (KV cache); {command} does not support it yet"]
     assert not (tmp_path / "out").exists()

@@ -53,9 +53,12 @@ def check(
     from ovrange.check import Thresholds
     from ovrange.check import check as run_check
     from ovrange.modelio import check_output_file, model_files, read_model, write_file_atomically
+    from ovrange.runtime import refuse_stateful
 
     thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)
     models = [read_model(original), read_model(protected)]
+    for model in models:
+        refuse_stateful(model, "check")  # before the data: prompts or token ids would be the wrong complaint
     labelled = data_mod.load(data, models[0])
     shapes = static_shapes(shape, models[0])
     inputs = [*model_files(original), *model_files(protected), data]

@@ -16,7 +16,8 @@ import typer
 # What each shared option means: the first sentence of its help, the same in every command that has it
 # (tests/test_cli_options.py fails when one option name or short flag means two things).
 MEANINGS = {
-    "--data": "Input data: an image folder, an .npy file or an .npz file (inputs x, optional labels y).",
+    "--data": "Input data: an image folder, an .npy file or an .npz file (inputs x, optional labels y); for a "
+             "language model, prompts (.txt, one per line, or .jsonl).",
     "--config": "Config file, JSON or YAML.",
     "--device": "OpenVINO device: CPU, GPU, NPU, AUTO...",
     "--num-samples": "Number of data samples to use.",
@@ -68,7 +69,8 @@ JsonOut = Annotated[Optional[Path], opt("--json", show_default=False)]
 Sdc = Annotated[Optional[str], opt("--sdc", more="top1 (classifiers), tokens (per-position top-1 of [N, T, "
                                    "classes], e.g. OCR), text[:<blank>] (the greedy CTC text of those positions "
                                    "changes), linf:<t>, cosine:<t> or boxes[:<pixels>] (a text-detection map "
-                                   "binarized at 0.3 flips), regions[:<pixels>] (that map's text regions change).",
+                                   "binarized at 0.3 flips), regions[:<pixels>] (that map's text regions change), "
+                                   "generation:N (a language model's N greedy new tokens change).",
                                    show_default="top1 when the output is [N, classes]")]
 LOG_SECONDS = 15.0  # progress lines outside a terminal: often enough to show life, rarely enough to read the log
 

@@ -79,6 +79,7 @@ def protect(
     from ovrange import data as data_mod
     from ovrange.modelio import check_output_file, model_files, prepare_output_dir, read_model
     from ovrange.protect import chain_name, run_chain, save_protected
+    from ovrange.text import export_files
 
     known_inputs = [*(model_files(model) if model else ()), data, config, bounds]
     if json_out:
@@ -104,14 +105,15 @@ def protect(
     if images != replace(images, mean=(), scale=(), color_order="BGR", shape=None) and not Path(data_path).is_dir():
         raise ConfigError(f"--shape/--mean/--scale/--color-order describe image folders; {data_path} is not one "
                           "(arrays are fed as they are)")
-    dataset = data_mod.load(data_path, ov_model, images=images).dataset  # leaves no folder behind
+    dataset = data_mod.load(data_path, ov_model, images=images,
+                            model_path=model_path).dataset  # leaves no folder behind
     inputs = [*model_files(model_path), None if model else cfg.weights, data_path, config]
     out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force, inputs)
     for step in cfg.algorithms:
         detail(f"{step.name}: {', '.join(f'{k}={v}' for k, v in step.params.items())}")
     with progress_bar("calibrating", enabled=not quiet) as progress:
         protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress)
-    save_protected(protected, out_dir, name, force=force)
+    save_protected(protected, out_dir, name, force=force, copy=export_files(model_path, ov_model))
     _print_summary(protected, out_dir, name)
     _write_json(json_out, protected, model_path, out_dir, name, force=force, inputs=inputs)
 
@@ -122,6 +124,7 @@ def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, fo
     from ovrange.modelio import model_files, prepare_output_dir, read_model
     from ovrange.plan import load_plan
     from ovrange.protect import apply_plan, save_protected
+    from ovrange.text import export_files
 
     if config is not None or data is not None:
         raise ConfigError("--bounds applies a saved plan as it is: it takes no --config or --data")
@@ -133,7 +136,7 @@ def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, fo
     name = model.stem
     inputs = [*model_files(model), bounds]
     out_dir = prepare_output_dir(output_dir / f"{name}_{plan.algorithm}", force, inputs)
-    save_protected(protected, out_dir, name, force=force)
+    save_protected(protected, out_dir, name, force=force, copy=export_files(model, ov_model))
     _print_summary(protected, out_dir, name)
     _write_json(json_out, protected, model, out_dir, name, force=force, inputs=inputs)
 
@@ -201,14 +204,24 @@ def evaluate(
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Top-1 accuracy of each model (with labels) and how often each agrees with the first (always), in f32."""
+    """Top-1 accuracy of each model (with labels) and how often each agrees with the first (always), in f32.
+
+    Stateful language models (optimum-intel exports) are compared by their greedy generations on prompts:
+    --sdc generation:N (default 16 new tokens), agreement = the same N tokens.
+    """
     from ovrange import data as data_mod
     from ovrange.compare import Judge, SdcCriterion, agreement
-    from ovrange.evaluate import label_accuracy, predict
+    from ovrange.evaluate import generation_criterion, generation_lines, label_accuracy, predict
     from ovrange.modelio import check_output_file, model_files, read_model
 
     inputs = [file for path in models for file in model_files(path)] + [data]
     loaded = [read_model(path) for path in models]  # every input is checked before the first inference
+    if generation_criterion(loaded, sdc):  # language models: their greedy generations are compared
+        if json_out:
+            raise ConfigError("--json is not written for generation comparisons yet; read the printed lines")
+        for line in generation_lines(models, loaded, data, sdc, limit=num_samples, device=device or "CPU"):
+            typer.echo(line)
+        return
     judge = Judge.for_model(loaded[0], SdcCriterion.parse(sdc)) if sdc else None
     labelled = data_mod.load(data, loaded[0])
     if json_out:

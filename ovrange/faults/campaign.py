@@ -36,7 +36,7 @@ from ovrange.faults.spec import CampaignSpec
 from ovrange.faults.stopping import Stopping, fault_space
 from ovrange.graph import get_rt_json, inserted_nodes
 from ovrange.modelio import read_model
-from ovrange.runtime import Runner
+from ovrange.runtime import Runner, refuse_stateful
 
 ProgressFn = Callable[[int, int], None]
 
@@ -73,6 +73,8 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
         check_ray(workers, ray_address)  # before anything is read or written
     others = [] if compare is None else list(compare) if isinstance(compare, (list, tuple)) else [compare]
     models = [_as_model(m) for m in [model, *others]]
+    for _, loaded_model in models:
+        refuse_stateful(loaded_model, "inject")  # before the data: prompts or token ids would be the wrong complaint
     spec = one_trial_per_inference(spec, models, explicit=settings.get("batch_size") is not None)
     source = str(dataset) if isinstance(dataset, (str, os.PathLike)) else type(dataset).__name__
     if isinstance(dataset, (str, os.PathLike)):
