@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  := build/default/fashion_lenet.xml
 
-.PHONY: demo test install-demo install-test install-llm dataset chromium model models llm benchmarks compare clean
+.PHONY: demo test install-demo install-test install-llm dataset chromium model models llm llm-model benchmarks compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,8 @@ install-demo: $(BIN)/python
 	$(BIN)/pip install -e '.[train,plots]'
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -e '.[test,bench,plots]'
+	$(BIN)/pip install -e '.[test,bench,plots,llm]'
+	$(BIN)/pip uninstall -y -q torchvision 2>/dev/null || true
 
 # optimum-intel pulls torchvision, whose PyPI build fails to import beside the CPU torch (see pyproject's llm extra).
 install-llm: $(BIN)/python
@@ -44,7 +45,9 @@ models: dataset
 	$(BIN)/python -m scripts.build_default_model --out build --arch all
 
 # The bundled language model: a small Llama trained on the standard library, exported by optimum-intel (fp32, int8).
-llm: install-llm
+llm: install-llm llm-model
+
+llm-model:
 	$(BIN)/python -m scripts.build_llm --out build/llm
 
 demo: install-demo model
@@ -52,7 +55,7 @@ demo: install-demo model
 	$(BIN)/ovrange evaluate $(MODEL) results/fashion_lenet_RangeSupervision/fashion_lenet.xml \
 	    --data build/default/test.npz
 
-test: install-test models chromium
+test: install-test models llm-model chromium
 	$(BIN)/python -m pytest
 
 benchmarks: install-test models
