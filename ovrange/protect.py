@@ -19,7 +19,8 @@ import openvino as ov
 from ovrange.algorithms import QUANTIZATIONS, AlgorithmConfig, protection as algorithm_module
 from ovrange.errors import ConfigError, ModelError
 from ovrange.graph import get_rt_json, set_rt_json
-from ovrange.modelio import save_model, write_dir_atomically
+from ovrange.modelio import save_model
+from ovrange.outputs import write_dir_atomically
 from ovrange.params import COMMON_PARAMS, validate
 from ovrange.plan import ProtectionPlan
 from ovrange.stats import collect

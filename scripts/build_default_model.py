@@ -53,7 +53,8 @@ import openvino as ov
 
 from ovrange.errors import OvrangeError
 from scripts.fashion_data import DATA_DIR, BuildError, FashionMNIST, dataset_files, load_fashion_mnist
-from ovrange.modelio import save_model, write_dir_atomically
+from ovrange.modelio import save_model
+from ovrange.outputs import write_dir_atomically
 from ovrange.runtime import compile_model
 
 if TYPE_CHECKING:  # torch is imported lazily: an up-to-date check must not pay for (or need) it.

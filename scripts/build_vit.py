@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from ovrange.modelio import save_model, write_dir_atomically
+from ovrange.modelio import save_model
+
+from ovrange.outputs import write_dir_atomically
 from scripts.build_default_model import (BATCH_SIZE, CALIB_SIZE, INPUT_NAME, OUTPUT_NAME, SEED, _log, _torch,
                                          accuracy, check_ops, deterministic_torch, op_type_counts, openvino_logits,
                                          run_timed, sha256, torch_logits, write_data)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ovrange.modelio import write_dir_atomically
+from ovrange.outputs import write_dir_atomically
 
 PROGRESS = {**os.environ, "OVRANGE_PROGRESS_SECONDS": "0.2"}  # progress lines outside a terminal, soon
 
@@ -69,7 +69,7 @@ RACER = """
 import sys, time
 from pathlib import Path
 from ovrange.errors import OutputError
-from ovrange.modelio import write_dir_atomically
+from ovrange.outputs import write_dir_atomically
 
 out, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 
@@ -101,7 +101,7 @@ def test_two_runs_racing_for_one_output_cannot_both_win(tmp_path):
 
 def test_temporaries_of_a_killed_run_are_cleaned_by_the_next(tmp_path):
     out = tmp_path / "result"
-    writer = ("import sys, time; from pathlib import Path; from ovrange.modelio import write_dir_atomically\n"
+    writer = ("import sys, time; from pathlib import Path; from ovrange.outputs import write_dir_atomically\n"
               "def write(tmp):\n    (tmp / 'part').write_text('half'); print('writing', flush=True); time.sleep(60)\n"
               "write_dir_atomically(Path(sys.argv[1]), write)\n")
     killed = subprocess.Popen([sys.executable, "-c", writer, str(out)], stdout=subprocess.PIPE, text=True)

@@ -129,14 +129,14 @@ def test_two_concurrent_force_runs_both_end_cleanly(lenet, tmp_path):
 SWAPPER = """
 import sys
 from pathlib import Path
-from ovrange.modelio import write_dir_atomically
+from ovrange.outputs import write_dir_atomically
 for i in range(300):
     write_dir_atomically(Path(sys.argv[1]), lambda tmp: (tmp / "who").write_text(str(i)), force=True)
 """
 
 
 def test_a_reader_always_finds_the_result_folder_during_force_swaps(tmp_path):
-    from ovrange.modelio import write_dir_atomically
+    from ovrange.outputs import write_dir_atomically
 
     out = tmp_path / "result"
     write_dir_atomically(out, lambda tmp: (tmp / "who").write_text("first"))
@@ -193,14 +193,14 @@ def test_a_full_disk_keeps_every_old_result(lenet, full_disk):
 
 def test_force_without_an_atomic_exchange_still_replaces(tmp_path, monkeypatch):
     """Where renameat2 is missing, the old folder moves aside and the new one in; a killed run's old one is restored."""
-    from ovrange import modelio
+    from ovrange import outputs
 
-    monkeypatch.setattr(modelio, "_exchange", lambda first, second: False)
+    monkeypatch.setattr(outputs, "_exchange", lambda first, second: False)
     out = tmp_path / "result"
-    modelio.write_dir_atomically(out, lambda tmp: (tmp / "who").write_text("old"))
-    modelio.write_dir_atomically(out, lambda tmp: (tmp / "who").write_text("new"), force=True)
+    outputs.write_dir_atomically(out, lambda tmp: (tmp / "who").write_text("old"))
+    outputs.write_dir_atomically(out, lambda tmp: (tmp / "who").write_text("new"), force=True)
     assert (out / "who").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["result"]
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     os.rename(out, tmp_path / f".result.old-{dead.pid}-x1y2")  # killed between its two renames
-    assert modelio.clean_stale(out) and (out / "who").read_text() == "new"
+    assert outputs.clean_stale(out) and (out / "who").read_text() == "new"

@@ -25,7 +25,7 @@ def devices(json_out: JsonOut = None, force: Force = False, verbose: Verbose = F
     import openvino as ov
 
     from ovrange.bench import devices as list_devices
-    from ovrange.modelio import check_output_file, write_file_atomically
+    from ovrange.outputs import check_output_file, write_file_atomically
 
     if json_out:
         check_output_file(json_out, force=force)
@@ -63,7 +63,8 @@ def benchmark(
 ) -> None:
     """Time ORIGINAL and PROTECTED on one device in interleaved rounds; report the overhead and fused Clamps."""
     from ovrange import bench
-    from ovrange.modelio import check_output_file, model_files, read_model, write_file_atomically
+    from ovrange.modelio import model_files, read_model
+    from ovrange.outputs import check_output_file, write_file_atomically
 
     _print_devices(device)
     models = [read_model(original), read_model(protected)]

@@ -52,7 +52,8 @@ def check(
     from ovrange import data as data_mod
     from ovrange.check import Thresholds
     from ovrange.check import check as run_check
-    from ovrange.modelio import check_output_file, model_files, read_model, write_file_atomically
+    from ovrange.modelio import model_files, read_model
+    from ovrange.outputs import check_output_file, write_file_atomically
     from ovrange.runtime import refuse_stateful
 
     thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)

@@ -114,7 +114,8 @@ def inject(
     from ovrange.faults.campaign import MARGIN_CAP, inject as run_inject
     from ovrange.faults.report import publish_report, reduction_text, report_session, write_json
     from ovrange.faults.spec import CampaignSpec, load_file
-    from ovrange.modelio import check_output_file, model_files
+    from ovrange.modelio import model_files
+    from ovrange.outputs import check_output_file
 
     spec, files = load_file(config) if config else (CampaignSpec(), {})
     spec = spec.with_overrides(target=target, trials=trials, seed=seed, bits=bits, number_format=number_format,
@@ -192,7 +193,8 @@ def _sweep(model_path, data, compare, sweep: str, spec, report, json_out, plots:
     import json
 
     from ovrange.faults.sweep import parse_rates, run_sweep, sweep_markdown, write_sweep
-    from ovrange.modelio import check_output_file, model_files, write_dir_atomically, write_file_atomically
+    from ovrange.modelio import model_files
+    from ovrange.outputs import check_output_file, write_dir_atomically, write_file_atomically
 
     kind, rates = parse_rates(sweep)
     if spec.ber is not None or spec.error_rate is not None:
@@ -216,7 +218,7 @@ def _sweep(model_path, data, compare, sweep: str, spec, report, json_out, plots:
 
 def _check_report_dir(path: Path, force: bool, resume: bool, inputs: list = ()) -> None:
     """Before the campaign: the folder may be written. It is created by the campaign itself, once inputs are valid."""
-    from ovrange.modelio import prepare_output_dir
+    from ovrange.outputs import prepare_output_dir
 
     if path.is_dir() and not any(path.iterdir()):
         force = True  # an empty folder holds nothing to protect

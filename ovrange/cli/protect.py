@@ -77,7 +77,8 @@ def protect(
     """
     from ovrange import config as config_mod
     from ovrange import data as data_mod
-    from ovrange.modelio import check_output_file, model_files, prepare_output_dir, read_model
+    from ovrange.modelio import model_files, read_model
+    from ovrange.outputs import check_output_file, prepare_output_dir
     from ovrange.protect import chain_name, run_chain, save_protected
     from ovrange.text import export_files
 
@@ -121,7 +122,8 @@ def protect(
 def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, force: bool,
                        config: Optional[Path], data: Optional[Path], json_out: Optional[Path]) -> None:
     """``--bounds``: apply a saved plan to MODEL; nothing is written when the plan does not fit."""
-    from ovrange.modelio import model_files, prepare_output_dir, read_model
+    from ovrange.modelio import model_files, read_model
+    from ovrange.outputs import prepare_output_dir
     from ovrange.plan import load_plan
     from ovrange.protect import apply_plan, save_protected
     from ovrange.text import export_files
@@ -148,7 +150,7 @@ def _write_json(json_out: Optional[Path], protected, model: Path, out_dir: Path,
         return
     import json
 
-    from ovrange.modelio import write_file_atomically
+    from ovrange.outputs import write_file_atomically
     from ovrange.protect import protection_info
 
     info = protection_info(protected)
@@ -212,7 +214,8 @@ def evaluate(
     from ovrange import data as data_mod
     from ovrange.compare import Judge, SdcCriterion, agreement
     from ovrange.evaluate import generation_criterion, generation_lines, label_accuracy, predict
-    from ovrange.modelio import check_output_file, model_files, read_model
+    from ovrange.modelio import model_files, read_model
+    from ovrange.outputs import check_output_file
 
     inputs = [file for path in models for file in model_files(path)] + [data]
     loaded = [read_model(path) for path in models]  # every input is checked before the first inference
@@ -252,7 +255,7 @@ def evaluate(
     if json_out:
         import json
 
-        from ovrange.modelio import write_file_atomically
+        from ovrange.outputs import write_file_atomically
 
         report = {"data": str(data), "reference": str(models[0]), "models": results}
         write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",

@@ -40,7 +40,7 @@ def report(
     from ovrange.evidence.vulnerability import write_vulnerability
     from ovrange.faults.report import RESULT_FILE
     from ovrange.faults.result import CampaignResult
-    from ovrange.modelio import check_output_file, write_file_atomically
+    from ovrange.outputs import check_output_file, write_file_atomically
 
     if fit_unit not in FIT_UNITS:
         raise ConfigError(f"--fit-unit must be one of {', '.join(FIT_UNITS)}, got {fit_unit!r}")

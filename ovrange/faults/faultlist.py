@@ -19,7 +19,7 @@ import numpy as np
 from ovrange.errors import ConfigError, ModelError
 from ovrange.faults.formats import FORMATS, OPS, FaultModel, NumberFormat, parse_fault_model, parse_format
 from ovrange.faults.sites import Site
-from ovrange.modelio import write_file_atomically
+from ovrange.outputs import write_file_atomically
 
 MAGIC = "ovrange-faults"
 VERSION = 2

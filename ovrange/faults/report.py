@@ -15,7 +15,7 @@ from pathlib import Path
 from ovrange.errors import OutputError
 from ovrange.faults.metrics import Rate
 from ovrange.faults.result import CampaignResult
-from ovrange.modelio import Inputs, make_temp_dir, write_dir_atomically, write_file_atomically
+from ovrange.outputs import Inputs, make_temp_dir, write_dir_atomically, write_file_atomically
 
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.md"
@@ -25,7 +25,7 @@ PLOTS = ("sdc_by_bit.png", "sdc_by_layer.png")
 
 
 def write_json(result: CampaignResult, path: str | Path, *, force: bool = False, inputs: Inputs = ()) -> Path:
-    """The result as JSON at ``path`` (the overwrite rule of :func:`ovrange.modelio.write_file_atomically`)."""
+    """The result as JSON at ``path`` (the overwrite rule of :func:`ovrange.outputs.write_file_atomically`)."""
     return write_file_atomically(path, result.to_json() + "\n", force=force, inputs=inputs)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from ovrange.errors import ConfigError
 from ovrange.faults.metrics import Rate
 from ovrange.faults.result import CampaignResult
-from ovrange.modelio import write_file_atomically
+from ovrange.outputs import write_file_atomically
 
 SWEEP_FILES = ("sweep.json", "sweep.md", "sweep.png")
 
