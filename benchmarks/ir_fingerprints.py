@@ -7,6 +7,8 @@ refactor that must not change any protected model keeps the output identical::
     PYTHONPATH=. python benchmarks/ir_fingerprints.py > before.txt   # ... change the code ...
     PYTHONPATH=. python benchmarks/ir_fingerprints.py | diff before.txt -
 
+Python's string hashing is pinned (``PYTHONHASHSEED=0``, the script re-runs itself with it): the order of a set of
+OpenVINO inputs decides which auto-named Constant gets which number, so without it two runs of the same code differ.
 A variant the model cannot take prints ``error <sha256 of the message>`` instead, so a changed message shows too.
 ``--models`` and ``--algorithms`` pick subsets (comma-separated names, as printed).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -85,21 +88,25 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fingerprint(model: ov.Model, calib: np.ndarray, algorithm: str, params: dict, folder: Path) -> str:
+def fingerprint(model: ov.Model, calib: np.ndarray, algorithm: str, params: dict, folder: Path,
+                keep: Path | None = None) -> str:
     """``sha256(xml) sha256(bin)`` of the protected IR, or ``error <sha256(message)>``."""
     try:
         protected = ovrange.protect(model, calib, algorithm=algorithm, subset_size=len(calib), seed=0, **params)
     except OvrangeError as error:
         return f"error {sha(f'{type(error).__name__}: {error}'.encode())}"
-    xml = folder / "model.xml"
+    xml = (keep or folder) / "model.xml"
     save_model(protected, xml)
     return f"{sha(xml.read_bytes())} {sha(xml.with_suffix('.bin').read_bytes())}"
 
 
 def main() -> int:
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(models()))
     parser.add_argument("--algorithms", default=",".join(label for label, _, _ in VARIANTS))
+    parser.add_argument("--keep", type=Path, help="also write each IR to KEEP/<model>/<variant>/model.xml")
     args = parser.parse_args()
     loaders = models()
     wanted = set(args.algorithms.split(","))
@@ -108,7 +115,10 @@ def main() -> int:
             model, calib = loaders[name]()
             for label, algorithm, params in VARIANTS:
                 if label in wanted:
-                    print(name, label, fingerprint(model, calib, algorithm, params, Path(tmp)), flush=True)
+                    keep = args.keep / name / label if args.keep else None
+                    if keep:
+                        keep.mkdir(parents=True, exist_ok=True)
+                    print(name, label, fingerprint(model, calib, algorithm, params, Path(tmp), keep), flush=True)
     return 0
 
 
