@@ -27,15 +27,9 @@ import openvino.opset13 as ops
 
 from ovrange.faults.model import FORMATS, NumberFormat, apply_mask
 from ovrange.faults.sites import Site, site_outputs, static_clone
+from ovrange.graph import move_names
 from ovrange.runtime import compile_model, last_line
 from ovrange.errors import DataError, ModelError
-
-
-def _move_names(old: ov.Output, new: ov.Output) -> None:
-    names = set(old.get_names())
-    if names:
-        old.get_tensor().set_names(set())
-        new.get_tensor().set_names(names)
 
 
 class Stopped(Exception):
@@ -135,7 +129,7 @@ class ScatterInjector:
             written = ops.scatter_nd_update(out, indices, updates).output(0)
             for target in targets:
                 target.replace_source_output(written)
-            _move_names(out, written)
+            move_names(out, written)
             params += [indices, updates]
             if reads:
                 # Read after the scatter: a read run writes nothing, and the scatter stays the tap's one consumer
