@@ -9,6 +9,9 @@ refactor that must not change any protected model keeps the output identical::
 
 Python's string hashing is pinned (``PYTHONHASHSEED=0``, the script re-runs itself with it): the order of a set of
 OpenVINO inputs decides which auto-named Constant gets which number, so without it two runs of the same code differ.
+``--normalize`` hashes the xml with OpenVINO's auto-generated node names (``Constant_1234``: a process-wide counter)
+replaced by one placeholder: two IRs with the same normalized hash differ at most in which unnamed node got which
+number. ``--from-kept DIR`` computes the lines from IRs saved earlier with ``--keep DIR`` instead of protecting.
 A variant the model cannot take prints ``error <sha256 of the message>`` instead, so a changed message shows too.
 ``--models`` and ``--algorithms`` pick subsets (comma-separated names, as printed).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -84,12 +88,20 @@ def models() -> dict[str, Callable[[], tuple[ov.Model, np.ndarray]]]:
             "PP-OCRv4-det": det, "PP-OCRv4-rec": rec, "PP-OCRv4-cls": cls}
 
 
+AUTO_NAME = re.compile(rb"\b[A-Z][A-Za-z0-9]*_\d+\b")
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def hashes(xml: Path, normalize: bool = False) -> str:
+    text = xml.read_bytes()
+    return f"{sha(AUTO_NAME.sub(b'AUTO', text) if normalize else text)} {sha(xml.with_suffix('.bin').read_bytes())}"
+
+
 def fingerprint(model: ov.Model, calib: np.ndarray, algorithm: str, params: dict, folder: Path,
-                keep: Path | None = None) -> str:
+                keep: Path | None = None, normalize: bool = False) -> str:
     """``sha256(xml) sha256(bin)`` of the protected IR, or ``error <sha256(message)>``."""
     try:
         protected = ovrange.protect(model, calib, algorithm=algorithm, subset_size=len(calib), seed=0, **params)
@@ -97,7 +109,7 @@ def fingerprint(model: ov.Model, calib: np.ndarray, algorithm: str, params: dict
         return f"error {sha(f'{type(error).__name__}: {error}'.encode())}"
     xml = (keep or folder) / "model.xml"
     save_model(protected, xml)
-    return f"{sha(xml.read_bytes())} {sha(xml.with_suffix('.bin').read_bytes())}"
+    return hashes(xml, normalize)
 
 
 def main() -> int:
@@ -107,7 +119,16 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(models()))
     parser.add_argument("--algorithms", default=",".join(label for label, _, _ in VARIANTS))
     parser.add_argument("--keep", type=Path, help="also write each IR to KEEP/<model>/<variant>/model.xml")
+    parser.add_argument("--normalize", action="store_true", help="hash the xml without auto-generated node names")
+    parser.add_argument("--from-kept", type=Path, help="hash the IRs an earlier --keep run saved in this folder")
     args = parser.parse_args()
+    if args.from_kept:
+        for name in args.models.split(","):
+            for label, _, _ in VARIANTS:
+                xml = args.from_kept / name / label / "model.xml"
+                if label in args.algorithms.split(",") and xml.is_file():
+                    print(name, label, hashes(xml, args.normalize))
+        return 0
     loaders = models()
     wanted = set(args.algorithms.split(","))
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +139,8 @@ def main() -> int:
                     keep = args.keep / name / label if args.keep else None
                     if keep:
                         keep.mkdir(parents=True, exist_ok=True)
-                    print(name, label, fingerprint(model, calib, algorithm, params, Path(tmp), keep), flush=True)
+                    print(name, label, fingerprint(model, calib, algorithm, params, Path(tmp), keep, args.normalize),
+                          flush=True)
     return 0
 
 
