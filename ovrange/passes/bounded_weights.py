@@ -164,7 +164,7 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
         theta_node = ops.constant(theta, name=name + THETA_SUFFIX)
         chain = decode_chain(theta_node.output(0), scale, float(guard["gain"]), name)
         node.input(1).replace_source_output(chain.output(0))
-        insertion.mark(name + THETA_SUFFIX, "weight")
+        insertion.mark_constant(name + THETA_SUFFIX, "weight")
     return PassResult(model, insertion.done())
 
 

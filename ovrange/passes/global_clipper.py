@@ -165,7 +165,7 @@ def bound_weights(model: ov.Model, plan: dict[str, dict[str, Any]]) -> None:
                             name=f"{key}/Select")
         bounded = ops.minimum(ops.maximum(finite, low, name=f"{key}/Maximum"), high, name=f"{key}/Minimum")
         layer.input(1).replace_source_output(bounded.output(0))
-        insertion.mark(f"{key}/stored", "weight")
+        insertion.mark_constant(f"{key}/stored", "weight")
     insertion.done()
 
 

@@ -77,6 +77,7 @@ class Insertion:
         self.model = model
         self.default = default
         self.roles: dict[str, str] = {}
+        self.constants: dict[str, str] = {}
         self._before = node_names(model)
 
     def after(self, output: ov.Output, make: Callable[[ov.Output], ov.Node], consumers: list[ov.Input] | None = None,
@@ -88,16 +89,19 @@ class Insertion:
         return node
 
     def mark(self, name: str, role: str) -> None:
-        """Record node ``name`` (inserted by other means: a rewired weight, a multi-output branch) as ``role``."""
+        """Give node ``name``, inserted by other means (a weight's decoding op, a multi-output branch), ``role``."""
         self.roles[name] = role
 
+    def mark_constant(self, name: str, role: str) -> None:
+        """Record the Constant ``name`` as ``role`` (a stored ``weight``; other Constants are not recorded)."""
+        self.constants[name] = role
+
     def done(self) -> bool:
-        """Validate the model and record what was inserted; whether anything was."""
+        """Validate the model and record the inserted nodes still in it; whether anything was inserted."""
         self.model.validate_nodes_and_infer_types()
-        added = {n.get_friendly_name(): self.roles.get(n.get_friendly_name(), self.default)
-                 for n in added_nodes(self.model, self._before)}
-        record_inserted(self.model, {**added, **{k: v for k, v in self.roles.items() if k not in added}})
-        return bool(self.roles)
+        record_inserted(self.model, {**{n.get_friendly_name(): self.roles.get(n.get_friendly_name(), self.default)
+                                        for n in added_nodes(self.model, self._before)}, **self.constants})
+        return bool(self.roles or self.constants)
 
 
 def insert_guards(model: ov.Model, bounds: dict[str, Bound], make: GuardFn, suffix: str) -> bool:
