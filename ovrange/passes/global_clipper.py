@@ -5,7 +5,7 @@ layers, normalisation outputs, the residual stream, attention). This pass guards
 (:mod:`ovrange.passes.roles`) with bounds observed on calibration data, per channel on each target's feature axis
 (the last axis of ``[N, T, C]`` tensors, with a dynamic ``T``; axis 1 of NCHW tensors).
 
-The four steps of every protection: :func:`select` (targets by role, :func:`roles.find_targets`) ->
+The four steps of every protection: :func:`select` (targets by role, :func:`roles.targets_by_role`) ->
 :func:`requests` (min/max per target, served by the one statistics loop) -> :func:`plan` (a JSON dict) ->
 :func:`apply` (graph only; a saved plan re-applies without data).
 
