@@ -168,3 +168,20 @@ def test_the_guard_inserter_moves_tensor_names_and_records_every_node():
     assert model.output(0).get_node().input_value(0).get_node().get_friendly_name() == "relu/guard"
     assert side.input_value(0).get_node().get_friendly_name() == "edge"
     assert inserted_nodes(model)["edge"] == "guard"
+
+
+def test_no_pass_imports_protect_or_another_pass():
+    import ast
+    import importlib.util
+
+    from ovrange.passes import ALGORITHMS
+
+    passes = set(ALGORITHMS.values())
+    for name, module in ALGORITHMS.items():
+        tree = ast.parse(open(importlib.util.find_spec(module).origin).read())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     for alias in node.names}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert "ovrange.protect" not in imported, name
+        assert not (imported & (passes - {module})), (name, imported & passes)
