@@ -256,9 +256,10 @@ def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "b
         name = key.replace(">", "/to/")
         if entry["edge"]:
             consumers = [nodes[entry["edge"][0]].input(int(entry["edge"][1]))]
-        else:  # in graph order: the folds' Constants are created (and auto-named) in this order
+        else:  # a fixed order (the last consumer in the graph first): the folds' Constants are created, and
+            # auto-named, in this order, which a set of inputs would leave to memory addresses
             consumers = sorted(source.get_target_inputs(), key=lambda i: (
-                position.get(i.get_node().get_name(), len(position)), i.get_node().get_name(), i.get_index()))
+                -position.get(i.get_node().get_name(), len(position)), i.get_node().get_name(), i.get_index()))
         convs = [c for c in consumers if foldable(c)] if _folds(entry, nonfinite) else []
         others = [c for c in consumers if c not in convs]
         if convs:
