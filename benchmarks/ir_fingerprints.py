@@ -7,9 +7,10 @@ refactor that must not change any protected model keeps the output identical::
     PYTHONPATH=. python benchmarks/ir_fingerprints.py > before.txt   # ... change the code ...
     PYTHONPATH=. python benchmarks/ir_fingerprints.py | diff before.txt -
 
-Python's string hashing is pinned (``PYTHONHASHSEED=0``, the script re-runs itself with it): the order of a set of
-OpenVINO inputs decides which auto-named Constant gets which number, so without it two runs of the same code differ.
-``--normalize`` hashes the xml with OpenVINO's auto-generated node names (``Constant_1234``: a process-wide counter)
+OpenVINO names an unnamed node after a process-wide counter (``Constant_1234``), and those names are in the xml: the
+lines of a subset (``--models``, ``--algorithms``) differ from the same lines of a full run, so compare full runs.
+Python's string hashing is pinned (``PYTHONHASHSEED=0``, the script re-runs itself with it) so that nothing else
+varies between runs. ``--normalize`` hashes the xml with OpenVINO's auto-generated node names (``Constant_1234``: a process-wide counter)
 replaced by one placeholder: two IRs with the same normalized hash differ at most in which unnamed node got which
 number. ``--from-kept DIR`` computes the lines from IRs saved earlier with ``--keep DIR`` instead of protecting.
 A variant the model cannot take prints ``error <sha256 of the message>`` instead, so a changed message shows too.
