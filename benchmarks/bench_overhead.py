@@ -2,7 +2,7 @@
 
 For each model: an A/A control (the original against a copy of itself: the noise floor of this machine at this
 moment), original vs RangeSupervision (the default protection; goal <= 1% latency overhead, paired median), and
-original vs Ranger before and after ``ovrange.passes.placement`` -- each with ``ovrange.bench.benchmark``
+original vs Ranger -- each with ``ovrange.bench.benchmark``
 (interleaved rounds, several compilations), plus a few alternating benchmark_app runs of the RangeSupervision pair.
 
 Models: the bundled Fashion-MNIST LeNet (``python -m scripts.build_default_model --out build`` and
@@ -26,7 +26,6 @@ import openvino as ov
 import ovrange
 from ovrange import bench
 from ovrange.modelio import read_model, save_model
-from ovrange.passes.placement import optimize_placement
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts.ocr_data lives in the repo, not the package
 
@@ -95,12 +94,10 @@ def main() -> int:
         original = read_model(original_path)
         shapes = bench.static_shapes(original, {original.inputs[0].get_any_name(): OCR_SHAPE} if key == "ocr"
                                      else None)
-        placed = optimize_placement(protected["Ranger"])
-        print(f"\n{name}: {original_path} vs {protected_path}, shapes {shapes}; placement pass removed "
-              f"{len(placed.removed)} Ranger guard(s): {', '.join(placed.removed) or '-'}")
+        print(f"\n{name}: {original_path} vs {protected_path}, shapes {shapes}")
         contenders = {"A/A control": original.clone(), "RangeSupervision": protected["RangeSupervision"],
-                      "Ranger": protected["Ranger"], "Ranger + placement": placed.model}
-        entry: dict = {"removed_by_placement": list(placed.removed)}
+                      "Ranger": protected["Ranger"]}
+        entry: dict = {}
         for hint in args.hints.split(","):
             print(f" hint {hint}")
             for label, model in contenders.items():

@@ -73,21 +73,39 @@ def stored_weight(layer: ov.Node, inserted: dict[str, str]) -> ov.Output | None:
     return constant_source(source)
 
 
-def insert_after(output: ov.Output, make: Callable[[ov.Output], ov.Node]) -> ov.Node:
-    """Insert ``make(output)`` between ``output`` and all its consumers; the new node takes over the tensor names.
+def computed_nodes(model: ov.Model) -> set[str]:
+    """Runtime names of the nodes computed from the model inputs (constant subgraphs are not datapath)."""
+    live: set[str] = set()
+    for node in model.get_ordered_ops():
+        if node.get_type_name() == "Parameter" or any(v.get_node().get_name() in live for v in node.input_values()):
+            live.add(node.get_name())
+    return live
+
+
+def move_names(old: ov.Output, new: ov.Output) -> None:
+    """Hand the tensor names of ``old`` to ``new`` (model outputs keep their names when a node is inserted after
+    them). Explicit because ``Output.replace`` would leave duplicates."""
+    names = set(old.get_names())
+    if names:
+        old.get_tensor().set_names(set())
+        new.get_tensor().set_names(names)
+
+
+def insert_after(output: ov.Output, make: Callable[[ov.Output], ov.Node], consumers: list[ov.Input] | None = None,
+                 names: bool = True) -> ov.Node:
+    """Insert ``make(output)`` between ``output`` and its consumers (all of them, or ``consumers``); with ``names``
+    the new node takes over the tensor names.
 
     The consumers are snapshotted before the new node exists, so the new node's own input is not rewired to
-    itself. Names move explicitly because ``Output.replace`` would leave duplicates, and the model's output
-    tensors must keep their names.
+    itself. ``names=False`` where the new node's output is not the value itself (a guard on one input edge, a value
+    scaled for the consumers that fold the scale back).
     """
-    targets = list(output.get_target_inputs())
+    targets = list(output.get_target_inputs()) if consumers is None else consumers
     node = make(output)
     for target in targets:
         target.replace_source_output(node.output(0))
-    names = set(output.get_names())
     if names:
-        output.get_tensor().set_names(set())
-        node.output(0).get_tensor().set_names(names)
+        move_names(output, node.output(0))
     return node
 
 
@@ -105,7 +123,7 @@ def added_nodes(model: ov.Model, before: set[str]) -> list[ov.Node]:
 def record_inserted(model: ov.Model, nodes: dict[str, str]) -> None:
     """Add ``{friendly name: role}`` of nodes ovrange inserted to the model's record (``ovrange/inserted``).
 
-    Every later stage (fault sites, placement, fusion reports) asks :func:`inserted_nodes` instead of guessing from
+    Every later stage (fault sites, fusion reports) asks :func:`inserted_nodes` instead of guessing from
     names. Roles: ``guard`` (a node whose output replaces the protected value), ``check`` (helper ops of a guard),
     ``weight`` (a stored weight that the graph decodes, e.g. BoundedWeights' theta) and ``decode`` (the ops that
     decode it).

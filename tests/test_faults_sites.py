@@ -154,3 +154,11 @@ def test_site_names_are_the_node_ids_of_targets_even_with_repeated_friendly_name
     assert "act#2" in names and "act#3" in names and "act" not in names
     targets = {t.id for t in find_targets(model)}
     assert set(names) <= targets  # one id scheme: a fault's site is the target a protection would guard
+
+
+def test_data_movement_ops_are_not_fault_sites():
+    # A fault there would be a fault in their input: data-movement ops copy values, never compute them.
+    from ovrange.faults.sites import ACTIVATION_OPS
+    from ovrange.targets import DATA_MOVEMENT
+
+    assert not set(DATA_MOVEMENT) & set(ACTIVATION_OPS)

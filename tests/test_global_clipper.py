@@ -16,8 +16,8 @@ import ovrange
 from ovrange.compare import Judge, SdcCriterion
 from ovrange.errors import ConfigError
 from ovrange.faults.sites import site_outputs
-from ovrange.passes.global_clipper import apply_plan
-from ovrange.passes.roles import ROLES, find_targets
+from ovrange.passes.global_clipper import protected_copy
+from ovrange.passes.roles import ROLES, targets_by_role
 from ovrange.runtime import compile_model
 
 DIM, HEADS = 8, 2
@@ -76,35 +76,35 @@ def run_model(model: ov.Model, x: np.ndarray) -> np.ndarray:
 
 
 def roles_of(model: ov.Model, roles=ROLES) -> Counter:
-    return Counter(t.role for t in find_targets(model, roles))
+    return Counter(t.role for t in targets_by_role(model, roles))
 
 
 def test_roles_of_an_sdpa_block():
-    found = {t.id: t for t in find_targets(block_model(), ROLES)}
+    found = {t.id: t for t in targets_by_role(block_model(), ROLES)}
     counts = Counter(t.role for t in found.values())
     # SDPA output; 2 residual Adds; 2 LayerNorms after their affine Add; q, k, v, proj, fc2 and head linears (fc1
     # feeds the Gelu, whose guard covers it); the Gelu. The q/k/v inputs of SDPA are the q/k/v linears' outputs.
     assert counts == {"attention": 1, "residual": 2, "norm": 2, "linear": 6, "activation": 1}
     assert {"norm1/Add", "norm2/Add", "residual1", "residual2", "sdpa", "gelu", "proj/Add"} <= set(found)
     assert "fc1/Add" not in found
-    assert all(t.axis == t.rank - 1 for t in found.values())  # [N, T, C] and [N, heads, T, d]: the last axis
+    assert all(t.feature_axis == t.rank - 1 for t in found.values())  # [N, T, C] and [N, heads, T, d]: the last axis
     assert found["norm1/Add"].channels == DIM
 
 
 def test_attention_inputs_hoisted_through_data_movement_or_on_the_edges():
-    hoisted = [t.id for t in find_targets(block_model(), ["attention"])]
+    hoisted = [t.id for t in targets_by_role(block_model(), ["attention"])]
     assert hoisted == ["q/Add", "k/Add", "v/Add", "sdpa"]  # through Reshape + Transpose, fusable into the linear
-    edges = [t for t in find_targets(block_model(), ["attention"], hoist=False, skip=["attention_output"])]
+    edges = [t for t in targets_by_role(block_model(), ["attention"], hoist=False, skip=["attention_output"])]
     assert [t.edge for t in edges] == [("sdpa", 0), ("sdpa", 1), ("sdpa", 2)]
-    assert all(t.op == "Transpose" and t.axis == 3 for t in edges)
+    assert all(t.op == "Transpose" and t.feature_axis == 3 for t in edges)
 
 
 def test_roles_of_decomposed_attention():
-    found = {t.id: t for t in find_targets(block_model(decomposed=True), ["attention"])}
+    found = {t.id: t for t in targets_by_role(block_model(decomposed=True), ["attention"])}
     assert list(found) == ["scaled>softmax:0"]  # the scores entering Softmax
     assert found["scaled>softmax:0"].edge == ("softmax", 0)
     # attention weights feed a MatMul (guarded downstream): not the probabilities role, which is for model outputs
-    assert find_targets(block_model(decomposed=True), ["probabilities"]) == []
+    assert targets_by_role(block_model(decomposed=True), ["probabilities"]) == []
 
 
 @pytest.mark.parametrize("decomposed", [False, True])
@@ -141,7 +141,7 @@ def _guarded_add(nonfinite: str) -> tuple[ov.Model, np.ndarray]:
     plan = {"y": {"node": "y", "type": "Add", "role": "linear", "edge": None, "axis": 2, "rank": 3,
                   "low": [-1.0] * DIM, "high": [2.0] * DIM, "samples": 1, "method": "max"}}
     values = np.tile(np.array([np.nan, np.inf, -np.inf, 1e30, 0.5, -0.5, 3.0, -3.0], np.float32), (1, 4, 1))
-    return apply_plan(model, plan, nonfinite), values
+    return protected_copy(model, plan, nonfinite), values
 
 
 @pytest.mark.parametrize("nonfinite, nan_becomes", [("bound", -1.0), ("zero", 0.0)])
@@ -331,7 +331,7 @@ def test_per_channel_guard_on_a_linear_output_fuses_and_still_bounds_each_channe
     assert host.status == "fused" and host.layer_type == "FullyConnected"
     # every channel is cut at its own bound: a huge input saturates each channel's output at (about) its high
     plan = {"relu_tokens": {**entry, "node": "fc/Add"}}
-    probe = apply_plan(positive_linear(), plan)
+    probe = protected_copy(positive_linear(), plan)
     out = run_model(probe, np.full((1, 5, 4), 1e6, np.float32))[0]
     np.testing.assert_allclose(out, np.tile(entry["high"], (5, 1)), rtol=1e-6)
 
@@ -342,3 +342,26 @@ def positive_linear() -> ov.Model:
     y = ops.add(ops.matmul(x, ops.constant(np.ones((8, 4), np.float32)), False, True), ops.constant(np.zeros(8,
                 np.float32)), name="fc/Add")
     return ov.Model([ops.result(y)], [x], "linear")
+
+
+def softmax_classifier() -> ov.Model:
+    """x ``[N, 4]`` -> linear 4 -> 3 -> Softmax, returned (the model's probabilities)."""
+    x = ops.parameter([-1, 4], np.float32, name="x")
+    logits = ops.matmul(x, ops.constant(np.ones((4, 3), np.float32)), False, False, name="fc")
+    return ov.Model([ops.result(ops.softmax(logits, 1, name="probs"))], [x], "classifier")
+
+
+def test_one_target_one_role_vocabulary_for_both_selectors():
+    from ovrange.targets import ROLES as TARGET_ROLES
+    from ovrange.targets import find_targets
+
+    model = softmax_classifier()
+    every = {t.id: t for t in find_targets(model)}
+    assert "probabilities" in TARGET_ROLES and set(ROLES) <= set(TARGET_ROLES)
+    assert every["probs"].role == "probabilities" and every["fc"].role == "linear"
+    by_role = {t.id: t for t in targets_by_role(model, ["linear", "probabilities"])}
+    assert sorted(by_role) == ["fc", "probs"]
+    for key, target in by_role.items():  # the same tensor: the same node, layout and role in both
+        assert (target.node, target.op, target.role, target.rank, target.feature_axis, target.channels) == (
+            every[key].node, every[key].op, every[key].role, every[key].rank, every[key].feature_axis,
+            every[key].channels)

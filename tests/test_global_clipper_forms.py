@@ -16,7 +16,7 @@ from ovrange.faults.injectors import WeightInjector
 from ovrange.faults.sites import find_sites
 from ovrange.graph import inserted_nodes
 from ovrange.passes.channel_guards import FOLD_SUFFIX
-from ovrange.passes.global_clipper import DEFAULT_ROLES, apply_plan
+from ovrange.passes.global_clipper import DEFAULT_ROLES, protected_copy
 from ovrange.passes.guards import reset_guard
 from ovrange.runtime import compile_model
 
@@ -84,7 +84,7 @@ def test_the_folded_guard_bounds_each_channel_like_an_exact_clamp(protected):
     """Out of range (inputs x30), the folded form gives what exact per-channel Minimum/Maximum guards give."""
     plan = {key: {**entry, "form": "standalone"} for key, entry in ovrange.protection_info(protected).nodes.items()
             if entry["role"] != "weights"}
-    exact = apply_plan(cnn(), plan)
+    exact = protected_copy(cnn(), plan)
     wild = images(16, seed=3) * 30
     assert not np.allclose(run(cnn(), wild), run(exact, wild), atol=1e-3)  # the bounds do cut here
     np.testing.assert_allclose(run(protected, wild), run(exact, wild), rtol=1e-4, atol=1e-5)

@@ -140,3 +140,48 @@ def test_protecting_twice_is_an_error(protected, calib):
 def test_bad_parameters(kwargs, calib):
     with pytest.raises(ConfigError):
         ovrange.protect(seven_activation_model(), calib, **kwargs)
+
+
+def test_the_guard_inserter_moves_tensor_names_and_records_every_node():
+    from ovrange.graph import inserted_nodes
+    from ovrange.passes.guards import Insertion
+
+    x = ov.opset13.parameter([1, 4], np.float32, name="x")
+    relu = ov.opset13.relu(x, name="relu")
+    relu.output(0).get_tensor().set_names({"features"})
+    side = ov.opset13.negative(relu, name="side")
+    model = ov.Model([ov.opset13.result(relu), ov.opset13.result(side)], [x], "m")
+    insertion = Insertion(model)
+    guard = insertion.after(relu.output(0), lambda out: ov.opset13.clamp(
+        ov.opset13.abs(out, name="relu/helper"), 0.0, 1.0, name="relu/guard"))
+    assert insertion.done()
+    assert model.output(0).get_names() == {"features"} and relu.output(0).get_names() == set()
+    assert model.output(0).get_node().input_value(0).get_node().get_friendly_name() == "relu/guard"
+    assert side.input_value(0).get_node().get_friendly_name() == "relu/guard"  # every consumer reads the guard
+    assert inserted_nodes(model) == {"relu/helper": "check", "relu/guard": "guard"}
+    # one consumer only, names left where they are (an input-edge guard)
+    edge = Insertion(model)
+    edge.after(guard.output(0), lambda out: ov.opset13.clamp(out, 0.0, 0.5, name="edge"), [side.input(0)],
+               names=False)
+    edge.done()
+    assert model.output(0).get_names() == {"features"}
+    assert model.output(0).get_node().input_value(0).get_node().get_friendly_name() == "relu/guard"
+    assert side.input_value(0).get_node().get_friendly_name() == "edge"
+    assert inserted_nodes(model)["edge"] == "guard"
+
+
+def test_no_pass_imports_protect_or_another_pass():
+    import ast
+    import importlib.util
+
+    from ovrange.passes import ALGORITHMS
+
+    passes = set(ALGORITHMS.values())
+    for name, module in ALGORITHMS.items():
+        tree = ast.parse(open(importlib.util.find_spec(module).origin).read())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     for alias in node.names}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert "ovrange.protect" not in imported, name
+        assert not (imported & (passes - {module})), (name, imported & passes)

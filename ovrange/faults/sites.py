@@ -19,16 +19,13 @@ import openvino as ov
 from ovrange.errors import ConfigError, ModelError
 from ovrange.faults.formats import AUTO, STORED_FORMATS
 from ovrange.faults.stored import INTEGER_FORMATS, constant_array, stored_integers
-from ovrange.graph import constant_values, inserted_nodes, node_ids, stored_weight
+from ovrange.graph import computed_nodes, constant_values, inserted_nodes, node_ids, stored_weight
+from ovrange.targets import (ACTIVATIONS, ADAPTIVE_POOLING, AFFINE, LINEAR, NORMS, POOLING, REDUCTIONS, SDPA, SOFTMAX,
+                             WEIGHTED)
 
-WEIGHT_OPS = ("Convolution", "GroupConvolution", "MatMul")
-ACTIVATION_OPS = (
-    "Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul",
-    "Add", "Subtract", "Multiply", "Divide", "MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool",
-    "ReduceMean", "ReduceMax", "ReduceSum", "Relu", "PRelu", "Sigmoid", "Tanh", "Elu", "Gelu", "Swish", "HSwish",
-    "HSigmoid", "Mish", "SoftPlus", "Clamp", "Exp", "Sqrt", "Power", "Softmax", "SoftMax", "MVN", "NormalizeL2",
-    "BatchNormInference", "ScaledDotProductAttention",
-)
+WEIGHT_OPS = WEIGHTED
+ACTIVATION_OPS = (*LINEAR, *AFFINE, *POOLING, *ADAPTIVE_POOLING, *REDUCTIONS, *ACTIVATIONS, "Clamp", "Exp", "Sqrt",
+                  "Power", *SOFTMAX, *NORMS, *SDPA)
 
 
 @dataclass(frozen=True)
@@ -111,12 +108,9 @@ def site_outputs(model: ov.Model, target: str) -> dict[str, tuple[ov.Node, ov.Ou
     found: dict[str, tuple[ov.Node, ov.Output]] = {}
     ids = {node.get_name(): node_id for node_id, node in node_ids(model)}
     inserted = inserted_nodes(model)  # nodes a protection added are never sites: a fault strikes what they guard
-    live: set[str] = set()  # nodes computed from the model inputs (constant subgraphs are not datapath)
+    live = computed_nodes(model)  # constant subgraphs are not datapath
     for node in model.get_ordered_ops():
         kind = node.get_type_name()
-        if kind == "Parameter" or any(node.input_value(k).get_node().get_name() in live
-                                      for k in range(node.get_input_size())):
-            live.add(node.get_name())
         if target == "weights":
             source = weight_source(node, inserted) if kind in WEIGHT_OPS else None
             if source is not None:

@@ -31,14 +31,13 @@ from openvino import passes as ov_passes
 
 from ovrange import data as data_mod
 from ovrange.errors import DataError, ModelError
-from ovrange.graph import (added_nodes, constant_values, constant_weight, inserted_nodes, node_names, record_inserted,
-                           stored_weight)
+from ovrange.graph import constant_values, get_rt_json, inserted_nodes, stored_weight
 from ovrange.params import Param, one_of
 from ovrange.passes import PassResult, Selection
+from ovrange.passes.guards import Insertion
+from ovrange.plan import ProtectionPlan
 from ovrange.runtime import Runner
-from ovrange.targets import find_targets, outputs_by_id
-
-LAYER_OPS = ("Convolution", "GroupConvolution", "MatMul")
+from ovrange.targets import layer_weights, output_axes, outputs_by_id, weight_layers, weight_output
 THETA_SUFFIX = "/bounded_theta"
 GAIN_SUFFIX = "/bounded_gain"
 TANH_SUFFIX = "/bounded_tanh"
@@ -61,25 +60,6 @@ PARAMS: dict[str, Param] = {
 
 # ---------------------------------------------------------------------------------------------------------------
 # Which layers, and their weights
-
-
-def weight_output(node: ov.Node) -> ov.Output | None:
-    """The f32 constant weight of a Convolution/GroupConvolution/MatMul (None for other ops or computed weights)."""
-    return constant_weight(node) if node.get_type_name() in LAYER_OPS else None
-
-
-weight_array = constant_values
-
-
-def output_axes(kind: str, rank: int, transpose_b: bool = False) -> tuple[int, ...]:
-    """Axes of the weight that index the layer's output channels."""
-    if kind == "Convolution":
-        return (0,)
-    if kind == "GroupConvolution":
-        return (0, 1)
-    if rank < 2:
-        return ()
-    return (rank - 2,) if transpose_b else (rank - 1,)
 
 
 def bounded_theta(model: ov.Model, layer: ov.Node) -> ov.Node | None:
@@ -140,13 +120,11 @@ def reconstruction_error(w: np.ndarray, rebuilt: np.ndarray) -> dict[str, float]
 
 def select(model: ov.Model, params: dict[str, Any]) -> Selection:
     """Every Convolution/GroupConvolution/MatMul with a constant f32 weight, with its weights (in memory only)."""
-    outputs = outputs_by_id(model)
-    layers = [t for t in find_targets(model) if t.op in LAYER_OPS and weight_output(outputs[t.id].get_node())]
+    layers = weight_layers(model)
     if not layers:
         raise ModelError(f"model {model.get_friendly_name()!r} has no Convolution/GroupConvolution/MatMul with a "
                          "constant f32 weight; nothing to protect")
-    weights = {t.id: weight_array(weight_output(outputs[t.id].get_node())) for t in layers}
-    transposed = {t.id: bool(outputs[t.id].get_node().get_attributes().get("transpose_b", False)) for t in layers}
+    weights, transposed = layer_weights(model, layers)
     return Selection(layers, {"weights": weights, "transpose_b": transposed})
 
 
@@ -173,25 +151,21 @@ def plan(selection: Selection, stats: Any, params: dict[str, Any]) -> tuple[dict
 def apply(model: ov.Model, plan: Any) -> PassResult:
     """Replace each planned layer's weight by ``s * tanh(g * theta)`` with ``theta = artanh(w / s) / g``."""
     outputs = outputs_by_id(model)
-    before = node_names(model)
-    thetas = []
+    insertion = Insertion(model, default="decode")
     for key, guard in plan.guards.items():
         node = outputs[key].get_node()
         source = weight_output(node)
         if source is None:
             raise ModelError(f"layer {key!r} has no constant f32 weight to bound")
-        w = weight_array(source)
+        w = constant_values(source)
         scale = np.asarray(guard["scale"], np.float32).reshape(guard["scale_shape"])
         theta = theta_for(w, scale, float(guard["gain"]))
         name = key
         theta_node = ops.constant(theta, name=name + THETA_SUFFIX)
         chain = decode_chain(theta_node.output(0), scale, float(guard["gain"]), name)
         node.input(1).replace_source_output(chain.output(0))
-        thetas.append(name + THETA_SUFFIX)
-    model.validate_nodes_and_infer_types()
-    record_inserted(model, {**{n.get_friendly_name(): "decode" for n in added_nodes(model, before)},
-                            **{theta: "weight" for theta in thetas}})
-    return PassResult(model, bool(thetas))
+        insertion.mark_constant(name + THETA_SUFFIX, "weight")
+    return PassResult(model, insertion.done())
 
 
 def theta_for(w: np.ndarray, scale: np.ndarray, gain: float) -> np.ndarray:
@@ -203,12 +177,10 @@ def theta_for(w: np.ndarray, scale: np.ndarray, gain: float) -> np.ndarray:
 def measure(original: ov.Model, protected: ov.Model, dataset: Any, params: dict[str, Any], *, device: str,
             progress=None) -> tuple[dict[str, Any], int]:
     """Reconstruction errors of every bounded weight, and how far the outputs moved on the calibration subset."""
-    from ovrange.protect import protection_info  # the plan the protected model records
-
     outputs = outputs_by_id(original)
     errors = {}
-    for key, guard in protection_info(protected).guards.items():
-        w = weight_array(weight_output(outputs[key].get_node()))
+    for key, guard in ProtectionPlan.from_json(get_rt_json(protected, "protection")).guards.items():
+        w = constant_values(weight_output(outputs[key].get_node()))
         scale = np.asarray(guard["scale"], np.float32).reshape(guard["scale_shape"])
         errors[key] = reconstruction_error(w, folded(theta_for(w, scale, guard["gain"]), scale, guard["gain"]))
     worst = {key: max(e[key] for e in errors.values()) for key in ("max_abs_error", "max_rel_error")}

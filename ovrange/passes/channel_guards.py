@@ -24,8 +24,10 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from ovrange.targets import CONVOLUTIONS
+
 FOLD_SUFFIX = "/fold_Multiply"  # the scale folded into a consuming convolution's weight (recorded ``decode``)
-FOLDABLE = ("Convolution", "GroupConvolution")
+FOLDABLE = CONVOLUTIONS
 
 
 def unit_scale(entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,8 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from ovrange.graph import constant_values, constant_weight, node_ids
+from ovrange.graph import constant_values, constant_weight, move_names, node_ids
+from ovrange.targets import feature_axis
 
 SUFFIX = "/checksum"
 TINY = 1e-30  # keeps the calibration ratio finite for an all-zero row
@@ -41,14 +42,10 @@ def nodes_of(model: ov.Model) -> dict[str, ov.Node]:
     return dict(node_ids(model))
 
 
-def feature_axis(layer: Layer, y: ov.Output) -> int:
-    return y.get_partial_shape().rank.get_length() - 1 if layer.kind == "matmul" else 1
-
-
 def _axis(layer: Layer, y: ov.Output) -> ov.Node:
     if layer.whole:  # channels and pixels
         return ops.constant(np.arange(1, y.get_partial_shape().rank.get_length(), dtype=np.int64))
-    return ops.constant(np.array([feature_axis(layer, y)], np.int64))
+    return ops.constant(np.array([feature_axis(y)], np.int64))  # the layer's output channels
 
 
 def auto_pad(mac: ov.Node) -> str:
@@ -242,9 +239,9 @@ def all_checks_pass(nodes: Mapping[str, ov.Node], checks: dict[str, dict[str, An
     return all_passed(ops.less_equal(joined, ops.constant(np.float32(0.0))), name + "/all")
 
 
-def recompute_model(original: ov.Model, model: ov.Model, checks: dict[str, dict[str, Any]]) -> None:
+def recompute_model(original: ov.Model, model: ov.Model, checks: dict[str, dict[str, Any]]) -> ov.Node:
     """One ``If`` on the outputs of ``model`` (edited): all checks pass -> the outputs; else a clean copy of
-    ``original`` re-runs the inference from the inputs (only the outputs are passed through)."""
+    ``original`` re-runs the inference from the inputs (only the outputs are passed through). Returns the If."""
     condition = all_checks_pass(nodes_of(model), checks, original.get_friendly_name() + SUFFIX)
     results = list(model.get_results())
     sources = [r.input_value(0) for r in results]
@@ -260,11 +257,9 @@ def recompute_model(original: ov.Model, model: ov.Model, checks: dict[str, dict[
     branch = if_else(condition.output(0), sources, [p.output(0) for p in model.get_parameters()], rerun,
                      original.get_friendly_name() + SUFFIX)
     for k, (result, source) in enumerate(zip(results, sources)):
-        names = set(source.get_names())
         result.input(0).replace_source_output(branch.output(k))  # only the Result: the checks read the layer output
-        if names:
-            source.get_tensor().set_names(set())
-            branch.output(k).get_tensor().set_names(names)
+        move_names(source, branch.output(k))
+    return branch
 
 
 def gate(nodes: Mapping[str, ov.Node], check: dict[str, Any], out: ov.Output, make, mode: str,

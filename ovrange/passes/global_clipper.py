@@ -5,7 +5,7 @@ layers, normalisation outputs, the residual stream, attention). This pass guards
 (:mod:`ovrange.passes.roles`) with bounds observed on calibration data, per channel on each target's feature axis
 (the last axis of ``[N, T, C]`` tensors, with a dynamic ``T``; axis 1 of NCHW tensors).
 
-The four steps of every protection: :func:`select` (targets by role, :func:`roles.find_targets`) ->
+The four steps of every protection: :func:`select` (targets by role, :func:`roles.targets_by_role`) ->
 :func:`requests` (min/max per target, served by the one statistics loop) -> :func:`plan` (a JSON dict) ->
 :func:`apply` (graph only; a saved plan re-applies without data).
 
@@ -36,18 +36,17 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from ovrange.errors import ConfigError, ModelError
-from ovrange.graph import added_nodes, node_ids, node_names, record_inserted
+from ovrange.graph import constant_values, node_ids
 from ovrange.params import Param, one_of
 from ovrange.passes import PassResult, Selection
-from ovrange.passes.bounded_weights import output_axes, weight_array, weight_output
 from ovrange.bounds import Bound
 from ovrange.passes.channel_guards import affine_clamp, fold_into_weight, foldable, folded_clamp, unscale
-from ovrange.passes.bounded_weights import select as bounded_layers
-from ovrange.passes.guards import CLAMP_SUFFIX, clamp_guard, reset_guard
+from ovrange.passes.guards import CLAMP_SUFFIX, Insertion, clamp_guard, reset_guard
 from ovrange.passes.roles import ROLES as TENSOR_ROLES
-from ovrange.passes.roles import POOLING_OPS, Target, find_targets
+from ovrange.passes.roles import targets_by_role
 from ovrange.stats import StatRequest, Statistics
-from ovrange.targets import ACTIVATIONS, outputs_by_id
+from ovrange.targets import (ACTIVATIONS, POOLING, Target, check_activations, layer_weights, output_axes,
+                             outputs_by_id, weight_layers as weighted_layers, weight_output)
 
 WEIGHTS = "weights"  # not a tensor: the stored weights of Convolution/MatMul layers, bounded per output channel
 ROLES = (*TENSOR_ROLES, WEIGHTS)
@@ -78,16 +77,13 @@ def check_params(params: dict[str, Any]) -> str | None:
         return f"unknown target role(s) {unknown}; roles: {', '.join(ROLES)}"
     if not params["targets"]:
         return "targets is empty"
-    bad = [t for t in params["activations"] if t not in ACTIVATIONS]
-    if bad:
-        return f"unsupported activation type(s) {bad}; supported: {', '.join(ACTIVATIONS)}"
-    return None
+    return check_activations(params["activations"]) if params["activations"] else None
 
 
 def select(model: ov.Model, params: dict[str, Any]) -> Selection:
     """The tensors of the chosen roles (each once), checked for per-channel bounds, and with the ``weights`` role
     the layers whose constant weights get bounds (as BoundedWeights selects them)."""
-    targets = find_targets(model, params["targets"], params["activations"], params["hoist"],
+    targets = targets_by_role(model, params["targets"], params["activations"], params["hoist"],
                            () if params["attention_output"] else ("attention_output",))
     layers = weight_layers(model) if WEIGHTS in params["targets"] else Selection([], {})
     if not targets and not layers.targets:
@@ -129,11 +125,10 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
 
 
 def weight_layers(model: ov.Model) -> Selection:
-    """BoundedWeights' selection (layers with a constant f32 weight, the weights, transpose_b); empty if none."""
-    try:
-        return bounded_layers(model, {})
-    except ModelError:
-        return Selection([], {})
+    """The layers with a constant f32 weight (as BoundedWeights selects them), their weights and transpose_b."""
+    layers = weighted_layers(model)
+    weights, transposed = layer_weights(model, layers)
+    return Selection(layers, {"weights": weights, "transpose_b": transposed})
 
 
 def weight_plan(layers: Selection) -> dict[str, dict[str, Any]]:
@@ -154,13 +149,13 @@ def bound_weights(model: ov.Model, plan: dict[str, dict[str, Any]]) -> None:
     """Route each planned layer's weight through its bounds; the Constant is recorded ``weight``, the rest
     ``decode`` (so :func:`ovrange.graph.stored_weight` and the weight injector strike the stored values)."""
     outputs = outputs_by_id(model)
-    before, stored = node_names(model), []
+    insertion = Insertion(model, default="decode")
     for key, entry in plan.items():
         layer = outputs[entry["node"]].get_node()
         source = weight_output(layer)
         if source is None:
             raise ModelError(f"layer {entry['node']!r} has no constant f32 weight to bound")
-        weight = ops.constant(weight_array(source), name=f"{key}/stored")
+        weight = ops.constant(constant_values(source), name=f"{key}/stored")
         low = ops.constant(np.asarray(entry["low"], np.float32).reshape(entry["shape"]), name=f"{key}/low")
         high = ops.constant(np.asarray(entry["high"], np.float32).reshape(entry["shape"]), name=f"{key}/high")
         # NaN -> 0 first: constant folding (reference kernels) lets NaN through Maximum/Minimum, the CPU kernels
@@ -170,17 +165,15 @@ def bound_weights(model: ov.Model, plan: dict[str, dict[str, Any]]) -> None:
                             name=f"{key}/Select")
         bounded = ops.minimum(ops.maximum(finite, low, name=f"{key}/Maximum"), high, name=f"{key}/Minimum")
         layer.input(1).replace_source_output(bounded.output(0))
-        stored.append(f"{key}/stored")
-    model.validate_nodes_and_infer_types()
-    record_inserted(model, {**{n.get_friendly_name(): "decode" for n in added_nodes(model, before)},
-                            **{name: "weight" for name in stored}})
+        insertion.mark_constant(f"{key}/stored", "weight")
+    insertion.done()
 
 
 def check_targets(targets: list[Target], per_channel: bool) -> None:
     """Per-channel bounds need a feature axis: a target of rank < 2 is a ConfigError (one line)."""
-    flat = next((t for t in targets if t.rank < 2), None)
+    flat = next((t for t in targets if t.rank is None or t.rank < 2), None)
     if per_channel and flat is not None:
-        what = "dynamic-rank" if flat.rank < 0 else f"{flat.rank}-D"
+        what = "dynamic-rank" if flat.rank is None else f"{flat.rank}-D"
         raise ConfigError(f"per-channel bounds need a feature axis, but {flat.id!r} ({flat.role}) has a {what} "
                           "output; set per_channel: false")
 
@@ -192,7 +185,7 @@ def standalone(target: Target) -> bool:
     rec's 6,625-class head from MLAS to oneDNN's brgemm (+20% on that layer). Not after other MatMuls: standalone
     q/k/v guards cost DeiT-Tiny +5.7%, fused +1.9%."""
     logits = target.edge is not None and target.producer == "MatMul" and target.weighted
-    return (target.producer in POOLING_OPS or logits) and target.channels is not None
+    return (target.producer in POOLING or logits) and target.channels is not None
 
 
 def _axis(target: Target, per_channel: bool | str) -> int | None:
@@ -203,8 +196,8 @@ def _axis(target: Target, per_channel: bool | str) -> int | None:
     if target.role == "probabilities":
         return None
     if per_channel == "nchw":
-        per_channel = target.rank == 4 and target.axis == 1
-    return target.axis if per_channel and target.channels is not None else None
+        per_channel = target.rank == 4 and target.feature_axis == 1
+    return target.feature_axis if per_channel and target.channels is not None else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,7 +213,7 @@ def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarra
         lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
         if target.role == "probabilities":  # known, not observed: an unseen 0.99999 must not look like a fault
             plan[target.id] = {"node": target.node, "type": target.op, "role": target.role, "edge": None,
-                               "axis": None, "rank": target.rank, "low": 0.0, "high": 1.0, "samples": samples,
+                               "axis": None, "rank": _rank(target), "low": 0.0, "high": 1.0, "samples": samples,
                                "method": "distribution", "form": "reset"}
             continue
         if margin:
@@ -231,7 +224,7 @@ def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarra
         scalar = lo.size == 1
         plan[target.id] = {
             "node": target.node, "type": target.op, "role": target.role, "edge": list(target.edge or []) or None,
-            "axis": None if scalar else target.axis, "rank": target.rank,
+            "axis": None if scalar else target.feature_axis, "rank": _rank(target),
             "low": float(lo.reshape(-1)[0]) if scalar else [float(v) for v in lo],
             "high": float(hi.reshape(-1)[0]) if scalar else [float(v) for v in hi],
             "samples": samples, "method": "max" if not margin else f"max+{margin:g}",
@@ -240,8 +233,12 @@ def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarra
     return plan
 
 
-def apply_plan(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "bound") -> ov.Model:
-    """A clone of ``model`` with a guard on every tensor of ``plan``; ``model`` is not modified."""
+def _rank(target: Target) -> int:
+    return -1 if target.rank is None else target.rank
+
+
+def protected_copy(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "bound") -> ov.Model:
+    """A clone of ``model`` with a guard on every tensor of ``plan`` (a hand-made plan); ``model`` is not modified."""
     clone = model.clone()
     insert(clone, plan, nonfinite)
     return clone
@@ -252,34 +249,27 @@ def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "b
     if nonfinite not in NONFINITE:
         raise ConfigError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
     nodes = dict(node_ids(model))
-    before = node_names(model)
-    guards, decodes = set(), set()
+    position = {node.get_name(): k for k, node in enumerate(nodes.values())}
+    insertion = Insertion(model)
     for key, entry in plan.items():
         source = nodes[entry["node"]].output(0)
         name = key.replace(">", "/to/")
         if entry["edge"]:
             consumers = [nodes[entry["edge"][0]].input(int(entry["edge"][1]))]
-        else:
-            consumers = list(source.get_target_inputs())
+        else:  # a fixed order (the last consumer in the graph first): the folds' Constants are created, and
+            # auto-named, in this order, which a set of inputs would leave to memory addresses
+            consumers = sorted(source.get_target_inputs(), key=lambda i: (
+                -position.get(i.get_node().get_name(), len(position)), i.get_node().get_name(), i.get_index()))
         convs = [c for c in consumers if foldable(c)] if _folds(entry, nonfinite) else []
+        others = [c for c in consumers if c not in convs]
         if convs:
-            node, decoded = _folded_guard(source, entry, nonfinite, name, consumers, convs)
-            decodes |= decoded
+            make = lambda x, e=entry, n=name, c=convs, o=bool(others): _folded_guard(  # noqa: E731
+                x, e, nonfinite, n, c, o, insertion)
         else:
-            node = guard(source, entry, nonfinite, name)
-            for consumer in consumers:
-                consumer.replace_source_output(node.output(0))
-        names = set(source.get_names())
-        unscaled = len(convs) < len(consumers)  # the guard's output is the bounded value itself, not it divided by h
-        if names and not entry["edge"] and unscaled:  # model outputs keep their tensor names
-            source.get_tensor().set_names(set())
-            node.output(0).get_tensor().set_names(names)
-        guards.add(node.get_friendly_name())
-    model.validate_nodes_and_infer_types()
-    record_inserted(model, {n.get_friendly_name(): "guard" if n.get_friendly_name() in guards else
-                            "decode" if n.get_friendly_name() in decodes else "check"
-                            for n in added_nodes(model, before)})
-    return bool(guards)
+            make = lambda x, e=entry, n=name: guard(x, e, nonfinite, n)  # noqa: E731
+        # the tensor names move only where the guard's output is the bounded value itself (not it divided by h)
+        insertion.after(source, make, others, names=not entry["edge"] and bool(others))
+    return insertion.done()
 
 
 def _folds(entry: dict[str, Any], nonfinite: str) -> bool:
@@ -289,27 +279,25 @@ def _folds(entry: dict[str, Any], nonfinite: str) -> bool:
             and nonfinite != "keep")
 
 
-def _folded_guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str, consumers: list[ov.Input],
-                  convs: list[ov.Input]) -> tuple[ov.Node, set[str]]:
-    """:func:`folded_clamp` feeding ``convs`` (their weights scaled back), ``* h`` for the other consumers. The
-    guard (recorded node) is the unscaled value when there is one, else the clamp the convolutions read."""
+def _folded_guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str, convs: list[ov.Input],
+                  unscaled: bool, insertion: Insertion) -> ov.Node:
+    """:func:`folded_clamp` feeding ``convs`` (their weights scaled back, recorded ``decode``), and ``* h`` for the
+    other consumers when there are some (``unscaled``). The guard is the unscaled value when there is one, else the
+    clamp the convolutions read."""
     shape = [1] * entry["rank"]
     shape[entry["axis"]] = len(entry["high"])
     clamped, half = folded_clamp(_nan_filtered(x, nonfinite, name), entry, shape, name)
-    decodes = set()
     for consumer in convs:
         layer = consumer.get_node()
-        decodes.add(fold_into_weight(layer, half, f"{name}/to/{layer.get_friendly_name()}").get_friendly_name())
+        insertion.mark(fold_into_weight(layer, half, f"{name}/to/{layer.get_friendly_name()}").get_friendly_name(),
+                       "decode")
         consumer.replace_source_output(clamped.output(0))
-    others = [c for c in consumers if c not in convs]
     node = clamped
-    if others:
+    if unscaled:
         clamped.set_friendly_name(f"{name}/folded_Add")
         node = unscale(clamped.output(0), half, shape, name)
-        for consumer in others:
-            consumer.replace_source_output(node.output(0))
     node.set_friendly_name(name + CLAMP_SUFFIX)
-    return node, decodes
+    return node
 
 
 def _nan_filtered(x: ov.Output, nonfinite: str, name: str) -> ov.Output:

@@ -32,17 +32,18 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from ovrange.errors import ModelError
-from ovrange.graph import added_nodes, insert_after, node_ids, node_names, record_inserted
+from ovrange.graph import node_ids
 from ovrange.moments import RunningMoments, differences, previous
 from ovrange.params import Param, one_of, positive
-from ovrange.passes import PassResult, Selection, checksum, ranger
-from ovrange.passes.checksum import find_layers
+from ovrange.passes import PassResult, Selection
 from ovrange.passes.checksum_graph import Layer, gate, nodes_of
+from ovrange.passes.guards import Insertion
+from ovrange.passes.checksum_layers import CHECK_DEFAULTS, find_layers, layer_requests, make_checks
 from ovrange.stats import StatRequest, Statistics
-from ovrange.targets import ACTIVATIONS, Target, find_targets, outputs_by_id, require, select as select_targets
+from ovrange.targets import (ACTIVATIONS, Target, check_activations, find_targets, outputs_by_id, require,
+                             select as select_targets)
 
 SUFFIX = "/gradient_suppression"
-CHECK_DEFAULTS = {key: param.default for key, param in checksum.PARAMS.items()}
 # Last-bit differences between the statistics run and the protected model's kernels (other batch size, other
 # kernel choice) must not make a calibration value look anomalous: the threshold is widened by this factor.
 THRESHOLD_SLACK = 1e-5
@@ -69,7 +70,7 @@ PARAMS: dict[str, Param] = {
 
 
 def check_params(params: dict[str, Any]) -> str | None:
-    problem = ranger.check_params({"activations": params["activations"]})  # the activation list
+    problem = check_activations(params["activations"])
     if problem:
         return problem
     if params["threshold"] == "max" and params["k"] != PARAMS["k"].default:
@@ -209,7 +210,7 @@ def requests(selection: Selection, params: dict[str, Any]) -> list[StatRequest]:
     """Moments of every target's neighbour differences (per layer, or per channel), and the clean residuals of
     the checks that gate them."""
     gates = list({layer.checked: layer for layer in selection.facts["gates"].values()}.values())
-    return [_request(t, params) for t in selection.targets] + checksum.layer_requests(gates)
+    return [_request(t, params) for t in selection.targets] + layer_requests(gates)
 
 
 def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
@@ -224,8 +225,8 @@ def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
     gates = selection.facts["gates"]
     if gates:
         layers = list({layer.checked: layer for layer in gates.values()}.values())
-        checks = checksum.make_checks(layers, stats, {**CHECK_DEFAULTS, "correction": "zero"},
-                                      {layer.checked: ("", "") for layer in layers})
+        checks = make_checks(layers, stats, CHECK_DEFAULTS,
+                             {layer.checked: ("", "") for layer in layers})
         for key, layer in gates.items():
             guards[key]["gate"] = {**checks[layer.checked], "mode_of_gate": params["gate"],
                                    "relu_check": guards[key]["type"] == "Relu"}
@@ -239,8 +240,7 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
     """Insert one suppression block after every target of the plan."""
     outputs = outputs_by_id(model)
     nodes = nodes_of(model)
-    before = node_names(model)
-    guards: set[str] = set()
+    insertion = Insertion(model)
     for key, guard in plan.guards.items():
         rule = Rule(int(guard["axis"]), np.asarray(guard["centre"], np.float32).reshape(-1),
                     np.asarray(guard["threshold"], np.float32).reshape(-1), int(guard.get("group_axis", 1)))
@@ -249,11 +249,8 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
         if "gate" in guard:
             make = lambda out, m=make, g=guard["gate"], n=name: gate(  # noqa: E731
                 nodes, g, out, m, g["mode_of_gate"], relu_check(out, n) if g.get("relu_check") else None)
-        guards.add(insert_after(outputs[key], make).get_friendly_name())
-    model.validate_nodes_and_infer_types()
-    record_inserted(model, {n.get_friendly_name(): "guard" if n.get_friendly_name() in guards else "check"
-                            for n in added_nodes(model, before)})
-    return PassResult(model, bool(guards))
+        insertion.after(outputs[key], make)
+    return PassResult(model, insertion.done())
 
 
 def _describe(target: Target, moments: RunningMoments, rule: Rule) -> dict[str, Any]:

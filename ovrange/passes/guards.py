@@ -1,6 +1,10 @@
-"""Inserting range guards: the graph side shared by every range-restricting pass (Ranger, RangeSupervision).
+"""Inserting guards: the one inserter every pass uses (:class:`Insertion`), and the range guards' ops.
 
-A guard replaces a target's output with a corrected value: ``Clamp`` for a scalar bound (the op POT inserted, and
+Every pass inserts through an :class:`Insertion`: a node after an output (:func:`ovrange.graph.insert_after`, which
+moves the tensor names), for all its consumers or some, and a record of every node added, by role (``guard``,
+``check``, ``decode``, ``weight``; :func:`ovrange.graph.record_inserted`).
+
+A range guard replaces a target's output with a corrected value: ``Clamp`` for a scalar bound (the op POT inserted, and
 the one the CPU plugin fuses into Convolution/FullyConnected/MVN post-ops), ``Minimum(Maximum(x, low), high)`` with
 ``[1, C, 1...]`` constants for per-channel bounds (Clamp takes scalars only), or ``Select`` to reset out-of-range
 values to zero (:func:`zero_guard` lets NaN through, :func:`reset_guard` resets it too). Guards are named
@@ -65,18 +69,50 @@ def reset_guard(output: ov.Output, bound: Bound, name: str) -> ov.Node:
 GuardFn = Callable[[ov.Output, Bound, str], ov.Node]
 
 
+class Insertion:
+    """The nodes one pass inserts into ``model`` (edited in place), recorded by :meth:`done`: each node added since
+    the start with the role it was given, the others as ``default`` (``check``: helper ops of a guard)."""
+
+    def __init__(self, model: ov.Model, default: str = "check"):
+        self.model = model
+        self.default = default
+        self.roles: dict[str, str] = {}
+        self.constants: dict[str, str] = {}
+        self._before = node_names(model)
+
+    def after(self, output: ov.Output, make: Callable[[ov.Output], ov.Node], consumers: list[ov.Input] | None = None,
+              names: bool = True, role: str = "guard") -> ov.Node:
+        """``make(output)`` inserted between ``output`` and its consumers (all, or ``consumers``); with ``names`` it
+        takes over the tensor names (:func:`ovrange.graph.insert_after`)."""
+        node = insert_after(output, make, consumers, names)
+        self.mark(node.get_friendly_name(), role)
+        return node
+
+    def mark(self, name: str, role: str) -> None:
+        """Give node ``name``, inserted by other means (a weight's decoding op, a multi-output branch), ``role``."""
+        self.roles[name] = role
+
+    def mark_constant(self, name: str, role: str) -> None:
+        """Record the Constant ``name`` as ``role`` (a stored ``weight``; other Constants are not recorded)."""
+        self.constants[name] = role
+
+    def done(self) -> bool:
+        """Validate the model and record the inserted nodes still in it; whether anything was inserted."""
+        self.model.validate_nodes_and_infer_types()
+        record_inserted(self.model, {**{n.get_friendly_name(): self.roles.get(n.get_friendly_name(), self.default)
+                                        for n in added_nodes(self.model, self._before)}, **self.constants})
+        return bool(self.roles or self.constants)
+
+
 def insert_guards(model: ov.Model, bounds: dict[str, Bound], make: GuardFn, suffix: str) -> bool:
     """Insert ``make`` after every bounded target of ``model`` (edited in place); record what was inserted."""
+    if not bounds:
+        return False
     outputs = outputs_by_id(model)
-    before = node_names(model)
-    guards = set()
+    insertion = Insertion(model)
     for target, bound in bounds.items():
         if target not in outputs:
             raise ConfigError(f"the plan names node {target!r}, which model {model.get_friendly_name()!r} lacks")
         name = target + suffix
-        guards.add(insert_after(outputs[target], lambda out, b=bound, n=name: make(out, b, n)).get_friendly_name())
-    if guards:
-        model.validate_nodes_and_infer_types()
-        record_inserted(model, {n.get_friendly_name(): "guard" if n.get_friendly_name() in guards else "check"
-                                for n in added_nodes(model, before)})
-    return bool(guards)
+        insertion.after(outputs[target], lambda out, b=bound, n=name: make(out, b, n))
+    return insertion.done()

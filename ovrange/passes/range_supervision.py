@@ -1,7 +1,7 @@
 """POT's RangeSupervision: a ``Clamp(low, high)`` after every supported activation, bounds = observed min/max.
 
-It is Ranger's machinery with Ranger's refinements switched off (no propagation, no inherent bounds, per-tensor
-``max`` bounds, clamp correction). The Clamp is named ``<activation>/min_max_Clamp`` as POT named it (``<id>/...``
+It is Ranger's machinery (:mod:`ovrange.passes.range_guards`) with Ranger's refinements switched off (no
+propagation, no inherent bounds, per-tensor ``max`` bounds, clamp correction). The Clamp is named ``<activation>/min_max_Clamp`` as POT named it (``<id>/...``
 for an activation whose friendly name repeats), takes over the activation's tensor names (so model outputs keep
 theirs) and is matched by type name, so any opset version of an activation qualifies.
 """
@@ -13,7 +13,8 @@ from typing import Any
 import openvino as ov
 
 from ovrange.params import Param
-from ovrange.passes import PassResult, Selection, ranger
+from ovrange.passes import PassResult, Selection
+from ovrange.passes import range_guards
 from ovrange.passes.guards import CLAMP_SUFFIX  # noqa: F401  (re-exported: the POT name of the guard)
 from ovrange.stats import StatRequest, Statistics
 from ovrange.targets import ACTIVATIONS, POT_ACTIVATIONS
@@ -36,20 +37,20 @@ def ranger_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_params(params: dict[str, Any]) -> str | None:
-    return ranger.check_params(ranger_params(params))
+    return range_guards.check_params(ranger_params(params))
 
 
 def select(model: ov.Model, params: dict[str, Any]) -> Selection:
-    return ranger.select(model, ranger_params(params))
+    return range_guards.select(model, ranger_params(params))
 
 
 def requests(selection: Selection, params: dict[str, Any]) -> list[StatRequest]:
-    return ranger.requests(selection, ranger_params(params))
+    return range_guards.requests(selection, ranger_params(params))
 
 
 def plan(selection: Selection, stats: Statistics | None, params: dict[str, Any]):
-    return ranger.plan(selection, stats, ranger_params(params))
+    return range_guards.plan(selection, stats, ranger_params(params))
 
 
 def apply(model: ov.Model, plan: Any) -> PassResult:
-    return ranger.apply(model, plan)
+    return range_guards.apply(model, plan)
