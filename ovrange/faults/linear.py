@@ -19,6 +19,7 @@ import openvino as ov
 from ovrange.faults.formats import NumberFormat, apply_mask
 from ovrange.faults.sites import stored_through_transform, weight_values
 from ovrange.faults.stored import StoredWeight, stored_weight
+from ovrange.targets import CONVOLUTIONS
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def linear_layer(node: ov.Node, source: ov.Output) -> LinearLayer | None:
     in_shape, out_shape = tuple(int(d) for d in shape_in.to_shape()[1:]), tuple(int(d) for d in
                                                                               shape_out.to_shape()[1:])
     weights = weight_values(source) if stored is None else stored.decoded()
-    if kind in ("Convolution", "GroupConvolution"):
+    if kind in CONVOLUTIONS:
         if str(node.get_auto_pad()).lower().rsplit(".", 1)[-1] not in ("explicit", "notset", "valid"):
             return None
         pads = tuple(int(p) for p in node.get_pads_begin()) if "valid" not in str(node.get_auto_pad()).lower() \
