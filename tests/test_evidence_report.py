@@ -40,7 +40,7 @@ def campaign(bundled, tmp_path_factory) -> dict[str, Path]:
     protected = root / "prot" / "fashion_lenet_RangeSupervision" / "fashion_lenet.xml"
     ovrange("inject", lenet["xml"], "--compare", protected, "--data", lenet["test_npz"], "--target", "activations",
             "--trials", TRIALS, "--seed", 0, "--report", root / "campaign", "-q", "--no-plots")
-    ovrange("check", lenet["xml"], protected, "--data", lenet["test_npz"], "--max-accuracy-drop", 5, "--limit",
+    ovrange("check", lenet["xml"], protected, "--data", lenet["test_npz"], "--max-accuracy-drop", 5, "--num-samples",
             200, "--json", root / "check.json", "-q")
     ovrange("report", root / "campaign", "--html", root / "report.html", "--fit-raw", 1000,
             "--check", root / "check.json")

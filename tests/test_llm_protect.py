@@ -34,7 +34,7 @@ def protected(request, llm, tmp_path_factory):  # noqa: F811
     """``ovrange protect`` of an export with its defaults, from the first calibration prompts: (original, result)."""
     original = llm[request.param]
     out = tmp_path_factory.mktemp(request.param)
-    result = ovrange("protect", original / "openvino_model.xml", "--data", llm["calib_prompts"], "--subset-size",
+    result = ovrange("protect", original / "openvino_model.xml", "--data", llm["calib_prompts"], "--num-samples",
                      CALIBRATION, "-o", out, "--quiet")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("RangeSupervision: ")

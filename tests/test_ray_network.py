@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("ray")
 
 GONE_WITHIN = 30.0  # seconds after the command ends
-CAMPAIGN = ["--trials", "6000", "--seed", "5", "--inputs", "40", "--bits", "20-31", "--batch-size", "8",
+CAMPAIGN = ["--trials", "6000", "--seed", "5", "--num-samples", "40", "--bits", "20-31", "--batch-size", "8",
             "--shard-size", "400", "--workers", "2", "--no-plots", "-q"]
 LONG = ["--trials", "40000"]  # the signal, sent once both workers run their first shard, lands mid-campaign
 

@@ -93,10 +93,10 @@ def _nested(depth: int) -> str:
 
 LONG = "x" * 300
 M, DATA, X = "{w}/m.xml", "{w}/d.npz", "{w}/x.npy"
-INJECT = ("inject", M, "--data", DATA, "--trials", "20", "--inputs", "4", "-q")
-PROTECT = ("protect", M, "--data", X, "--subset-size", "8", "-o", "{w}/out", "-q")
+INJECT = ("inject", M, "--data", DATA, "--trials", "20", "--num-samples", "4", "-q")
+PROTECT = ("protect", M, "--data", X, "--num-samples", "8", "-o", "{w}/out", "-q")
 APPLY = ("protect", M, "--bounds", "{w}/plan.json", "-o", "{w}/out")
-CHECK = ("check", M, "{w}/res/m_RangeSupervision/m.xml", "--data", DATA, "--limit", "8", "-q")
+CHECK = ("check", M, "{w}/res/m_RangeSupervision/m.xml", "--data", DATA, "--num-samples", "8", "-q")
 BENCH = ("benchmark", M, M, "--time", "0.1", "--sessions", "1")
 
 

@@ -87,7 +87,7 @@ def _old_result(lenet: dict[str, Path], out: Path) -> Path:
 def test_a_signal_mid_protect_force_keeps_the_old_result(lenet, tmp_path, signum, code, word):
     old = _old_result(lenet, tmp_path / "out")
     before = tree(old)
-    process = start("protect", lenet["xml"], "--data", lenet["test"], "--subset-size", "100000", "-o",
+    process = start("protect", lenet["xml"], "--data", lenet["test"], "--num-samples", "100000", "-o",
                     tmp_path / "out", "--force")
     got, err = signal_when(process, "calibrating:", signum)
     assert got == code and one_error(code, err) == f"error: {word}", err[-3000:]
@@ -98,7 +98,7 @@ def test_a_signal_mid_protect_force_keeps_the_old_result(lenet, tmp_path, signum
                                                 (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_mid_inject(lenet, tmp_path, signum, code, word):
     """A new report keeps its checkpoint for --resume (and shows no result); a replaced one stays as it was."""
-    base = ("inject", lenet["xml"], "--data", lenet["data"], "--inputs", "4", "--no-plots")
+    base = ("inject", lenet["xml"], "--data", lenet["data"], "--num-samples", "4", "--no-plots")
     report = tmp_path / "report"
     assert run(*base, "--trials", "20", "--report", report, "-q").returncode == 0
     before = tree(report)
@@ -174,7 +174,7 @@ def full_disk(tmp_path):
 def test_a_full_disk_keeps_every_old_result(lenet, full_disk):
     disk, fill = full_disk
     old = _old_result(lenet, disk / "out")
-    base = ("inject", lenet["xml"], "--data", lenet["data"], "--inputs", "4", "--trials", "20", "--no-plots", "-q")
+    base = ("inject", lenet["xml"], "--data", lenet["data"], "--num-samples", "4", "--trials", "20", "--no-plots", "-q")
     assert run(*base, "--report", disk / "report", "--json", disk / "r.json").returncode == 0
     fill()
     before = tree(disk)
