@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  := build/default/fashion_lenet.xml
 
-.PHONY: demo test install-demo install-test install-zoo dataset espeak model models zoo benchmarks compare clean
+.PHONY: demo test install-demo install-test dataset espeak model models zoo benchmarks compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ install-demo: $(BIN)/python
 	$(BIN)/pip install -e '.[train,plots]'
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -e '.[test,bench,plots]'
+	$(BIN)/pip install -e '.[test,bench,plots,zoo]'
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (no download at run time).
 dataset:
@@ -36,7 +36,8 @@ demo: install-demo model
 	$(BIN)/ovrange evaluate $(MODEL) results/fashion_lenet_RangeSupervision/fashion_lenet.xml \
 	    --data build/default/test.npz
 
-test: install-test models
+# tests/test_zoo.py builds build/zoo (docs/zoo.md) on first use: espeak-ng must be there.
+test: install-test models espeak
 	$(BIN)/python -m pytest
 
 benchmarks: install-test models
@@ -50,16 +51,13 @@ compare: install-test models
 
 # The real-model zoo: MediaPipe, Silero VAD and PP-OCR models from PyPI wheels, calibration and held-out sets from
 # scikit-image's photos, LFW and espeak-ng speech (docs/zoo.md). Wheels are cached in build/wheels.
-install-zoo: $(BIN)/python
-	$(BIN)/pip install -e '.[test,zoo]'
-
 espeak:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y espeak-ng || (apt-get update && apt-get install -y espeak-ng)); \
 	  else echo "error: espeak-ng missing: run 'sudo apt-get install espeak-ng'" >&2; exit 1; fi; }
 
-zoo: install-zoo espeak
+zoo: install-test espeak
 	$(BIN)/python -m scripts.build_zoo --out build/zoo
 
 clean:

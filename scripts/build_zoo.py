@@ -57,6 +57,7 @@ MP = ("mediapipe", "0.10.21")
 SILERO = ("silero-vad", "6.2.3")
 # A wheel for another Python is fine: it is only unzipped.
 FALLBACK_PLATFORM = ("--python-version", "3.11", "--platform", "manylinux_2_28_x86_64")
+Sets = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # calibration, held-out: input name -> array
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,13 @@ class Spec:
     sdc: str = ""
     output: str = ""  # the output the criterion judges (ovrange's default: the first)
     preprocessing: str = ""
-    data: Callable[[ov.Model], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] | None = field(
-        default=None, compare=False)
+    data: Callable[[ov.Model], Sets] | None = field(default=None, compare=False)
     note: str = ""
 
 
-def _images(kind: str, size: int, value_range: tuple[float, float], cut=None):
-    def make(_: ov.Model) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _images(kind: str, size: int, value_range: tuple[float, float],
+            cut: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> Callable[[ov.Model], Sets]:
+    def make(_: ov.Model) -> Sets:
         sets = []
         for split, n, seed in (("calib", CALIB_N, 0), ("heldout", HELDOUT_N, 1)):
             x, ids = zoo_data.image_set(zoo_data.image_sources(split, kind), n, size, value_range, seed, cut)
@@ -86,23 +87,23 @@ def _images(kind: str, size: int, value_range: tuple[float, float], cut=None):
     return make
 
 
-def _vad(model: ov.Model) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _vad(model: ov.Model) -> Sets:
     calib = zoo_data.vad_stream(model, zoo_data.speech(zoo_data.CALIB_SENTENCES, zoo_data.CALIB_VOICES), 256)
     heldout = zoo_data.vad_stream(model, zoo_data.speech(zoo_data.HELDOUT_SENTENCES, zoo_data.HELDOUT_VOICES), 256)
     return calib, heldout
 
 
-def _rec(_: ov.Model):
+def _rec(_: ov.Model) -> Sets:
     calib = zoo_data.ocr_lines(CALIB_N, seed=0)
     return zoo_data.rec_set(calib), zoo_data.rec_set(zoo_data.ocr_lines(HELDOUT_N, seed=123, exclude=calib))
 
 
-def _cls(_: ov.Model):
+def _cls(_: ov.Model) -> Sets:
     calib = zoo_data.ocr_lines(CALIB_N, seed=1)
     return zoo_data.cls_set(calib), zoo_data.cls_set(zoo_data.ocr_lines(HELDOUT_N, seed=124, exclude=calib))
 
 
-def _det(_: ov.Model):
+def _det(_: ov.Model) -> Sets:
     return zoo_data.det_set(32, seed=0), zoo_data.det_set(40, seed=123)
 
 
@@ -242,9 +243,9 @@ def build_model(spec: Spec, out: Path, cache: Path) -> dict[str, Any]:
         "readable": True, "model": f"{spec.name}/{xml.name}", "inputs": ports(model.inputs),
         "outputs": ports(model.outputs), "stored_weights": stored_weights(model),
         "ops": {k: ops[k] for k in sorted(ops) if k not in ("Constant", "Parameter", "Result")},
-        "preprocessing": spec.preprocessing, "sdc": spec.sdc, "sdc_output": spec.output or model.outputs[0]
-        .get_any_name(), "calib": _data_entry(folder, "calib", calib), "heldout": _data_entry(folder, "heldout",
-                                                                                               heldout)})
+        "preprocessing": spec.preprocessing, "sdc": spec.sdc,
+        "sdc_output": spec.output or model.outputs[0].get_any_name(),
+        "calib": _data_entry(folder, "calib", calib), "heldout": _data_entry(folder, "heldout", heldout)})
     if spec.note:
         entry["note"] = spec.note
     return entry

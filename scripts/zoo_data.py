@@ -25,9 +25,13 @@ import wave
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 # scikit-image's bundled photos (files of skimage/data in the wheel). motorcycle_right is left out: it is the
 # stereo twin of motorcycle_left, so it would put the same scene in both sets.
@@ -213,13 +217,13 @@ def speech(sentences: Sequence[str], voices: Sequence[str]) -> list[tuple[str, n
                 for voice in voices for text in sentences]
 
 
-def vad_stream(model, utterances: list[tuple[str, np.ndarray]], n: int) -> dict[str, np.ndarray]:
+def vad_stream(model: ov.Model, utterances: list[tuple[str, np.ndarray]], n: int) -> dict[str, np.ndarray]:
     """Run Silero VAD (``input [1, 576]``, ``state [2, 1, 128]``) over each utterance as a stream does and keep
     ``n`` evenly spaced calls: ``input`` ``[n, 1, 576]``, ``state`` ``[n, 2, 1, 128]`` (the state a stream has at
     that call; batch on axis 1), ``sources``."""
-    import openvino as ov
+    import openvino
 
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     calls: list[tuple[np.ndarray, np.ndarray, str]] = []
     for sid, audio in utterances:
         state = np.zeros((2, 1, 128), np.float32)
