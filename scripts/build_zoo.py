@@ -307,8 +307,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         build_zoo(args.out, args.cache, args.force)
     except (OSError, subprocess.CalledProcessError, ImportError) as exc:
-        detail = exc.stderr.strip().splitlines()[-1] if isinstance(exc, subprocess.CalledProcessError) and \
-            exc.stderr else str(exc)
+        if isinstance(exc, subprocess.CalledProcessError):
+            detail = (exc.stderr or "").strip().splitlines()[-1:] or [f"{exc.cmd[2:5]} failed"]
+            detail = detail[0]
+        elif isinstance(exc, ImportError):
+            detail = f"{exc} (install the zoo extra: pip install -e '.[zoo]')"
+        else:
+            detail = str(exc)
         print(f"error: {detail}", file=sys.stderr)
         raise SystemExit(1) from None
 
