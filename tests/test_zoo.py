@@ -36,15 +36,18 @@ VALUE_RANGE = {"palm_detection_full": (0, 1), "face_landmark": (0, 1), "iris_lan
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
 RELU6_NOT_A_TARGET = ("error: model 'TensorFlow_Lite_Frontend_IR' has no supported activations (Relu, Swish, PRelu, "
-                      "...); nothing to protect -- its ReLU6 arrive as Clamp")
+                      "Elu, Gelu, Sigmoid, Tanh, HSwish, HSigmoid, Mish, SoftPlus); nothing to protect "
+                      "-- its ReLU6 arrive as Clamp")
 STATE_BATCH_AXIS = ("error: data of shape (4, 576), (8, 1, 128) (axis 0 = samples) cannot feed the model: Dimension "
                     "`batch_size` is not matched between inputs. -- Silero's state [2, 1, 128] has its batch on axis 1")
-STATIC_BATCH = ("error: a model output does not keep the batch axis (batch of 4, output shapes [(1, ...), ...]); use "
-                "batch size 1 -- the default batch of 64 does not fit a static batch-1 model")
-STATE_BATCH_AXIS_INJECT = ("error: data of shape (1, 576), (1, 1, 128) cannot feed the model: got [1,1,128] "
-                           "expecting [2,1,128] (state batch on axis 1)")
-FP16_TO_F32 = ("error: no weights of <GlobalClipper IR> are stored as fp16: they are fp32 (use --format auto) -- "
-               "GlobalClipper writes the fp16 weights back as f32")
+STATIC_BATCH = ("error: a model output does not keep the batch axis (batch of 4, output shapes [(1, 8064, 18), "
+                "(1, 8064, 1)]); use batch size 1 -- palm detection's; iris and pose likewise: the default batch does "
+                "not fit a static batch-1 model")
+STATE_BATCH_AXIS_INJECT = ("error: data of shape (1, 576), (1, 1, 128) (axis 0 = samples) cannot feed the model: The "
+                           "input tensor size is not equal to the model input type: got [1,1,128] expecting "
+                           "[2,1,128]. -- Silero's state has its batch on axis 1")
+FP16_TO_F32 = ("error: no weights of <out>/<name>_GlobalClipper/<name>.xml are stored as fp16: they are fp32 (use "
+               "--format auto) -- GlobalClipper writes the fp16 weights back as f32")
 
 
 class CommandFailed(Exception):
