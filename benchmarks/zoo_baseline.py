@@ -197,7 +197,7 @@ def markdown(rows: list[dict[str, Any]], unreadable: list[dict[str, Any]], comma
     lines = [f"Command: `{command}`", ""]
     for target in ("activations", "weights"):
         lines += [f"### {target.capitalize()}", "",
-                  "| model | SDC criterion | model variant | SDC | SDC, exponent bits 27–30 | SDC + DUE | "
+                  "| model | SDC criterion | model variant | SDC | SDC of the flips of bits 27–30 | SDC + DUE | "
                   "original's DUEs now SDC |", "|---|---|---|---|---|---|---|"]
         for row in rows:
             result = row[target]
