@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  := build/default/fashion_lenet.xml
 
-.PHONY: demo test install-demo install-test install-llm dataset chromium model models llm llm-model benchmarks compare clean
+.PHONY: demo test install-demo install-test install-llm dataset chromium espeak model models llm llm-model zoo benchmarks compare\
+	clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +16,7 @@ install-demo: $(BIN)/python
 	$(BIN)/pip install -e '.[train,plots]'
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -e '.[test,bench,plots,llm]'
+	$(BIN)/pip install -e '.[test,bench,plots,llm,zoo]'
 	$(BIN)/pip uninstall -y -q torchvision 2>/dev/null || true
 
 # optimum-intel pulls torchvision, whose PyPI build fails to import beside the CPU torch (see pyproject's llm extra).
@@ -55,7 +56,8 @@ demo: install-demo model
 	$(BIN)/ovrange evaluate $(MODEL) results/fashion_lenet_RangeSupervision/fashion_lenet.xml \
 	    --data build/default/test.npz
 
-test: install-test models llm-model chromium
+# tests/test_zoo.py builds build/zoo (docs/zoo.md) on first use: espeak-ng must be there.
+test: install-test models llm-model chromium espeak
 	$(BIN)/python -m pytest
 
 benchmarks: install-test models
@@ -66,6 +68,17 @@ benchmarks: install-test models
 # Regenerates docs/comparison.md (every protection x the bundled models x weight/activation faults).
 compare: install-test models
 	$(BIN)/python benchmarks/compare_protections.py
+
+# The real-model zoo: MediaPipe, Silero VAD and PP-OCR models from PyPI wheels, calibration and held-out sets from
+# scikit-image's photos, LFW and espeak-ng speech (docs/zoo.md). Wheels are cached in build/wheels.
+espeak:
+	@command -v espeak-ng >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y espeak-ng || (apt-get update && apt-get install -y espeak-ng)); \
+	  else echo "error: espeak-ng missing: run 'sudo apt-get install espeak-ng'" >&2; exit 1; fi; }
+
+zoo: install-test espeak
+	$(BIN)/python -m scripts.build_zoo --out build/zoo
 
 clean:
 	rm -rf build results
