@@ -79,7 +79,7 @@ def campaign(models: list[Path], data: Path, target: str, sdc: str, trials: int,
              tag: str) -> dict[str, Any]:
     """One campaign over ``models`` (the first is the reference): per model its counts, or ``error``."""
     out = work / f"{tag}.json"
-    args = ["inject", models[0], *sum((["--compare", m] for m in models[1:]), []), "--data", data, "-t", target,
+    args = ["inject", models[0], *sum((["--compare", m] for m in models[1:]), []), "--data", data, "--target", target,
             "--trials", trials, "--seed", seed, "--sdc", sdc, "--json", out, "--force", "-q"]
     code, _, err = ovrange(*args)
     if code:

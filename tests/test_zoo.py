@@ -91,7 +91,7 @@ def protected(zoo, tmp_path_factory) -> Callable[[str, str], Path]:
             entry = entries[name]
             try:
                 ovrange("protect", folder / entry["model"], "--data", folder / entry["calib"]["file"],
-                        "--subset-size", 8, "-a", algorithm, "-o", out, "-q")
+                        "--num-samples", 8, "-a", algorithm, "-o", out, "-q")
                 made[name, algorithm] = out / f"{name}_{algorithm}" / f"{name}.xml"
             except CommandFailed as exc:
                 made[name, algorithm] = exc
@@ -238,7 +238,7 @@ def test_evaluate_on_heldout_inputs(zoo, protected, name, options):
     folder, entries = zoo
     entry = entries[name]
     result = ovrange("evaluate", folder / entry["model"], protected(name, "GlobalClipper"), "--data",
-                     folder / entry["heldout"]["file"], "--limit", 4, *options, "--sdc", entry["sdc"], "-q")
+                     folder / entry["heldout"]["file"], "--num-samples", 4, *options, "--sdc", entry["sdc"], "-q")
     agreement = [line for line in result.stdout.splitlines() if "agrees with" in line]
     assert len(agreement) == 1 and "%" in agreement[0]
     share = float(agreement[0].split(" on ")[-1].split("%")[0])
@@ -262,8 +262,8 @@ def test_inject_tiny_campaign(zoo, protected, tmp_path, name, target):
     folder, entries = zoo
     entry = entries[name]
     original, guarded = folder / entry["model"], protected(name, "GlobalClipper")
-    ovrange("inject", original, "--compare", guarded, "--data", folder / entry["heldout"]["file"], "-t", target,
-            "--trials", 4, "--inputs", 2, "--seed", 0, "--sdc", entry["sdc"], "--json", tmp_path / "r.json", "-q")
+    ovrange("inject", original, "--compare", guarded, "--data", folder / entry["heldout"]["file"], "--target", target,
+            "--trials", 4, "--num-samples", 2, "--seed", 0, "--sdc", entry["sdc"], "--json", tmp_path / "r.json", "-q")
     result = json.loads((tmp_path / "r.json").read_text())
     models = result["summary"]["models"]
     assert set(models) == {str(original), str(guarded)}
