@@ -53,6 +53,7 @@ def _ratio(value: float) -> str | None:
     return None if 0 < value <= 1 else "must be in (0, 1]"
 
 
+SATURATION_FIX = {"first_layer": "FIRST_LAYER", "all": "ENABLE", "no": "DISABLE"}
 IGNORED = Param(dict, {}, _ignored, "layers nncf leaves in float (POT's ignored scope)")
 DEFAULT_QUANTIZATION_PARAMS: dict[str, Param] = {
     **COMMON_PARAMS,
@@ -64,6 +65,11 @@ DEFAULT_QUANTIZATION_PARAMS: dict[str, Param] = {
     "fast_bias_correction": Param(bool, True),
     "use_fast_bias": Param((bool, type(None)), None, None, "POT's name of fast_bias_correction"),
     "inplace_statistics": Param(bool, True),
+    # POT's saturation_fix, nncf's overflow_fix: 7-bit weights where u8 x s8 products added in pairs would saturate
+    # 16 bits (CPUs without VNNI); unset = nncf's default (the first layer only).
+    "saturation_fix": Param((str, type(None)), None, lambda v: None if v in (None, *SATURATION_FIX) else
+                            f"must be one of {', '.join(SATURATION_FIX)}", "7-bit weights against int8 saturation on "
+                            "CPUs without VNNI: first_layer (the default), all or no"),
     "ignored": IGNORED,
 }
 WEIGHT_COMPRESSION_PARAMS: dict[str, Param] = {
@@ -158,7 +164,10 @@ def _quantize(nncf, model: ov.Model, dataset: Any, step: AlgorithmConfig, progre
                 fast_bias_correction=p["fast_bias_correction"] if p["use_fast_bias"] is None else p["use_fast_bias"],
                 model_type=nncf.ModelType.TRANSFORMER if p["model_type"] == "transformer" else None,
                 ignored_scope=_ignored_scope(nncf, ignored) if ignored else None,
-                advanced_parameters=nncf.AdvancedQuantizationParameters(inplace_statistics=p["inplace_statistics"]))
+                advanced_parameters=nncf.AdvancedQuantizationParameters(
+                    inplace_statistics=p["inplace_statistics"],
+                    overflow_fix=getattr(nncf.OverflowFix, SATURATION_FIX[p["saturation_fix"]], None)
+                    if p["saturation_fix"] else None))
     calibration = nncf.Dataset(range(len(items)), feed)
     result = _nncf_call(step, lambda: nncf.quantize(work, calibration, **args))
     if batched:
