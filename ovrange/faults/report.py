@@ -73,7 +73,7 @@ def publish_report(result: CampaignResult, workdir: str | Path, directory: str |
 def report_session(directory: str | Path | None, *, resume: bool = False) -> Iterator[Path | None]:
     """The working folder of a campaign that reports to ``directory`` (see :func:`report_workdir`). If the body
     fails, a temporary working folder is removed (the old report stays as it was) and a report folder this run
-    created is removed too, except after an interruption, when it holds the checkpoint ``--resume`` continues."""
+    created is removed too, except after an interruption once it holds the checkpoint ``--resume`` continues."""
     if directory is None:
         yield None
         return
@@ -92,6 +92,8 @@ def report_session(directory: str | Path | None, *, resume: bool = False) -> Ite
         yield workdir
     except KeyboardInterrupt:
         discard_workdir(workdir, directory)
+        if new and not (directory / CHECKPOINT_FILE).exists():  # stopped before any work: nothing to resume
+            shutil.rmtree(directory, ignore_errors=True)
         raise
     except BaseException:
         discard_workdir(workdir, directory)
