@@ -129,7 +129,9 @@ def test_model_without_constant_weights_is_an_error():
 
 def test_protects_a_model_without_activations():
     protected = ovrange.protect(no_activation_model(), np.ones((3, 4), np.float32), algorithm="BoundedWeights")
-    assert bounded_theta(protected, node_by_name(protected, "mm")) is not None
+    theta = bounded_theta(protected, node_by_name(protected, "mm"))
+    original = node_by_name(no_activation_model(), "mm").input_value(1).get_node().get_data()
+    assert theta is not None and theta.get_data().shape == original.shape and np.isfinite(theta.get_data()).all()
 
 
 def test_input_model_is_not_modified(calib):
