@@ -201,7 +201,7 @@ class Judge:
         elif self.criterion.metric == "iou":
             sdc = mask_iou(golden, f.reshape(faulty.shape)) < self.criterion.threshold
         elif self.criterion.metric == "detections":
-            sdc = self._detections_sdc(g, f)
+            sdc = self._detections_sdc(golden, f.reshape(faulty.shape), finite)
         else:
             sdc = _cosine_distance(g, f) > self.criterion.threshold
         codes = np.where(~finite, DUE, np.where(sdc, SDC, MASKED)).astype(np.int8)
@@ -212,10 +212,13 @@ class Judge:
         g, f = self.split(golden), self.split(np.where(np.isfinite(faulty), faulty, 0))
         return np.any([part.classify(part.pick(g), part.pick(f))[0] != MASKED for part in self.parts], axis=0)
 
-    def _detections_sdc(self, golden: np.ndarray, faulty: np.ndarray) -> np.ndarray:
+    def _detections_sdc(self, golden: np.ndarray, faulty: np.ndarray, finite: np.ndarray) -> np.ndarray:
         g, f = self.split(golden), self.split(faulty)
         rows = []
         for r in range(len(golden)):
+            if not finite[r]:  # a DUE whatever its detections
+                rows.append(False)
+                continue
             a = self.layout.decode([g[i][r] for i in self.indices])
             b = self.layout.decode([f[i][r] for i in self.indices])
             rows.append(detections_changed(a, b, self.criterion.threshold))

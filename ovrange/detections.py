@@ -50,7 +50,7 @@ class Layout:
     def decode(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """One sample's detections after threshold and NMS: boxes ``[k, 4]`` (x1, y1, x2, y2) and classes ``[k]``."""
         if self.kind == "yolo":
-            rows = arrays[0].reshape(arrays[0].shape[-2:])
+            rows = arrays[0].reshape(arrays[0].shape[-2:]).astype(np.float64)
             if rows.shape[0] < rows.shape[1]:  # YOLOv8: [4 + C, N]
                 rows = rows.T
                 scores = rows[:, 4:]
