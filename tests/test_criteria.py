@@ -15,6 +15,7 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 
+from ovrange.check import Thresholds, check
 from ovrange.compare import DUE, MASKED, SDC, Judge, SdcCriterion, mask_iou
 from ovrange.data import load
 from ovrange.detections import MEDIAPIPE_SSD, Layout, detections_changed, iou_matrix, mediapipe_anchors, nms
@@ -236,6 +237,15 @@ def test_evaluate_judges_detections_and_each_output(pose):
     assert agreement("abs:1", "Identity_1") == [("Identity_1", 0.0)]
     assert agreement("abs:1") == [("Identity", 1.0), ("Identity_1", 0.0)]  # no --output-name: each output
     assert agreement(None) == [("Identity", 1.0), ("Identity_1", 1.0)]  # arg-max per anchor row: unchanged
+
+
+def test_check_gates_the_judged_outputs(pose):
+    original, raised, data = pose
+    models = [ov.Core().read_model(path) for path in (original, raised)]
+    labelled = load(data, models[0])
+    gate = Thresholds(max_accuracy_drop=1.0)
+    failed = check(*models, labelled, gate, batch_size=1, sdc="detections")
+    assert failed.accuracy.protected == 0.0 and not failed.gates[0].passed
 
 
 def test_a_50_fault_campaign_judged_by_detections(pose, tmp_path):
