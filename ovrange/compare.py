@@ -7,9 +7,12 @@ DUE: the output holds NaN or Inf (a runtime could detect it). SDC: for classifie
 top-1 class changed, as in Ranger; for sequence outputs (``tokens``: ``[N, T, classes]``, e.g. CTC text
 recognition) any position's top-1 changed, or (``text``) the greedy CTC text read from those positions changed;
 otherwise the deviation passed a user-chosen threshold, relative
-L-infinity (``max|y' - y| / max|y|``) or cosine distance (``1 - cos(y', y)``); for text detectors (``boxes``: a
+L-infinity (``max|y' - y| / max|y|``, relative to the whole output's largest value), absolute L-infinity (``abs``,
+in the output's units) or cosine distance (``1 - cos(y', y)``); for text detectors (``boxes``: a
 DBNet probability map) more than N pixels of the map binarized at 0.3 flipped; ``regions``: the text regions of
-that map (DBNet's boxes before unclipping) change (:func:`regions_changed`). Anything else is masked.
+that map (DBNet's boxes before unclipping) change (:func:`regions_changed`); for segmentation (``iou``) a mask's IoU
+fell below the threshold; for object detectors (``detections``) a detection was added, lost, or moved below an IoU
+(:mod:`ovrange.detections`); per output (``NAME=CRITERION,...``) any output's own criterion. Anything else is masked.
 """
 
 from __future__ import annotations
