@@ -119,8 +119,9 @@ class Judge:
         """Pick the judged output (by tensor name, default the first) and resolve ``auto`` from its shape."""
         index = 0 if output is None else output_index(model, output)
         if criterion.parts:
-            if output is not None:
-                raise ConfigError(f"--sdc {criterion} names the judged outputs: leave out --output-name {output}")
+            if output is not None and output not in dict(criterion.parts):
+                raise ConfigError(f"--sdc {criterion} names the judged outputs, not {output}: leave out "
+                                  "--output-name")
             parts = tuple(cls.for_model(model, part, name) for name, part in criterion.parts)
             return cls._several(model, criterion, list(dict.fromkeys(i for p in parts for i in p.indices)), parts)
         if criterion.metric == "detections":

@@ -188,8 +188,9 @@ def test_per_output_criteria_judge_each_output_by_its_own():
     assert judge.classify(np.repeat(golden, len(cases), 0), faulty)[0].tolist() == [c for _, c in cases]
     with pytest.raises(ConfigError, match="no output named 'w'; outputs: y, z"):
         Judge.for_model(model, SdcCriterion.parse("w=abs:1"))
-    with pytest.raises(ConfigError, match="leave out --output-name y"):
+    with pytest.raises(ConfigError, match="not y: leave out --output-name"):
         Judge.for_model(model, SdcCriterion.parse("z=abs:1"), "y")
+    assert Judge.for_model(model, SdcCriterion.parse("z=abs:1,y=abs:1"), "y").indices == (1, 0)
     with pytest.raises(ConfigError, match="needs detector outputs"):
         Judge.for_model(model, SdcCriterion.parse("detections"))
 
