@@ -29,21 +29,6 @@ class Accuracy:
         return self.correct / self.total if self.total else float("nan")
 
 
-def predict(
-    model: ov.Model,
-    dataset: object,
-    *,
-    batch_size: int = 64,
-    device: str = "CPU",
-    precision: str = "f32",
-    limit: int | None = None,
-    progress: ProgressFn | None = None,
-) -> np.ndarray:
-    """Output 0 of ``model`` for every sample of ``dataset`` (first ``limit`` samples), concatenated on axis 0."""
-    return predict_outputs(model, dataset, batch_size=batch_size, device=device, precision=precision, limit=limit,
-                           progress=progress)[0]
-
-
 def predict_outputs(
     model: ov.Model,
     dataset: object,
@@ -102,10 +87,6 @@ def judged_outputs(model: ov.Model, sdc: str | None, output: str | None = None) 
         name = port.get_any_name()
         judged.append(Judged(index, Judge.for_model(model, criterion, name) if criterion else None, name))
     return judged
-
-
-def top1(self) -> float:
-        return self.correct / self.total if self.total else float("nan")
 
 
 def predict(
