@@ -78,7 +78,8 @@ def judged_outputs(model: ov.Model, sdc: str | None, output: str | None = None) 
     output, or ``detections``); else every output, each with its own line (the only one for a one-output model)."""
     criterion = SdcCriterion.parse(sdc) if sdc else None
     whole = criterion is not None and (bool(criterion.parts) or criterion.metric == "detections")
-    if output is not None or whole or len(model.outputs) == 1:
+    named = all(port.get_names() for port in model.outputs)  # unnamed outputs: only the first, as before
+    if output is not None or whole or len(model.outputs) == 1 or not named:
         index = output_index(model, output) if output is not None else 0
         judge = Judge.for_model(model, criterion, output) if criterion else None
         return [Judged(judge.output if judge else index, judge, output)]
