@@ -115,15 +115,83 @@ def last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def with_dynamic_batch(model: ov.Model) -> ov.Model:
-    """Make axis 0 of every input dynamic (edits ``model``); raises ValueError when the model cannot be reshaped."""
+def input_batch_axes(model: ov.Model) -> list[int]:
+    """The batch axis of each model input: the ``N`` of its layout (``--batch-axis`` sets it), else axis 0 when it
+    is dynamic or 1, else the input's one dynamic dimension, else its one dimension of length 1 (Silero VAD's state
+    ``[2, 1, 128]``: axis 1), else axis 0."""
+    return [_batch_axis(parameter) for parameter in model.get_parameters()]
+
+
+def _batch_axis(parameter: ov.Node) -> int:
+    shape = parameter.get_output_partial_shape(0)
+    if shape.rank.is_dynamic or shape.rank.get_length() == 0:
+        return 0
+    rank = shape.rank.get_length()
+    layout = parameter.get_layout()
+    if ov.layout_helpers.has_batch(layout):
+        return ov.layout_helpers.batch_idx(layout) % rank
+    dims = list(shape)
+    if dims[0].is_dynamic or dims[0].get_length() == 1:
+        return 0
+    for fits in (lambda d: d.is_dynamic, lambda d: d.is_static and d.get_length() == 1):
+        found = [axis for axis, dim in enumerate(dims) if fits(dim)]
+        if len(found) == 1:
+            return found[0]
+    return 0
+
+
+def set_batch_axes(model: ov.Model, axes: dict[str, int] | None) -> ov.Model:
+    """Mark input ``name``'s batch axis ``k`` for every ``name: k`` (the ``N`` of its layout, kept in a saved IR);
+    edits ``model``. An unknown input or an axis outside the input's rank is a ConfigError."""
+    parameters = model.get_parameters()
+    for name, axis in (axes or {}).items():
+        index = next((i for i, port in enumerate(model.inputs) if name in port.get_names()), None)
+        if index is None:
+            raise ConfigError(f"--batch-axis {name}:{axis}: the model has no input {name!r} (inputs: "
+                              f"{', '.join(port.get_any_name() for port in model.inputs)})")
+        shape = model.inputs[index].get_partial_shape()
+        rank = shape.rank.get_length() if shape.rank.is_static else None
+        if rank is None or not 0 <= axis < rank:
+            raise ConfigError(f"--batch-axis {name}:{axis}: input {name!r} of shape {shape} has no axis {axis}")
+        parameters[index].set_layout(_layout(rank, axis))
+    return model
+
+
+def _layout(rank: int, axis: int) -> ov.Layout:
+    return ov.Layout("[" + ",".join("N" if k == axis else f"D{k}" for k in range(rank)) + "]")
+
+
+def batch_first(model: ov.Model) -> ov.Model:
+    """``model`` (unchanged) when every input has its batch on axis 0, else a copy whose inputs take it there: a
+    Transpose after each such input restores the model's own order. The operations, their names and the outputs
+    are those of ``model``; code that stacks samples on axis 0 (fault-injection engines) can then feed it."""
+    axes = input_batch_axes(model)
+    if not any(axes):
+        return model
+    from openvino.preprocess import PrePostProcessor
+
+    view = model.clone()
+    steps = PrePostProcessor(view)
+    for index, (port, axis) in enumerate(zip(view.inputs, axes)):
+        if axis:
+            rank = port.get_partial_shape().rank.get_length()
+            steps.input(index).model().set_layout(_layout(rank, axis))
+            steps.input(index).tensor().set_layout(ov.Layout("[N," + ",".join(f"D{k}" for k in range(rank)
+                                                                                 if k != axis) + "]"))
+    return steps.build()
+
+
+def with_dynamic_batch(model: ov.Model, axes: Sequence[int] | None = None) -> ov.Model:
+    """Make the batch axis (``axes``, default :func:`input_batch_axes`) of every input dynamic (edits ``model``);
+    raises ValueError when the model cannot be reshaped."""
+    axes = input_batch_axes(model) if axes is None else axes
     shapes = {}
-    for port in model.inputs:
+    for port, axis in zip(model.inputs, axes):
         shape = port.get_partial_shape()
-        if shape.rank.is_dynamic or shape.rank.get_length() == 0 or shape[0].is_dynamic:
+        if shape.rank.is_dynamic or shape.rank.get_length() == 0 or shape[axis].is_dynamic:
             continue
         new_shape = ov.PartialShape(shape)
-        new_shape[0] = ov.Dimension()
+        new_shape[axis] = ov.Dimension()
         shapes[port] = new_shape
     if shapes:
         try:
@@ -131,6 +199,30 @@ def with_dynamic_batch(model: ov.Model) -> ov.Model:
         except RuntimeError as exc:
             raise ValueError(last_line(exc)) from exc
     return model
+
+
+def output_batch_axes(model: ov.Model, axes: Sequence[int] | None = None) -> list[int | None]:
+    """The batch axis of each output: the one whose length is the batch at batches of 2 and 3 (on a clone), None
+    for an output that does not keep the batch (a hard-coded ``Reshape([1, -1, 18])`` folds it into another
+    axis); raises ValueError when the model cannot be reshaped."""
+    axes = input_batch_axes(model) if axes is None else axes
+    found: list[set[int]] = []
+    for batch in (2, 3):
+        clone = model.clone()
+        shapes = {}
+        for port, axis in zip(clone.inputs, axes):
+            shape = ov.PartialShape(port.get_partial_shape())
+            if shape.rank.is_static and shape.rank.get_length():
+                shape[axis] = ov.Dimension(batch)
+                shapes[port] = shape
+        try:
+            clone.reshape(shapes)
+        except RuntimeError as exc:
+            raise ValueError(last_line(exc)) from exc
+        sizes = [set(k for k, d in enumerate(p.get_partial_shape()) if d.is_static and d.get_length() == batch)
+                 if p.get_partial_shape().rank.is_static else set() for p in clone.outputs]
+        found = sizes if not found else [a & b for a, b in zip(found, sizes)]
+    return [min(axes_) if axes_ else None for axes_ in found]
 
 
 def is_stateful(model: ov.Model) -> bool:
@@ -148,10 +240,11 @@ def refuse_stateful(model: ov.Model, command: str = "ovrange") -> None:
 class Runner:
     """A model compiled once and fed batches of samples: the batching policy and the one error-wrapped ``infer``.
 
-    ``batch_size`` > 1 makes the batch axis dynamic (on a clone). A model that cannot take it is an error when
-    ``fallback`` is False (calibration: ``stat_batch_size`` was asked for), or runs one sample at a time when True
-    (evaluation). With ``batched_outputs``, every output must keep the batch axis (axis 0 = samples), else rows
-    would be mixed up silently.
+    ``batch_size`` > 1 makes the batch axis of each input dynamic (on a clone): axis 0, or the one
+    :func:`input_batch_axes` finds (Silero VAD's state has its batch on axis 1). A model that cannot take it is an
+    error when ``fallback`` is False (calibration: ``stat_batch_size`` was asked for), or runs one sample at a time
+    when True (evaluation). With ``batched_outputs``, every output must keep a batch axis, else rows would be mixed
+    up silently: a model whose outputs lose it (a hard-coded ``Reshape([1, -1, 18])``) is such a model.
 
     A stateful model is refused (a ModelError naming ``command``) unless ``stateful`` is True; then every inference
     starts from the initial state (``reset_state``), as if each batch were the model's first, except the later
@@ -166,20 +259,43 @@ class Runner:
         self.stateful = is_stateful(model)
         self.batch_size = batch_size
         self.batched_outputs = batched_outputs
+        self.model = model
+        self.axes = input_batch_axes(model)
+        self._output_axes: list[int | None] | None = None
         runnable = model
         if batch_size > 1:
             try:
-                runnable = with_dynamic_batch(model.clone())
+                runnable = with_dynamic_batch(model.clone(), self.axes)
+                if batched_outputs:
+                    self._check_batched_outputs()
             except ValueError as exc:
                 if not fallback:
-                    raise ConfigError(f"batch size {batch_size} needs a batchable model; reshape failed: {exc}") \
-                        from exc
+                    raise ConfigError(f"batch size {batch_size} needs a batchable model: {exc}") from exc
                 runnable, self.batch_size = model, 1
         self.compiled = compile_model(runnable, device, precision=precision, config=config, core=core)
         self.outputs = len(self.compiled.outputs)
         # Two requests: the host prepares and folds one batch while the device runs the other (run()).
         self.requests = [self.compiled.create_infer_request() for _ in range(2)]
         self._queue: ov.AsyncInferQueue | None = None
+
+    def output_axes(self) -> list[int]:
+        """The batch axis of each output: axis 0 unless an input has its batch elsewhere (then
+        :func:`output_batch_axes`; 0 for an output without one)."""
+        if self._output_axes is None:
+            if not any(self.axes):
+                self._output_axes = [0] * len(self.model.outputs)
+            else:
+                try:
+                    self._output_axes = output_batch_axes(self.model, self.axes)
+                except ValueError as exc:
+                    raise DataError(f"cannot tell the batch axis of the model outputs: {exc}") from exc
+        return [0 if axis is None else axis for axis in self._output_axes]
+
+    def _check_batched_outputs(self) -> None:
+        self._output_axes = output_batch_axes(self.model, self.axes)
+        lost = [port.get_any_name() for port, axis in zip(self.model.outputs, self._output_axes) if axis is None]
+        if lost:
+            raise ValueError(f"output(s) {', '.join(lost)} do not keep the batch axis")
 
     def _fresh(self, request: ov.InferRequest) -> ov.InferRequest:
         """``request``, back in the model's initial state when the model keeps one."""
@@ -239,8 +355,9 @@ class Runner:
                 yield arrays, count
                 continue
             for start in range(0, count, self.batch_size):
-                part = [a[start:start + self.batch_size] for a in arrays]
-                yield part, len(part[0])
+                part = [np.take(a, range(start, min(start + self.batch_size, count)), axis=axis)
+                        for a, axis in zip(arrays, self.axes)]
+                yield part, min(self.batch_size, count - start)
 
     def _finish(self, request: ov.InferRequest, arrays: list[np.ndarray], count: int) -> tuple:
         try:
@@ -251,8 +368,9 @@ class Runner:
         return self._checked(outputs, arrays)
 
     def _checked(self, outputs: tuple, arrays: list[np.ndarray]) -> tuple:
-        count = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
-        if self.batched_outputs and count > 1 and any(o.ndim == 0 or o.shape[0] != count for o in outputs):
+        count = arrays[0].shape[self.axes[0]] if arrays and arrays[0].ndim else 1
+        if self.batched_outputs and count > 1 and any(o.ndim <= axis or o.shape[axis] != count
+                                                      for o, axis in zip(outputs, self.output_axes())):
             raise DataError(f"a model output does not keep the batch axis (batch of {count}, output shapes "
                             f"{[tuple(o.shape) for o in outputs]}); use batch size 1")
         return outputs
@@ -292,6 +410,8 @@ class Runner:
 
     def predict(self, batches: Iterable[tuple[list[np.ndarray], int]], output: int = 0,
                 progress: ProgressFn | None = None, total: int | None = None) -> np.ndarray:
-        """Output ``output`` of every sample, concatenated on axis 0."""
+        """Output ``output`` of every sample, concatenated on axis 0 (moved there from the output's batch axis)."""
         report = (lambda done, _: progress(done, total or done)) if progress else None
-        return np.concatenate([outputs[output].copy() for outputs, _ in self.run(batches, report)], axis=0)
+        axis = self.output_axes()[output]
+        return np.concatenate([np.moveaxis(outputs[output], axis, 0).copy()
+                               for outputs, _ in self.run(batches, report)], axis=0)
