@@ -68,6 +68,7 @@ def benchmark(
 
     _print_devices(device)
     models = [read_model(original), read_model(protected)]
+    warn_mixed_formats(original, protected)
     shapes = static_shapes(shape, models[0])
     inputs = [*model_files(original), *model_files(protected)]
     if json_out:
@@ -90,6 +91,16 @@ def benchmark(
         write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
                               force=force, inputs=inputs)
         typer.echo(f"\nresult: {json_out}")
+
+
+def warn_mixed_formats(original: Path, protected: Path) -> None:
+    """A ``warning:`` line on stderr when the two models come in different formats (their timings compare more than
+    the protection)."""
+    from ovrange.modelio import mixed_formats
+
+    warning = mixed_formats(original, protected)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def _float_inputs(model) -> bool:
