@@ -163,22 +163,33 @@ def _layout(rank: int, axis: int) -> ov.Layout:
 
 def batch_first(model: ov.Model) -> ov.Model:
     """``model`` (unchanged) when every input has its batch on axis 0, else a copy whose inputs take it there: a
-    Transpose after each such input restores the model's own order. The operations, their names and the outputs
-    are those of ``model``; code that stacks samples on axis 0 (fault-injection engines) can then feed it."""
+    Transpose after each such input restores the model's own order. The other operations, their names and the
+    outputs are those of ``model`` (nothing is folded); code that stacks samples on axis 0 (fault-injection engines)
+    can then feed it."""
     axes = input_batch_axes(model)
     if not any(axes):
         return model
-    from openvino.preprocess import PrePostProcessor
+    from openvino import opset13 as ops
 
     view = model.clone()
-    steps = PrePostProcessor(view)
-    for index, (port, axis) in enumerate(zip(view.inputs, axes)):
-        if axis:
-            rank = port.get_partial_shape().rank.get_length()
-            steps.input(index).model().set_layout(_layout(rank, axis))
-            steps.input(index).tensor().set_layout(ov.Layout("[N," + ",".join(f"D{k}" for k in range(rank)
-                                                                                 if k != axis) + "]"))
-    return steps.build()
+    for index, axis in enumerate(axes):
+        if not axis:
+            continue
+        old = view.get_parameters()[index]
+        shape = old.get_output_partial_shape(0)
+        order = [axis] + [k for k in range(shape.rank.get_length()) if k != axis]  # the new input's axes
+        new = ops.parameter(ov.PartialShape([shape[k] for k in order]), old.get_element_type(),
+                            name=old.get_friendly_name())
+        names = old.output(0).get_names()
+        old.output(0).set_names(set())
+        new.output(0).set_names(names)
+        back = ops.transpose(new, ops.constant(np.argsort(order).astype(np.int64)))
+        back.set_friendly_name(f"{old.get_friendly_name()}/batch_first")
+        for target in old.output(0).get_target_inputs():
+            target.replace_source_output(back.output(0))
+        view.replace_parameter(index, new)
+    view.validate_nodes_and_infer_types()
+    return view
 
 
 def with_dynamic_batch(model: ov.Model, axes: Sequence[int] | None = None) -> ov.Model:
