@@ -26,7 +26,7 @@ from ovrange import text
 from ovrange.arrays import read_npy, read_npz
 from ovrange.errors import DataError
 from ovrange.images import ImageOptions, image_reader
-from ovrange.runtime import input_batch_axes
+from ovrange.batching import input_batch_axes
 
 INPUT_KEYS = ("x", "images", "inputs", "data")
 LABEL_KEYS = ("y", "labels", "targets")

@@ -18,7 +18,8 @@ from ovrange.cli import main
 from ovrange.errors import ConfigError
 from ovrange.images import ImageOptions
 from ovrange.modelio import read_model
-from ovrange.runtime import Runner, batch_first, input_batch_axes, output_batch_axes, set_batch_axes
+from ovrange.batching import batch_first, input_batch_axes, output_batch_axes, set_batch_axes
+from ovrange.runtime import Runner
 from tests.test_zoo import zoo  # noqa: F401  (the session fixture building build/zoo)
 
 

@@ -61,7 +61,8 @@ def check(
     from ovrange.cli.benchmark import warn_mixed_formats
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, write_file_atomically
-    from ovrange.runtime import refuse_stateful, set_batch_axes
+    from ovrange.batching import set_batch_axes
+    from ovrange.runtime import refuse_stateful
 
     thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)
     axes = batch_axes(batch_axis)

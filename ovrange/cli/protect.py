@@ -79,7 +79,7 @@ def protect(
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, prepare_output_dir
     from ovrange.protect import chain_name, run_chain, save_protected
-    from ovrange.runtime import set_batch_axes
+    from ovrange.batching import set_batch_axes
     from ovrange.text import export_files
 
     known_inputs = [*(model_files(model) if model else ()), data, config, bounds]
@@ -219,7 +219,7 @@ def evaluate(
     from ovrange.evaluate import generation_criterion, generation_lines, label_accuracy, predict
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file
-    from ovrange.runtime import set_batch_axes
+    from ovrange.batching import set_batch_axes
 
     inputs = [file for path in models for file in model_files(path)] + [data]
     axes = batch_axes(batch_axis)

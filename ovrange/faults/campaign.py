@@ -36,7 +36,8 @@ from ovrange.faults.spec import CampaignSpec
 from ovrange.faults.stopping import Stopping, fault_space
 from ovrange.graph import get_rt_json, inserted_nodes
 from ovrange.modelio import read_model
-from ovrange.runtime import Runner, batch_first, refuse_stateful, set_batch_axes
+from ovrange.batching import batch_first, set_batch_axes
+from ovrange.runtime import Runner, refuse_stateful
 
 ProgressFn = Callable[[int, int], None]
 
