@@ -3,7 +3,7 @@
 A *sample* is one item of a dataset after its transform: a numpy array (single-input model), a tuple/list of
 arrays (inputs in order) or a dict ``{input name: array}``. An array whose rank is one less than the model input's
 gets a batch axis; an array of full rank is taken as a batch already (nncf.Dataset items usually are).
-The batch axis of an input is axis 0 unless the model says otherwise (:func:`ovrange.runtime.input_batch_axes`:
+The batch axis of an input is axis 0 unless the model says otherwise (:func:`ovrange.batching.input_batch_axes`:
 Silero VAD's state ``[2, 1, 128]`` has it on axis 1; ``--batch-axis name:k`` sets it).
 
 Sources: an image folder (POT's "simplified" engine: decode, resize to the model input, NCHW/NHWC, BGR order
@@ -126,7 +126,7 @@ def subset(data: Any, subset_size: int | None, shuffle: bool = False, seed: int 
 
 def sample_arrays(sample: Any, model: ov.Model, axes: Sequence[int] | None = None) -> list[np.ndarray]:
     """Arrange one sample as a list of arrays in model-input order, each with its batch axis (``axes``, default
-    :func:`ovrange.runtime.input_batch_axes`)."""
+    :func:`ovrange.batching.input_batch_axes`)."""
     inputs = model.inputs
     if isinstance(sample, dict):
         arrays = []
@@ -227,7 +227,7 @@ def _concat(parts: list[list[np.ndarray]], axes: Sequence[int]) -> list[np.ndarr
 
 
 def batch_first(dataset: Dataset, model: ov.Model) -> Dataset:
-    """``dataset`` as :func:`ovrange.runtime.batch_first` of ``model`` takes it: each sample's arrays with their
+    """``dataset`` as :func:`ovrange.batching.batch_first` of ``model`` takes it: each sample's arrays with their
     batch axis moved to axis 0 (``dataset`` itself when every input has it there already)."""
     axes = input_batch_axes(model)
     if not any(axes):

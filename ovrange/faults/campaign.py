@@ -22,6 +22,7 @@ import numpy as np
 import openvino as ov
 
 from ovrange import data as data_mod
+from ovrange.batching import batch_first, set_batch_axes
 from ovrange.compare import Judge
 from ovrange.errors import ConfigError, DataError, OutputError
 from ovrange.faults.executors import Job, LocalExecutor, make_shards, shard_size as shard_trials
@@ -36,7 +37,6 @@ from ovrange.faults.spec import CampaignSpec
 from ovrange.faults.stopping import Stopping, fault_space
 from ovrange.graph import get_rt_json, inserted_nodes
 from ovrange.modelio import read_model
-from ovrange.batching import batch_first, set_batch_axes
 from ovrange.runtime import Runner, refuse_stateful
 
 ProgressFn = Callable[[int, int], None]
@@ -62,7 +62,7 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
     ``RAY_ADDRESS``) on a cluster; ``shard_size`` sets the trials per shard (default:
     :func:`ovrange.faults.executors.shard_size`); ``lanes`` sets the parallel engines of a local run (default:
     :func:`ovrange.faults.executors.local_lanes`). ``batch_axes`` (``{input: axis}``) says where an input has its
-    batch when it is not axis 0 (:func:`ovrange.runtime.set_batch_axes`); ``images`` (an ImageOptions) how an
+    batch when it is not axis 0 (:func:`ovrange.batching.set_batch_axes`); ``images`` (an ImageOptions) how an
     image folder is decoded.
     """
     if trials is None:
