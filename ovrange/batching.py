@@ -16,28 +16,38 @@ from ovrange.errors import ConfigError
 
 
 def input_batch_axes(model: ov.Model) -> list[int]:
-    """The batch axis of each model input: the ``N`` of its layout (``--batch-axis`` sets it), else axis 0 when it
-    is dynamic or 1, else the input's one dynamic dimension, else its one dimension of length 1 (Silero VAD's state
-    ``[2, 1, 128]``: axis 1), else axis 0."""
-    return [_batch_axis(parameter) for parameter in model.get_parameters()]
+    """The batch axis of each model input: the ``N`` of its layout (``--batch-axis`` sets it), else axis 0, except
+    for an input whose axis 0 cannot be the batch the other inputs share. All inputs share one batch: when inputs
+    with axis 0 dynamic or 1 show it (dynamic, or 1), an input whose axis 0 is static and another length has its
+    batch on its one dynamic axis (a dynamic batch), or its one axis of length 1 (a batch of 1): Silero VAD's input
+    ``[1, 576]`` and state ``[2, 1, 128]``, batched on axis 1. A single input is batched on axis 0."""
+    parameters = model.get_parameters()
+    shown = {_axis0(p) for p in parameters} - {None}
+    batch = "dynamic" if "dynamic" in shown else 1 if shown else None
+    return [_batch_axis(p, batch) for p in parameters]
 
 
-def _batch_axis(parameter: ov.Node) -> int:
+def _axis0(parameter: ov.Node) -> str | int | None:
+    """``dynamic`` or 1 when the input's axis 0 can be the batch (of unknown or of one sample), else None."""
+    shape = parameter.get_output_partial_shape(0)
+    if shape.rank.is_dynamic or shape.rank.get_length() == 0 or ov.layout_helpers.has_batch(parameter.get_layout()):
+        return None
+    return "dynamic" if shape[0].is_dynamic else 1 if shape[0].get_length() == 1 else None
+
+
+def _batch_axis(parameter: ov.Node, batch: str | int | None) -> int:
     shape = parameter.get_output_partial_shape(0)
     if shape.rank.is_dynamic or shape.rank.get_length() == 0:
         return 0
-    rank = shape.rank.get_length()
     layout = parameter.get_layout()
     if ov.layout_helpers.has_batch(layout):
-        return ov.layout_helpers.batch_idx(layout) % rank
+        return ov.layout_helpers.batch_idx(layout) % shape.rank.get_length()
     dims = list(shape)
-    if dims[0].is_dynamic or dims[0].get_length() == 1:
+    if batch is None or dims[0].is_dynamic or dims[0].get_length() == 1:
         return 0
-    for fits in (lambda d: d.is_dynamic, lambda d: d.is_static and d.get_length() == 1):
-        found = [axis for axis, dim in enumerate(dims) if fits(dim)]
-        if len(found) == 1:
-            return found[0]
-    return 0
+    found = [axis for axis, dim in enumerate(dims)
+             if (dim.is_dynamic if batch == "dynamic" else dim.is_static and dim.get_length() == 1)]
+    return found[0] if len(found) == 1 else 0
 
 
 def set_batch_axes(model: ov.Model, axes: dict[str, int] | None) -> ov.Model:

@@ -154,8 +154,8 @@ def progress_bar(description: str, enabled: bool = True, unit: str = "") -> Iter
 
 BatchAxis = Annotated[Optional[list[str]], opt("--batch-axis", more="protect keeps it in the protected IR (the "
                                                "input's layout N).", metavar="NAME:AXIS",
-                                               show_default="the N of the input's layout, else axis 0, or when "
-                                               "axis 0 is static and not 1, the input's one dynamic or length-1 axis "
+                                               show_default="the N of the input's layout, else axis 0, or the "
+                                               "one axis that can hold the batch the other inputs show on axis 0 "
                                                "(Silero VAD's state [2,1,128]: 1)")]
 Layout = Annotated[Optional[str], opt("--layout", show_default="guessed from the model input")]
 Mean = Annotated[Optional[str], opt("--mean", show_default=False)]
