@@ -11,7 +11,9 @@ import json
 import sys
 
 import numpy as np
+import openvino as ov
 import pytest
+from openvino import opset13 as ops
 
 from ovrange import data as data_mod
 from ovrange.cli import main
@@ -42,6 +44,11 @@ def model_and_data(zoo, name: str, split: str = "heldout"):  # noqa: F811
     return model, data_mod.load(folder / entry[split]["file"], model).dataset, folder / entry["model"]
 
 
+def relu_model(*shapes: list[int]) -> ov.Model:
+    params = [ops.parameter(ov.PartialShape(shape), ov.Type.f32) for shape in shapes]
+    return ov.Model([ops.relu(p) for p in params], params)
+
+
 def test_batch_axis_comes_from_the_layout_else_the_one_axis_that_can_be_the_batch(zoo):  # noqa: F811
     silero, _, _ = model_and_data(zoo, "silero_vad")
     palm, _, _ = model_and_data(zoo, "palm_detection_full")
@@ -49,6 +56,8 @@ def test_batch_axis_comes_from_the_layout_else_the_one_axis_that_can_be_the_batc
     assert input_batch_axes(palm) == [0]
     assert output_batch_axes(silero) == [0, 1]  # output [1, 1]; stateN [2, 1, 128]
     assert output_batch_axes(palm) == [None, None]  # [1, 2016, 18]: the batch is folded into the anchors
+    assert input_batch_axes(relu_model([4, 1, 28, 28])) == [0]  # one input: a static batch of 4, not axis 1
+    assert input_batch_axes(relu_model([-1, 576], [2, -1, 128])) == [0, 1]  # the other inputs' dynamic batch
     set_batch_axes(silero, {"input": 0, "state": 1})  # the layout agrees with the guess
     assert input_batch_axes(silero) == [0, 1] and "N" in str(silero.get_parameters()[1].get_layout())
     with pytest.raises(ConfigError, match="no input 'h'.*input, state"):
