@@ -56,12 +56,12 @@ def check(
     Accuracy is always measured; the overhead and SDC gates run only when their threshold is given.
     """
     from ovrange import data as data_mod
+    from ovrange.batching import set_batch_axes
     from ovrange.check import Thresholds
     from ovrange.check import check as run_check
     from ovrange.cli.benchmark import warn_mixed_formats
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, write_file_atomically
-    from ovrange.batching import set_batch_axes
     from ovrange.runtime import refuse_stateful
 
     thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)

@@ -76,10 +76,10 @@ def protect(
     """
     from ovrange import config as config_mod
     from ovrange import data as data_mod
+    from ovrange.batching import set_batch_axes
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, prepare_output_dir
     from ovrange.protect import chain_name, run_chain, save_protected
-    from ovrange.batching import set_batch_axes
     from ovrange.text import export_files
 
     known_inputs = [*(model_files(model) if model else ()), data, config, bounds]
@@ -215,11 +215,11 @@ def evaluate(
     --sdc generation:N (default 16 new tokens), agreement = the same N tokens.
     """
     from ovrange import data as data_mod
+    from ovrange.batching import set_batch_axes
     from ovrange.compare import Judge, SdcCriterion, agreement
     from ovrange.evaluate import generation_criterion, generation_lines, label_accuracy, predict
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file
-    from ovrange.batching import set_batch_axes
 
     inputs = [file for path in models for file in model_files(path)] + [data]
     axes = batch_axes(batch_axis)
