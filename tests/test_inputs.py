@@ -7,7 +7,6 @@ axis 1; MediaPipe's palm detector folds its batch into the anchors (``Reshape([1
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
@@ -16,11 +15,11 @@ import pytest
 from openvino import opset13 as ops
 
 from ovrange import data as data_mod
+from ovrange.batching import batch_first, input_batch_axes, output_batch_axes, set_batch_axes
 from ovrange.cli import main
 from ovrange.errors import ConfigError
 from ovrange.images import ImageOptions
 from ovrange.modelio import read_model
-from ovrange.batching import batch_first, input_batch_axes, output_batch_axes, set_batch_axes
 from ovrange.runtime import Runner
 from tests.test_zoo import zoo  # noqa: F401  (the session fixture building build/zoo)
 
