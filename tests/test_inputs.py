@@ -100,15 +100,18 @@ def test_the_batch_first_view_computes_what_the_model_computes(zoo):  # noqa: F8
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_benchmark_warns_when_the_formats_differ(zoo, monkeypatch, capsys):  # noqa: F811
+def test_benchmark_warns_when_the_formats_differ_and_takes_shapes_from_data(zoo, monkeypatch, capsys):  # noqa: F811
     folder, entries = zoo
-    entry = entries["iris_landmark"]
+    entry = entries["ppocr_cls"]  # [?, 3, ?, ?]: no shape of its own
     code, out, err = run_cli(monkeypatch, capsys, "benchmark", folder / entry["original"], folder / entry["model"],
-                             "--time", 0.4, "--sessions", 1)
+                             "--time", 0.4, "--sessions", 1, "--data", folder / entry["heldout"]["file"])
     assert code == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "a TFLite model" in warnings[0] and "an OpenVINO IR" in warnings[0]
-    assert "ovc iris_landmark.tflite" in warnings[0] and "latency overhead" in out
+    assert len(warnings) == 1 and "an ONNX model" in warnings[0] and "an OpenVINO IR" in warnings[0]
+    assert f"ovc {entry['original'].split('/')[-1]}" in warnings[0]
+    assert "x[1,3,48,192]" in out and "latency overhead" in out  # the held-out crops' shape
+    code, _, err = run_cli(monkeypatch, capsys, "benchmark", folder / entry["model"], folder / entry["model"])
+    assert code == 4 and err.strip().endswith("or --data (the shape of its first sample)"), err
 
 
 def test_a_model_openvino_cannot_read_is_one_line_naming_the_op_in_every_command(zoo, monkeypatch, capsys,  # noqa: F811
