@@ -1,8 +1,8 @@
 """Coverage accounting: which value tensors of a protected model a range guard covers, and why the others are not.
 
-A *value tensor* is an output of an op computed from the model inputs, between the inputs and the outputs: not a
-model input, not a Constant or a constant subgraph (weights and their decompression, which are weight sites), not a
-node ovrange inserted. Every value tensor is exactly one of:
+A *value tensor* is an output of an op computed from the model inputs that some op reads: not a model input, not a
+Constant or a constant subgraph (weights and their decompression, which are weight sites), not a node ovrange
+inserted, not an output nothing reads (MaxPool's indices). Every value tensor is exactly one of:
 
 - ``guarded``: a guard reads it directly (every consumer is an ovrange guard, or every other path is covered);
 - ``covered``: every path from it reaches a guard through ops that carry an out-of-range value to that guard as an
@@ -13,7 +13,9 @@ node ovrange inserted. Every value tensor is exactly one of:
 - ``uncovered``, with the reason: ``integer`` (shape, index or boolean tensors, which no range guard bounds),
   ``output`` (the value reaches a model output with no guard on the way: the outputs themselves, the head layers),
   ``before <Op>`` (it enters a computation unguarded: a Convolution, a product of two tensors, a normalization...),
-  ``unused`` (no consumer).
+  ``unused`` (only ``ShapeOf`` reads it: its values reach nothing).
+The reason is where the value stops being carried: a ReLU output that goes through MaxPool into an unguarded
+Convolution is ``before Convolution``.
 
 What a fused CPU kernel computes inside (a convolution's accumulators, an attention kernel's scores, an LSTM's gates)
 is no tensor of the graph, so it is neither counted nor covered. The figure is a property of the graph, not of a
@@ -37,6 +39,7 @@ RANGE_PROTECTIONS = ("RangeSupervision", "Ranger", "GlobalClipper")
 # Consumers that carry a value on (input ports; None: every input) without computing anything a fault could hide in.
 _CARRY: dict[str, tuple[int, ...] | None] = {**DATA_MOVEMENT, **{p: (0,) for p in POOLING}, "Pad": (0,),
                                              "Interpolate": (0,)}
+_SHAPE_ONLY = ("ShapeOf",)
 _TWO_TENSOR = ("Add", "Subtract", "Maximum", "Minimum")  # monotone in each input
 _CONSTANT_AFFINE = ("Add", "Subtract", "Multiply", "Divide")
 _ELEMENTWISE = (*ACTIVATIONS, "Convert")
@@ -56,8 +59,8 @@ class Coverage:
         return len(self.guarded) + len(self.covered) + len(self.uncovered)
 
     def reasons(self) -> dict[str, int]:
-        """Uncovered tensors per reason, most frequent first."""
-        return dict(Counter(self.uncovered.values()).most_common())
+        """Uncovered tensors per reason, most frequent first (ties by name)."""
+        return dict(sorted(Counter(self.uncovered.values()).items(), key=lambda item: (-item[1], item[0])))
 
     def line(self) -> str:
         """The one line ``protect`` prints."""
@@ -89,6 +92,8 @@ def coverage(model: ov.Model) -> Coverage:
                 or node.get_friendly_name() in inserted):
             continue
         for port, out in enumerate(node.outputs()):
+            if not out.get_target_inputs():
+                continue  # an output nothing reads (MaxPool's indices, an LSTM's last cell state)
             key = ids[node.get_name()] + (f":{port}" if port else "")
             status[node.get_name(), port] = _classify(out, status, inserted, live)
             order.append((key, status[node.get_name(), port]))
@@ -108,12 +113,12 @@ def _classify(out: ov.Output, status: dict[tuple[str, int], str], inserted: set[
     if not out.get_element_type().is_real():
         return "integer"
     consumers = list(out.get_target_inputs())
-    if not consumers:
+    paths = [p for p in (_path(target, status, inserted, live) for target in consumers) if p != "unused"]
+    if not paths:
         return "unused"
-    paths = [_path(target, status, inserted, live) for target in consumers]
     failed = [p for p in paths if p not in ("guarded", "covered")]
     if failed:
-        return "output" if "output" in failed else failed[0]
+        return "output" if "output" in failed else min(failed)  # consumers come in no fixed order
     return "guarded" if "guarded" in paths else "covered"
 
 
@@ -125,13 +130,15 @@ def _path(target: ov.Input, status: dict[tuple[str, int], str], inserted: set[st
         return "guarded"
     if kind == "Result":
         return "output"
+    if kind in _SHAPE_ONLY:
+        return "unused"  # reads the shape, never the values
     if not _carries(node, target.get_index(), live):
         return f"before {kind}"
     results = [status.get((node.get_name(), port), "unused") for port in range(node.get_output_size())]
     if all(r in ("unused", "integer") for r in results):
         return "unused" if "integer" not in results else f"before {kind}"
     failed = [r for r in results if r not in ("guarded", "covered", "unused")]
-    return failed[0] if failed else "covered"
+    return ("output" if "output" in failed else min(failed)) if failed else "covered"
 
 
 def _carries(node: ov.Node, port: int, live: set[str]) -> bool:
