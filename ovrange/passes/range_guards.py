@@ -45,7 +45,7 @@ PARAMS: dict[str, Param] = {
     "correction": Param(str, "clamp", one_of("clamp", "zero"), "clamp to the bound, or reset to 0"),
     "propagate": Param(bool, True, None, "carry bounds through pooling, reshape-like ops and Concat"),
     "inherent_bounds": Param(bool, True, None, "use (-1,1)/(0,1) for Tanh/Sigmoid/HSigmoid without statistics"),
-    "tighten_clamps": Param(bool, False, None, "also restrict existing Clamps (ReLU6) to their observed range"),
+    "tighten_clamps": Param(bool, False, None, "guard existing Clamps (ReLU6) even when activations leaves Clamp out"),
     "skip_last": Param(int, 0, lambda n: None if n >= 0 else "must be >= 0", "leave the last N activations alone"),
     "histogram_bins": Param(int, 2048, lambda n: None if 16 <= n <= 1 << 20 else "must be from 16 to 1048576 (the "
                             "limit)", "bins of percentile "
