@@ -98,10 +98,10 @@ def _ids_of(model: ov.Model, kind: str) -> set[str]:
 
 
 @pytest.mark.parametrize("algorithm", ["RangeSupervision", "Ranger", "GlobalClipper"])
-def test_relu6_clamps_and_prelus_are_targets(algorithm):
+def test_relu6_clamps_prelus_and_hard_sigmoids_are_targets(algorithm):
     module = algorithm_module(algorithm)
     values = validate(algorithm, {**COMMON_PARAMS, **module.PARAMS}, {}, "test", module.check_params)
-    for name, kind in (("pose_detection", "Clamp"), ("palm_detection_full", "PRelu")):
+    for name, kind in (("pose_detection", "Clamp"), ("palm_detection_full", "PRelu"), ("ppocr_cls", "HardSigmoid")):
         model = _zoo_model(name)
         wanted = _ids_of(model, kind)
         assert wanted and wanted <= {t.id for t in module.select(model, values).targets}, name
