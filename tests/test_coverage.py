@@ -7,6 +7,7 @@ MediaPipe TFLite detectors of the zoo (ReLU6 as Clamp, PReLU); ``ovrange protect
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -86,11 +87,16 @@ def test_other_protections_report_no_coverage():
     assert "coverage" not in ovrange.protection_info(protected).report
 
 
+@functools.cache
+def _read(xml: Path) -> ov.Model:
+    return ov.Core().read_model(xml)  # read once: select() and protect() leave their input model unchanged
+
+
 def _zoo_model(name: str) -> ov.Model:
     xml = ZOO / name / f"{name}.xml"
     if not xml.is_file():
         pytest.skip(f"{xml} missing: make zoo")
-    return ov.Core().read_model(xml)
+    return _read(xml)
 
 
 def _ids_of(model: ov.Model, kind: str) -> set[str]:
