@@ -62,7 +62,7 @@ def test_range_supervision_coverage_is_known():
     found = protection_coverage(protected)
     assert found.guarded == ("relu",)  # RS guards the activation only (no propagation)
     assert found.covered == ("conv", "bias")  # carried to the ReLU's guard by the bias Add and the ReLU
-    # the ReLU's guard also reads the product: a value of relu entering Multiply with itself is not carried
+    # what the guard's output feeds (the MaxPool, the product) is computed after it: a fault there is not cut
     assert found.uncovered == {"pool": "before Convolution", "shape": "integer", "reshape": "before Convolution",
                                "conv2": "output", "square": "output"}
     assert found.total == 8
