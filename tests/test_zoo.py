@@ -35,9 +35,6 @@ VALUE_RANGE = {"palm_detection_full": (0, 1), "face_landmark": (0, 1), "iris_lan
                "pose_detection": (-1, 1), "ppocr_det": (-1, 1), "ppocr_rec": (-1, 1), "ppocr_cls": (-1, 1)}
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
-RELU6_NOT_A_TARGET = ("error: model 'TensorFlow_Lite_Frontend_IR' has no supported activations (Relu, Swish, PRelu, "
-                      "Elu, Gelu, Sigmoid, Tanh, HSwish, HSigmoid, Mish, SoftPlus); nothing to protect "
-                      "-- its ReLU6 arrive as Clamp")
 FP16_TO_F32 = ("error: no weights of <out>/<name>_GlobalClipper/<name>.xml are stored as fp16: they are fp32 (use "
                "--format auto) -- GlobalClipper writes the fp16 weights back as f32")
 
@@ -193,9 +190,7 @@ def test_unreadable_model_is_refused_in_one_line_naming_the_op(zoo, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-PROTECT_CASES = [pytest.param(name, algorithm, id=f"{name}-{algorithm}",
-                              marks=[xfail(RELU6_NOT_A_TARGET)] if (name, algorithm) == ("pose_detection",
-                                                                                         "RangeSupervision") else [])
+PROTECT_CASES = [pytest.param(name, algorithm, id=f"{name}-{algorithm}")
                  for name in READABLE for algorithm in ("RangeSupervision", "GlobalClipper")]
 
 

@@ -155,13 +155,15 @@ def _write_json(json_out: Optional[Path], protected, model: Path, out_dir: Path,
     report = {"model": str(model), "protected_model": str(out_dir / f"{name}.xml"),
               "bounds": str(out_dir / "bounds.json"), "algorithm": info.algorithm, "samples": info.samples,
               "precision": info.precision, "protected_nodes": len(info.nodes),
-              "node_types": dict(sorted(Counter(node.get("type", "?") for node in info.nodes.values()).items()))}
+              "node_types": dict(sorted(Counter(node.get("type", "?") for node in info.nodes.values()).items())),
+              **({"coverage": info.report["coverage"]} if "coverage" in info.report else {})}
     write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
                           force=force, inputs=inputs)
     typer.echo(f"result:          {json_out}")
 
 
 def _print_summary(protected, out_dir: Path, name: str) -> None:
+    from ovrange.coverage import coverage_line
     from ovrange.protect import protection_info
 
     info = protection_info(protected)
@@ -174,6 +176,8 @@ def _print_summary(protected, out_dir: Path, name: str) -> None:
     width = max(len(label) for label in labels.values())
     for key, node in info.nodes.items():
         typer.echo(f"  {labels[key]:<{width}}  {node.get('type', ''):<9} {_describe(node)}")
+    if "coverage" in info.report:
+        typer.echo(coverage_line(info.report["coverage"]))
     typer.echo(f"protected model: {out_dir / (name + '.xml')}")
     typer.echo(f"bounds:          {out_dir / 'bounds.json'}")
 
