@@ -153,10 +153,10 @@ def test_nonfinite_values_do_not_survive_a_guard(nonfinite, nan_becomes):
     np.testing.assert_allclose(out, [nan_becomes, 2.0, -1.0, 2.0, 0.5, -0.5, 2.0, -1.0], rtol=1e-6, atol=1e-6)
 
 
-def test_nonfinite_keep_lets_nan_and_inf_through_as_nan_for_a_runtime_check():
+def test_nonfinite_keep_lets_nan_and_inf_through_for_a_runtime_check():
     model, values = _guarded_add("keep")
     out = run_model(model, values)[0, 0]
-    assert np.isnan(out[:3]).all() and np.array_equal(out[3:], [2.0, 0.5, -0.5, 2.0, -1.0])
+    assert np.isnan(out[0]) and np.array_equal(out[1:], [np.inf, -np.inf, 2.0, 0.5, -0.5, 2.0, -1.0])
 
 
 def test_a_fault_in_a_linear_output_is_cut_by_the_residual_guard():

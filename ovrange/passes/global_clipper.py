@@ -22,7 +22,7 @@ The probabilities a model returns (``probabilities`` role: a Softmax output) hav
 guard resets a value outside (or NaN) to 0 (:func:`ovrange.passes.guards.reset_guard`): 0 is what
 almost every probability is, where a clamp would make a flipped one a confident 1 (a wrong class).
 Non-finite values (``nonfinite``, as for every range guard: :mod:`ovrange.passes.guards`): ``keep`` (default)
-lets a NaN/Inf come out NaN (a DUE a runtime check can see), ``bound`` relies on the guard itself (the CPU plugin's
+lets NaN and +-Inf through unchanged (a DUE a runtime check can see), ``bound`` relies on the guard itself (the CPU plugin's
 Clamp and Maximum map NaN to the lower bound and +-Inf to the bounds; OpenVINO's reference Clamp would pass NaN),
 ``zero`` replaces NaN by 0 first (``Select(IsNaN)``).
 Guards are placed to fuse (:mod:`ovrange.passes.placement`): a pooling guard whose input is already guarded is
@@ -288,7 +288,7 @@ def _folded_guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str
     shape = [1] * entry["rank"]
     shape[entry["axis"]] = len(entry["high"])
     clamped, half = folded_clamp(nonfinite_input(x, nonfinite, name), entry, shape, name)
-    clamped = nonfinite_output(x, clamped, nonfinite, f"{name}/folded")  # NaN where x is not finite (keep)
+    clamped = nonfinite_output(x, clamped, nonfinite, f"{name}/folded")  # x where it is not finite (keep)
     for consumer in convs:
         layer = consumer.get_node()
         insertion.mark(fold_into_weight(layer, half, f"{name}/to/{layer.get_friendly_name()}").get_friendly_name(),

@@ -14,11 +14,12 @@ as inserted nodes.
 Non-finite values (``nonfinite``, one meaning for every range guard): the CPU plugin's Clamp, Minimum and Maximum
 map NaN to the low bound and +-Inf to the bounds, fused or not (measured, tests/test_placement.py), which turns a
 fault a system could detect (a NaN/Inf output: a DUE) into a plausible wrong answer (an SDC). ``keep`` (default)
-adds ``x * 0`` to the guarded value: 0 for a finite ``x``, NaN for NaN or +-Inf, so finite values are clamped as
-before and a non-finite one comes out NaN. No form that keeps NaN fuses into a convolution's post-ops (every fusable
-clip maps NaN to a bound); ``Clamp(x) + x * 0`` is one element-wise kernel (a CPU Subgraph), where
-``Select(IsFinite(x), Clamp(x), x)`` is two. ``bound`` is the guard alone; ``zero`` maps NaN to 0 first
-(``Select(IsNaN)``), then +-Inf to the bounds.
+lets non-finite values through unchanged, ``Select(|x| < inf, guard(x), x)``, and clamps finite ones as before: NaN
+stays NaN and +-Inf stays +-Inf (Inf, not NaN: the CPU's Relu and MaxPool drop a NaN, an Inf they pass on). No form
+that keeps them fuses into a convolution's post-ops (every fusable clip maps NaN and Inf to a bound): this one is one
+element-wise kernel (a CPU Subgraph, which takes following element-wise ops along), where ``Select(IsFinite(x), ...)``
+is two. ``bound`` is the guard alone (fused); ``zero`` maps NaN to 0 first (``Select(IsNaN)``), then +-Inf to the
+bounds.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ CLAMP_SUFFIX = "/min_max_Clamp"
 ZERO_SUFFIX = "/range_zero"
 NONFINITE = ("keep", "bound", "zero")
 NONFINITE_PARAM = Param(str, "keep", one_of(*NONFINITE),
-                        "non-finite values reaching a guard: keep (they come out NaN, a DUE a check can see), bound "
+                        "non-finite values reaching a guard: keep (they pass unchanged: a DUE a check can see), bound "
                         "(the guard maps NaN to the low bound, +-Inf to the bounds), zero (NaN to 0, +-Inf to the "
                         "bounds)")
 
@@ -52,14 +53,13 @@ def nonfinite_input(x: ov.Output, nonfinite: str, name: str) -> ov.Output:
 
 
 def nonfinite_output(x: ov.Output, guarded: ov.Node, nonfinite: str, name: str) -> ov.Node:
-    """The guard's last node, named ``name``: ``guarded``, or with ``keep`` ``guarded + x * 0`` (NaN where ``x``
-    is NaN or +-Inf, ``guarded`` elsewhere)."""
+    """The guard's last node, named ``name``: ``guarded``, or with ``keep`` ``x`` where ``x`` is NaN or +-Inf."""
     if nonfinite != "keep":
         guarded.set_friendly_name(name)
         return guarded
     guarded.set_friendly_name(name + "/bounded")
-    marker = ops.multiply(x, ops.constant(np.float32(0.0)), name=name + "/nonfinite_Multiply")
-    return ops.add(guarded, marker, name=name)
+    finite = ops.less(ops.abs(x, name=name + "/Abs"), ops.constant(np.float32(np.inf)), name=name + "/finite")
+    return ops.select(finite, guarded, x, name=name)
 
 
 def with_nonfinite(make: "GuardFn", nonfinite: str) -> "GuardFn":

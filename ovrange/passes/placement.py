@@ -14,7 +14,8 @@ Squeeze, Unsqueeze, Transpose: their outputs hold values of their input, or aver
   producer's output, where it fuses: ``clamp(maxpool(x)) == maxpool(clamp(x))`` for any monotone clamp, so
   outputs are identical. (Not AvgPool: the average of clamped values is not the clamped average.)
 
-Every other guard stays where it was planned. :func:`place` returns the new plan and a record of each guard it moved
+A bound Ranger carried through pooling or data movement (``propagate``, method ``propagated:``/``union:``) stays:
+catching a fault inside the pooling op is what it is planned for. Every other guard stays where it was planned. :func:`place` returns the new plan and a record of each guard it moved
 or dropped, with the reason, which the protection's report carries (``placement`` in ``bounds.json``).
 """
 
@@ -29,6 +30,7 @@ from ovrange.graph import node_ids
 # Ops whose output holds values of their (first) input, or averages of them: True = channels keep their axis.
 MONOTONE = {"MaxPool": True, "AvgPool": True, "Reshape": False, "Squeeze": False, "Unsqueeze": False,
             "Transpose": False}
+CARRIED = ("propagated:", "union:")  # Ranger's bounds carried through pooling/data movement (range_guards.propagate)
 # Producers whose post-ops take a moved guard (the CPU plugin's fusing layers and element-wise ops).
 FUSING = {"Convolution", "GroupConvolution", "MatMul", "MVN", "Add", "Multiply", "Subtract", "PRelu", "Relu",
           "Clamp", "Swish", "HSwish", "HSigmoid", "Sigmoid", "Tanh", "Elu", "Gelu", "Mish", "SoftPlus"}
@@ -57,7 +59,8 @@ def place(guards: dict[str, dict[str, Any]], graph: dict[str, dict[str, Any]]
     record: dict[str, dict[str, Any]] = {}
     for key, entry in guards.items():
         node = entry.get("node", key)
-        if "high" not in entry or entry.get("edge") or node not in graph:
+        if ("high" not in entry or entry.get("edge") or node not in graph
+                or str(entry.get("method", "")).startswith(CARRIED)):
             placed[key] = entry
             continue
         covering, path = _upstream_guard(node, graph, at)
