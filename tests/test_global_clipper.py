@@ -256,7 +256,7 @@ def test_ppocr_rec_reads_the_same_text_with_global_clipper():
 
     model = read_model(ocr_data.rec_model_path())
     protected = ovrange.protect(model, ocr_data.calibration_inputs(32, seed=0), algorithm="GlobalClipper",
-                                subset_size=32)
+                                subset_size=32, nonfinite="bound")  # the guards alone: the forms that fuse
     roles = Counter(n["role"] for n in ovrange.protection_info(protected).nodes.values())
     assert roles["attention"] >= 4 and roles["norm"] == 5 and roles["residual"] >= 4  # the SVTR neck is guarded
     texts = ocr_data.sample_texts(16, seed=123)  # unseen lines
