@@ -305,7 +305,7 @@ def test_default_bounds_are_per_channel_on_nchw_only_and_fuse_into_the_convoluti
 
     model = conv_then_tokens()
     calib = np.random.default_rng(1).standard_normal((16, 3, 6, 6)).astype(np.float32)
-    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16)
+    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16, nonfinite="bound")
     nodes = ovrange.protection_info(protected).nodes
     assert nodes["relu_nchw"]["axis"] == 1 and len(nodes["relu_nchw"]["high"]) == 4
     assert nodes["relu_tokens"]["axis"] is None  # [N, T, C]: one bound (the default, "nchw")
@@ -323,7 +323,8 @@ def test_per_channel_guard_on_a_linear_output_fuses_and_still_bounds_each_channe
 
     model = conv_then_tokens()
     calib = np.random.default_rng(1).standard_normal((16, 3, 6, 6)).astype(np.float32)
-    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16, per_channel=True)
+    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16, per_channel=True,
+                                nonfinite="bound")  # the guard alone: the form that fuses
     entry = ovrange.protection_info(protected).nodes["relu_tokens"]
     assert entry["axis"] == 2 and len(entry["high"]) == 8
     report = fusion_report(compile_model(protected, "CPU", precision="f32"), protected)

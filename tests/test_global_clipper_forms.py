@@ -62,7 +62,8 @@ def run(model: ov.Model, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def protected() -> ov.Model:
-    return ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32)
+    # the guards alone (nonfinite: bound): the forms whose fusion these tests check
+    return ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32, nonfinite="bound")
 
 
 def test_nchw_guards_fold_their_scale_into_the_consuming_convolutions(protected):
@@ -108,7 +109,7 @@ def test_output_probabilities_are_reset_outside_zero_to_one(protected):
     assert (entry["role"], entry["low"], entry["high"], entry["form"]) == ("probabilities", 0.0, 1.0, "reset")
     guard = next(n for n in protected.get_ops() if n.get_friendly_name() == "probs/min_max_Clamp")
     assert guard.get_type_name() == "Select" and protected.output("probs").get_node().input_value(0).get_node() == guard
-    without = ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32,
+    without = ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32, nonfinite="bound",
                               targets=[r for r in DEFAULT_ROLES if r != "probabilities"])
     np.testing.assert_array_equal(run(protected, images(16, seed=5)), run(without, images(16, seed=5)))
     x = ops.parameter([9], np.float32)
