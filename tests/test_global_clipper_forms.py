@@ -70,7 +70,9 @@ def test_nchw_guards_fold_their_scale_into_the_consuming_convolutions(protected)
     nodes = ovrange.protection_info(protected).nodes
     assert nodes["relu1"]["axis"] == 1 and nodes["relu2"]["axis"] == 1 and nodes["relu3"]["axis"] == 1
     folds = sorted(n for n, role in inserted_nodes(protected).items() if n.endswith(FOLD_SUFFIX))
-    assert folds == [f"relu1/to/c2/conv{FOLD_SUFFIX}", f"relu2/to/dw/conv{FOLD_SUFFIX}"]
+    # relu2 feeds only a convolution: folded; relu1 also feeds the mean, where the unscaled copy would be a kernel of
+    # its own (face_landmark: 19 of them), so relu1 keeps the affine form
+    assert folds == [f"relu2/to/dw/conv{FOLD_SUFFIX}"]
     assert all(inserted_nodes(protected)[n] == "decode" for n in folds)
     calib = images(32)
     a, b = run(cnn(), calib), run(protected, calib)

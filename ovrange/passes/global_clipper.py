@@ -264,8 +264,8 @@ def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "k
             consumers = sorted(source.get_target_inputs(), key=lambda i: (
                 -position.get(i.get_node().get_name(), len(position)), i.get_node().get_name(), i.get_index()))
         convs = [c for c in consumers if foldable(c)] if _folds(entry, nonfinite) else []
-        if len(convs) < len(consumers):  # the others' unscaled copy would be a kernel of its own: affine instead
-            convs = []
+        if len(convs) < len(consumers):
+            convs = []  # the others' unscaled copy would be a kernel of its own: the affine form instead
         others = [c for c in consumers if c not in convs]
         if convs:
             make = lambda x, e=entry, n=name, c=convs, o=bool(others): _folded_guard(  # noqa: E731
