@@ -152,7 +152,7 @@ def int8_weights(model: ov.Model, layer: str) -> ov.Model:
     """``model`` with ``layer``'s weight stored as int8: Constant(i8) -> Convert -> Multiply(scale per output)."""
     conv = next(n for n in model.get_ops() if n.get_friendly_name() == layer)
     w = conv.input_value(1).get_node().get_data()
-    scale = np.abs(w).reshape(len(w), -1).max(1).reshape(-1, 1, 1, 1) / 127
+    scale = np.abs(w).reshape(len(w), -1).max(1).reshape(-1, *[1] * (w.ndim - 1)) / 127
     q = ops.constant(np.round(w / scale).astype(np.int8))
     conv.input(1).replace_source_output(ops.multiply(ops.convert(q, ov.Type.f32), ops.constant(
         scale.astype(np.float32))).output(0))
@@ -162,11 +162,11 @@ def int8_weights(model: ov.Model, layer: str) -> ov.Model:
 
 def test_a_scale_folded_after_a_dequantization_is_decoded_with_it():
     """int8 weights: the injector decodes the stored integers with the dequantization scale *and* the folded one."""
-    model = int8_weights(cnn(), "c2/conv")
+    model = int8_weights(cnn(), "dw/conv")  # relu2 feeds only this (depthwise) convolution: its scale folds
     protected = ovrange.protect(model, images(32), algorithm="GlobalClipper", subset_size=32, targets=["activation"])
-    assert f"relu1/to/c2/conv{FOLD_SUFFIX}" in inserted_nodes(protected)
+    assert f"relu2/to/dw/conv{FOLD_SUFFIX}" in inserted_nodes(protected)
     sites = find_sites(protected, "weights")
-    assert {s.name: s.format for s in sites}["c2/conv"] == "int8"
+    assert {s.name: s.format for s in sites}["dw/conv"] == "int8"
     x = images(1)
     np.testing.assert_allclose(WeightInjector(protected, sites, [SHAPE]).run([x])[0], run(protected, x), rtol=1e-5,
                                atol=1e-6)
