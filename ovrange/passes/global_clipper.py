@@ -22,9 +22,9 @@ The probabilities a model returns (``probabilities`` role: a Softmax output) hav
 guard resets a value outside (or NaN) to 0 (:func:`ovrange.passes.guards.reset_guard`): 0 is what
 almost every probability is, where a clamp would make a flipped one a confident 1 (a wrong class).
 Non-finite values (``nonfinite``, as for every range guard: :mod:`ovrange.passes.guards`): ``keep`` (default)
-lets NaN and +-Inf through unchanged (a DUE a runtime check can see), ``bound`` relies on the guard itself (the CPU plugin's
-Clamp and Maximum map NaN to the lower bound and +-Inf to the bounds; OpenVINO's reference Clamp would pass NaN),
-``zero`` replaces NaN by 0 first (``Select(IsNaN)``).
+lets NaN and +-Inf through unchanged (a DUE a runtime check can see); ``bound`` relies on the guard itself (the CPU
+plugin's Clamp and Maximum map NaN to the lower bound and +-Inf to the bounds; OpenVINO's reference Clamp would pass
+NaN); ``zero`` replaces NaN by 0 first (``Select(IsNaN)``).
 Guards are placed to fuse (:mod:`ovrange.passes.placement`): a pooling guard whose input is already guarded is
 dropped, one after a MaxPool whose input is not moves before it.
 """
