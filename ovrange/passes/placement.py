@@ -15,8 +15,9 @@ Squeeze, Unsqueeze, Transpose: their outputs hold values of their input, or aver
   outputs are identical. (Not AvgPool: the average of clamped values is not the clamped average.)
 
 A bound Ranger carried through pooling or data movement (``propagate``, method ``propagated:``/``union:``) stays:
-catching a fault inside the pooling op is what it is planned for. Every other guard stays where it was planned. :func:`place` returns the new plan and a record of each guard it moved
-or dropped, with the reason, which the protection's report carries (``placement`` in ``bounds.json``).
+catching a fault inside the pooling op is what it is planned for. Every other guard stays where it was planned.
+:func:`place` returns the new plan and a record of each guard it moved or dropped, with the reason, which the
+protection's report carries (``placement`` in ``bounds.json``).
 """
 
 from __future__ import annotations
