@@ -153,10 +153,10 @@ def test_nonfinite_values_do_not_survive_a_guard(nonfinite, nan_becomes):
     np.testing.assert_allclose(out, [nan_becomes, 2.0, -1.0, 2.0, 0.5, -0.5, 2.0, -1.0], rtol=1e-6, atol=1e-6)
 
 
-def test_nonfinite_keep_lets_nan_through_for_a_runtime_check():
+def test_nonfinite_keep_lets_nan_and_inf_through_for_a_runtime_check():
     model, values = _guarded_add("keep")
     out = run_model(model, values)[0, 0]
-    assert np.isnan(out[0]) and np.array_equal(out[1:], [2.0, -1.0, 2.0, 0.5, -0.5, 2.0, -1.0])
+    assert np.isnan(out[0]) and np.array_equal(out[1:], [np.inf, -np.inf, 2.0, 0.5, -0.5, 2.0, -1.0])
 
 
 def test_a_fault_in_a_linear_output_is_cut_by_the_residual_guard():
@@ -256,7 +256,7 @@ def test_ppocr_rec_reads_the_same_text_with_global_clipper():
 
     model = read_model(ocr_data.rec_model_path())
     protected = ovrange.protect(model, ocr_data.calibration_inputs(32, seed=0), algorithm="GlobalClipper",
-                                subset_size=32)
+                                subset_size=32, nonfinite="bound")  # the guards alone: the forms that fuse
     roles = Counter(n["role"] for n in ovrange.protection_info(protected).nodes.values())
     assert roles["attention"] >= 4 and roles["norm"] == 5 and roles["residual"] >= 4  # the SVTR neck is guarded
     texts = ocr_data.sample_texts(16, seed=123)  # unseen lines
@@ -305,7 +305,7 @@ def test_default_bounds_are_per_channel_on_nchw_only_and_fuse_into_the_convoluti
 
     model = conv_then_tokens()
     calib = np.random.default_rng(1).standard_normal((16, 3, 6, 6)).astype(np.float32)
-    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16)
+    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16, nonfinite="bound")
     nodes = ovrange.protection_info(protected).nodes
     assert nodes["relu_nchw"]["axis"] == 1 and len(nodes["relu_nchw"]["high"]) == 4
     assert nodes["relu_tokens"]["axis"] is None  # [N, T, C]: one bound (the default, "nchw")
@@ -323,7 +323,8 @@ def test_per_channel_guard_on_a_linear_output_fuses_and_still_bounds_each_channe
 
     model = conv_then_tokens()
     calib = np.random.default_rng(1).standard_normal((16, 3, 6, 6)).astype(np.float32)
-    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16, per_channel=True)
+    protected = ovrange.protect(model, calib, algorithm="GlobalClipper", subset_size=16, per_channel=True,
+                                nonfinite="bound")  # the guard alone: the form that fuses
     entry = ovrange.protection_info(protected).nodes["relu_tokens"]
     assert entry["axis"] == 2 and len(entry["high"]) == 8
     report = fusion_report(compile_model(protected, "CPU", precision="f32"), protected)

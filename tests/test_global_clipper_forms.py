@@ -62,14 +62,17 @@ def run(model: ov.Model, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def protected() -> ov.Model:
-    return ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32)
+    # the guards alone (nonfinite: bound): the forms whose fusion these tests check
+    return ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32, nonfinite="bound")
 
 
 def test_nchw_guards_fold_their_scale_into_the_consuming_convolutions(protected):
     nodes = ovrange.protection_info(protected).nodes
     assert nodes["relu1"]["axis"] == 1 and nodes["relu2"]["axis"] == 1 and nodes["relu3"]["axis"] == 1
     folds = sorted(n for n, role in inserted_nodes(protected).items() if n.endswith(FOLD_SUFFIX))
-    assert folds == [f"relu1/to/c2/conv{FOLD_SUFFIX}", f"relu2/to/dw/conv{FOLD_SUFFIX}"]
+    # relu2 feeds only a convolution: folded; relu1 also feeds the mean, where the unscaled copy would be a kernel of
+    # its own (face_landmark: 19 of them), so relu1 keeps the affine form
+    assert folds == [f"relu2/to/dw/conv{FOLD_SUFFIX}"]
     assert all(inserted_nodes(protected)[n] == "decode" for n in folds)
     calib = images(32)
     a, b = run(cnn(), calib), run(protected, calib)
@@ -108,7 +111,7 @@ def test_output_probabilities_are_reset_outside_zero_to_one(protected):
     assert (entry["role"], entry["low"], entry["high"], entry["form"]) == ("probabilities", 0.0, 1.0, "reset")
     guard = next(n for n in protected.get_ops() if n.get_friendly_name() == "probs/min_max_Clamp")
     assert guard.get_type_name() == "Select" and protected.output("probs").get_node().input_value(0).get_node() == guard
-    without = ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32,
+    without = ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32, nonfinite="bound",
                               targets=[r for r in DEFAULT_ROLES if r != "probabilities"])
     np.testing.assert_array_equal(run(protected, images(16, seed=5)), run(without, images(16, seed=5)))
     x = ops.parameter([9], np.float32)
@@ -149,7 +152,7 @@ def int8_weights(model: ov.Model, layer: str) -> ov.Model:
     """``model`` with ``layer``'s weight stored as int8: Constant(i8) -> Convert -> Multiply(scale per output)."""
     conv = next(n for n in model.get_ops() if n.get_friendly_name() == layer)
     w = conv.input_value(1).get_node().get_data()
-    scale = np.abs(w).reshape(len(w), -1).max(1).reshape(-1, 1, 1, 1) / 127
+    scale = np.abs(w).reshape(len(w), -1).max(1).reshape(-1, *[1] * (w.ndim - 1)) / 127
     q = ops.constant(np.round(w / scale).astype(np.int8))
     conv.input(1).replace_source_output(ops.multiply(ops.convert(q, ov.Type.f32), ops.constant(
         scale.astype(np.float32))).output(0))
@@ -159,11 +162,11 @@ def int8_weights(model: ov.Model, layer: str) -> ov.Model:
 
 def test_a_scale_folded_after_a_dequantization_is_decoded_with_it():
     """int8 weights: the injector decodes the stored integers with the dequantization scale *and* the folded one."""
-    model = int8_weights(cnn(), "c2/conv")
+    model = int8_weights(cnn(), "dw/conv")  # relu2 feeds only this (depthwise) convolution: its scale folds
     protected = ovrange.protect(model, images(32), algorithm="GlobalClipper", subset_size=32, targets=["activation"])
-    assert f"relu1/to/c2/conv{FOLD_SUFFIX}" in inserted_nodes(protected)
+    assert f"relu2/to/dw/conv{FOLD_SUFFIX}" in inserted_nodes(protected)
     sites = find_sites(protected, "weights")
-    assert {s.name: s.format for s in sites}["c2/conv"] == "int8"
+    assert {s.name: s.format for s in sites}["dw/conv"] == "int8"
     x = images(1)
     np.testing.assert_allclose(WeightInjector(protected, sites, [SHAPE]).run([x])[0], run(protected, x), rtol=1e-5,
                                atol=1e-6)

@@ -21,7 +21,7 @@ def calib() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def protected(calib):
-    return ovrange.protect(seven_activation_model(), calib, subset_size=40)
+    return ovrange.protect(seven_activation_model(), calib, subset_size=40, nonfinite="bound")  # POT's form: Clamps
 
 
 def clamps(model: ov.Model) -> dict[str, ov.Node]:
@@ -81,7 +81,7 @@ def test_input_model_is_not_modified(calib):
 def test_output_tensor_names_move_to_the_clamp():
     model = activation_output_model("Relu")
     data = np.random.default_rng(3).standard_normal((5, 3, 6, 6)).astype(np.float32)
-    protected = ovrange.protect(model, data)
+    protected = ovrange.protect(model, data, nonfinite="bound")  # POT's form: the guard is one Clamp
     assert protected.outputs[0].get_names() == {"features"}
     assert protected.outputs[0].get_node().input_value(0).get_node().get_type_name() == "Clamp"
     holders = [op.get_type_name() for op in protected.get_ops() if op.get_type_name() != "Result"

@@ -33,7 +33,7 @@ def outputs(model: ov.Model, x: np.ndarray) -> np.ndarray:
 
 
 def test_bounds_carried_through_pool_concat_reshape(calib):
-    protected = ovrange.protect(ranger_model(), calib, algorithm="Ranger", subset_size=30)
+    protected = ovrange.protect(ranger_model(), calib, algorithm="Ranger", subset_size=30, nonfinite="bound")
     info = ovrange.protection_info(protected)
     methods = {name: bound.method for name, bound in info.bounds.items()}
     assert methods == {
@@ -105,7 +105,7 @@ def test_percentile_bounds_match_numpy_within_one_bin(calib):
 
 
 def test_per_channel_bounds_are_channel_extremes_and_exact(calib):
-    protected = ovrange.protect(ranger_model(), calib, algorithm="Ranger", per_channel=True)
+    protected = ovrange.protect(ranger_model(), calib, algorithm="Ranger", per_channel=True, nonfinite="bound")
     bounds = ovrange.protection_info(protected).bounds
     original = ranger_model()
     probe = ov.Model([ops.result(node_by_name(original, "relu_a").output(0))], original.get_parameters())

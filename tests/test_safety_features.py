@@ -168,3 +168,52 @@ def test_plots_without_matplotlib_are_off_with_a_note_or_an_error_before_the_cam
     asked = run(*base, "--report", tmp_path / "r2", "--plots", code=no_mpl)
     assert asked.returncode == 5 and asked.stderr.startswith("error: --plots needs matplotlib")
     assert not (tmp_path / "r2").exists()
+
+
+def test_resuming_a_complete_report_keeps_it_until_the_new_one_replaces_it(tiny, tmp_path, capsys, monkeypatch):
+    """``--resume`` of a finished campaign: the same outcomes, and the complete report is never removed first
+    (a failure while resuming leaves it as it was)."""
+    from ovrange.faults import report as report_mod
+    from tests.test_faults_cli import cli
+
+    report = tmp_path / "report"
+    args = ("inject", tiny / "m.xml", "--data", tiny / "x.npy", "--trials", "30", "--num-samples", "4", "-q",
+            "--no-plots", "--report", report)
+    assert cli(capsys, *args)[0] == 0
+    before = {name: (report / name).read_bytes() for name in (RESULT_FILE, SUMMARY_FILE)}
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_mod, "write_report", full_disk)
+    code, _, err = cli(capsys, *args, "--resume")
+    assert code == 5 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert {name: (report / name).read_bytes() for name in before} == before
+    monkeypatch.undo()
+    assert cli(capsys, *args, "--resume")[0] == 0
+    outcomes = [[m["outcomes"] for m in json.loads(text)["models"]]
+                for text in ((report / RESULT_FILE).read_text(), before[RESULT_FILE])]
+    assert outcomes[0] == outcomes[1]
+
+
+def test_json_inside_the_report_folder_is_refused(tiny, tmp_path, capsys):
+    from tests.test_faults_cli import cli
+
+    report = tmp_path / "report"
+    code, _, err = cli(capsys, "inject", tiny / "m.xml", "--data", tiny / "x.npy", "--trials", "10", "-q",
+                       "--report", report, "--json", report / "r.json")
+    assert code == 5 and "inside the --report folder" in err and err.count("\n") == 1, err
+    assert not report.exists()
+
+
+def test_running_out_of_memory_is_one_line_with_the_documented_code(tiny, capsys, monkeypatch):
+    """A dataset larger than the memory: MemoryError where the data is read (forced here; the real one needs a
+    machine-sized input) is one line, exit 6, not an internal error."""
+    from tests.test_faults_cli import cli
+
+    def too_big(*_args, **_kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(data_mod, "load", too_big)
+    code, _, err = cli(capsys, "evaluate", tiny / "m.xml", "--data", tiny / "x.npy", "-q")
+    assert code == 6 and err.startswith("error: out of memory") and err.count("\n") == 1, err

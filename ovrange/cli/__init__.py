@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from ovrange.errors import (ConfigError, Interrupted, OutputError, OvrangeError, Terminated,
+from ovrange.errors import (ConfigError, DeviceError, Interrupted, OutputError, OvrangeError, Terminated,
                             ctrl_c_deferred_while_the_command_imports)
 
 with ctrl_c_deferred_while_the_command_imports():
@@ -54,6 +54,9 @@ def main() -> None:
         _fail(str(exc), exc.exit_code, exc)
     except KeyboardInterrupt:  # outside typer's own handling (e.g. while it builds the command)
         _fail("interrupted", Interrupted.exit_code, None)
+    except MemoryError as exc:  # a batch, a dataset or a model larger than this machine's memory
+        _fail("out of memory: use a smaller --batch-size or --num-samples, or a machine with more memory",
+              DeviceError.exit_code, exc)
     except RecursionError as exc:  # a reader without its own depth limit met deeply nested input
         _fail(f"input nested too deeply to read: {exc}", ConfigError.exit_code, exc)
     except _click.exceptions.NoArgsIsHelpError as exc:  # bare `ovrange`: the help, exit 2

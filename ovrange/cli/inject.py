@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -161,6 +162,7 @@ def inject(
     if report is not None:
         _check_report_dir(Path(report), force, resume, inputs)
     if json_out is not None:
+        _check_json_outside(Path(json_out), report)
         check_output_file(json_out, force=force, inputs=inputs)
     plots = _plots_wanted(plots) if report is not None else False  # decided before the campaign runs
     detail(f"campaign: {', '.join(f'{k}={v}' for k, v in _settings(spec, default_batch).items())}")
@@ -213,6 +215,7 @@ def _sweep(model_path, data, compare, sweep: str, spec, report, json_out, plots:
     if report is not None:
         _check_report_dir(Path(report), force, False, inputs)
     if json_out is not None:
+        _check_json_outside(Path(json_out), report)
         check_output_file(json_out, force=force, inputs=inputs)
     plots = _plots_wanted(plots) if report is not None else False
     with progress_bar("sweeping", enabled=not quiet, unit="trials") as progress:
@@ -240,6 +243,13 @@ def _check_report_dir(path: Path, force: bool, resume: bool, inputs: list = ()) 
     if path.exists() and not force:
         raise OutputError(f"report folder already exists: {path} (use --force to overwrite or --resume)")
     prepare_output_dir(path, force=True, inputs=inputs)
+
+
+def _check_json_outside(json_out: Path, report: Path | None) -> None:
+    """The report folder is replaced as a whole: a --json file inside it would be lost with the old one."""
+    if report is not None and Path(os.path.abspath(json_out)).is_relative_to(os.path.abspath(report)):
+        raise OutputError(f"--json {json_out} is inside the --report folder {report}, which is replaced as a whole: "
+                          "write it elsewhere")
 
 
 def _plots_wanted(plots: bool | None) -> bool:

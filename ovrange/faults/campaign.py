@@ -30,7 +30,7 @@ from ovrange.faults.faultlist import FaultList, plan_faults
 from ovrange.faults.formats import OPS, parse_format, rebase_bits
 from ovrange.faults.injectors import check_batchable
 from ovrange.faults.inputs import InputStore, select_inputs
-from ovrange.faults.report import CHECKPOINT_FILE, FAULTS_FILE, remove_report
+from ovrange.faults.report import CHECKPOINT_FILE, FAULTS_FILE, RESULT_FILE, SUMMARY_FILE, remove_report
 from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, sites_in_format
 from ovrange.faults.spec import CampaignSpec
@@ -337,7 +337,10 @@ class _Checkpoint:
             self._restore(header, result)
             self.handle = open(self.path, "a")
             _lock(self.handle, directory)
-            remove_report(directory)  # a report beside a checkpoint must never look complete
+            if not all((directory / name).is_file() for name in (RESULT_FILE, SUMMARY_FILE)):
+                remove_report(directory)  # a partial report beside a checkpoint must never look complete
+            # A complete report is of this very campaign (same faults, models): it stays until the resumed run's
+            # report replaces it in one step.
         else:
             try:
                 directory.mkdir(parents=True, exist_ok=True)

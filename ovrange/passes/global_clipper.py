@@ -21,10 +21,12 @@ layer's logits entering Softmax: :func:`standalone`) is per-channel ``Minimum``/
 The probabilities a model returns (``probabilities`` role: a Softmax output) have known bounds ``[0, 1]``; their
 guard resets a value outside (or NaN) to 0 (:func:`ovrange.passes.guards.reset_guard`): 0 is what
 almost every probability is, where a clamp would make a flipped one a confident 1 (a wrong class).
-Non-finite values (``nonfinite``): ``bound`` relies on the guard itself -- the CPU plugin's Clamp and Maximum map
-NaN to the lower bound and +-Inf to the bounds (measured, checked by tests/test_global_clipper.py; OpenVINO's
-reference Clamp would pass NaN); ``zero`` replaces NaN by 0 explicitly (``Select(IsNaN)``, an extra kernel);
-``keep`` lets NaN through so that a runtime check can see it (DUE, not SDC).
+Non-finite values (``nonfinite``, as for every range guard: :mod:`ovrange.passes.guards`): ``keep`` (default)
+lets NaN and +-Inf through unchanged (a DUE a runtime check can see); ``bound`` relies on the guard itself (the CPU
+plugin's Clamp and Maximum map NaN to the lower bound and +-Inf to the bounds; OpenVINO's reference Clamp would pass
+NaN); ``zero`` replaces NaN by 0 first (``Select(IsNaN)``).
+Guards are placed to fuse (:mod:`ovrange.passes.placement`): a pooling guard whose input is already guarded is
+dropped, one after a MaxPool whose input is not moves before it.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ import openvino.opset13 as ops
 
 from ovrange.errors import ConfigError, ModelError
 from ovrange.graph import constant_values, node_ids
-from ovrange.params import Param, one_of
+from ovrange.params import Param
 from ovrange.passes import PassResult, Selection
 from ovrange.bounds import Bound
 from ovrange.passes.channel_guards import affine_clamp, fold_into_weight, foldable, folded_clamp, unscale
-from ovrange.passes.guards import CLAMP_SUFFIX, Insertion, clamp_guard, reset_guard
+from ovrange.passes.guards import (CLAMP_SUFFIX, NONFINITE, NONFINITE_PARAM, Insertion, clamp_guard, nonfinite_input,
+                                   nonfinite_output, reset_guard)
+from ovrange.passes.placement import describe, place
 from ovrange.passes.roles import ROLES as TENSOR_ROLES
 from ovrange.passes.roles import targets_by_role
 from ovrange.stats import StatRequest, Statistics
@@ -51,7 +55,6 @@ from ovrange.targets import (ACTIVATIONS, POOLING, Target, check_activations, la
 WEIGHTS = "weights"  # not a tensor: the stored weights of Convolution/MatMul layers, bounded per output channel
 ROLES = (*TENSOR_ROLES, WEIGHTS)
 DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling", "probabilities", WEIGHTS]
-NONFINITE = ("bound", "zero", "keep")
 
 PARAMS: dict[str, Param] = {
     "targets": Param(list, DEFAULT_ROLES, None, f"roles to guard, of: {', '.join(ROLES)}"),
@@ -60,8 +63,7 @@ PARAMS: dict[str, Param] = {
                          "one bound per feature channel (last axis of [N, T, C], axis 1 of NCHW); nchw: only on "
                          "NCHW tensors (where the CPU plugin fuses it into the convolution); targets whose feature "
                          "axis is dynamic get one bound"),
-    "nonfinite": Param(str, "bound", one_of(*NONFINITE), "NaN handling: bound (the guard maps it to a bound on "
-                                                          "CPU), zero (explicit Select), keep (let NaN through)"),
+    "nonfinite": NONFINITE_PARAM,
     "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
                     "widen each bound by this fraction of its range on both sides"),
     "activations": Param(list, list(ACTIVATIONS), None, "activation op types of the activation role"),
@@ -90,7 +92,7 @@ def select(model: ov.Model, params: dict[str, Any]) -> Selection:
         raise ModelError(f"model {model.get_friendly_name()!r} has no target of role(s) "
                          f"{', '.join(params['targets'])}; nothing to protect")
     check_targets(targets, params["per_channel"] is True)
-    return Selection(targets, {"layers": layers})
+    return Selection(targets, {"layers": layers, "graph": describe(model)})
 
 
 def requests(selection: Selection, params: dict[str, Any]) -> list[StatRequest]:
@@ -103,9 +105,10 @@ def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
     found = [stats[StatRequest(t.node, "minmax", _axis(t, params["per_channel"]))] for t in selection.targets]
     guards = make_plan(selection.targets, [f.low for f in found], [f.high for f in found],
                        stats.samples if found else 0, params["margin"])
+    guards, record = place(guards, selection.facts["graph"]) if "graph" in selection.facts else (guards, {})
     guards.update(weight_plan(selection.facts["layers"]))
     counts = {role: sum(e["role"] == role for e in guards.values()) for role in params["targets"]}
-    return guards, {"guards_by_role": counts}
+    return guards, {"guards_by_role": counts, **({"placement": record} if record else {})}
 
 
 def apply(model: ov.Model, plan: Any) -> PassResult:
@@ -237,14 +240,14 @@ def _rank(target: Target) -> int:
     return -1 if target.rank is None else target.rank
 
 
-def protected_copy(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "bound") -> ov.Model:
+def protected_copy(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "keep") -> ov.Model:
     """A clone of ``model`` with a guard on every tensor of ``plan`` (a hand-made plan); ``model`` is not modified."""
     clone = model.clone()
     insert(clone, plan, nonfinite)
     return clone
 
 
-def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "bound") -> bool:
+def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "keep") -> bool:
     """Insert a guard on every tensor of ``plan`` into ``model`` (edited) and record the inserted nodes."""
     if nonfinite not in NONFINITE:
         raise ConfigError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
@@ -261,6 +264,8 @@ def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "b
             consumers = sorted(source.get_target_inputs(), key=lambda i: (
                 -position.get(i.get_node().get_name(), len(position)), i.get_node().get_name(), i.get_index()))
         convs = [c for c in consumers if foldable(c)] if _folds(entry, nonfinite) else []
+        if len(convs) < len(consumers):
+            convs = []  # the others' unscaled copy would be a kernel of its own: the affine form instead
         others = [c for c in consumers if c not in convs]
         if convs:
             make = lambda x, e=entry, n=name, c=convs, o=bool(others): _folded_guard(  # noqa: E731
@@ -273,10 +278,8 @@ def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "b
 
 
 def _folds(entry: dict[str, Any], nonfinite: str) -> bool:
-    """Per-channel fused guards on NCHW tensors fold their scale into consuming convolutions (not with ``keep``,
-    whose Select mixes the guard's output with the raw tensor)."""
-    return (entry["axis"] == 1 and entry["rank"] >= 3 and entry.get("form", "fused") == "fused"
-            and nonfinite != "keep")
+    """Per-channel fused guards on NCHW tensors fold their scale into consuming convolutions."""
+    return entry["axis"] == 1 and entry["rank"] >= 3 and entry.get("form", "fused") == "fused"
 
 
 def _folded_guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str, convs: list[ov.Input],
@@ -286,7 +289,8 @@ def _folded_guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str
     clamp the convolutions read."""
     shape = [1] * entry["rank"]
     shape[entry["axis"]] = len(entry["high"])
-    clamped, half = folded_clamp(_nan_filtered(x, nonfinite, name), entry, shape, name)
+    clamped, half = folded_clamp(nonfinite_input(x, nonfinite, name), entry, shape, name)
+    clamped = nonfinite_output(x, clamped, nonfinite, f"{name}/folded")  # x where it is not finite (keep)
     for consumer in convs:
         layer = consumer.get_node()
         insertion.mark(fold_into_weight(layer, half, f"{name}/to/{layer.get_friendly_name()}").get_friendly_name(),
@@ -300,16 +304,10 @@ def _folded_guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str
     return node
 
 
-def _nan_filtered(x: ov.Output, nonfinite: str, name: str) -> ov.Output:
-    if nonfinite != "zero":
-        return x
-    return ops.select(ops.is_nan(x), ops.constant(np.float32(0.0)), x, name=f"{name}/nan_Select").output(0)
-
-
 def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.Node:
     """The guard of one plan entry on ``x``; its last node is named ``<name>/min_max_Clamp`` (as POT named guards;
     the fusion report and the fault-site list know guards from the inserted-node record)."""
-    value = _nan_filtered(x, nonfinite, name)
+    value = nonfinite_input(x, nonfinite, name)
     if entry.get("form") == "reset":
         node = reset_guard(value, _bound(entry), name + CLAMP_SUFFIX)
     elif entry["axis"] is None:
@@ -319,11 +317,7 @@ def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.
         shape[entry["axis"]] = len(entry["high"])
         node = (clamp_guard(value, _bound(entry), name + CLAMP_SUFFIX) if entry.get("form") == "standalone"
                 else affine_clamp(value, entry, shape, name))
-    if nonfinite == "keep":
-        node.set_friendly_name(f"{name}/min_max_Bound")
-        node = ops.select(ops.is_nan(x), x, node)
-    node.set_friendly_name(name + CLAMP_SUFFIX)
-    return node
+    return nonfinite_output(x, node, nonfinite, name + CLAMP_SUFFIX)
 
 
 def _bound(entry: dict[str, Any]) -> Bound:

@@ -10,6 +10,16 @@ the one the CPU plugin fuses into Convolution/FullyConnected/MVN post-ops), ``Mi
 values to zero (:func:`zero_guard` lets NaN through, :func:`reset_guard` resets it too). Guards are named
 ``<target id><suffix>`` (POT's ``<activation>/min_max_Clamp`` for an activation with a unique name) and recorded
 as inserted nodes.
+
+Non-finite values (``nonfinite``, one meaning for every range guard): the CPU plugin's Clamp, Minimum and Maximum
+map NaN to the low bound and +-Inf to the bounds, fused or not (measured, tests/test_placement.py), which turns a
+fault a system could detect (a NaN/Inf output: a DUE) into a plausible wrong answer (an SDC). ``keep`` (default)
+lets non-finite values through unchanged, ``Select(|x| < inf, guard(x), x)``, and clamps finite ones as before: NaN
+stays NaN and +-Inf stays +-Inf (Inf, not NaN: the CPU's Relu and MaxPool drop a NaN, an Inf they pass on). No form
+that keeps them fuses into a convolution's post-ops (every fusable clip maps NaN and Inf to a bound): this one is one
+element-wise kernel (a CPU Subgraph, which takes following element-wise ops along), where ``Select(IsFinite(x), ...)``
+is two. ``bound`` is the guard alone (fused); ``zero`` maps NaN to 0 first (``Select(IsNaN)``), then +-Inf to the
+bounds.
 """
 
 from __future__ import annotations
@@ -23,10 +33,41 @@ import openvino.opset13 as ops
 from ovrange.bounds import Bound
 from ovrange.errors import ConfigError
 from ovrange.graph import added_nodes, insert_after, node_names, record_inserted
+from ovrange.params import Param, one_of
 from ovrange.targets import outputs_by_id
 
 CLAMP_SUFFIX = "/min_max_Clamp"
 ZERO_SUFFIX = "/range_zero"
+NONFINITE = ("keep", "bound", "zero")
+NONFINITE_PARAM = Param(str, "bound", one_of(*NONFINITE),
+                        "non-finite values reaching a guard: bound (the guard alone, fused: on CPU NaN becomes the "
+                        "low bound, +-Inf the bounds), keep (they pass unchanged, a DUE a check can see; one kernel "
+                        "per guard), zero (NaN to 0, +-Inf to the bounds)")
+
+
+def nonfinite_input(x: ov.Output, nonfinite: str, name: str) -> ov.Output:
+    """What the guard reads: ``x``, or with ``zero`` NaN replaced by 0."""
+    if nonfinite != "zero":
+        return x
+    return ops.select(ops.is_nan(x), ops.constant(np.float32(0.0)), x, name=f"{name}/nan_Select").output(0)
+
+
+def nonfinite_output(x: ov.Output, guarded: ov.Node, nonfinite: str, name: str) -> ov.Node:
+    """The guard's last node, named ``name``: ``guarded``, or with ``keep`` ``x`` where ``x`` is NaN or +-Inf."""
+    if nonfinite != "keep":
+        guarded.set_friendly_name(name)
+        return guarded
+    guarded.set_friendly_name(name + "/bounded")
+    finite = ops.less(ops.abs(x, name=name + "/Abs"), ops.constant(np.float32(np.inf)), name=name + "/finite")
+    return ops.select(finite, guarded, x, name=name)
+
+
+def with_nonfinite(make: "GuardFn", nonfinite: str) -> "GuardFn":
+    """``make`` (a guard of this module) with the ``nonfinite`` policy around it."""
+    if nonfinite not in NONFINITE:
+        raise ConfigError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
+    return lambda x, bound, name: nonfinite_output(x, make(nonfinite_input(x, nonfinite, name), bound, name),
+                                                   nonfinite, name)
 
 
 def limits(output: ov.Output, bound: Bound) -> tuple[ov.Node, ov.Node]:
@@ -104,10 +145,13 @@ class Insertion:
         return bool(self.roles or self.constants)
 
 
-def insert_guards(model: ov.Model, bounds: dict[str, Bound], make: GuardFn, suffix: str) -> bool:
-    """Insert ``make`` after every bounded target of ``model`` (edited in place); record what was inserted."""
+def insert_guards(model: ov.Model, bounds: dict[str, Bound], make: GuardFn, suffix: str,
+                  nonfinite: str = "bound") -> bool:
+    """Insert ``make`` after every bounded target of ``model`` (edited in place), with the ``nonfinite`` policy;
+    record what was inserted."""
     if not bounds:
         return False
+    make = with_nonfinite(make, nonfinite)
     outputs = outputs_by_id(model)
     insertion = Insertion(model)
     for target, bound in bounds.items():

@@ -14,6 +14,9 @@ RangeSupervision (a preset, :mod:`ovrange.passes.range_supervision`).
 - The last ``skip_last`` activations can be left unprotected, as the paper left the last layer.
 - Correction: ``clamp`` to the bound (Ranger), or ``zero`` — reset out-of-bound values to 0 (the alternative the
   paper discusses in Section VI and finds harmful to accuracy).
+- Non-finite values stay non-finite by default (``nonfinite``, :mod:`ovrange.passes.guards`).
+- Guards are placed to fuse (:mod:`ovrange.passes.placement`): one whose input is already guarded through pooling or
+  data movement is dropped, one after a MaxPool moves before it; the plan's report records each.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from ovrange.errors import ConfigError
 from ovrange.graph import node_ids
 from ovrange.params import Param, one_of
 from ovrange.passes import PassResult, Selection
-from ovrange.passes.guards import CLAMP_SUFFIX, ZERO_SUFFIX, clamp_guard, insert_guards, zero_guard
+from ovrange.passes.guards import CLAMP_SUFFIX, NONFINITE_PARAM, ZERO_SUFFIX, clamp_guard, insert_guards, zero_guard
+from ovrange.passes.placement import describe, place
 from ovrange.stats import StatRequest, Statistics
 from ovrange.targets import (ACTIVATIONS, Target, check_activations, find_targets, outputs_by_id, require,
                              select as select_targets)
@@ -51,6 +55,7 @@ PARAMS: dict[str, Param] = {
                             "limit)", "bins of percentile "
                             "histograms (the percentile is exact to one bin width)"),
     "activations": Param(list, list(ACTIVATIONS), None, "activation op types to protect"),
+    "nonfinite": NONFINITE_PARAM,
 }
 
 
@@ -72,7 +77,7 @@ def select(model: ov.Model, params: dict[str, Any]) -> Selection:
     outputs = outputs_by_id(model)
     clamps = {t.id: _clamp_range(outputs[t.id].get_node()) for t in select_targets(every, ops=("Clamp",))}
     facts = {"clamps": clamps, "flow": _flow(model) if params["propagate"] else [],
-             "all": {t.id: t for t in every}}
+             "all": {t.id: t for t in every}, "graph": describe(model)}
     if params["tighten_clamps"]:
         activations += [t for t in every if t.id in clamps and t not in activations]
     flat = [t for t in activations if params["per_channel"] and t.feature_axis is None]
@@ -115,14 +120,19 @@ def plan(selection: Selection, stats: Statistics | None, params: dict[str, Any]
     guarded = dict(bounds)
     if selection.facts["flow"]:
         guarded.update(propagate(selection.facts["flow"], {**clamps, **bounds}, selection.facts["all"]))
-    return {key: bound.to_json() for key, bound in guarded.items()}, {}
+    planned = {key: bound.to_json() for key, bound in guarded.items()}
+    if "graph" not in selection.facts:
+        return planned, {}
+    placed, record = place(planned, selection.facts["graph"])
+    return placed, ({"placement": record} if record else {})
 
 
 def apply(model: ov.Model, plan: Any) -> PassResult:
-    """Insert a guard after every target of the plan (Clamp, per-channel Minimum/Maximum, or zeroing Select)."""
+    """Insert a guard after every target of the plan (Clamp, per-channel Minimum/Maximum, or zeroing Select), with
+    its non-finite policy (a plan saved without one: ``bound``, the guard alone)."""
     zero = plan.params.get("correction") == "zero"
     modified = insert_guards(model, plan.bounds, zero_guard if zero else clamp_guard,
-                             ZERO_SUFFIX if zero else CLAMP_SUFFIX)
+                             ZERO_SUFFIX if zero else CLAMP_SUFFIX, plan.params.get("nonfinite", "bound"))
     return PassResult(model, modified)
 
 

@@ -15,7 +15,7 @@ import openvino as ov
 from ovrange.params import Param
 from ovrange.passes import PassResult, Selection
 from ovrange.passes import range_guards
-from ovrange.passes.guards import CLAMP_SUFFIX  # noqa: F401  (re-exported: the POT name of the guard)
+from ovrange.passes.guards import CLAMP_SUFFIX, NONFINITE_PARAM  # noqa: F401  (CLAMP_SUFFIX: POT's guard name)
 from ovrange.stats import StatRequest, Statistics
 from ovrange.targets import ACTIVATIONS, POT_ACTIVATIONS
 
@@ -28,13 +28,14 @@ EXTENDED_ACTIVATIONS = ACTIVATIONS
 PARAMS: dict[str, Param] = {
     "activations": Param(list, list(EXTENDED_ACTIVATIONS), None,
                          "activation op types to protect; POT protected the first seven"),
+    "nonfinite": NONFINITE_PARAM,
 }
 _PRESET = {"bound": "max", "percentile": 100.0, "per_channel": False, "correction": "clamp", "propagate": False,
            "inherent_bounds": False, "tighten_clamps": False, "skip_last": 0, "histogram_bins": 2048}
 
 
 def ranger_params(params: dict[str, Any]) -> dict[str, Any]:
-    return {**_PRESET, "activations": params["activations"]}
+    return {**_PRESET, "activations": params["activations"], "nonfinite": params.get("nonfinite", "bound")}
 
 
 def check_params(params: dict[str, Any]) -> str | None:
