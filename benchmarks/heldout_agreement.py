@@ -19,6 +19,7 @@ import numpy as np
 from ovrange import validate
 from ovrange.compare import Judge, SdcCriterion
 from ovrange.data import load
+from ovrange.errors import OvrangeError
 from ovrange.faults.metrics import wilson
 from ovrange.modelio import read_model
 from ovrange.protect import protect, protection_info
@@ -65,7 +66,11 @@ def main() -> None:
         judges = [Judge.for_model(model, SdcCriterion.parse(entry["sdc"]), entry.get("sdc_output")),
                   Judge(SdcCriterion.parse("linf:0.01"), 0)]
         for algorithm in args.algorithms.split(","):
-            protected = protect(model, calib, algorithm=algorithm, holdout=args.holdout)
+            try:
+                protected = protect(model, calib, algorithm=algorithm, holdout=args.holdout)
+            except OvrangeError as exc:
+                print(f"{entry['name']:<20} {algorithm:<17} error: {exc}", flush=True)
+                continue
             info = protection_info(protected)
             out = outputs(protected, held)
             row = {"model": entry["name"], "algorithm": algorithm, "holdout": args.holdout,

@@ -98,7 +98,8 @@ def protect(
         guards, protected, entry = validate_heldout(
             model, guards, lambda g: apply_plan(model, replace(made, guards=g)), held, sdc=sdc,
             widen_bounds=widen, device=device)
-        made = replace(made, guards=guards, report={**report, "heldout": entry})
+        # every bound now covers the held-out samples too (those that did not fire held them already)
+        made = replace(made, guards=guards, samples=made.samples + len(held), report={**report, "heldout": entry})
         set_rt_json(protected, "protection", made.to_json())
     else:
         protected = apply_plan(model, made)
