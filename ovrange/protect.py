@@ -65,7 +65,7 @@ def protect(
         device: OpenVINO device for the statistics run (always f32).
         progress: called as ``progress(samples_done, samples_total)`` during calibration.
         holdout: share of the calibration subset held out to check the protected model against the original
-            (range protections: RangeSupervision, Ranger, GlobalClipper; :mod:`ovrange.validate`); bounds get a
+            (range protections: RangeSupervision, GlobalClipper; :mod:`ovrange.validate`); bounds get a
             margin and those that clip held-out values are widened. 0 disables it.
         sdc: the model's SDC criterion for that check (``linf:0.01`` on every output is always checked too);
             default ``auto`` (a classifier's top-1) where output 0's shape allows it.
@@ -94,10 +94,8 @@ def protect(
     guards, report = module.plan(selection, stats, values)
     made = ProtectionPlan(algorithm, values, guards, stats.samples if stats else 0, "f32", __version__, report)
     if held:
-        widen = not (algorithm == "Ranger" and values.get("bound") == "percentile")  # tight on purpose
         guards, protected, entry = validate_heldout(
-            model, guards, lambda g: apply_plan(model, replace(made, guards=g)), held, sdc=sdc,
-            widen_bounds=widen, device=device)
+            model, guards, lambda g: apply_plan(model, replace(made, guards=g)), held, sdc=sdc, device=device)
         # every bound now covers the held-out samples too (those that did not fire held them already)
         made = replace(made, guards=guards, samples=made.samples + len(held), report={**report, "heldout": entry})
         set_rt_json(protected, "protection", made.to_json())

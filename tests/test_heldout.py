@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ovrange import validate
 from ovrange.check import Thresholds, check
 from ovrange.data import load
 from ovrange.errors import ConfigError
+from ovrange.graph import set_rt_json
 from ovrange.protect import protection_info
 from ovrange.stats import MinMax
 from tests.models import seven_activation_model
@@ -97,7 +99,7 @@ def test_bounds_that_fire_on_held_out_inputs_are_widened_and_agreement_is_report
     assert not np.allclose(outs[1], outs[0], rtol=0, atol=1e-3) and np.array_equal(outs[2], outs[0])
 
 
-def test_lenet_reports_top1_and_linf_agreement_and_a_clipping_protection_fails_check(bundled):
+def test_lenet_reports_top1_and_linf_agreement_and_a_clipping_protection_warns_and_fails_check(bundled):
     paths = bundled["lenet"]
     model = ov.Core().read_model(paths["xml"])
     data = load(paths["calib_npz"], model)
@@ -106,15 +108,21 @@ def test_lenet_reports_top1_and_linf_agreement_and_a_clipping_protection_fails_c
     assert entry["samples"] == 6
     assert {a["criterion"] for a in entry["agreement"]} == {"linf:0.01", "top1"}
     assert not entry["changes_outputs"]
-    # Ranger with a 90th-percentile bound clips clean values on purpose: reported, not widened, and check fails.
-    tight = ovrange.protect(model, data.dataset, algorithm="Ranger", subset_size=30, bound="percentile",
-                            percentile=90.0, histogram_bins=64)
-    tight_entry = protection_info(tight).report["heldout"]
-    assert tight_entry["changes_outputs"] and tight_entry["widened"] == 0
-    assert validate.warning(tight_entry).startswith("warning: the protected model changes")
-    gate = check(model, tight, load(paths["calib_npz"], model), Thresholds(), limit=8).gates
-    assert [g.name for g in gate] == ["heldout_agreement"] and not gate[0].passed
-    assert "changed by the protection" in gate[0].message
+    assert [(g.name, g.passed) for g in check(model, protected, data, Thresholds(), limit=8).gates] == [
+        ("heldout_agreement", True)]
+    # Bounds from 3 samples, checked without widening on 12 others: they clip, and the report says so.
+    samples = [s for s, _ in zip(data.dataset.get_inference_data(), range(15))]
+    tight = ovrange.protect(model, samples[:3], algorithm="RangeSupervision", holdout=0)
+    plan = protection_info(tight)
+    guards, clipped, found = validate.validate(
+        model, plan.guards, lambda g: ovrange.protect(model, plan=replace(plan, guards=g)), samples[3:],
+        widen_bounds=False)
+    assert found["changes_outputs"] and found["widened"] == 0 and guards == plan.guards
+    assert validate.warning(found).startswith("warning: the protected model changes ")
+    set_rt_json(clipped, "protection", replace(plan, report={"heldout": found}).to_json())
+    gates = check(model, clipped, data, Thresholds(), limit=8).gates
+    assert [g.name for g in gates] == ["heldout_agreement"] and not gates[0].passed
+    assert "changed by the protection" in gates[0].message
 
 
 # ---------------------------------------------------------------------------------------------------------------
