@@ -204,12 +204,13 @@ def warning(entry: dict[str, Any]) -> str | None:
 
 
 def validate(model: ov.Model, guards: dict[str, dict[str, Any]], build: Callable[[dict], ov.Model],
-             samples: Sequence[Any], *, sdc: str | None = None, widen_bounds: bool = True, margin: float = MARGIN,
-             device: str = "CPU") -> tuple[dict[str, dict[str, Any]], ov.Model, dict[str, Any]]:
+             samples: Sequence[Any], *, sdc: str | None = None, widen_bounds: bool = True,
+             margin: float | None = None, device: str = "CPU") -> tuple[dict[str, dict[str, Any]], ov.Model, dict[str, Any]]:
     """(final guards, the protected model ``build(guards)`` makes of them, the ``heldout`` report entry).
 
     With ``widen_bounds``: every range bound gets ``margin``, bounds that fire on ``samples`` are widened
     (:func:`widen`), and the check repeats while outputs differ and bounds still fire (at most :data:`ROUNDS`)."""
+    margin = MARGIN if margin is None else margin
     guards = with_margin(guards, margin) if widen_bounds else dict(guards)
     watched = [key for key, guard in guards.items() if widenable(guard)] if widen_bounds else []
     seen, reference = observe(model, samples, [request(guards[key]) for key in watched], device=device)
