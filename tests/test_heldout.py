@@ -146,7 +146,7 @@ def test_cli_prints_and_writes_the_agreement_and_check_gates_it(tmp_path):
     gates = check(original, guarded, load(ZOO / "iris_landmark" / "heldout.npz", original), Thresholds(),
                   batch_size=1, limit=2).gates
     assert [(g.name, g.passed) for g in gates] == [("heldout_agreement", True)]
-    assert gates[0].message.startswith("held-out agreement 100.00% (2/2 clean samples")
+    assert gates[0].message.startswith("held-out agreement 100.00% (1/1 clean samples")
     bad = run("protect", xml, "--data", calib, "--holdout", 1.5, "-o", tmp_path / "x", "-q")
     assert bad.returncode != 0 and bad.stderr.startswith("error: --holdout must be a fraction")
     assert not (tmp_path / "x").exists()
