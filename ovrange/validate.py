@@ -32,7 +32,7 @@ from ovrange.faults.metrics import wilson
 from ovrange.stats import MinMax, StatRequest, observe
 
 DEFAULT_HOLDOUT = 0.2  # share of the calibration subset held out
-MARGIN = 1.0  # every range bound grows by this many times its range on each side
+MARGIN = 3.0  # every range bound grows by this many times its range on each side
 WIDEN = 4.0  # a bound that fires on a held-out value: cover it, plus this many times the range
 ROUNDS = 3  # widen-and-check rounds at most
 LINF = "linf:0.01"  # the fixed clean-output criterion, beside the model's own
