@@ -12,6 +12,10 @@ Units, chosen to read like the numbers people quote:
 * ``max_overhead``: percent of latency, the overhead :func:`ovrange.bench.benchmark` reports (``1`` = 1%).
 * ``min_sdc_reduction``: times fewer SDCs, as Ranger reports it (``5`` = at least 5x fewer), from one fault-injection
   campaign replaying the same faults on both models.
+
+A model ``protect`` validated on held-out calibration samples (:mod:`ovrange.validate`) always gets the
+``heldout_agreement`` gate: it fails when the protection changed a clean held-out output (under the model's
+criterion or ``linf:0.01``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ovrange.compare import Judge, SdcCriterion, agreement, output_index
 from ovrange.data import LabelledData
 from ovrange.errors import CheckFailed, ConfigError
 from ovrange.evaluate import label_accuracy, predict_outputs
+from ovrange.graph import get_rt_json
 
 ProgressFn = Callable[[int, int], None]
 
@@ -149,6 +154,9 @@ def check(
         gates.append(_at_most("overhead", bench.latency_overhead_pct, thresholds.max_overhead, "%",
                               f"latency overhead {bench.latency_overhead_pct:+.2f}% (paired, 95% CI "
                               f"{(ratio.low - 1) * 100:+.2f}% to {(ratio.high - 1) * 100:+.2f}%)"))
+    heldout = heldout_gate(protected)
+    if heldout is not None:
+        gates.append(heldout)
     campaign = None
     if thresholds.min_sdc_reduction is not None:
         campaign, gate = _sdc_gate(original, protected, data, thresholds, device=device, seed=seed, sdc=sdc,
@@ -171,6 +179,22 @@ def measure_accuracy(original: ov.Model, protected: ov.Model, data: LabelledData
         return Accuracy("labels", len(outputs[0]), scores[0], scores[1])
     reference = f"original outputs ({judge.criterion})" if judge else "original predictions"
     return Accuracy(reference, len(outputs[0]), 1.0, agreement(outputs[0], outputs[1], judge))
+
+
+def heldout_gate(protected: ov.Model) -> Gate | None:
+    """The held-out agreement ``protect`` recorded in a protected model (:mod:`ovrange.validate`): a protection that
+    changed clean held-out outputs fails; None for a model protected without held-out validation."""
+    raw = get_rt_json(protected, "protection")
+    entry = raw.get("report", {}).get("heldout") if isinstance(raw, dict) else None
+    if not isinstance(entry, dict) or not entry.get("agreement"):
+        return None
+    worst = min(entry["agreement"], key=lambda a: a["rate"])
+    changed = worst["total"] - worst["agree"]
+    what = (f"held-out agreement {worst['rate']:.2%} ({worst['agree']}/{worst['total']} clean samples, 95% CI "
+            f"{worst['ci95'][0]:.1%}-{worst['ci95'][1]:.1%}, {worst['criterion']})")
+    passed = changed == 0
+    return Gate("heldout_agreement", float(worst["rate"]), 1.0, passed,
+                f"{what}: clean outputs {'unchanged' if passed else 'changed by the protection'}")
 
 
 def _at_most(name: str, measured: float, limit: float, unit: str, what: str) -> Gate:

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ovrange.algorithms import PROTECTIONS, QUANTIZATIONS, AlgorithmConfig, schema
+from ovrange.compare import SdcCriterion
 from ovrange.errors import ConfigError
 from ovrange.modelio import check_name
 from ovrange.params import validate
+from ovrange.validate import DEFAULT_HOLDOUT, check_fraction
 
 ENGINE_TYPES = ("simplified",)
 
@@ -45,6 +47,8 @@ class ProtectConfig:
     device: str = "CPU"
     algorithms: tuple[AlgorithmConfig, ...] = field(default_factory=lambda: (default_algorithm(),))
     source: Path | None = None
+    holdout: float = DEFAULT_HOLDOUT  # compression.holdout: share of the calibration subset held out (0: off)
+    sdc: str | None = None  # compression.sdc: the model's SDC criterion for the held-out check
 
     @property
     def algorithm(self) -> AlgorithmConfig:
@@ -229,7 +233,7 @@ _SECTIONS = {
     "engine": {"type": str, "data_source": str, "layout": str, "device": str,
                # image-folder preprocessing (ovrange.images.ImageOptions): MO's mean/scale values, colour, static shape
                "mean_values": list, "scale_values": list, "color_order": str, "shape": (str, list)},
-    "compression": {"target_device": str, "algorithms": list},
+    "compression": {"target_device": str, "algorithms": list, "holdout": (int, float), "sdc": str},
 }
 
 
@@ -260,6 +264,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path = Path("."), source: Path |
     if "algorithms" in compression and not algorithms:
         raise ConfigError(f"compression.algorithms in {where} is empty")
     _check_chain(algorithms, where)
+    holdout = check_fraction(compression.get("holdout", DEFAULT_HOLDOUT), f"compression.holdout in {where}")
+    if "sdc" in compression:
+        SdcCriterion.parse(compression["sdc"])  # a bad criterion fails when the config is read
 
     def resolve(value: str | None) -> Path | None:
         return None if value is None else (base_dir / Path(value).expanduser())
@@ -274,6 +281,8 @@ def parse_config(raw: dict[str, Any], base_dir: Path = Path("."), source: Path |
         device=engine.get("device", compression.get("target_device", "CPU")).replace("ANY", "CPU"),
         algorithms=algorithms or (default_algorithm(),),
         source=source,
+        holdout=holdout,
+        sdc=compression.get("sdc"),
     )
 
 

@@ -25,7 +25,11 @@ from ovrange.modelio import save_model
 from ovrange.outputs import write_dir_atomically
 from ovrange.params import COMMON_PARAMS, validate
 from ovrange.plan import ProtectionPlan
+from ovrange.data import Dataset, as_dataset, select_indices
+from ovrange.runtime import is_stateful
 from ovrange.stats import collect
+from ovrange.validate import DEFAULT_HOLDOUT, WIDENED, check_fraction, split
+from ovrange.validate import validate as validate_heldout
 from ovrange.targets import outputs_by_id
 from ovrange.version import __version__
 
@@ -44,6 +48,8 @@ def protect(
     seed: int = 0,
     device: str = "CPU",
     progress: ProgressFn | None = None,
+    holdout: float = DEFAULT_HOLDOUT,
+    sdc: str | None = None,
     **params: Any,
 ) -> ov.Model:
     """Return a protected copy of ``model`` with bounds (or thresholds) learned from ``dataset``.
@@ -59,6 +65,11 @@ def protect(
             ``shuffle_data`` and ``seed``.
         device: OpenVINO device for the statistics run (always f32).
         progress: called as ``progress(samples_done, samples_total)`` during calibration.
+        holdout: share of the calibration subset held out to check the protected model against the original
+            (range protections: RangeSupervision, GlobalClipper; :mod:`ovrange.validate`); bounds get a
+            margin and those that clip held-out values are widened. 0 disables it.
+        sdc: the model's SDC criterion for that check (``linf:0.01`` on every output is always checked too);
+            default ``auto`` (a classifier's top-1) where output 0's shape allows it.
         **params: the algorithm's own parameters, as in a config file (e.g. ``bound="percentile"``).
     """
     if get_rt_json(model, "protection") is not None:
@@ -71,15 +82,27 @@ def protect(
                       getattr(module, "check_params", None))
     selection = module.select(model, values)
     wanted = module.requests(selection, values)
-    stats = None
+    holdout = check_fraction(holdout)
+    stats, held = None, []
     if wanted:
         if dataset is None:
             raise ConfigError(f"{algorithm} needs calibration data (or a saved plan)")
+        if holdout and algorithm in WIDENED and not is_stateful(model):
+            dataset, held = holdout_split(dataset, subset_size, shuffle, seed, holdout)
+            subset_size, shuffle = None, False
         stats = collect(model, dataset, wanted, subset_size=subset_size, batch_size=batch_size, shuffle=shuffle,
                         seed=seed, device=device, progress=progress)
     guards, report = module.plan(selection, stats, values)
     made = ProtectionPlan(algorithm, values, guards, stats.samples if stats else 0, "f32", __version__, report)
-    protected = apply_plan(model, made)
+    if held:
+        guards, protected, entry = validate_heldout(
+            model, guards, lambda g: apply_plan(model, replace(made, guards=g)), held, sdc=sdc, device=device)
+        # every bound now covers the held-out samples too (those that did not fire held them already)
+        made = replace(made, guards=guards, samples=made.samples + len(held),
+                     report={**protection_info(protected).report, "heldout": entry})  # coverage kept
+        set_rt_json(protected, "protection", made.to_json())
+    else:
+        protected = apply_plan(model, made)
     measure = getattr(module, "measure", None)
     if measure is not None and dataset is not None:
         measured, samples = measure(model, protected, dataset, values, device=device, progress=progress)
@@ -87,6 +110,36 @@ def protect(
                               {**protection_info(protected).report, **measured})
         set_rt_json(protected, "protection", made.to_json())
     return protected
+
+
+def holdout_split(dataset: Any, subset_size: int | None, shuffle: bool, seed: int, fraction: float
+                  ) -> tuple[Dataset, list[Any]]:
+    """(the calibration part of the subset, the held-out samples): :func:`ovrange.validate.split` of the POT
+    subset (first ``subset_size`` samples, or a seeded random one); the calibration part is read lazily."""
+    source = as_dataset(dataset)
+    if source.has_len():
+        indices = select_indices(len(source), subset_size, shuffle, seed)
+        items: Any = None
+    else:
+        items = list(source.get_inference_data())
+        indices = select_indices(len(items), subset_size, shuffle, seed)
+    rest, held = split(len(indices), fraction, seed)
+    if items is not None:
+        return Dataset([items[i] for i in indices[rest]]), [items[i] for i in indices[held]]
+    return Dataset(_Picked(source, indices[rest])), list(source.get_inference_data(indices[held]))
+
+
+class _Picked:
+    """Samples ``indices`` of ``source``, indexable (read one at a time, transformed by the source)."""
+
+    def __init__(self, source: Dataset, indices: Any):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return next(iter(self.source.get_inference_data([int(self.indices[index])])))
 
 
 def apply_plan(model: ov.Model, plan: ProtectionPlan) -> ov.Model:
@@ -123,8 +176,10 @@ def check_plan_fits(model: ov.Model, plan: ProtectionPlan) -> None:
 
 
 def run_chain(model: ov.Model, dataset: Any, algorithms: tuple[AlgorithmConfig, ...], *, device: str = "CPU",
-              progress: ProgressFn | None = None) -> ov.Model:
-    """A POT chain: its quantization steps (nncf, in the order listed), then its one protection, on a copy."""
+              progress: ProgressFn | None = None, holdout: float = DEFAULT_HOLDOUT,
+              sdc: str | None = None) -> ov.Model:
+    """A POT chain: its quantization steps (nncf, in the order listed), then its one protection, on a copy;
+    ``holdout`` and ``sdc`` as in :func:`protect`."""
     from ovrange import quantize
 
     for step in (a for a in algorithms if a.name in QUANTIZATIONS):
@@ -132,7 +187,8 @@ def run_chain(model: ov.Model, dataset: Any, algorithms: tuple[AlgorithmConfig, 
     last = next(a for a in algorithms if a.name not in QUANTIZATIONS)
     own = {k: v for k, v in last.params.items() if k not in COMMON_PARAMS}
     return protect(model, dataset, algorithm=last.name, subset_size=last.subset_size, batch_size=last.batch_size,
-                   shuffle=last.shuffle, seed=last.seed, device=device, progress=progress, **own)
+                   shuffle=last.shuffle, seed=last.seed, device=device, progress=progress, holdout=holdout, sdc=sdc,
+                   **own)
 
 
 def chain_name(algorithms: tuple[AlgorithmConfig, ...]) -> str:

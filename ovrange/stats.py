@@ -324,3 +324,23 @@ def histogram(tensor: np.ndarray, low, high, bins: int, axis: int | None) -> np.
     index = np.clip(((values - lo) / width * bins).astype(np.int64), 0, bins - 1)
     flat = (index + np.arange(channels).reshape(-1, 1) * bins).ravel()
     return np.bincount(flat, minlength=channels * bins).reshape(channels, bins)
+
+
+def observe(model: ov.Model, samples: Iterable, requests: Iterable[StatRequest], *, device: str = "CPU"
+            ) -> tuple[dict[StatRequest, MinMax], list[np.ndarray]]:
+    """Min/max ``requests`` over ``samples`` and the model's own outputs (one array per output: the per-sample
+    outputs stacked on a new axis 0, so a model whose batch axis is not 0 still gives one row per sample), from one
+    pass of one statistics model, one sample at a time (held-out validation: a few samples, any model)."""
+    wanted = list(dict.fromkeys(r for r in requests if r.kind == "minmax"))
+    stats_model, layout = statistics_model(model, wanted, keep_outputs=True)
+    runner = Runner(stats_model, device=device, batch_size=1, batched_outputs=False, command="protect")
+    fold = _Fold(layout, {})
+    own = len(model.outputs)
+    collected: list[list[np.ndarray]] = [[] for _ in range(own)]
+    for outputs, _ in runner.run(data_mod.batches(samples, model, 1)):
+        if wanted:
+            fold.add(outputs)
+        for index, value in enumerate(outputs[len(outputs) - own:]):
+            collected[index].append(np.array(value, copy=True))
+    found = fold.results() if wanted and fold.vector is not None else {}
+    return found, [np.stack(parts) for parts in collected]

@@ -16,6 +16,7 @@ from ovrange.cli.options import (BatchAxis, ColorOrder, Device, DeviceOrConfig, 
                                  opt, progress_bar)
 from ovrange.errors import ConfigError, DataError
 from ovrange.params import COMMON_PARAMS
+from ovrange.validate import DEFAULT_HOLDOUT, check_fraction
 
 OR_CONFIG = ", or the config's"
 SHUFFLE = "--shuffle" if COMMON_PARAMS["shuffle_data"].default else "--no-shuffle"
@@ -58,6 +59,15 @@ def protect(
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Algorithm parameter KEY=VALUE "
                                                        "(YAML value), e.g. -p bound=percentile -p percentile=99.9; "
                                                        "repeatable.", metavar="KEY=VALUE")] = None,
+    holdout: Annotated[Optional[float], typer.Option("--holdout", metavar="FRACTION", help="Share of the "
+                                                     "calibration subset held out to check that clean outputs "
+                                                     "stay as the original's (range protections); bounds that "
+                                                     "clip held-out values are widened; 0 disables "
+                                                     "(compression.holdout).",
+                                                     show_default=f"{DEFAULT_HOLDOUT:g}{OR_CONFIG}")] = None,
+    sdc: Annotated[Optional[str], opt("--sdc", more="Of the held-out check, beside linf:0.01 on every output "
+                                      "(compression.sdc).", show_default="top1 when output 0 is [N, classes]")
+                   ] = None,
     bounds: Annotated[Optional[Path], typer.Option("--bounds", help="Apply a saved plan (a result's bounds.json) "
                                                    "as it is: no calibration data, the same IR.")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Results go to "
@@ -86,6 +96,8 @@ def protect(
     if json_out:
         check_output_file(json_out, force=force, inputs=known_inputs)
     if bounds is not None:
+        if holdout is not None or sdc is not None:
+            raise ConfigError("--bounds applies a saved plan as it is: it takes no --holdout or --sdc")
         _protect_with_plan(model, bounds, output_dir, force, config, data, json_out)
         return
     cfg = config_mod.load_config(config) if config else config_mod.ProtectConfig()
@@ -111,9 +123,12 @@ def protect(
     for step in cfg.algorithms:
         detail(f"{step.name}: {', '.join(f'{k}={v}' for k, v in step.params.items())}")
     with progress_bar("calibrating", enabled=not quiet) as progress:
-        protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress)
+        protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress,
+                              holdout=cfg.holdout if holdout is None else check_fraction(holdout, "--holdout"),
+                              sdc=sdc or cfg.sdc)
     save_protected(protected, out_dir, name, force=force, copy=export_files(model_path, ov_model))
     _print_summary(protected, out_dir, name)
+    _print_heldout(protected)
     _write_json(json_out, protected, model_path, out_dir, name, force=force, inputs=inputs)
 
 
@@ -156,7 +171,7 @@ def _write_json(json_out: Optional[Path], protected, model: Path, out_dir: Path,
               "bounds": str(out_dir / "bounds.json"), "algorithm": info.algorithm, "samples": info.samples,
               "precision": info.precision, "protected_nodes": len(info.nodes),
               "node_types": dict(sorted(Counter(node.get("type", "?") for node in info.nodes.values()).items())),
-              **({"coverage": info.report["coverage"]} if "coverage" in info.report else {})}
+              **{key: info.report[key] for key in ("coverage", "heldout") if key in info.report}}
     write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
                           force=force, inputs=inputs)
     typer.echo(f"result:          {json_out}")
@@ -180,6 +195,20 @@ def _print_summary(protected, out_dir: Path, name: str) -> None:
         typer.echo(coverage_line(info.report["coverage"]))
     typer.echo(f"protected model: {out_dir / (name + '.xml')}")
     typer.echo(f"bounds:          {out_dir / 'bounds.json'}")
+
+
+def _print_heldout(protected) -> None:
+    """The held-out agreement line, and a warning (stderr) when clean held-out outputs changed."""
+    from ovrange.protect import protection_info
+    from ovrange.validate import summary, warning
+
+    entry = protection_info(protected).report.get("heldout")
+    if entry is None:
+        return
+    typer.echo(summary(entry))
+    problem = warning(entry)
+    if problem:
+        typer.echo(problem, err=True)
 
 
 def _describe(node: dict) -> str:
