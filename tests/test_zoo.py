@@ -46,8 +46,6 @@ STATIC_BATCH = ("error: a model output does not keep the batch axis (batch of 4,
 STATE_BATCH_AXIS_INJECT = ("error: data of shape (1, 576), (1, 1, 128) (axis 0 = samples) cannot feed the model: The "
                            "input tensor size is not equal to the model input type: got [1,1,128] expecting "
                            "[2,1,128]. -- Silero's state has its batch on axis 1")
-FP16_TO_F32 = ("error: no weights of <out>/<name>_GlobalClipper/<name>.xml are stored as fp16: they are fp32 (use "
-               "--format auto) -- GlobalClipper writes the fp16 weights back as f32")
 
 
 class CommandFailed(Exception):
@@ -217,8 +215,14 @@ def test_protect(zoo, protected, name, algorithm):
     assert [p.get_any_name() for p in model.outputs] == [o["name"] for o in entry["outputs"]]
     outputs = _infer(model, _arrays(folder, entry, "heldout"), 1)
     assert all(np.isfinite(o).all() for o in outputs)
-    if name in FP16_STORED and algorithm == "RangeSupervision":  # RS keeps the fp16 weights (GlobalClipper: f32)
-        assert xml.with_suffix(".bin").stat().st_size < 1.1 * (folder / entry["model"]).with_suffix(".bin").stat().st_size
+    if name in FP16_STORED:  # the fp16 weights stay fp16, all of them; the bounds add f32 constants
+        assert _f16_bytes(model) == _f16_bytes(ov.Core().read_model(folder / entry["model"]))
+        assert xml.with_suffix(".bin").stat().st_size < 1.25 * (folder / entry["model"]).with_suffix(".bin").stat().st_size
+
+
+def _f16_bytes(model: ov.Model) -> int:
+    return sum(2 * int(np.prod(node.get_output_shape(0), dtype=np.int64)) for node in model.get_ops()
+               if node.get_type_name() == "Constant" and node.get_element_type() == ov.Type.f16)
 
 
 def _default_evaluate_marks(name: str) -> list[pytest.MarkDecorator]:
@@ -248,13 +252,26 @@ def test_evaluate_on_heldout_inputs(zoo, protected, name, options):
 def _inject_marks(name: str, target: str) -> list[pytest.MarkDecorator]:
     if name == "silero_vad":
         return [xfail(STATE_BATCH_AXIS_INJECT)]
-    if target == "weights" and name in FP16_STORED:
-        return [xfail(FP16_TO_F32)]
     return []
 
 
 INJECT_CASES = [pytest.param(name, target, id=f"{name}-{target}", marks=_inject_marks(name, target))
                 for name in READABLE for target in ("activations", "weights")]
+
+
+def test_weight_campaign_on_protected_fp16_model_strikes_every_layer_in_fp16(zoo, protected, tmp_path):
+    folder, entries = zoo
+    entry = entries["face_landmark"]
+    guarded = protected("face_landmark", "GlobalClipper")
+    ovrange("inject", guarded, "--data", folder / entry["heldout"]["file"], "--target", "weights", "--number-format",
+            "auto", "--trials", 50, "--num-samples", 1, "--seed", 0, "--sdc", entry["sdc"], "--json",
+            tmp_path / "r.json", "-q")
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["summary"]["trials"] == 50 and result["summary"]["complete"]
+    model = ov.Core().read_model(folder / entry["model"])
+    layers = [n for n in model.get_ordered_ops() if n.get_type_name() in ("Convolution", "GroupConvolution")]
+    assert len(result["sites"]) == len(layers)  # depthwise weights (Convert -> Transpose -> Reshape) included
+    assert {site["format"] for site in result["sites"]} == {"fp16"}
 
 
 @pytest.mark.parametrize(("name", "target"), INJECT_CASES)
