@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import openvino as ov
+import openvino.opset13 as ops
 
 RT_INFO_ROOT = "ovrange"
 
@@ -31,29 +32,114 @@ def node_ids(model: ov.Model) -> list[tuple[str, ov.Node]]:
     return ids
 
 
+CHAIN_OPS = ("Convert", "Transpose", "Reshape", "Unsqueeze", "Squeeze")  # move or decompress, never compute
+
+
 def constant_weight(node: ov.Node) -> ov.Output | None:
     """The f32 output feeding input 1 of a layer (Convolution, MatMul...) when it is a constant, possibly
-    decompressed from f16 by a Convert; None otherwise."""
+    decompressed and moved by a constant chain (:func:`weight_chain`); None otherwise."""
     if node.get_input_size() < 2:
         return None
     return constant_source(node.input_value(1))
 
 
+def weight_chain(source: ov.Output) -> tuple[ov.Output, list[ov.Node]] | None:
+    """(the stored Constant's output, the ops from it to ``source``) when ``source`` is a Constant seen through
+    ``Convert``/``Transpose``/``Reshape``/``Unsqueeze``/``Squeeze`` ops whose other inputs are Constants (TFLite
+    depthwise weights: fp16 ``Constant -> Convert -> Transpose -> Reshape``); None otherwise."""
+    chain, out = [], source
+    while out.get_node().get_type_name() in CHAIN_OPS and len(chain) < 16:
+        node = out.get_node()
+        if any(v.get_node().get_type_name() != "Constant" for v in node.input_values()[1:]):
+            return None
+        chain.append(node)
+        out = node.input_value(0)
+    if out.get_node().get_type_name() != "Constant":
+        return None
+    return out, chain[::-1]
+
+
 def constant_source(source: ov.Output) -> ov.Output | None:
-    """``source`` when it is an f32 constant, possibly decompressed from f16 by a Convert; None otherwise."""
-    producer = source.get_node()
-    if producer.get_type_name() == "Convert":
-        producer = producer.input_value(0).get_node()
-    if producer.get_type_name() != "Constant" or source.get_element_type() != ov.Type.f32:
+    """``source`` when it is an f32 constant, possibly behind a constant chain (:func:`weight_chain`); None
+    otherwise."""
+    if source.get_element_type() != ov.Type.f32 or weight_chain(source) is None:
         return None
     return source
 
 
+def apply_chain(values: np.ndarray, chain: list[ov.Node], convert: bool = True) -> np.ndarray:
+    """What ``chain`` makes of the stored ``values`` (numpy, as OpenVINO computes it); ``convert=False`` moves the
+    values without converting them (for index arrays)."""
+    for node in chain:
+        kind = node.get_type_name()
+        if kind == "Transpose":
+            values = np.transpose(values, [int(a) for a in node.input_value(1).get_node().get_data()])
+        elif kind == "Convert":
+            if convert:
+                values = values.astype(node.get_output_element_type(0).to_dtype()).astype(np.float32)
+        else:  # Reshape, Unsqueeze, Squeeze keep the row-major order
+            values = values.reshape(tuple(int(d) for d in node.get_output_shape(0)))
+    return values
+
+
 def constant_values(source: ov.Output) -> np.ndarray:
-    """A float32 copy of the values behind :func:`constant_weight` (through a decompression Convert)."""
-    producer = source.get_node()
-    constant = producer.input_value(0).get_node() if producer.get_type_name() == "Convert" else producer
-    return np.array(constant.get_data(), dtype=np.float32, copy=True)
+    """A float32 copy of the values of a constant output (:func:`constant_source`), through its chain."""
+    found = weight_chain(source)
+    if found is None:
+        raise ValueError(f"{source.get_node().get_friendly_name()!r} is not a constant")
+    stored, chain = found
+    return np.array(apply_chain(np.array(stored.get_node().get_data(), dtype=np.float32), chain), dtype=np.float32)
+
+
+def stored_output(source: ov.Output) -> ov.Output:
+    """The stored values of a constant ``source`` as they leave memory: the output of the decompression Converts
+    right after the stored Constant (the Constant itself without one), before any data movement. A fault strikes
+    there; the chain's Transpose/Reshape then carry it to the layer element :func:`stored_order` names."""
+    stored, chain = weight_chain(source)
+    for node in chain:
+        if node.get_type_name() != "Convert":
+            break
+        stored = node.output(0)
+    return stored
+
+
+def stored_order(source: ov.Output) -> np.ndarray:
+    """For each element of the layer's weight ``source`` (flat, row-major), the flat index of the stored element
+    it holds: ``layer.reshape(-1) == stored.reshape(-1)[stored_order(source)]``. The chain only moves values, so
+    this is a permutation (the identity without a Transpose)."""
+    stored, chain = weight_chain(source)
+    shape = tuple(int(d) for d in stored.get_shape())
+    index = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64).reshape(shape)
+    return apply_chain(index, chain, convert=False).reshape(-1)
+
+
+def stored_copy(source: ov.Output, name: str, values: np.ndarray | None = None) -> ov.Output:
+    """A copy of the constant chain behind ``source`` (:func:`weight_chain`) starting from a new Constant ``name``:
+    the stored values in their stored element type, or ``values`` (stored shape, in their own dtype). The chain's
+    ops are named ``<name>/<k>``. Returns the copy's output, in ``source``'s shape."""
+    stored, chain = weight_chain(source)
+    if values is None:
+        kind = stored.get_element_type()  # packed and exotic types (u4, bf16) are copied as f32: the chain converts
+        dtype = kind.to_dtype() if kind in (ov.Type.f32, ov.Type.f16, ov.Type.i8, ov.Type.u8) else np.float32
+        values = np.array(stored.get_node().get_data()).astype(dtype)
+    out = ops.constant(values, name=name).output(0)
+    for k, node in enumerate(chain):
+        out = _same_op(node, out, f"{name}/{k}").output(0)
+    return out
+
+
+def _same_op(node: ov.Node, data: ov.Output, name: str) -> ov.Node:
+    """A chain op like ``node`` (same kind, attributes and constant inputs) applied to ``data``."""
+    kind, rest = node.get_type_name(), node.input_values()[1:]
+    if kind == "Convert":
+        return ops.convert(data, node.get_output_element_type(0), name=name)
+    if kind == "Transpose":
+        return ops.transpose(data, rest[0], name=name)
+    if kind == "Reshape":
+        return ops.reshape(data, rest[0], bool(node.get_attributes()["special_zero"]), name=name)
+    if kind == "Unsqueeze":
+        return ops.unsqueeze(data, rest[0], name=name)
+    return ops.squeeze(data, *rest, name=name)
 
 
 def stored_weight(layer: ov.Node, inserted: dict[str, str]) -> ov.Output | None:

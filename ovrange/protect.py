@@ -206,8 +206,9 @@ def protection_info(model: ov.Model) -> ProtectionPlan | None:
 
 def save_protected(model: ov.Model, out_dir: str | Path, model_name: str, *, force: bool = False,
                    copy: Sequence[Path] = ()) -> Path:
-    """Write ``<out_dir>/<model_name>.xml/.bin`` (f32 weights), ``bounds.json`` and a copy of the ``copy`` files
-    (e.g. a language model's tokenizer, :func:`ovrange.text.export_files`) in one atomic step."""
+    """Write ``<out_dir>/<model_name>.xml/.bin``, ``bounds.json`` and a copy of the ``copy`` files (e.g. a language
+    model's tokenizer, :func:`ovrange.text.export_files`) in one atomic step. Weights keep the element type the
+    model holds them in (no fp16 compression: f32 stays f32, fp16 stays fp16, INT8 stays INT8)."""
     info = protection_info(model)
     if info is None:
         raise ModelError("save_protected() needs a model returned by ovrange.protect()")

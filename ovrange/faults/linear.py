@@ -19,6 +19,7 @@ import openvino as ov
 from ovrange.faults.formats import NumberFormat, apply_mask
 from ovrange.faults.sites import stored_through_transform, weight_values
 from ovrange.faults.stored import StoredWeight, stored_weight
+from ovrange.graph import constant_source, stored_order, stored_output
 from ovrange.targets import CONVOLUTIONS
 
 
@@ -36,6 +37,7 @@ class LinearLayer:
     grouped: bool = False
     transpose_b: bool = False
     stored: StoredWeight | None = None  # a quantized layer: faults flip the stored integer, decoded in f32
+    order: np.ndarray | None = None  # weights moved by a constant chain: layer element of each stored element
 
     @property
     def rows(self) -> int:
@@ -49,6 +51,7 @@ class LinearLayer:
         """For n faults with per-fault layer input ``x[n, ...]`` and output ``y[n, ...]``: the flat indices (into
         one sample's output) and the faulty values of the touched outputs, both ``[n, rows]``."""
         flat = self.weights.reshape(-1)
+        element = element if self.order is None else self.order[element]
         with np.errstate(invalid="ignore", over="ignore"):  # a flip may make a signalling NaN; inf * 0 is NaN
             faulty = apply_mask(flat[element], mask, fmt, op) if self.stored is None else \
                 self.stored.decode(apply_mask(self.stored.stored[element], mask, fmt, op), element)
@@ -104,9 +107,12 @@ def linear_layer(node: ov.Node, source: ov.Output) -> LinearLayer | None:
     """The correction geometry of a weight site, or None when the layer is not supported (then faults go through
     the weight-as-input injector)."""
     kind = node.get_type_name()
-    stored = stored_weight(node)
+    stored, order = stored_weight(node), None
     if stored is None and stored_through_transform(node, source):
-        return None  # the layer sees decode(stored), not the stored values: faults go through the graph
+        layer_side = constant_source(node.input_value(1))
+        if layer_side is None or stored_output(layer_side) != source:
+            return None  # the layer sees decode(stored), not the stored values: faults go through the graph
+        order, source = np.argsort(stored_order(layer_side)), layer_side  # only moved (Transpose, Reshape)
     shape_in, shape_out = node.input_value(0).get_partial_shape(), node.output(0).get_partial_shape()
     if not (shape_in.is_static and shape_out.is_static):
         return None
@@ -120,7 +126,8 @@ def linear_layer(node: ov.Node, source: ov.Output) -> LinearLayer | None:
             else (0,) * (len(in_shape) - 1)
         return LinearLayer("conv", weights, in_shape, out_shape, tuple(int(s) for s in node.get_strides()),
                            tuple(int(d) for d in node.get_dilations()), pads, kind == "GroupConvolution",
-                           stored=stored)
+                           stored=stored, order=order)
     if kind == "MatMul" and weights.ndim == 2 and not node.get_transpose_a() and len(in_shape) >= 1:
-        return LinearLayer("matmul", weights, in_shape, out_shape, transpose_b=node.get_transpose_b(), stored=stored)
+        return LinearLayer("matmul", weights, in_shape, out_shape, transpose_b=node.get_transpose_b(), stored=stored,
+                           order=order)
     return None

@@ -1,7 +1,9 @@
 """Where faults can strike: site discovery and matching two models by node name.
 
 Weight sites are the constant weights of Convolution / GroupConvolution / MatMul (memory faults), as stored: f32,
-f16 (decompressed by a Convert) or the integer Constant of a quantized layer (docs/quantized.md). Activation sites
+f16 (decompressed by a Convert) or the integer Constant of a quantized layer (docs/quantized.md). A weight that
+reaches its layer through data movement (TFLite depthwise weights: ``Constant -> Convert -> Transpose -> Reshape``)
+is a site in its stored shape and order; the graph's own chain carries a fault to the layer element. Activation sites
 are the outputs of compute operators (datapath faults, as in Ranger): convolutions, MatMul, element-wise arithmetic,
 pooling and activations; data-movement ops (Reshape, Concat, Transpose...) are left out because a fault there is
 the same as a fault in their input. Nodes that a protection pass inserted (recorded in the model's rt_info) are never
@@ -19,7 +21,8 @@ import openvino as ov
 from ovrange.errors import ConfigError, ModelError
 from ovrange.faults.formats import AUTO, STORED_FORMATS
 from ovrange.faults.stored import INTEGER_FORMATS, constant_array, stored_integers
-from ovrange.graph import computed_nodes, constant_values, inserted_nodes, node_ids, stored_weight
+from ovrange.graph import (computed_nodes, constant_values, inserted_nodes, node_ids, stored_output, stored_weight,
+                           weight_chain)
 from ovrange.targets import (ACTIVATIONS, ADAPTIVE_POOLING, AFFINE, LINEAR, NORMS, POOLING, REDUCTIONS, SDPA, SOFTMAX,
                              WEIGHTED)
 
@@ -53,23 +56,26 @@ def weight_source(node: ov.Node, inserted: dict[str, str]) -> ov.Output | None:
     if stored is not None and inserted.get(stored.get_node().get_friendly_name()) == "weight":
         return stored
     integers = stored_integers(node)
-    return integers if integers is not None else stored
+    if integers is not None:
+        return integers
+    # through a constant chain (Convert -> Transpose -> Reshape): the values as stored, in the stored order
+    return None if stored is None else stored_output(stored)
 
 
 STORAGE_FORMATS = {"f32": "fp32", "f16": "fp16", **INTEGER_FORMATS}
 
 
 def storage_format(source: ov.Output) -> str:
-    """The format of a weight site's stored values (through an f16 decompression Convert); fp32 for f32."""
-    producer = source.get_node()
-    if producer.get_type_name() == "Convert":
-        producer = producer.input_value(0).get_node()
-    kind = producer.get_output_element_type(0).to_string() if producer.get_type_name() == "Constant" else "f32"
+    """The format of a weight site's stored values (the Constant behind its decompression Converts); fp32 for
+    f32."""
+    found = weight_chain(source)
+    kind = found[0].get_element_type().to_string() if found is not None else "f32"
     return STORAGE_FORMATS.get(kind, "fp32")
 
 
 def stored_through_transform(node: ov.Node, source: ov.Output) -> bool:
-    """Whether ``source`` reaches the layer through a decoding subgraph (then faults need the graph to decode)."""
+    """Whether ``source`` reaches the layer through a decoding subgraph or data movement (then faults need the
+    graph to decode or move them)."""
     return source != node.input_value(1)
 
 

@@ -31,7 +31,8 @@ from openvino import passes as ov_passes
 
 from ovrange import data as data_mod
 from ovrange.errors import DataError, ModelError
-from ovrange.graph import constant_values, get_rt_json, inserted_nodes, stored_weight
+from ovrange.graph import (apply_chain, constant_values, get_rt_json, inserted_nodes, stored_copy, stored_order,
+                           stored_weight, weight_chain)
 from ovrange.params import Param, one_of
 from ovrange.passes import PassResult, Selection
 from ovrange.passes.guards import Insertion
@@ -159,13 +160,35 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
             raise ModelError(f"layer {key!r} has no constant f32 weight to bound")
         w = constant_values(source)
         scale = np.asarray(guard["scale"], np.float32).reshape(guard["scale_shape"])
-        theta = theta_for(w, scale, float(guard["gain"]))
+        theta = stored_theta(source, theta_for(w, scale, float(guard["gain"])))
         name = key
-        theta_node = ops.constant(theta, name=name + THETA_SUFFIX)
-        chain = decode_chain(theta_node.output(0), scale, float(guard["gain"]), name)
+        moved = stored_copy(source, name + THETA_SUFFIX, theta)  # in the weight's stored format, shape and order
+        chain = decode_chain(moved, scale, float(guard["gain"]), name)
         node.input(1).replace_source_output(chain.output(0))
         insertion.mark_constant(name + THETA_SUFFIX, "weight")
     return PassResult(model, insertion.done())
+
+
+FP16_BELOW_ONE = np.float16(1 - 2 ** -11)
+
+
+def stored_theta(source: ov.Output, theta: np.ndarray) -> np.ndarray:
+    """``theta`` (the layer's shape) as the weight behind ``source`` is stored: fp16 for an fp16 weight (kept
+    below 1 in magnitude, so that no flip makes it inf or NaN), f32 otherwise, in the stored shape and element
+    order (:func:`ovrange.graph.stored_order`)."""
+    stored, _ = weight_chain(source)
+    flat = np.empty(theta.size, np.float32)
+    flat[stored_order(source)] = theta.reshape(-1)
+    flat = flat.reshape(tuple(int(d) for d in stored.get_shape()))
+    if stored.get_element_type() != ov.Type.f16:
+        return flat
+    half = flat.astype(np.float16)
+    return np.where(np.abs(half) >= 1, np.copysign(FP16_BELOW_ONE, half), half).astype(np.float16)
+
+
+def layer_theta(source: ov.Output, theta: np.ndarray) -> np.ndarray:
+    """The values the layer's decoding reads from ``theta`` stored as :func:`stored_theta` makes it (f32)."""
+    return apply_chain(stored_theta(source, theta).astype(np.float32), weight_chain(source)[1])
 
 
 def theta_for(w: np.ndarray, scale: np.ndarray, gain: float) -> np.ndarray:
@@ -182,7 +205,8 @@ def measure(original: ov.Model, protected: ov.Model, dataset: Any, params: dict[
     for key, guard in ProtectionPlan.from_json(get_rt_json(protected, "protection")).guards.items():
         w = constant_values(weight_output(outputs[key].get_node()))
         scale = np.asarray(guard["scale"], np.float32).reshape(guard["scale_shape"])
-        errors[key] = reconstruction_error(w, folded(theta_for(w, scale, guard["gain"]), scale, guard["gain"]))
+        theta = layer_theta(weight_output(outputs[key].get_node()), theta_for(w, scale, guard["gain"]))
+        errors[key] = reconstruction_error(w, folded(theta, scale, guard["gain"]))
     worst = {key: max(e[key] for e in errors.values()) for key in ("max_abs_error", "max_rel_error")}
     calibration, samples = compare_outputs(original, protected, dataset, params, device=device, progress=progress)
     return {"reconstruction": {**worst, "layers": errors}, "calibration_outputs": calibration}, samples

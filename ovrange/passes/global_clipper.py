@@ -38,7 +38,7 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from ovrange.errors import ConfigError, ModelError
-from ovrange.graph import constant_values, node_ids
+from ovrange.graph import node_ids, stored_copy
 from ovrange.params import Param
 from ovrange.passes import PassResult, Selection
 from ovrange.bounds import Bound
@@ -149,8 +149,10 @@ def weight_plan(layers: Selection) -> dict[str, dict[str, Any]]:
 
 
 def bound_weights(model: ov.Model, plan: dict[str, dict[str, Any]]) -> None:
-    """Route each planned layer's weight through its bounds; the Constant is recorded ``weight``, the rest
-    ``decode`` (so :func:`ovrange.graph.stored_weight` and the weight injector strike the stored values)."""
+    """Route each planned layer's weight through its bounds; the stored Constant (a copy, in its stored format:
+    fp16 stays fp16) is recorded ``weight``, its decompression and data movement (a copy of the layer's own
+    constant chain) and the bounds ``decode`` (so :func:`ovrange.graph.stored_weight` and the weight injector
+    strike the stored values)."""
     outputs = outputs_by_id(model)
     insertion = Insertion(model, default="decode")
     for key, entry in plan.items():
@@ -158,7 +160,7 @@ def bound_weights(model: ov.Model, plan: dict[str, dict[str, Any]]) -> None:
         source = weight_output(layer)
         if source is None:
             raise ModelError(f"layer {entry['node']!r} has no constant f32 weight to bound")
-        weight = ops.constant(constant_values(source), name=f"{key}/stored")
+        weight = stored_copy(source, f"{key}/stored")
         low = ops.constant(np.asarray(entry["low"], np.float32).reshape(entry["shape"]), name=f"{key}/low")
         high = ops.constant(np.asarray(entry["high"], np.float32).reshape(entry["shape"]), name=f"{key}/high")
         # NaN -> 0 first: constant folding (reference kernels) lets NaN through Maximum/Minimum, the CPU kernels
