@@ -45,6 +45,7 @@ class ProtectConfig:
     device: str = "CPU"
     algorithms: tuple[AlgorithmConfig, ...] = field(default_factory=lambda: (default_algorithm(),))
     source: Path | None = None
+    max_overhead: str | float | None = None  # compression.max_overhead: latency budget in percent (ovrange.budget)
 
     @property
     def algorithm(self) -> AlgorithmConfig:
@@ -229,7 +230,7 @@ _SECTIONS = {
     "engine": {"type": str, "data_source": str, "layout": str, "device": str,
                # image-folder preprocessing (ovrange.images.ImageOptions): MO's mean/scale values, colour, static shape
                "mean_values": list, "scale_values": list, "color_order": str, "shape": (str, list)},
-    "compression": {"target_device": str, "algorithms": list},
+    "compression": {"target_device": str, "algorithms": list, "max_overhead": (str, int, float)},
 }
 
 
@@ -274,6 +275,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path = Path("."), source: Path |
         device=engine.get("device", compression.get("target_device", "CPU")).replace("ANY", "CPU"),
         algorithms=algorithms or (default_algorithm(),),
         source=source,
+        max_overhead=compression.get("max_overhead"),
     )
 
 

@@ -11,7 +11,7 @@ import typer
 
 from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
-from ovrange.cli.options import (Device, DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Verbose, detail,
+from ovrange.cli.options import (Device, DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Seconds, Verbose, detail,
                                  finite_json, opt, progress_bar, static_shapes)
 from ovrange.errors import ConfigError, DataError
 from ovrange.params import COMMON_PARAMS
@@ -50,7 +50,8 @@ def protect(
     shuffle: Annotated[Optional[bool], typer.Option("--shuffle/--no-shuffle", help="Random subset "
                                                      "(shuffle_data).",
                                                      show_default=f"{SHUFFLE}{OR_CONFIG}")] = None,
-    seed: Annotated[Optional[int], opt("--seed", more="Of the shuffled subset (seed).",
+    seed: Annotated[Optional[int], opt("--seed", more="Of the shuffled subset (seed), and of the --max-overhead "
+                                       "campaign.",
                                        show_default=f"{COMMON_PARAMS['seed'].default}{OR_CONFIG}")] = None,
     algorithm: Annotated[Optional[str], typer.Option("--algorithm", "-a", help="Protection algorithm: "
                                                       "RangeSupervision, Ranger, GradientSuppression, BoundedWeights, "
@@ -61,6 +62,14 @@ def protect(
                                                        "repeatable.", metavar="KEY=VALUE")] = None,
     bounds: Annotated[Optional[Path], typer.Option("--bounds", help="Apply a saved plan (a result's bounds.json) "
                                                    "as it is: no calibration data, the same IR.")] = None,
+    max_overhead: Annotated[Optional[str], typer.Option(
+        "--max-overhead", help="Largest allowed latency overhead in percent (paired median of `ovrange benchmark`). "
+        "Keeps the guards that remove the most SDC per measured cost (1 or 1%; compression.max_overhead): see "
+        "docs/safety-case.md.", show_default=False)] = None,
+    trials: Annotated[int, opt("--trials", more="With --max-overhead: the seeded activation campaign that "
+                               "measures each guard's benefit.", min=1)] = 400,
+    seconds: Seconds = 8.0,
+    sdc: Sdc = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Results go to "
                                              "<output-dir>/<model_name>_<algorithm>/ (a POT chain: "
                                              "<model_name>_<step>_..._<algorithm>/).")] = Path("results"),
@@ -112,11 +121,52 @@ def protect(
     out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force, inputs)
     for step in cfg.algorithms:
         detail(f"{step.name}: {', '.join(f'{k}={v}' for k, v in step.params.items())}")
-    with progress_bar("calibrating", enabled=not quiet) as progress:
-        protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress)
+    budget = max_overhead if max_overhead is not None else cfg.max_overhead
+    if budget is None:
+        with progress_bar("calibrating", enabled=not quiet) as progress:
+            protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress)
+    else:
+        protected = _within_budget(ov_model, dataset, cfg, budget, device=device or cfg.device, trials=trials,
+                                   seconds=seconds, sdc=sdc, quiet=quiet)
     save_protected(protected, out_dir, name, force=force, copy=export_files(model_path, ov_model))
     _print_summary(protected, out_dir, name)
+    if budget is not None:
+        _print_budget(protected)
     _write_json(json_out, protected, model_path, out_dir, name, force=force, inputs=inputs)
+
+
+def _within_budget(model, dataset, cfg, budget: str | float, *, device: str, trials: int, seconds: float,
+                   sdc: Optional[str], quiet: bool):
+    """``--max-overhead``: the full protection cut to the guards that fit the budget (ovrange.budget)."""
+    from ovrange.budget import parse_overhead, protect_within_budget
+
+    fraction = parse_overhead(budget)
+    seed = cfg.algorithm.seed
+    with progress_bar("protecting within the budget", enabled=not quiet) as progress:
+        protected, _ = protect_within_budget(model, dataset, cfg.algorithms, fraction, device=device,
+                                             progress=progress, trials=trials, seed=seed, sdc=sdc, seconds=seconds)
+    return protected
+
+
+def _print_budget(protected) -> None:
+    from ovrange.protect import protection_info
+
+    budget = protection_info(protected).report["budget"]
+    total = len(budget["candidates"])
+    typer.echo(f"budget {budget['max_overhead']:.2%}: {len(budget['chosen'])} of {total} guards kept")
+    overhead = budget["overhead"]
+    if overhead is None:
+        typer.echo("  no guard fits the budget: the model is written without guards (measured overheads: "
+                   + ", ".join(f"{t['guards']} guards {t['median']:+.2%}" for t in budget["timings"]) + ")")
+    else:
+        typer.echo(f"  measured overhead {overhead['median']:+.2%} [{overhead['low']:+.2%}, {overhead['high']:+.2%}]"
+                   f" (paired median over {overhead['sessions']} sessions, 95% interval)")
+    kept, ratio = budget["kept_share"], budget["expected_reduction"]
+    kept_text = "–" if kept is None else f"{kept:.0%}"
+    ratio_text = "∞ (no SDC left)" if ratio is None else f"{ratio:.1f}×"
+    typer.echo(f"  expected SDC reduction {ratio_text}, {kept_text} of the full protection's ({budget['sdc_original']}"
+               f" → {budget['sdc_full']} SDC in {budget['trials']} activation faults, seed {budget['seed']}, "
+               f"--sdc {budget['sdc']})")
 
 
 def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, force: bool,
