@@ -37,7 +37,7 @@ from ovrange.errors import ConfigError, ModelError
 from ovrange.faults.metrics import SDC
 from ovrange.graph import inserted_nodes, node_ids
 
-TRIALS = 400  # faults of the benefit campaign: enough to rank the sites that matter, seconds on small models
+TRIALS = 1000  # faults of the benefit campaign: about 5 SDCs at a 0.5% SDC rate; seconds on small models
 SECONDS = 8.0  # timing of one candidate set, both models together
 SESSIONS = 4  # compilations per timing (the interval is taken over them)
 MAX_TIMINGS = 6  # timed candidate sets at most; then the largest set measured within budget (or none) is kept
@@ -151,11 +151,12 @@ def protect_within_budget(model: ov.Model, dataset: Any, algorithms: tuple, max_
 
 
 def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhead: float, *,
-                  trials: int = TRIALS, seed: int = 0, sdc: str | None = None, seconds: float = SECONDS,
-                  sessions: int = SESSIONS, device: str = "CPU",
-                  progress: ProgressFn | None = None) -> tuple[ov.Model, BudgetResult]:
+                  trials: int = TRIALS, seed: int = 0, sdc: str | None = None, output: str | None = None,
+                  seconds: float = SECONDS, sessions: int = SESSIONS, shapes: dict | None = None,
+                  device: str = "CPU", progress: ProgressFn | None = None) -> tuple[ov.Model, BudgetResult]:
     """The protection of ``protected`` (``model`` fully protected by ovrange) cut to the guards that fit
-    ``max_overhead`` (a fraction: 0.01 for 1%), and how they were chosen."""
+    ``max_overhead`` (a fraction: 0.01 for 1%), and how they were chosen. ``sdc`` and ``output``: the criterion
+    and judged output of the benefit campaign; ``seconds``, ``sessions``, ``shapes``: of each timing."""
     from ovrange.bench.benchmark import benchmark
     from ovrange.faults.campaign import inject
     from ovrange.protect import apply_plan, protection_info
@@ -166,11 +167,11 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
     if not plan.guards:
         raise ModelError(f"{plan.algorithm} inserted nothing into this model: there is no guard to choose")
     campaign = inject(model, dataset, compare=protected, target="activations", trials=trials, seed=seed,
-                      **({"sdc": sdc} if sdc else {}), progress=progress)
+                      **({"sdc": sdc} if sdc else {}), output=output, progress=progress)
 
     def timed(keys: list[str]) -> tuple[Overhead, Any]:
         subset = protected if len(keys) == len(plan.guards) else apply_plan(model, _subset(plan, keys))
-        run = benchmark(model, subset, device=device, seconds=seconds, sessions=sessions, seed=seed)
+        run = benchmark(model, subset, device=device, seconds=seconds, sessions=sessions, shapes=shapes, seed=seed)
         ratio = run.latency_ratio
         return Overhead(len(keys), ratio.median - 1, ratio.low - 1, ratio.high - 1, run.sessions), run.fusion
 

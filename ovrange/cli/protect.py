@@ -11,8 +11,8 @@ import typer
 
 from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
-from ovrange.cli.options import (Device, DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Seconds, Verbose, detail,
-                                 finite_json, opt, progress_bar, static_shapes)
+from ovrange.cli.options import (Device, DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Verbose, detail,
+                                 finite_json, opt, positive_finite, progress_bar, static_shapes)
 from ovrange.errors import ConfigError, DataError
 from ovrange.params import COMMON_PARAMS
 
@@ -66,10 +66,12 @@ def protect(
         "--max-overhead", help="Largest allowed latency overhead in percent (paired median of `ovrange benchmark`). "
         "Keeps the guards that remove the most SDC per measured cost (1 or 1%; compression.max_overhead): see "
         "docs/safety-case.md.", show_default=False)] = None,
-    trials: Annotated[int, opt("--trials", more="With --max-overhead: the seeded activation campaign that "
-                               "measures each guard's benefit.", min=1)] = 400,
-    seconds: Seconds = 8.0,
-    sdc: Sdc = None,
+    trials: Annotated[Optional[int], opt("--trials", more="With --max-overhead: the seeded activation campaign "
+                                         "that measures each guard's benefit.", min=1, show_default="1000")] = None,
+    seconds: Annotated[Optional[float], opt("--time", "-t", more="With --max-overhead: of each timed set of "
+                                            "guards.", callback=positive_finite, show_default="8")] = None,
+    sdc: Annotated[Optional[str], opt("--sdc", more="With --max-overhead: of the benefit campaign.",
+                                      show_default="top1 when the output is [N, classes]")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Results go to "
                                              "<output-dir>/<model_name>_<algorithm>/ (a POT chain: "
                                              "<model_name>_<step>_..._<algorithm>/).")] = Path("results"),
@@ -94,6 +96,8 @@ def protect(
     known_inputs = [*(model_files(model) if model else ()), data, config, bounds]
     if json_out:
         check_output_file(json_out, force=force, inputs=known_inputs)
+    if bounds is not None and max_overhead is not None:
+        raise ConfigError("--bounds applies a saved plan as it is: --max-overhead chooses guards from calibration")
     if bounds is not None:
         _protect_with_plan(model, bounds, output_dir, force, config, data, json_out)
         return
@@ -102,6 +106,11 @@ def protect(
         cfg = replace(cfg, algorithms=(*cfg.quantization, config_mod.default_algorithm(algorithm)))
     cfg = cfg.with_overrides(**_overrides(config_mod.parse_assignments(param or []), stat_subset_size=subset_size,
                                           stat_batch_size=batch_size, shuffle_data=shuffle, seed=seed))
+    budget = max_overhead if max_overhead is not None else cfg.max_overhead
+    fraction = None if budget is None else _parse_budget(budget, from_config=max_overhead is None)
+    if fraction is None and (trials, seconds, sdc) != (None, None, None):
+        raise ConfigError("--trials, --time and --sdc set how --max-overhead chooses guards: give --max-overhead "
+                          "(or compression.max_overhead)")
     model_path = model or cfg.model
     if model_path is None:
         raise ConfigError("no model given: pass MODEL.xml or set model.model in the config")
@@ -121,30 +130,35 @@ def protect(
     out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force, inputs)
     for step in cfg.algorithms:
         detail(f"{step.name}: {', '.join(f'{k}={v}' for k, v in step.params.items())}")
-    budget = max_overhead if max_overhead is not None else cfg.max_overhead
-    if budget is None:
+    if fraction is None:
         with progress_bar("calibrating", enabled=not quiet) as progress:
             protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress)
     else:
-        protected = _within_budget(ov_model, dataset, cfg, budget, device=device or cfg.device, trials=trials,
+        protected = _within_budget(ov_model, dataset, cfg, fraction, device=device or cfg.device, trials=trials,
                                    seconds=seconds, sdc=sdc, quiet=quiet)
     save_protected(protected, out_dir, name, force=force, copy=export_files(model_path, ov_model))
     _print_summary(protected, out_dir, name)
-    if budget is not None:
+    if fraction is not None:
         _print_budget(protected)
     _write_json(json_out, protected, model_path, out_dir, name, force=force, inputs=inputs)
 
 
-def _within_budget(model, dataset, cfg, budget: str | float, *, device: str, trials: int, seconds: float,
-                   sdc: Optional[str], quiet: bool):
-    """``--max-overhead``: the full protection cut to the guards that fit the budget (ovrange.budget)."""
-    from ovrange.budget import parse_overhead, protect_within_budget
+def _parse_budget(budget: str | float, from_config: bool) -> float:
+    from ovrange.budget import parse_overhead
 
-    fraction = parse_overhead(budget)
+    return parse_overhead(budget, "compression.max_overhead" if from_config else "--max-overhead")
+
+
+def _within_budget(model, dataset, cfg, fraction: float, *, device: str, trials: Optional[int],
+                   seconds: Optional[float], sdc: Optional[str], quiet: bool):
+    """``--max-overhead``: the full protection cut to the guards that fit the budget (ovrange.budget)."""
+    from ovrange.budget import SECONDS, TRIALS, protect_within_budget
+
     seed = cfg.algorithm.seed
     with progress_bar("protecting within the budget", enabled=not quiet) as progress:
         protected, _ = protect_within_budget(model, dataset, cfg.algorithms, fraction, device=device,
-                                             progress=progress, trials=trials, seed=seed, sdc=sdc, seconds=seconds)
+                                             progress=progress, trials=trials or TRIALS, seed=seed, sdc=sdc,
+                                             seconds=seconds or SECONDS)
     return protected
 
 
@@ -223,7 +237,7 @@ def _print_summary(protected, out_dir: Path, name: str) -> None:
                f"statistics from {info.samples} samples in {info.precision}")
     labels = {key: key if node.get("name", key) == key else f"{key} ({node['name']})"
               for key, node in info.nodes.items()}  # a repeated friendly name: the unique id, then the name
-    width = max(len(label) for label in labels.values())
+    width = max((len(label) for label in labels.values()), default=0)
     for key, node in info.nodes.items():
         typer.echo(f"  {labels[key]:<{width}}  {node.get('type', ''):<9} {_describe(node)}")
     typer.echo(f"protected model: {out_dir / (name + '.xml')}")
