@@ -1,14 +1,13 @@
 """Protection under a latency budget on the bundled models: real campaigns, real timings, small subsets.
 
-Timings on a shared machine are noisy, so the tests check what holds whatever the machine did: the kept guards are
-the best-ranked prefix, the written IR holds exactly them, every timed set is smaller than the one before, the
+Timings on a shared machine are noisy, so the tests check what holds whatever the machine did: the kept guards
+are in benefit/cost order, the written IR holds exactly them, every timed set is smaller than the one before, the
 kept set's recorded median is within the budget, and the expected reduction is what the campaign's counts give.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,16 +20,26 @@ from ovrange.modelio import read_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def ovrange(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ovrange", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+def ovrange(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """The command line, in this process (exit code, stdout, stderr)."""
+    from ovrange.cli import main
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["ovrange", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def check_budget(budget: dict, kept: set[str]) -> None:
     """What a budget record must satisfy, whatever the timings measured."""
     keys = [c["key"] for c in budget["candidates"]]
     chosen = budget["chosen"]
-    assert chosen == keys[:len(chosen)]  # greedy: the best benefit/cost prefix
+    assert chosen == [k for k in keys if k in set(chosen)]  # in benefit/cost order
     ratios = [c["removed"] / c["cost"] if c["cost"] else float("inf") if c["removed"] else 0.0
               for c in budget["candidates"]]
     assert ratios == sorted(ratios, reverse=True)
@@ -50,24 +59,27 @@ def check_budget(budget: dict, kept: set[str]) -> None:
     assert 0 <= full <= budget["sdc_original"]
 
 
-def test_protect_max_overhead_records_the_chosen_guards_overhead_and_expected_reduction(bundled, tmp_path):
+def test_protect_max_overhead_records_the_chosen_guards_overhead_and_expected_reduction(bundled, tmp_path,
+                                                                                        monkeypatch, capsys):
     seven = bundled["seven"]
     config = tmp_path / "seven.json"
     config.write_text(json.dumps({"model": {"model": str(seven["xml"])}, "engine": {"data_source": str(
-        seven["calib_npz"])}, "compression": {"max_overhead": "0.3%", "algorithms": [
+        seven["calib_npz"])}, "compression": {"max_overhead": "3%", "algorithms": [
             {"name": "RangeSupervision", "params": {"stat_subset_size": 100}}]}}))
-    done = ovrange("protect", "--config", config, "--trials", 200, "--time", 1, "-o", tmp_path / "out", "-q")
-    assert done.returncode == 0, done.stderr
+    code, out, err = ovrange(monkeypatch, capsys, "protect", "--config", config, "--trials", 200, "--time", 0.5,
+                             "-o", tmp_path / "out", "-q")
+    assert code == 0, err
     bounds = json.loads(next((tmp_path / "out").glob("*/bounds.json")).read_text())
     budget = bounds["report"]["budget"]
-    assert budget["max_overhead"] == pytest.approx(0.003) and budget["trials"] == 200
+    assert budget["max_overhead"] == pytest.approx(0.03) and budget["trials"] == 200
     check_budget(budget, set(bounds["nodes"]))
     assert len(budget["candidates"]) == 7  # FashionSevenAct: one guard per activation
-    assert f"budget 0.30%: {len(budget['chosen'])} of 7 guards kept" in done.stdout
-    assert "expected SDC reduction" in done.stdout and f"in {budget['trials']} activation faults" in done.stdout
-    # the campaign ranks the first convolution block's guard first: its sites (conv, bias, ReLU) carry most SDC
-    removed = {c["key"]: c["removed"] for c in budget["candidates"]}
-    assert max(removed.values()) > 0 and budget["candidates"][0]["removed"] == max(removed.values())
+    assert f"budget 3.00%: {len(budget['chosen'])} of 7 guards kept" in out
+    assert "expected SDC reduction" in out and f"in {budget['trials']} activation faults in bits 23-30" \
+        in out
+    # the exponent-bit campaign finds SDCs the full protection removes; guards credited with none rank last
+    removed = [c["removed"] for c in budget["candidates"]]
+    assert removed[0] > 0 and sorted(removed, key=lambda r: r == 0) == removed
 
 
 def test_a_fault_is_credited_to_the_first_guard_downstream(bundled):
@@ -92,10 +104,12 @@ def test_a_bad_budget_is_refused(text):
         parse_overhead(text)
 
 
-def test_budget_settings_without_a_budget_are_one_error_line_and_write_nothing(bundled, tmp_path):
+def test_budget_settings_without_a_budget_are_one_error_line_and_write_nothing(bundled, tmp_path, monkeypatch,
+                                                                                capsys):
     seven = bundled["seven"]
-    done = ovrange("protect", seven["xml"], "--data", seven["calib_npz"], "-o", tmp_path / "out", "--trials", 50)
-    assert done.returncode == 2
-    assert done.stderr.splitlines() == ["error: --trials, --time and --sdc set how --max-overhead chooses guards: "
+    code, _, err = ovrange(monkeypatch, capsys, "protect", seven["xml"], "--data", seven["calib_npz"], "-o",
+                           tmp_path / "out", "--trials", 50)
+    assert code == 2
+    assert err.splitlines() == ["error: --trials, --time and --sdc set how --max-overhead chooses guards: "
                                         "give --max-overhead (or compression.max_overhead)"]
     assert not (tmp_path / "out").exists()

@@ -179,7 +179,8 @@ def _print_budget(protected) -> None:
     kept_text = "–" if kept is None else f"{kept:.0%}"
     ratio_text = "∞ (no SDC left)" if ratio is None else f"{ratio:.1f}×"
     typer.echo(f"  expected SDC reduction {ratio_text}, {kept_text} of the full protection's ({budget['sdc_original']}"
-               f" → {budget['sdc_full']} SDC in {budget['trials']} activation faults, seed {budget['seed']}, "
+               f" → {budget['sdc_full']} SDC in {budget['trials']} activation faults in bits {budget['bits']}, seed "
+               f"{budget['seed']}, "
                f"--sdc {budget['sdc']})")
 
 
