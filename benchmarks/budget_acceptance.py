@@ -3,11 +3,12 @@
 
 For each budget: the chosen guards, the overhead ovrange measured for them (paired median, 95% interval over
 sessions), and, from an independent campaign on the held-out data (another seed; the same faults on the original,
-the full protection and both cut ones), the share of the full protection's SDC reduction each cut one keeps, with a
-95% paired-bootstrap interval over faults.
+the full protection and both cut ones; f32 exponent bits by default, where every SDC a range guard removes comes
+from), the share of the full protection's SDC reduction each cut one keeps, with a 95% paired-bootstrap interval
+over faults.
 
-    PYTHONPATH=. python benchmarks/budget_acceptance.py [--trials 1500] [--models vit ppocr_rec palm_detection_full
-        face_landmark] [--json out.json]
+    PYTHONPATH=. python benchmarks/budget_acceptance.py [--trials 1500] [--bits 23-30] [--models vit ppocr_rec
+        palm_detection_full face_landmark] [--json out.json]
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def kept_share(orig: np.ndarray, full: np.ndarray, cut: np.ndarray, rng: np.rand
     return {"value": float(point), "low": float(low), "high": float(high)}
 
 
-def run(name: str, trials: int, seconds: float, algorithm: str) -> dict:
+def run(name: str, trials: int, seconds: float, algorithm: str, bits: str) -> dict:
     path, calib, heldout, sdc, output, shapes = MODELS[name]
     model = read_model(path)
     calib_ds = data_mod.load(calib, model).dataset
@@ -73,11 +74,11 @@ def run(name: str, trials: int, seconds: float, algorithm: str) -> dict:
         print(name, budget, out["budgets"][-1], flush=True)
     heldout_ds = data_mod.load(heldout, model).dataset
     campaign = inject(model, heldout_ds, compare=[full, *cuts], target="activations", trials=trials, seed=1,
-                      sdc=sdc, output=output)
+                      sdc=sdc, output=output, bits=bits)
     outcomes = [m.outcome for m in campaign.models]
     rng = np.random.default_rng(0)
     out["sdc_counts"] = [int((o == SDC).sum()) for o in outcomes]
-    out["trials"] = trials
+    out["trials"], out["bits"] = trials, bits
     for entry, cut in zip(out["budgets"], outcomes[2:]):
         entry["kept_share"] = kept_share(outcomes[0], outcomes[1], cut, rng)
     out["seconds"] = time.time() - start
@@ -91,9 +92,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=1500)
     parser.add_argument("--time", type=float, default=8.0)
     parser.add_argument("--algorithm", default="GlobalClipper")
+    parser.add_argument("--bits", default="23-30", help="of the evaluation campaign (all: every bit)")
     parser.add_argument("--json")
     args = parser.parse_args()
-    results = [run(name, args.trials, args.time, args.algorithm) for name in args.models]
+    results = [run(name, args.trials, args.time, args.algorithm, args.bits) for name in args.models]
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=1)
