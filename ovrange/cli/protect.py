@@ -175,6 +175,9 @@ def _print_budget(protected) -> None:
     else:
         typer.echo(f"  measured overhead {overhead['median']:+.2%} [{overhead['low']:+.2%}, {overhead['high']:+.2%}]"
                    f" (paired median over {overhead['sessions']} sessions, 95% interval)")
+        if overhead["high"] > budget["max_overhead"]:
+            typer.echo("  note: the interval reaches past the budget (a busy machine, or too short a --time): "
+                       "re-time the result with `ovrange benchmark --time 40` before relying on it")
     kept, ratio = budget["kept_share"], budget["expected_reduction"]
     kept_text = "–" if kept is None else f"{kept:.0%}"
     ratio_text = "∞ (no SDC left)" if ratio is None else f"{ratio:.1f}×"
