@@ -37,7 +37,7 @@ import openvino as ov
 
 from ovrange.errors import ConfigError, ModelError
 from ovrange.faults.metrics import SDC
-from ovrange.graph import inserted_nodes, node_ids
+from ovrange.graph import inserted_nodes, node_ids, set_rt_json
 
 TRIALS = 1000  # faults of the benefit campaign (seconds on small models)
 # Its bits: the f32 exponent's. Range guards stop values a flip moved far out of range; a flip of a mantissa or sign
@@ -190,6 +190,10 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
                           tuple(timings))
     cut = plan if len(chosen) == len(plan.guards) else _subset(plan, chosen)
     cut = replace(cut, report={**cut.report, "budget": result.to_json()})
+    if not chosen:  # nothing fits: the model as it was, with the record of why (a pass may not take zero guards)
+        unprotected = model.clone()
+        set_rt_json(unprotected, "protection", cut.to_json())
+        return unprotected, result
     return apply_plan(model, cut), result
 
 
@@ -224,12 +228,17 @@ def rank(candidates: list[Candidate]) -> list[Candidate]:
 
 
 def _greedy(candidates: list[Candidate], unit: float, max_overhead: float) -> list[Candidate]:
-    """In rank order, every candidate whose predicted cost still fits in what is left of the budget."""
-    total, picked = 0.0, []
+    """In rank order, every candidate whose predicted cost still fits in what is left of the budget; guards the
+    campaign credited with nothing only fill what is left once every guard credited with something is in."""
+    total, picked, left_out = 0.0, [], False
     for c in candidates:
+        if c.removed <= 0 and left_out:
+            break
         if total + c.cost * unit <= max_overhead:
             total += c.cost * unit
             picked.append(c)
+        else:
+            left_out = True
     return picked
 
 
