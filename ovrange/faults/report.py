@@ -157,7 +157,8 @@ def reduction_text(result: CampaignResult, other: int = 1) -> str:
     due = sum(comparison["paired"]["due"].values())  # the first model's DUEs on the trials both ran
     return (f"SDC reduction from {first} to {second}: {_times(comparison['sdc_reduction'], 'SDC')}; "
             f"SDC+DUE reduction: {_times(comparison['sdc_due_reduction'], 'SDC or DUE')}. "
-            f"SDC including DUEs turned silent: {comparison['due_turned_silent']} of {due} DUEs became SDCs (DUE → SDC).")
+            f"SDC including DUEs turned silent: {comparison['due_turned_silent']} of {due} DUEs became SDCs "
+            "(DUE → SDC).")
 
 
 def _completeness(result: CampaignResult) -> str:
