@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from ovrange.budget import _coverage, parse_overhead
 from ovrange.errors import ConfigError
 from ovrange.modelio import read_model
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def ovrange(monkeypatch, capsys, *args) -> tuple[int, str, str]:
