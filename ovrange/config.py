@@ -49,6 +49,7 @@ class ProtectConfig:
     source: Path | None = None
     holdout: float = DEFAULT_HOLDOUT  # compression.holdout: share of the calibration subset held out (0: off)
     sdc: str | None = None  # compression.sdc: the model's SDC criterion for the held-out check
+    max_overhead: str | float | None = None  # compression.max_overhead: latency budget in percent (ovrange.budget)
 
     @property
     def algorithm(self) -> AlgorithmConfig:
@@ -233,7 +234,8 @@ _SECTIONS = {
     "engine": {"type": str, "data_source": str, "layout": str, "device": str,
                # image-folder preprocessing (ovrange.images.ImageOptions): MO's mean/scale values, colour, static shape
                "mean_values": list, "scale_values": list, "color_order": str, "shape": (str, list)},
-    "compression": {"target_device": str, "algorithms": list, "holdout": (int, float), "sdc": str},
+    "compression": {"target_device": str, "algorithms": list, "holdout": (int, float), "sdc": str,
+                    "max_overhead": (str, int, float)},
 }
 
 
@@ -283,6 +285,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path = Path("."), source: Path |
         source=source,
         holdout=holdout,
         sdc=compression.get("sdc"),
+        max_overhead=compression.get("max_overhead"),
     )
 
 

@@ -201,3 +201,21 @@ def test_a_new_campaign_removes_the_old_vulnerability_files(campaign, tmp_path):
     remove_report(old)
     assert not (old / "vulnerability.json").exists() and not (old / "vulnerability.svg").exists()
     assert (old / "faults.jsonl").exists()
+
+
+def test_summary_and_html_show_sdc_due_beside_sdc_and_the_dues_turned_silent(campaign):
+    result = json.loads((campaign["dir"] / "result.json").read_text())
+    first, second = (m["outcomes"] for m in result["models"])
+    silent = sum(a == "d" and b == "s" for a, b in zip(first, second))  # recounted from the per-trial outcomes
+    dues = sum(a == "d" and b != "-" for a, b in zip(first, second))
+    failed = [sum(o in "sd" for o in outcomes) for outcomes in (first, second)]
+    comparison = result["summary"]["comparison"]
+    assert comparison["due_turned_silent"] == silent
+    assert comparison["sdc_due_reduction"]["ratio"] == (pytest.approx(failed[0] / failed[1]) if failed[1] else None)
+    line = next(s for s in (campaign["dir"] / "summary.md").read_text().splitlines() if s.startswith("SDC reduction"))
+    assert "SDC+DUE reduction: " in line
+    both = "∞" if failed[1] == 0 else f"{failed[0] / failed[1]:.1f}×"
+    assert f"SDC+DUE reduction: {both}" in line
+    assert f"SDC including DUEs turned silent: {silent} of {dues} DUEs became SDCs" in line
+    text = " ".join(" ".join(parse(campaign["html"]).text).split())
+    assert f"DUEs turned silent: {silent} of {dues} DUEs" in text and "SDC+DUE reduction" in text

@@ -13,7 +13,7 @@ from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
 from ovrange.cli.options import (BatchAxis, ColorOrder, Device, DeviceOrConfig, Force, JsonOut, Layout, Mean,
                                  OutputName, Quiet, Scale, Sdc, Verbose, batch_axes, detail, finite_json, image_options,
-                                 opt, progress_bar)
+                                 opt, positive_finite, progress_bar)
 from ovrange.errors import ConfigError, DataError
 from ovrange.params import COMMON_PARAMS
 from ovrange.validate import DEFAULT_HOLDOUT, check_fraction
@@ -50,7 +50,8 @@ def protect(
     shuffle: Annotated[Optional[bool], typer.Option("--shuffle/--no-shuffle", help="Random subset "
                                                      "(shuffle_data).",
                                                      show_default=f"{SHUFFLE}{OR_CONFIG}")] = None,
-    seed: Annotated[Optional[int], opt("--seed", more="Of the shuffled subset (seed).",
+    seed: Annotated[Optional[int], opt("--seed", more="Of the shuffled subset (seed), and of the --max-overhead "
+                                       "campaign.",
                                        show_default=f"{COMMON_PARAMS['seed'].default}{OR_CONFIG}")] = None,
     algorithm: Annotated[Optional[str], typer.Option("--algorithm", "-a", help="Protection algorithm: "
                                                       "RangeSupervision, Ranger, GradientSuppression, BoundedWeights, "
@@ -65,11 +66,19 @@ def protect(
                                                      "clip held-out values are widened; 0 disables "
                                                      "(compression.holdout).",
                                                      show_default=f"{DEFAULT_HOLDOUT:g}{OR_CONFIG}")] = None,
-    sdc: Annotated[Optional[str], opt("--sdc", more="Of the held-out check, beside linf:0.01 on every output "
-                                      "(compression.sdc).", show_default="top1 when output 0 is [N, classes]")
-                   ] = None,
+    sdc: Annotated[Optional[str], opt("--sdc", more="Of the held-out check, beside linf:0.01 on every output, and "
+                                      "of the --max-overhead campaign (compression.sdc).",
+                                      show_default="top1 when output 0 is [N, classes]")] = None,
     bounds: Annotated[Optional[Path], typer.Option("--bounds", help="Apply a saved plan (a result's bounds.json) "
                                                    "as it is: no calibration data, the same IR.")] = None,
+    max_overhead: Annotated[Optional[str], typer.Option(
+        "--max-overhead", help="Largest allowed latency overhead in percent (paired median of `ovrange benchmark`). "
+        "Keeps the guards that remove the most SDC per measured cost (1 or 1%; compression.max_overhead): see "
+        "docs/safety-case.md.", show_default=False)] = None,
+    trials: Annotated[Optional[int], opt("--trials", more="With --max-overhead: the seeded activation campaign "
+                                         "that measures each guard's benefit.", min=1, show_default="1000")] = None,
+    seconds: Annotated[Optional[float], opt("--time", "-t", more="With --max-overhead: of each timed set of "
+                                            "guards.", callback=positive_finite, show_default="8")] = None,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Results go to "
                                              "<output-dir>/<model_name>_<algorithm>/ (a POT chain: "
                                              "<model_name>_<step>_..._<algorithm>/).")] = Path("results"),
@@ -95,6 +104,8 @@ def protect(
     known_inputs = [*(model_files(model) if model else ()), data, config, bounds]
     if json_out:
         check_output_file(json_out, force=force, inputs=known_inputs)
+    if bounds is not None and max_overhead is not None:
+        raise ConfigError("--bounds applies a saved plan as it is: --max-overhead chooses guards from calibration")
     if bounds is not None:
         if holdout is not None or sdc is not None:
             raise ConfigError("--bounds applies a saved plan as it is: it takes no --holdout or --sdc")
@@ -105,6 +116,11 @@ def protect(
         cfg = replace(cfg, algorithms=(*cfg.quantization, config_mod.default_algorithm(algorithm)))
     cfg = cfg.with_overrides(**_overrides(config_mod.parse_assignments(param or []), stat_subset_size=subset_size,
                                           stat_batch_size=batch_size, shuffle_data=shuffle, seed=seed))
+    budget = max_overhead if max_overhead is not None else cfg.max_overhead
+    fraction = None if budget is None else _parse_budget(budget, from_config=max_overhead is None)
+    if fraction is None and (trials, seconds) != (None, None):
+        raise ConfigError("--trials and --time set how --max-overhead chooses guards: give --max-overhead "
+                          "(or compression.max_overhead)")
     model_path = model or cfg.model
     if model_path is None:
         raise ConfigError("no model given: pass MODEL.xml or set model.model in the config")
@@ -122,14 +138,64 @@ def protect(
     out_dir = prepare_output_dir(output_dir / f"{name}_{chain_name(cfg.algorithms)}", force, inputs)
     for step in cfg.algorithms:
         detail(f"{step.name}: {', '.join(f'{k}={v}' for k, v in step.params.items())}")
-    with progress_bar("calibrating", enabled=not quiet) as progress:
-        protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress,
-                              holdout=cfg.holdout if holdout is None else check_fraction(holdout, "--holdout"),
-                              sdc=sdc or cfg.sdc)
+    holdout = cfg.holdout if holdout is None else check_fraction(holdout, "--holdout")
+    if fraction is None:
+        with progress_bar("calibrating", enabled=not quiet) as progress:
+            protected = run_chain(ov_model, dataset, cfg.algorithms, device=device or cfg.device, progress=progress,
+                                  holdout=holdout, sdc=sdc or cfg.sdc)
+    else:
+        protected = _within_budget(ov_model, dataset, cfg, fraction, device=device or cfg.device, trials=trials,
+                                   seconds=seconds, sdc=sdc or cfg.sdc, quiet=quiet)
     save_protected(protected, out_dir, name, force=force, copy=export_files(model_path, ov_model))
     _print_summary(protected, out_dir, name)
     _print_heldout(protected)
+    if fraction is not None:
+        _print_budget(protected)
     _write_json(json_out, protected, model_path, out_dir, name, force=force, inputs=inputs)
+
+
+def _parse_budget(budget: str | float, from_config: bool) -> float:
+    from ovrange.budget import parse_overhead
+
+    return parse_overhead(budget, "compression.max_overhead" if from_config else "--max-overhead")
+
+
+def _within_budget(model, dataset, cfg, fraction: float, *, device: str, trials: Optional[int],
+                   seconds: Optional[float], sdc: Optional[str], quiet: bool):
+    """``--max-overhead``: the full protection cut to the guards that fit the budget (ovrange.budget)."""
+    from ovrange.budget import SECONDS, TRIALS, protect_within_budget
+
+    seed = cfg.algorithm.seed
+    with progress_bar("protecting within the budget", enabled=not quiet) as progress:
+        protected, _ = protect_within_budget(model, dataset, cfg.algorithms, fraction, device=device,
+                                             progress=progress, trials=trials or TRIALS, seed=seed, sdc=sdc,
+                                             seconds=seconds or SECONDS)
+    return protected
+
+
+def _print_budget(protected) -> None:
+    from ovrange.protect import protection_info
+
+    budget = protection_info(protected).report["budget"]
+    total = len(budget["candidates"])
+    typer.echo(f"budget {budget['max_overhead']:.2%}: {len(budget['chosen'])} of {total} guards kept")
+    overhead = budget["overhead"]
+    if overhead is None:
+        typer.echo("  no guard fits the budget: the model is written without guards (measured overheads: "
+                   + ", ".join(f"{t['guards']} guards {t['median']:+.2%}" for t in budget["timings"]) + ")")
+    else:
+        typer.echo(f"  measured overhead {overhead['median']:+.2%} [{overhead['low']:+.2%}, {overhead['high']:+.2%}]"
+                   f" (paired median over {overhead['sessions']} sessions, 95% interval)")
+        if overhead["high"] > budget["max_overhead"]:
+            typer.echo("  note: the interval reaches past the budget (a busy machine, or too short a --time): "
+                       "re-time the result with `ovrange benchmark --time 40` before relying on it")
+    kept, ratio = budget["kept_share"], budget["expected_reduction"]
+    kept_text = "–" if kept is None else f"{kept:.0%}"
+    ratio_text = "∞ (no SDC left)" if ratio is None else f"{ratio:.1f}×"
+    typer.echo(f"  expected SDC reduction {ratio_text}, {kept_text} of the full protection's ({budget['sdc_original']}"
+               f" → {budget['sdc_full']} SDC in {budget['trials']} activation faults in bits {budget['bits']}, seed "
+               f"{budget['seed']}, "
+               f"--sdc {budget['sdc']})")
 
 
 def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, force: bool,
@@ -188,7 +254,7 @@ def _print_summary(protected, out_dir: Path, name: str) -> None:
                f"statistics from {info.samples} samples in {info.precision}")
     labels = {key: key if node.get("name", key) == key else f"{key} ({node['name']})"
               for key, node in info.nodes.items()}  # a repeated friendly name: the unique id, then the name
-    width = max(len(label) for label in labels.values())
+    width = max((len(label) for label in labels.values()), default=0)
     for key, node in info.nodes.items():
         typer.echo(f"  {labels[key]:<{width}}  {node.get('type', ''):<9} {_describe(node)}")
     if "coverage" in info.report:

@@ -115,6 +115,12 @@ def _headline(data: dict[str, Any]) -> str:
                 f"(paired log interval over the same {comparison['trials']} faults; at least "
                 f"{times(red['at_least']) if red['at_least'] is not None else '–'} from the two separate Wilson "
                 f"intervals).</p>")
+        both = comparison.get("sdc_due_reduction")
+        if both is not None:  # results written before SDC+DUE was recorded lack it
+            out += (f"<p>SDC+DUE reduction: <b>{times(both['ratio'])}</b> "
+                    f"(at least {times(both['at_least']) if both['at_least'] is not None else '–'}). SDC including "
+                    f"DUEs turned silent: <b>{comparison['due_turned_silent']}</b> of "
+                    f"{sum(comparison['paired']['due'].values())} DUEs of model 0 became SDCs (DUE → SDC).</p>")
         table_ = comparison["paired"]
         changes = [f"{a.upper() if a != 'masked' else a} → {b.upper() if b != 'masked' else b} {row[b]}"
                    for a, row in table_.items() for b in ("masked", "sdc", "due") if a != b and row[b]]

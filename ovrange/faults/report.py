@@ -144,14 +144,21 @@ def _pct(rate: Rate) -> str:
     return f"{rate.rate:.2%} [{low:.2%}, {high:.2%}]"
 
 
+def _times(red: dict[str, float | None], what: str) -> str:
+    ratio = f"∞ (no {what} left)" if red["ratio"] is None else f"{red['ratio']:.1f}×"
+    return ratio + ("" if red["at_least"] is None else f", at least {red['at_least']:.1f}× from the 95% intervals")
+
+
 def reduction_text(result: CampaignResult, other: int = 1) -> str:
-    """One sentence on the SDC reduction from the first model to model ``other``."""
+    """The SDC reduction from the first model to model ``other``, beside the SDC+DUE reduction and the DUEs the
+    second model turned silent (a DUE is a detectable NaN/Inf; the same fault giving an SDC is a silent error)."""
     comparison = result.comparison(0, other)
-    red = comparison["sdc_reduction"]
     first, second = comparison["models"]
-    ratio = "∞ (no SDC left)" if red["ratio"] is None else f"{red['ratio']:.1f}×"
-    bound = "" if red["at_least"] is None else f", at least {red['at_least']:.1f}× from the 95% intervals"
-    return f"SDC reduction from {first} to {second}: {ratio}{bound}."
+    due = sum(comparison["paired"]["due"].values())  # the first model's DUEs on the trials both ran
+    return (f"SDC reduction from {first} to {second}: {_times(comparison['sdc_reduction'], 'SDC')}; "
+            f"SDC+DUE reduction: {_times(comparison['sdc_due_reduction'], 'SDC or DUE')}. "
+            f"SDC including DUEs turned silent: {comparison['due_turned_silent']} of {due} DUEs became SDCs "
+            "(DUE → SDC).")
 
 
 def _completeness(result: CampaignResult) -> str:

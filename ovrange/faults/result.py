@@ -101,13 +101,18 @@ class CampaignResult:
         return {int(k): v for k, v in sorted(found.items(), key=lambda kv: int(kv[0]))}
 
     def comparison(self, first: int = 0, second: int = 1) -> dict[str, Any]:
-        """SDC and DUE reductions from model ``first`` to ``second`` on the trials both ran, and the paired table."""
+        """SDC, DUE and SDC+DUE reductions from model ``first`` to ``second`` on the trials both ran, the paired
+        table and the DUEs turned silent (DUE under ``first``, SDC under ``second``): a protection that turns
+        detectable NaN/Inf into plausible wrong answers lowers DUE and raises SDC, which SDC+DUE shows."""
         a, b = self.models[first], self.models[second]
         both = a.done & b.done
         ra, rb = rates(a.outcome[both]), rates(b.outcome[both])
+        table = paired(a.outcome[both], b.outcome[both])
+        failed_a, failed_b = (Rate(r["sdc"].k + r["due"].k, r["sdc"].n) for r in (ra, rb))
         return {"models": [a.name, b.name], "trials": int(both.sum()),
                 "sdc_reduction": reduction(ra["sdc"], rb["sdc"]), "due_reduction": reduction(ra["due"], rb["due"]),
-                "paired": paired(a.outcome[both], b.outcome[both])}
+                "sdc_due_reduction": reduction(failed_a, failed_b), "due_turned_silent": table["due"]["sdc"],
+                "paired": table}
 
     def summary(self) -> dict[str, Any]:
         """The machine-readable digest CI reads: rates with intervals, breakdowns, comparison."""

@@ -1,0 +1,344 @@
+"""Protection under a latency budget: keep the guards that remove the most SDC per unit of measured cost.
+
+``protect --max-overhead 1%`` protects the model fully, then chooses the subset of the plan's guards (or Checksum
+checks) that fits the budget:
+
+1. *Benefit*, from a short seeded campaign (:data:`TRIALS` activation faults in the exponent bits :data:`BITS`)
+   on the original and the fully protected model, the same faults on both: per fault site, the SDCs the full
+   protection removed (SDC on the original, not on the protected model, minus the reverse). The faults of a site
+   are credited to the first guards they meet on their way to the outputs (the guard of the site itself, else the
+   nearest guards downstream, shared equally), so a guard's benefit is the part of the full protection's SDC
+   reduction it delivers (the vulnerability map's per-site SDC share, restricted to what guards actually stop).
+2. *Cost*, from the plugin's fusion report of the fully protected model (:mod:`ovrange.bench.fusion`): a guard
+   fused into its producer's kernel costs next to nothing; a standalone one costs a pass over its tensor
+   (estimated in proportion to the tensor's elements).
+3. *Greedy by benefit / cost*, then *verify*: the full protection is timed against the original in paired,
+   interleaved sessions (:func:`ovrange.bench.benchmark.benchmark`), which prices a unit of cost; the guards are
+   taken in benefit/cost order while their predicted overhead fits; the set is timed; while its median overhead
+   exceeds the budget, the choice is made again within it at the newly measured price (at least its worst-ratio
+   guard dropped) and timed again, :data:`MAX_TIMINGS` times at most.
+
+The expected SDC reduction of the chosen set is read off the same campaign: the original's SDC count over what is
+left when only the chosen guards' credited removals are subtracted, on exponent-bit faults; and the share of the
+full protection's reduction it keeps. Both are estimates from :data:`TRIALS` faults; a campaign with
+``ovrange inject --compare`` on the result measures them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from ovrange.errors import ConfigError, ModelError
+from ovrange.faults.metrics import SDC
+from ovrange.graph import inserted_nodes, node_ids, set_rt_json
+
+TRIALS = 1000  # faults of the benefit campaign (seconds on small models)
+# Its bits: the f32 exponent's. Range guards stop values a flip moved far out of range; a flip of a mantissa or sign
+# bit changes a value by at most 2x or its sign, which no guard tells from a clean value. Sampling only the
+# exponent flips gives a few times the SDCs per trial (FashionSevenAct: 70 in 1,000 exponent-bit faults, 10 in 400
+# faults over all bits).
+BITS = "23-30"
+SECONDS = 8.0  # timing of one candidate set, both models together
+SESSIONS = 4  # compilations per timing (the interval is taken over them)
+MAX_TIMINGS = 4  # timed sets after the full protection's; when none fits, no guard is kept
+FUSED_COST = 0.02  # cost of a fused guard relative to a standalone one over the same tensor (a post-op)
+
+ProgressFn = Callable[[int, int], None]
+
+
+def parse_overhead(value: str | float | int, where: str = "--max-overhead") -> float:
+    """A latency budget in percent (``1``, ``1%``, ``0.3%``), as ``check --max-overhead`` takes it -> the
+    fraction (0.01 for 1%); refused unless finite and >= 0."""
+    text = str(value).strip()
+    try:
+        percent = float(text[:-1] if text.endswith("%") else text)
+    except ValueError:
+        raise ConfigError(f"{where} {value!r} is not a percentage such as 1% or 0.3%") from None
+    if not math.isfinite(percent) or percent < 0 or isinstance(value, bool):
+        raise ConfigError(f"{where} {value!r} must be a finite percentage >= 0")
+    return percent / 100
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One guard (or Checksum check) of the full plan: what it stops, what it costs."""
+
+    key: str  # the plan's target id
+    fusion: str  # fused, standalone, not found (removed by the plugin) or unknown (not a Clamp-style guard)
+    elements: int  # per sample, of the guarded tensor
+    sites: tuple[str, ...]  # fault sites credited to it
+    removed: float  # SDCs of the benefit campaign it removes (credited share of the full protection's)
+    cost: float  # estimated, in standalone-element units
+
+    @property
+    def ratio(self) -> float:
+        return self.removed / self.cost if self.cost > 0 else math.inf if self.removed > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """A measured latency overhead (fraction) with its 95% interval, of ``guards`` guards."""
+
+    guards: int
+    median: float
+    low: float
+    high: float
+    sessions: int
+
+    def text(self) -> str:
+        return f"{self.median:+.2%} [{self.low:+.2%}, {self.high:+.2%}]"
+
+
+@dataclass(frozen=True)
+class BudgetResult:
+    """The chosen guards, their measured overhead and the expected SDC reduction (from the benefit campaign)."""
+
+    max_overhead: float
+    trials: int
+    seed: int
+    sdc: str
+    sdc_original: int  # SDCs of the benefit campaign on the original ...
+    sdc_full: int  # ... and on the fully protected model
+    candidates: tuple[Candidate, ...]  # in greedy order, best benefit/cost first
+    chosen: tuple[str, ...]
+    timings: tuple[Overhead, ...]  # every timed set, the full protection first
+
+    @property
+    def overhead(self) -> Overhead | None:
+        """The measurement of the chosen set (None when no guard is kept: no overhead to measure)."""
+        return next((t for t in reversed(self.timings) if t.guards == len(self.chosen)), None)
+
+    @property
+    def removed(self) -> float:
+        chosen = set(self.chosen)
+        return sum(c.removed for c in self.candidates if c.key in chosen)
+
+    @property
+    def kept_share(self) -> float | None:
+        """Share of the full protection's SDC reduction the chosen set is expected to keep."""
+        full = sum(c.removed for c in self.candidates)
+        return self.removed / full if full > 0 else None
+
+    @property
+    def expected_reduction(self) -> float | None:
+        """Expected SDC reduction (original / chosen) on the benefit campaign's faults; None: no SDC left."""
+        left = self.sdc_original - self.removed
+        return self.sdc_original / left if left > 0 else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_overhead": self.max_overhead, "trials": self.trials, "bits": BITS, "seed": self.seed,
+                "sdc": self.sdc,
+                "sdc_original": self.sdc_original, "sdc_full": self.sdc_full, "chosen": list(self.chosen),
+                "overhead": None if self.overhead is None else asdict(self.overhead),
+                "kept_share": self.kept_share, "expected_reduction": self.expected_reduction,
+                "timings": [asdict(t) for t in self.timings],
+                "candidates": [{**asdict(c), "sites": list(c.sites)} for c in self.candidates]}
+
+
+def protect_within_budget(model: ov.Model, dataset: Any, algorithms: tuple, max_overhead: float, *,
+                          device: str = "CPU", progress: ProgressFn | None = None,
+                          **settings: Any) -> tuple[ov.Model, BudgetResult]:
+    """A POT chain (``ovrange.protect.run_chain``) whose protection is cut to ``max_overhead`` (see
+    :func:`within_budget`; ``settings``: its trials, seed, sdc, seconds, sessions)."""
+    from ovrange import quantize
+    from ovrange.algorithms import QUANTIZATIONS
+    from ovrange.protect import run_chain
+
+    for step in (a for a in algorithms if a.name in QUANTIZATIONS):
+        model = quantize.apply(model, dataset, step, progress=progress)
+    protection = tuple(a for a in algorithms if a.name not in QUANTIZATIONS)[:1]
+    full = run_chain(model, dataset, protection, device=device, progress=progress)
+    return within_budget(model, full, dataset, max_overhead, device=device, progress=progress, **settings)
+
+
+def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhead: float, *,
+                  trials: int = TRIALS, seed: int = 0, sdc: str | None = None, output: str | None = None,
+                  seconds: float = SECONDS, sessions: int = SESSIONS, shapes: dict | None = None,
+                  device: str = "CPU", progress: ProgressFn | None = None) -> tuple[ov.Model, BudgetResult]:
+    """The protection of ``protected`` (``model`` fully protected by ovrange) cut to the guards that fit
+    ``max_overhead`` (a fraction: 0.01 for 1%), and how they were chosen. ``sdc`` and ``output``: the criterion
+    and judged output of the benefit campaign; ``seconds``, ``sessions``, ``shapes``: of each timing."""
+    from ovrange.bench.benchmark import benchmark
+    from ovrange.faults.campaign import inject
+    from ovrange.protect import apply_plan, protection_info
+
+    plan = protection_info(protected)
+    if plan is None:
+        raise ModelError("--max-overhead needs a model protected by ovrange")
+    if not plan.guards:
+        raise ModelError(f"{plan.algorithm} inserted nothing into this model: there is no guard to choose")
+    campaign = inject(model, dataset, compare=protected, target="activations", trials=trials, seed=seed, bits=BITS,
+                      **({"sdc": sdc} if sdc else {}), output=output, progress=progress)
+
+    def timed(keys: list[str]) -> tuple[Overhead, Any]:
+        subset = protected if len(keys) == len(plan.guards) else apply_plan(model, _subset(plan, keys))
+        run = benchmark(model, subset, device=device, seconds=seconds, sessions=sessions, shapes=shapes, seed=seed)
+        ratio = run.latency_ratio
+        return Overhead(len(keys), ratio.median - 1, ratio.low - 1, ratio.high - 1, run.sessions), run.fusion
+
+    full, fusion = timed(list(plan.guards))
+    candidates = rank(_candidates(model, protected, plan.guards, campaign, fusion))
+    chosen, timings = choose(candidates, full, max_overhead, lambda keys: timed(keys)[0])
+    result = BudgetResult(max_overhead, campaign.trials, seed, str(campaign.spec.sdc),
+                          _sdc_count(campaign, 0), _sdc_count(campaign, 1), tuple(candidates), tuple(chosen),
+                          tuple(timings))
+    cut = plan if len(chosen) == len(plan.guards) else _subset(plan, chosen)
+    cut = replace(cut, report={**cut.report, "budget": result.to_json()})
+    if not chosen:  # nothing fits: the model as it was, with the record of why (a pass may not take zero guards)
+        unprotected = model.clone()
+        set_rt_json(unprotected, "protection", cut.to_json())
+        return unprotected, result
+    return apply_plan(model, cut), result
+
+
+def choose(candidates: list[Candidate], full: Overhead, max_overhead: float,
+           measure: Callable[[list[str]], Overhead]) -> tuple[list[str], list[Overhead]]:
+    """Greedy by benefit/cost (``candidates`` ranked; one that would overflow the predicted budget is skipped, a
+    cheaper one after it may still fit), verified by ``measure``; while the measured median exceeds the budget,
+    the set is chosen again within the one measured, at the price per unit of cost that measurement gives, with at
+    least its worst-ratio guard dropped. Returns the chosen keys (in rank order) and every timing, ``full`` first."""
+    timings = [full]
+    if full.median <= max_overhead:
+        return [c.key for c in candidates], timings
+    pool, last = list(candidates), full
+    while len(timings) <= MAX_TIMINGS:
+        unit = max(last.median, 0.0) / max(sum(c.cost for c in pool), 1e-12)
+        picked = _greedy(pool, unit, max_overhead)
+        if len(picked) >= len(pool):
+            picked = pool[:-1]  # predicted to fit, measured over: drop the worst ratio
+        if not picked:
+            break
+        last = measure([c.key for c in picked])
+        timings.append(last)
+        if last.median <= max_overhead:
+            return [c.key for c in picked], timings
+        pool = picked
+    return [], timings
+
+
+def rank(candidates: list[Candidate]) -> list[Candidate]:
+    """Best benefit/cost first; guards that removed nothing in the campaign last, cheapest first."""
+    return sorted(candidates, key=lambda c: (-c.ratio, c.cost, c.key))
+
+
+def _greedy(candidates: list[Candidate], unit: float, max_overhead: float) -> list[Candidate]:
+    """In rank order, every candidate whose predicted cost still fits in what is left of the budget; guards the
+    campaign credited with nothing only fill what is left once every guard credited with something is in."""
+    total, picked, left_out = 0.0, [], False
+    for c in candidates:
+        if c.removed <= 0 and left_out:
+            break
+        if total + c.cost * unit <= max_overhead:
+            total += c.cost * unit
+            picked.append(c)
+        else:
+            left_out = True
+    return picked
+
+
+def _subset(plan, keys: list[str]):
+    wanted = set(keys)
+    return replace(plan, guards={k: v for k, v in plan.guards.items() if k in wanted})
+
+
+def _sdc_count(campaign, index: int) -> int:
+    run = campaign.models[index]
+    return int(np.count_nonzero(run.outcome[run.done] == SDC))
+
+
+def _candidates(model: ov.Model, protected: ov.Model, guards: dict[str, dict], campaign, fusion) -> list[Candidate]:
+    """Each guard with the SDCs it is credited with and its estimated cost."""
+    status = _fusion_by_key(protected, fusion)
+    covers = _coverage(model, set(guards))
+    removed = _removed_per_site(campaign)
+    credit: dict[str, float] = {k: 0.0 for k in guards}
+    sites: dict[str, list[str]] = {k: [] for k in guards}
+    for site, net in removed.items():
+        reached = covers.get(_node_of(site), ())
+        for key in reached:
+            credit[key] += net / len(reached)
+            sites[key].append(site)
+    elements = _elements(campaign)
+    out = []
+    for key in guards:
+        size = elements.get(_node_of(key), 1)
+        kind = status.get(_node_of(key), "unknown")
+        weight = 0.0 if kind == "not found" else FUSED_COST if kind == "fused" else 1.0
+        out.append(Candidate(key, kind, size, tuple(sites[key]), max(credit[key], 0.0), weight * size))
+    return out
+
+
+def _node_of(key: str) -> str:
+    """The node id a target id sits after (``id:port`` and input-edge ``id>consumer:port`` ids)."""
+    return re.sub(r":\d+$", "", key.split(">")[0])
+
+
+def _elements(campaign) -> dict[str, int]:
+    return {_node_of(s.name): s.size for s in campaign.sites}
+
+
+def _removed_per_site(campaign) -> dict[str, float]:
+    """Per site: SDCs on the original that the full protection removed, minus SDCs it added."""
+    first, second = campaign.models[0], campaign.models[1]
+    keep = first.done & second.done & (campaign.trial_site >= 0)
+    net = (first.outcome[keep] == SDC).astype(np.int64) - (second.outcome[keep] == SDC).astype(np.int64)
+    totals = np.bincount(campaign.trial_site[keep], weights=net, minlength=len(campaign.sites))
+    return {s.name: float(totals[i]) for i, s in enumerate(campaign.sites) if totals[i]}
+
+
+def _coverage(model: ov.Model, keys: set[str]) -> dict[str, tuple[str, ...]]:
+    """Node id -> the guards a fault in its output meets first on its way to the outputs."""
+    ids = {node.get_name(): node_id for node_id, node in node_ids(model)}
+    guard_at: dict[str, list[str]] = {}
+    for key in keys:
+        guard_at.setdefault(_node_of(key), []).append(key)
+    found: dict[str, tuple[str, ...]] = {}
+    for node in reversed(model.get_ordered_ops()):  # consumers first: each node reuses its consumers' answers
+        node_id = ids[node.get_name()]
+        if node_id in guard_at:
+            found[node_id] = tuple(sorted(guard_at[node_id]))
+            continue
+        reached: set[str] = set()
+        for out in node.outputs():
+            for target in out.get_target_inputs():
+                reached.update(found.get(ids[target.get_node().get_name()], ()))
+        found[node_id] = tuple(sorted(reached))
+    return found
+
+
+def _fusion_by_key(protected: ov.Model, fusion) -> dict[str, str]:
+    """Plan key -> fusion status of its guard (the guard node reads the guarded tensor, through check nodes)."""
+    inserted = inserted_nodes(protected)
+    ids = {node.get_name(): node_id for node_id, node in node_ids(protected)}
+    by_name = {c.name: c.status for c in fusion.clamps}
+    out: dict[str, str] = {}
+    for node in protected.get_ordered_ops():
+        status = by_name.get(node.get_friendly_name())
+        if status is None:
+            continue
+        stack, seen = [node], set()
+        while stack:
+            current = stack.pop()
+            for value in current.input_values():
+                source = value.get_node()
+                if source.get_name() in seen:
+                    continue
+                seen.add(source.get_name())
+                if source.get_friendly_name() in inserted:
+                    stack.append(source)
+                elif source.get_type_name() != "Constant":
+                    key = ids[source.get_name()]
+                    out[key] = _worse(out.get(key), status)
+    return out
+
+
+def _worse(a: str | None, b: str) -> str:
+    order = ("not found", "fused", "unknown", "standalone")
+    return b if a is None else max(a, b, key=order.index)
