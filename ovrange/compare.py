@@ -44,6 +44,8 @@ class SdcCriterion:
         text detector's probability map binarized at 0.3, as DBNet does: more than N pixels flip, default 0) or
         ``regions`` / ``regions:N`` (that map's text regions change: one appears, vanishes, merges or splits, or a
         box side moves by more than N pixels, default 0)."""
+        if str(spec).strip().startswith("generation"):
+            return generation(spec)
         match = re.fullmatch(r"(auto|top1|tokens|text|linf|cosine|boxes|regions)(?::([0-9.eE+-]+))?",
                              str(spec).strip())
         if not match:
@@ -71,6 +73,23 @@ class SdcCriterion:
     def __str__(self) -> str:
         return self.metric if self.threshold is None else f"{self.metric}:{self.threshold:g}"
 
+    @property
+    def new_tokens(self) -> int:
+        """N of ``generation:N``: the greedy tokens a language model generates after each prompt."""
+        return int(self.threshold or 0) if self.metric == "generation" else 0
+
+
+DEFAULT_NEW_TOKENS = 16  # ``generation`` without N
+
+
+def generation(spec: str) -> SdcCriterion:
+    """``generation:N`` (``generation`` alone: 16): a stateful language model's N greedy new tokens change (a
+    sample is a prompt; the judged output is the last-position logits of its N steps, prefill then decode)."""
+    match = re.fullmatch(r"generation(?::(\d+))?", str(spec).strip())
+    if not match or (match[1] is not None and int(match[1]) < 1):
+        raise ConfigError(f"SDC criterion {spec!r}: use generation:N, N >= 1 new tokens")
+    return SdcCriterion("generation", float(match[1]) if match[1] else float(DEFAULT_NEW_TOKENS))
+
 
 @dataclass(frozen=True)
 class Judge:
@@ -78,6 +97,7 @@ class Judge:
 
     criterion: SdcCriterion
     output: int = 0
+    eos: int | None = None  # generation: the end-of-sequence token (tokens after it are never shown)
 
     @classmethod
     def for_model(cls, model: ov.Model, criterion: SdcCriterion, output: str | None = None) -> Judge:
@@ -122,6 +142,12 @@ class Judge:
                 blank = int(self.criterion.threshold or 0)
                 sdc = np.array([not np.array_equal(ctc_text(a, blank), ctc_text(b, blank))
                                 for a, b in zip(tokens_g, tokens_f)], bool).reshape(n)
+        elif self.criterion.metric == "generation":
+            tokens_g = golden.reshape(n, -1, golden.shape[-1]).argmax(axis=2)
+            tokens_f = f.reshape(n, -1, golden.shape[-1]).argmax(axis=2)
+            top1 = np.where(finite, tokens_f[:, 0], -1).astype(np.int32)
+            sdc = np.array([not np.array_equal(shown(a, self.eos), shown(b, self.eos))
+                            for a, b in zip(tokens_g, tokens_f)], bool).reshape(n)
         elif self.criterion.metric == "boxes":
             flipped = ((f > BOXES_THRESHOLD) != (g > BOXES_THRESHOLD)).sum(axis=1)
             sdc = flipped > self.criterion.threshold
@@ -133,6 +159,22 @@ class Judge:
             sdc = _cosine_distance(g, f) > self.criterion.threshold
         codes = np.where(~finite, DUE, np.where(sdc, SDC, MASKED)).astype(np.int8)
         return codes, top1, deviation.astype(np.float32)
+
+
+def shown(tokens: np.ndarray, eos: int | None = None) -> np.ndarray:
+    """The generated tokens a user sees: up to and including the first end-of-sequence token ``eos``."""
+    if eos is None:
+        return tokens
+    end = np.flatnonzero(tokens == eos)
+    return tokens[: end[0] + 1] if len(end) else tokens
+
+
+def generation_outcome(golden: np.ndarray, faulty: np.ndarray, finite: bool = True, eos: int | None = None) -> int:
+    """The ``generation:N`` outcome of one prompt from its greedy tokens: DUE when a logit was not finite, SDC when
+    the tokens a user sees (:func:`shown`) differ, else masked."""
+    if not finite:
+        return DUE
+    return SDC if not np.array_equal(shown(np.asarray(golden), eos), shown(np.asarray(faulty), eos)) else MASKED
 
 
 def ctc_text(tokens: np.ndarray, blank: int = 0) -> np.ndarray:

@@ -33,10 +33,12 @@ from ovrange.faults.report import CHECKPOINT_FILE, FAULTS_FILE, remove_report
 from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, sites_in_format
 from ovrange.faults.spec import CampaignSpec
+from ovrange.faults.stateful import PromptStore, check_plan, generation_judge, plan_campaign
+from ovrange.faults.stateful import check_models as generation_models
 from ovrange.faults.stopping import Stopping, fault_space
 from ovrange.graph import get_rt_json, inserted_nodes
 from ovrange.modelio import read_model
-from ovrange.runtime import Runner, refuse_stateful
+from ovrange.runtime import Runner
 
 ProgressFn = Callable[[int, int], None]
 
@@ -73,12 +75,11 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
         check_ray(workers, ray_address)  # before anything is read or written
     others = [] if compare is None else list(compare) if isinstance(compare, (list, tuple)) else [compare]
     models = [_as_model(m) for m in [model, *others]]
-    for _, loaded_model in models:
-        refuse_stateful(loaded_model, "inject")  # before the data: prompts or token ids would be the wrong complaint
+    stateful = generation_models(models)  # before the data: prompts or token ids would be the wrong complaint
     spec = one_trial_per_inference(spec, models, explicit=settings.get("batch_size") is not None)
     source = str(dataset) if isinstance(dataset, (str, os.PathLike)) else type(dataset).__name__
     if isinstance(dataset, (str, os.PathLike)):
-        loaded = data_mod.load(dataset, models[0][1])
+        loaded = data_mod.load(dataset, models[0][1], model_path=models[0][0] if stateful else None)
         dataset, labels = loaded.dataset, loaded.labels if labels is None else labels
     if resume and replay is None and checkpoint_dir is not None:
         replay = Path(checkpoint_dir) / FAULTS_FILE  # resuming replays the plan the interrupted run saved
@@ -125,12 +126,21 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
     if len(set(names)) != len(names):
         names = [f"{name} [{i}]" for i, name in enumerate(names)]
     reference = models[0][1]
-    judge = Judge.for_model(reference, spec.sdc, spec.output)
-    spec = replace(spec, sdc=judge.criterion)
-    store = InputStore(dataset, reference)
+    stateful = generation_models(models)  # a language model's sample is a prompt, a trial its generation
+    if stateful and (workers is not None or ray_address is not None):
+        raise ConfigError("campaigns on stateful language models run locally (no --workers or --ray-address)")
+    if stateful:
+        spec, judge = generation_judge(spec, models[0][0])
+    else:
+        judge = Judge.for_model(reference, spec.sdc, spec.output)
+        spec = replace(spec, sdc=judge.criterion)
+    store = PromptStore(dataset, reference) if stateful else InputStore(dataset, reference)
     checked: list[tuple[int, int]] = [(0, 0)] * len(models)
     population = None
-    if plan is None:
+    if plan is None and stateful:
+        spec, plan = plan_campaign(models, store, spec, data, lambda m, s: _sites(m, s, None))
+        shapes, sites = store.sample_shapes(plan.inputs[0]), list(plan.sites)
+    elif plan is None:
         shapes = store.sample_shapes(0)
         spec, sites = _sites(models, spec, shapes)
     else:
@@ -140,9 +150,12 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
                                    fault_model=plan.fault_model, error_rate=plan.error_rate)
         shapes = store.sample_shapes(plan.inputs[0] if plan.inputs else plan.faults[0].input)
         for name, model in models:
-            plan.check_sites(find_sites(model, plan.target, shapes), name)
+            if not stateful or plan.target == "weights":
+                plan.check_sites(find_sites(model, plan.target, shapes), name)
+        if stateful and plan.target != "weights":
+            check_plan(plan, models)
         sites = list(plan.sites)
-    if plan is None:
+    if not stateful and plan is None:
         # Plain compiled models pick the inputs; the injection engines are built one model at a time below (each
         # holds its weights and batch-sized buffers: several at once ran a large model out of memory).
         references = [_plain_reference(model, judge, shapes, spec) for _, model in models]
