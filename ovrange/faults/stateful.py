@@ -270,7 +270,7 @@ def find_state_sites(model: ov.Model, target: str, include: Sequence[str] = (), 
     from fnmatch import fnmatchcase
 
     if target == KV:
-        found = [(v.get_info().variable_id, "Variable") for v in model.get_variables()]
+        found = sorted((v.get_info().variable_id, "Variable") for v in model.get_variables())  # listed unordered
     else:
         found = [(name, node.get_type_name()) for name, (node, _) in site_outputs(model, "activations").items()]
     sites = [Site(name, op, ()) for name, op in found
