@@ -15,6 +15,7 @@ import pytest
 
 from ovrange import text
 from ovrange.compare import SDC, Judge, SdcCriterion
+from ovrange.errors import ModelError
 from ovrange.faults.campaign import inject
 from ovrange.faults.faultlist import FaultList
 from ovrange.faults.formats import apply_mask, parse_format
@@ -24,8 +25,8 @@ from ovrange.faults.stateful import KV, Generator
 from ovrange.modelio import read_model
 from tests.test_llm_fixture import llm  # noqa: F401 - the session fixture that builds build/llm
 
-TOKENS = 6
-PROMPTS = 3
+TOKENS = 4
+PROMPTS = 2
 
 
 def ovrange(*args: object) -> subprocess.CompletedProcess:
@@ -42,7 +43,7 @@ def prompts(llm, tmp_path_factory):  # noqa: F811
 
 def campaign(xml, prompts, target, trials, tmp_path=None, **settings):
     return inject(xml, prompts, target=target, trials=trials, seed=3, sdc=f"generation:{TOKENS}", lanes=1,
-                  checkpoint_dir=tmp_path, **settings)
+                  shard_size=4, checkpoint_dir=tmp_path, **settings)
 
 
 def unrolled_outcomes(xml, prompts, plan: FaultList) -> np.ndarray:
@@ -82,26 +83,27 @@ def unrolled_outcomes(xml, prompts, plan: FaultList) -> np.ndarray:
 
 def test_kv_cache_faults_are_deterministic_and_resume(llm, prompts, tmp_path):  # noqa: F811
     xml = llm["fp32"] / "openvino_model.xml"
-    first = campaign(xml, prompts, KV, 24, tmp_path / "a")
+    first = campaign(xml, prompts, KV, 8, tmp_path / "a")
     plan = FaultList.load(tmp_path / "a" / FAULTS_FILE)
     assert plan.number_format == "fp16"  # the export's KV_CACHE_PRECISION: the cache the plugin really keeps
-    assert {f.step for f in plan.faults} <= set(range(TOKENS - 1)) and len({f.step for f in plan.faults}) > 2
+    assert {f.step for f in plan.faults} <= set(range(TOKENS - 1)) and len({f.step for f in plan.faults}) > 1
     assert {f.site for f in plan.faults} <= {f"past_key_values.{i}.{kv}present.{i}.{kv}" for i in range(4)
                                             for kv in ("key", "value")}
     assert max(f.bit for f in plan.faults) <= 15
-    again = campaign(xml, prompts, KV, 24)
+    again = campaign(xml, prompts, KV, 8)
     assert np.array_equal(first.models[0].outcome, again.models[0].outcome)
     # An interrupted campaign: keep the header and the first shard of the checkpoint, resume, same outcomes.
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     lines = (tmp_path / "b" / "checkpoint.jsonl").read_text().splitlines()
     assert len(lines) > 2
     (tmp_path / "b" / "checkpoint.jsonl").write_text("\n".join(lines[:2]) + "\n")
-    resumed = campaign(xml, prompts, KV, 24, tmp_path / "b", resume=True)
+    resumed = campaign(xml, prompts, KV, 8, tmp_path / "b", resume=True)
     assert np.array_equal(resumed.models[0].outcome, first.models[0].outcome)
-    assert (first.models[0].outcome > 0).any() or (unrolled_outcomes(xml, prompts, plan) == 0).all()
+    with pytest.raises(ModelError, match="KV cache as u8"):  # an INT8 cache with per-token scales
+        campaign(llm["int8"] / "openvino_model.xml", prompts, KV, 4)
 
 
-@pytest.mark.parametrize("export,target,trials", [("fp32", "activations", 24), ("int8", "weights", 24)])
+@pytest.mark.parametrize("export,target,trials", [("fp32", "activations", 8), ("int8", "weights", 8)])
 def test_a_campaign_equals_its_replay_without_kv_cache(llm, prompts, tmp_path, export, target, trials):  # noqa: F811
     xml = llm[export] / "openvino_model.xml"
     sites = ["*mlp*"] if target == "activations" else None  # [1, T, features] tensors: positions on axis 1
@@ -113,24 +115,22 @@ def test_a_campaign_equals_its_replay_without_kv_cache(llm, prompts, tmp_path, e
         assert {f.step for f in plan.faults} - {0} and 0 in {f.step for f in plan.faults}
     stateful = result.models[0].outcome
     replayed = unrolled_outcomes(xml, prompts, plan)
-    assert np.mean(stateful == replayed) >= 0.9, (stateful, replayed)
+    assert (stateful != replayed).sum() <= 1, (stateful, replayed)  # prefill and decode kernels round differently
     k1, k2 = int((stateful == SDC).sum()), int((replayed == SDC).sum())
     low, high = wilson(k1, trials)
     assert low <= k2 / trials <= high
 
 
-def test_cli_inject_runs_the_export_and_refuses_what_it_cannot_measure(llm, prompts, tmp_path):  # noqa: F811
-    fp32, int8 = llm["fp32"] / "openvino_model.xml", llm["int8"] / "openvino_model.xml"
-    done = ovrange("inject", fp32, "--compare", fp32, "--data", prompts, "--target", "weights", "--trials", 6,
-                   "--sdc", "generation:4", "--json", tmp_path / "r.json", "-q")
+def test_cli_inject_runs_the_export_and_refuses_other_criteria(llm, prompts, tmp_path):  # noqa: F811
+    fp32 = llm["fp32"] / "openvino_model.xml"
+    done = ovrange("inject", fp32, "--compare", fp32, "--data", prompts, "--target", "weights", "--trials", 4,
+                   "--sdc", "generation:3", "--json", tmp_path / "r.json", "-q")
     assert done.returncode == 0, done.stderr
-    summary = json.loads((tmp_path / "r.json").read_text())
-    assert summary["spec"]["sdc"] == "generation:4" and summary["summary"]["trials"] == 6
-    outcomes = [model["outcome"] for model in summary["models"]] if "outcome" in summary["models"][0] else None
-    assert outcomes is None or outcomes[0] == outcomes[1]  # the same model under the same faults
-    refused = {"u8 cache": (int8, "--target", "kv"), "criterion": (fp32, "--sdc", "top1")}
-    for what, (xml, *args) in refused.items():
-        done = ovrange("inject", xml, "--data", prompts, "--trials", 4, *args, "--report", tmp_path / what)
-        assert done.returncode in (2, 3), done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr
-        assert not (tmp_path / what).exists()
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["spec"]["sdc"] == "generation:3" and result["summary"]["trials"] == 4
+    rates = [{k: model[k] for k in ("masked", "sdc", "due")} for model in result["summary"]["models"].values()]
+    assert rates[0] == rates[1]  # the same model under the same faults
+    done = ovrange("inject", fp32, "--data", prompts, "--trials", 4, "--sdc", "top1", "--report", tmp_path / "no")
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: a stateful language model's campaign judges its greedy generations: use --sdc generation:N, not top1"]
+    assert not (tmp_path / "no").exists()

@@ -282,7 +282,7 @@ def find_state_sites(model: ov.Model, target: str, include: Sequence[str] = (), 
     return sites
 
 
-def plan_generation_faults(model: ov.Model, store: PromptStore, spec: CampaignSpec, inputs: Sequence[int],
+def plan_generation_faults(generator: Generator, store: PromptStore, spec: CampaignSpec, inputs: Sequence[int],
                            sites: list[Site], fmt: NumberFormat) -> tuple[list[Site], list[Fault], np.ndarray]:
     """Sites with their measured shapes, the faults (one per trial) and each trial's input, drawn from the seed."""
     new_tokens = spec.sdc.new_tokens
@@ -291,11 +291,9 @@ def plan_generation_faults(model: ov.Model, store: PromptStore, spec: CampaignSp
         raise ConfigError(f"KV-cache faults strike the state between steps: use --sdc generation:N with N >= 2")
     rng = np.random.default_rng(spec.seed)
     trial_inputs = rng.choice(np.asarray(inputs), size=spec.trials)
-    generator = Generator(model, spec.target, sites, device=spec.device)
     tables = {}
     for i in np.unique(trial_inputs):
         tables[int(i)] = generator.shapes(store.load([int(i)])[0][0], new_tokens)[:steps]
-    del generator
     sizes_of = {i: np.array([[int(np.prod(s)) for s in row] for row in t], np.int64) for i, t in tables.items()}
     largest = [tuple(np.max([t[k][s] for t in tables.values() for k in range(steps)], axis=0).tolist())
                for s in range(len(sites))]
@@ -407,14 +405,13 @@ def plan_campaign(models: Sequence[tuple[str, ov.Model]], store: PromptStore, sp
             if missing:
                 raise ModelError(f"--compare model {name} does not match the structure of the first model: "
                                  f"missing {missing[:3]}")
-        fmt = parse_format("fp32")
-        if spec.target == KV:
-            fmt = kv_format(Runner(models[0][1], device=spec.device, stateful=True).compiled)
+        generator = Generator(models[0][1], spec.target, sites, device=spec.device)  # measures the shapes
+        fmt = generator.kv_format or parse_format("fp32")
         if spec.number_format not in ("auto", fmt.name):
             raise ConfigError(f"{spec.target} faults strike {fmt.name} values here, not {spec.number_format}")
         if spec.number_format != fmt.name:
             spec = spec.with_overrides(number_format=fmt.name, bits=list(rebase_bits(spec.bits, fmt)))
-        sites, faults, trial_inputs = plan_generation_faults(models[0][1], store, spec, inputs, sites, fmt)
+        sites, faults, trial_inputs = plan_generation_faults(generator, store, spec, inputs, sites, fmt)
     plan = FaultList(spec.target, spec.number_format, tuple(sites), tuple(int(i) for i in inputs), tuple(faults),
                      spec.trials, spec.seed, None, data, (), spec.fault_model, None)
     return spec, plan
