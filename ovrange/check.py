@@ -28,6 +28,8 @@ from ovrange.compare import Judge, SdcCriterion, agreement
 from ovrange.data import LabelledData
 from ovrange.errors import CheckFailed, ConfigError
 from ovrange.evaluate import label_accuracy, predict
+from ovrange.runtime import is_stateful
+from ovrange.text import is_language_model
 
 ProgressFn = Callable[[int, int], None]
 
@@ -158,7 +160,19 @@ def measure_accuracy(original: ov.Model, protected: ov.Model, data: LabelledData
                      batch_size: int = 64, limit: int | None = None, judge: Judge | None = None,
                      progress: ProgressFn | None = None) -> Accuracy:
     """Top-1 accuracy of both models (f32) on ``data``: against its labels, or, without labels, the protected
-    model's agreement with the original (arg-max, or ``judge``'s SDC criterion)."""
+    model's agreement with the original (arg-max, or ``judge``'s SDC criterion). Stateful language models: the
+    share of prompts whose greedy generation (``generation:N``, default 16 tokens) is the original's."""
+    if is_stateful(original) and is_language_model(original):
+        from ovrange import data as data_mod
+        from ovrange.evaluate import generation_shares
+
+        judge = judge or Judge(SdcCriterion.parse("generation"))
+        if judge.criterion.metric != "generation":
+            raise ConfigError(f"stateful language models are compared by their greedy generations: use --sdc "
+                              f"generation:N, not {judge.criterion}")
+        samples = list(data_mod.subset(data.dataset, limit)[0])
+        shares = generation_shares([original, protected], samples, judge, device=device)
+        return Accuracy(f"original generations ({judge.criterion})", len(samples), 1.0, shares[1])
     outputs = [predict(m, data.dataset, batch_size=batch_size, device=device, limit=limit, progress=progress)
                for m in (original, protected)]
     if data.labels is not None:

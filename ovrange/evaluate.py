@@ -3,7 +3,7 @@ models, the agreement of their greedy generations (:mod:`ovrange.generate`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,20 +109,31 @@ def generation_agreement(paths: list[Path], models: list[ov.Model], data: Path, 
             raise ModelError(f"{path}: --sdc {criterion} compares stateful language models (optimum-intel exports "
                              "with past); this model is not one")
     samples, total = data_mod.subset(data_mod.load(data, models[0], model_path=paths[0]).dataset, limit)
-    samples = list(samples)
     judge = Judge(criterion, eos=generate.eos_token(paths[0].parent))
-    reference = generate.generations(models[0], samples, criterion.new_tokens, device=device)
-    shares = [1.0]
-    for model in models[1:]:
-        shares.append(agreement(reference, generate.generations(model, samples, criterion.new_tokens, device=device),
-                                judge))
-    return criterion, total, shares
+    return criterion, total, generation_shares(models, list(samples), judge, device=device)
+
+
+def generation_shares(models: list[ov.Model], samples: list[object], judge: Judge, *, device: str = "CPU"
+                      ) -> list[float]:
+    """Per model, the share of ``samples`` (prompts as token ids) on which its greedy generation is the first
+    model's under ``judge``'s ``generation:N`` criterion (the first model: 1.0)."""
+    from ovrange import generate
+
+    new_tokens = judge.criterion.new_tokens
+    reference = generate.generations(models[0], samples, new_tokens, device=device)
+    return [1.0] + [agreement(reference, generate.generations(model, samples, new_tokens, device=device), judge)
+                    for model in models[1:]]
 
 
 def generation_lines(paths: list[Path], models: list[ov.Model], data: Path, sdc: str | None, *,
-                     limit: int | None = None, device: str = "CPU") -> Iterator[str]:
-    """The lines ``evaluate`` prints for :func:`generation_agreement`: the first model is the reference."""
+                     limit: int | None = None, device: str = "CPU") -> tuple[list[str], dict]:
+    """The lines ``evaluate`` prints for :func:`generation_agreement` (the first model is the reference) and its
+    ``--json`` report."""
     criterion, total, shares = generation_agreement(paths, models, data, sdc, limit=limit, device=device)
-    yield f"{paths[0]}: the reference ({total} prompts, {criterion.new_tokens} greedy tokens each, f32)"
-    for path, share in zip(paths[1:], shares[1:]):
-        yield f"{path}: agrees with {paths[0].name} on {share:.2%} ({round(share * total)}/{total} prompts, {criterion})"
+    lines = [f"{paths[0]}: the reference ({total} prompts, {criterion.new_tokens} greedy tokens each, f32)"]
+    lines += [f"{path}: agrees with {paths[0].name} on {share:.2%} ({round(share * total)}/{total} prompts, "
+              f"{criterion})" for path, share in zip(paths[1:], shares[1:])]
+    report = {"data": str(data), "reference": str(paths[0]), "criterion": str(criterion),
+              "models": [{"model": str(path), "samples": total, "agreement": share, "criterion": str(criterion)}
+                         for path, share in zip(paths, shares)]}
+    return lines, report

@@ -21,7 +21,7 @@ from ovrange.faults.faultlist import FaultList
 from ovrange.faults.formats import apply_mask, parse_format
 from ovrange.faults.metrics import wilson
 from ovrange.faults.report import FAULTS_FILE
-from ovrange.faults.stateful import KV, Generator
+from ovrange.faults.generator import KV, Generator
 from ovrange.modelio import read_model
 from tests.test_llm_fixture import llm  # noqa: F401 - the session fixture that builds build/llm
 
@@ -134,3 +134,13 @@ def test_cli_inject_runs_the_export_and_refuses_other_criteria(llm, prompts, tmp
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: a stateful language model's campaign judges its greedy generations: use --sdc generation:N, not top1"]
     assert not (tmp_path / "no").exists()
+
+
+def test_cli_check_gates_a_stateful_export_on_its_generations(llm, prompts, tmp_path):  # noqa: F811
+    fp32 = llm["fp32"] / "openvino_model.xml"
+    done = ovrange("check", fp32, fp32, "--data", prompts, "--sdc", "generation:3", "--max-accuracy-drop", 0,
+                   "--json", tmp_path / "check.json", "-q")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert report["passed"] and report["accuracy"]["protected"] == 1.0 and report["accuracy"]["samples"] == PROMPTS
+    assert report["accuracy"]["reference"] == "original generations (generation:3)"

@@ -54,13 +54,17 @@ def check(
     from ovrange.check import check as run_check
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, write_file_atomically
-    from ovrange.runtime import refuse_stateful
+    from ovrange.runtime import is_stateful, refuse_stateful
+    from ovrange.text import is_language_model
 
     thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)
     models = [read_model(original), read_model(protected)]
     for model in models:
-        refuse_stateful(model, "check")  # before the data: prompts or token ids would be the wrong complaint
-    labelled = data_mod.load(data, models[0])
+        if not is_language_model(model):
+            refuse_stateful(model, "check")  # before the data: prompts or token ids would be the wrong complaint
+    if max_overhead is not None and is_stateful(models[0]):
+        refuse_stateful(models[0], "check --max-overhead")  # the benchmark does not time generations yet
+    labelled = data_mod.load(data, models[0], model_path=original)
     shapes = static_shapes(shape, models[0])
     inputs = [*model_files(original), *model_files(protected), data]
     if json_out:

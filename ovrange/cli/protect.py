@@ -221,9 +221,18 @@ def evaluate(
     loaded = [read_model(path) for path in models]  # every input is checked before the first inference
     if generation_criterion(loaded, sdc):  # language models: their greedy generations are compared
         if json_out:
-            raise ConfigError("--json is not written for generation comparisons yet; read the printed lines")
-        for line in generation_lines(models, loaded, data, sdc, limit=num_samples, device=device or "CPU"):
+            check_output_file(json_out, force=force, inputs=inputs)
+        lines, report = generation_lines(models, loaded, data, sdc, limit=num_samples, device=device or "CPU")
+        for line in lines:
             typer.echo(line)
+        if json_out:
+            import json
+
+            from ovrange.outputs import write_file_atomically
+
+            write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
+                                  force=force, inputs=inputs)
+            typer.echo(f"result: {json_out}")
         return
     judge = Judge.for_model(loaded[0], SdcCriterion.parse(sdc)) if sdc else None
     labelled = data_mod.load(data, loaded[0])
