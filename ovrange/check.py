@@ -134,6 +134,10 @@ def check(
             of the agreement with the original; default: top-1 (per position for sequence outputs).
     """
     judge = Judge.for_model(original, SdcCriterion.parse(sdc)) if sdc else None
+    language_model = is_stateful(original) and is_language_model(original)
+    if judge and judge.criterion.metric == "generation" and not language_model:
+        raise ConfigError(f"--sdc {judge.criterion} judges the generations of stateful language models; the original "
+                          "is not one")
     accuracy = measure_accuracy(original, protected, data, device=device, batch_size=batch_size, limit=limit,
                                 judge=judge, progress=progress)
     gates = []

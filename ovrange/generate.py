@@ -4,8 +4,9 @@ A sample of a language model is one prompt's token ids. It runs as a user's gene
 is reset, the prompt is fed at once (prefill), then N decode steps each feed the arg-max token of the step before.
 The inputs are those of an optimum-intel export: ``input_ids``, ``attention_mask`` (ones over past and current
 tokens), ``position_ids`` (counting from 0) and ``beam_idx`` (zeros: one beam). :func:`steps` yields every step's
-inputs and outputs (the statistics loop folds them all); :func:`generate` keeps the tokens and :func:`step_logits` the logits of each step, which the
-``generation:N`` criterion of :mod:`ovrange.compare` judges (``evaluate``, ``check`` and campaigns alike).
+inputs and outputs (the statistics loop folds them all); :func:`generate` keeps the tokens and
+:func:`step_logits` the logits of each step, which the ``generation:N`` criterion of :mod:`ovrange.compare` judges
+(``evaluate``, ``check`` and campaigns alike).
 """
 
 from __future__ import annotations

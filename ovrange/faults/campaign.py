@@ -4,7 +4,7 @@ Every model replays the same fault list (sites matched by node name). Shards run
 on Ray workers (``workers`` / ``ray_address``, :mod:`ovrange.faults.ray_executor`); each finished shard is merged
 once, appended to a JSON-lines checkpoint (so an interrupted campaign resumes where it stopped) and reported
 through the progress callback. With a ``margin`` the trials run in rounds until the SDC intervals are that narrow
-(:mod:`ovrange.faults.stopping`).
+(:mod:`ovrange.faults.stopping`). A stateful language model's trial is a generation (:mod:`ovrange.faults.stateful`).
 """
 
 from __future__ import annotations
@@ -131,6 +131,9 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
         raise ConfigError("campaigns on stateful language models run locally (no --workers or --ray-address)")
     if stateful:
         spec, judge = generation_judge(spec, models[0][0])
+    elif spec.sdc.metric == "generation":
+        raise ConfigError(f"--sdc {spec.sdc} judges the generations of stateful language models (optimum-intel "
+                          f"exports with past); {models[0][0]} is not one")
     else:
         judge = Judge.for_model(reference, spec.sdc, spec.output)
         spec = replace(spec, sdc=judge.criterion)

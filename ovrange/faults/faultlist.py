@@ -262,8 +262,8 @@ def _fault(row: list, version: int) -> Fault:
         return Fault(int(row[0]), int(row[1]), str(row[2]), int(row[3]), 1 << int(row[4]))
     if int(row[4]) <= 0 or (len(row) > 5 and row[5] not in OPS):
         raise ValueError(f"bad mask or operation in row {row}")
-    return Fault(int(row[0]), int(row[1]), str(row[2]), int(row[3]), int(row[4]), str(row[5]) if len(row) > 5 else "flip",
-                 int(row[6]) if len(row) > 6 else -1)
+    op = str(row[5]) if len(row) > 5 else "flip"
+    return Fault(int(row[0]), int(row[1]), str(row[2]), int(row[3]), int(row[4]), op, int(row[6]) if len(row) > 6 else -1)
 
 
 def plan_faults(sites: list[Site], inputs: np.ndarray, trials: int, bits: tuple[int, ...], seed: int,
