@@ -46,7 +46,7 @@ def campaign(xml, prompts, target, trials, tmp_path=None, **settings):
                   shard_size=4, checkpoint_dir=tmp_path, **settings)
 
 
-def unrolled_outcomes(xml, prompts, plan: FaultList) -> np.ndarray:
+def unrolled_outcomes(xml, prompts, plan: FaultList, tokens: int = TOKENS) -> np.ndarray:
     """Each trial of ``plan`` replayed without a KV cache: every step is a fresh prefill of the prompt and the tokens
     generated so far, with the fault where the stateful run had it (an activation fault of decode step k strikes
     position P + k - 1 of every later prefill: causal attention makes the earlier positions equal)."""
@@ -55,18 +55,18 @@ def unrolled_outcomes(xml, prompts, plan: FaultList) -> np.ndarray:
     index = {site.name: i for i, site in enumerate(plan.sites)}
     fmt = parse_format(plan.number_format)
     generator = Generator(model, plan.target, plan.sites)
-    judge = Judge(SdcCriterion.parse(f"generation:{TOKENS}"))
+    judge = Judge(SdcCriterion.parse(f"generation:{tokens}"))
     codes = []
     for f in plan.faults:
         prompt = samples[f.input]
-        golden = generator.run(prompt, TOKENS)[0]
+        golden = generator.run(prompt, tokens)[0]
         value = None
         if plan.target == "activations":
-            _, read = generator.run(prompt, TOKENS, reads=(np.array([f.step]), np.array([index[f.site]]),
+            _, read = generator.run(prompt, tokens, reads=(np.array([f.step]), np.array([index[f.site]]),
                                                            np.array([f.element])))
             value = float(apply_mask(read, np.array([f.mask]), fmt, f.op)[0])
         tokens, rows = list(golden[:f.step].argmax(axis=1)) if f.step > 0 else [], list(golden[:max(f.step, 0)])
-        for step in range(max(f.step, 0), TOKENS):
+        for step in range(max(f.step, 0), tokens):
             ids = np.concatenate([prompt, np.array(tokens, np.int64)])
             if plan.target == "activations":
                 inner = int(np.prod(plan.sites[index[f.site]].shape[1:]))

@@ -78,7 +78,7 @@ def plan_generation_faults(generator: Generator, store: PromptStore, spec: Campa
     new_tokens = spec.sdc.new_tokens
     steps = new_tokens - 1 if spec.target == KV else new_tokens  # the state after the last step is never read
     if steps < 1:
-        raise ConfigError(f"KV-cache faults strike the state between steps: use --sdc generation:N with N >= 2")
+        raise ConfigError("KV-cache faults strike the state between steps: use --sdc generation:N with N >= 2")
     rng = np.random.default_rng(spec.seed)
     trial_inputs = rng.choice(np.asarray(inputs), size=spec.trials)
     tables = {}
@@ -105,6 +105,11 @@ def plan_generation_faults(generator: Generator, store: PromptStore, spec: Campa
     return sites, faults, trial_inputs
 
 
+def one_fault_per_trial(spec: CampaignSpec) -> None:
+    if spec.ber is not None or spec.error_rate is not None:
+        raise ConfigError("campaigns on stateful language models strike one value per trial (no ber or error_rate)")
+
+
 class GenerationEngine:
     """Runs a shard of a stateful language model's trials (see the module docstring), one generation per trial."""
 
@@ -112,9 +117,7 @@ class GenerationEngine:
 
     def __init__(self, model: ov.Model, sites: list[Site], spec: CampaignSpec, judge: Judge, fmt: NumberFormat,
                  config: dict[str, Any] | None = None):
-        if spec.ber is not None or spec.error_rate is not None:
-            raise ConfigError("campaigns on stateful language models strike one value per trial (no ber or "
-                              "error_rate)")
+        one_fault_per_trial(spec)
         self.kind, self.spec, self.judge, self.fmt = spec.target, spec, judge, fmt
         self.new_tokens = judge.criterion.new_tokens
         self.generator = Generator(model, spec.target, sites, device=spec.device, config=config)
@@ -177,6 +180,7 @@ def plan_campaign(models: Sequence[tuple[str, ov.Model]], store: PromptStore, sp
                   weight_sites) -> tuple[CampaignSpec, FaultList]:
     """The spec (number format and bits resolved) and fault plan of a campaign on stateful language models.
     ``weight_sites(models, spec)`` resolves weight sites and their format as for any model."""
+    one_fault_per_trial(spec)
     total = len(store.dataset)
     if total == 0:
         raise DataError("the dataset is empty")
