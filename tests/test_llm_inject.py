@@ -65,9 +65,9 @@ def unrolled_outcomes(xml, prompts, plan: FaultList, tokens: int = TOKENS) -> np
             _, read = generator.run(prompt, tokens, reads=(np.array([f.step]), np.array([index[f.site]]),
                                                            np.array([f.element])))
             value = float(apply_mask(read, np.array([f.mask]), fmt, f.op)[0])
-        tokens, rows = list(golden[:f.step].argmax(axis=1)) if f.step > 0 else [], list(golden[:max(f.step, 0)])
+        generated, rows = list(golden[:f.step].argmax(axis=1)) if f.step > 0 else [], list(golden[:max(f.step, 0)])
         for step in range(max(f.step, 0), tokens):
-            ids = np.concatenate([prompt, np.array(tokens, np.int64)])
+            ids = np.concatenate([prompt, np.array(generated, np.int64)])
             if plan.target == "activations":
                 inner = int(np.prod(plan.sites[index[f.site]].shape[1:]))
                 at = f.element if f.step == 0 else (prompt.size + f.step - 1) * inner + f.element
@@ -76,7 +76,7 @@ def unrolled_outcomes(xml, prompts, plan: FaultList, tokens: int = TOKENS) -> np
                 fault = (-1, index[f.site], f.element, f.mask, f.op, fmt)
             logits = generator.run(ids, 1, fault)[0][0]
             rows.append(logits)
-            tokens.append(int(logits.argmax()))
+            generated.append(int(logits.argmax()))
         codes.append(judge.classify(golden[None], np.stack(rows)[None])[0][0])
     return np.array(codes)
 
