@@ -6,6 +6,7 @@ each step a fresh prefill of the prompt and the tokens generated so far, the fau
 Wilson intervals. Activation faults are limited to the MLP tensors (``[1, T, features]``: positions on axis 1).
 
 Usage: python benchmarks/llm_unrolled.py [--trials 60] [--tokens 8] [--prompts 20] [--targets activations,weights]
+       [--bits all]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--targets", default="activations,weights")
+    parser.add_argument("--bits", default="all", help="e.g. exponent: more faults that change the text")
     args = parser.parse_args()
     xml = LLM / "fp32" / "openvino_model.xml"
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,7 +42,7 @@ def main() -> None:
         for target in args.targets.split(","):
             folder = Path(tmp) / target
             result = inject(xml, prompts, target=target, trials=args.trials, seed=0, sdc=f"generation:{args.tokens}",
-                            checkpoint_dir=folder, sites=["*mlp*"] if target == "activations" else None)
+                            bits=args.bits, checkpoint_dir=folder, sites=["*mlp*"] if target == "activations" else None)
             plan = FaultList.load(folder / FAULTS_FILE)
             stateful = result.models[0].outcome
             replayed = unrolled_outcomes(xml, prompts, plan, args.tokens)
