@@ -103,9 +103,10 @@ def campaigns(original: Path, protected: dict[str, Path], data: Path, target: st
     return found
 
 
-def agreements(models: list[Path], data: Path, sdc: str) -> dict[str, Any]:
-    """Held-out agreement (%) of each protected model with the original, or the error line."""
-    code, out, err = ovrange("evaluate", *models, "--data", data, "--sdc", sdc, "--batch-size", 1, "-q")
+def agreements(models: list[Path], data: Path, sdc: str, output: str) -> dict[str, Any]:
+    """Held-out agreement (%) of each protected model with the original on output ``output``, or the error line."""
+    code, out, err = ovrange("evaluate", *models, "--data", data, "--sdc", sdc, "--output-name", output,
+                             "--batch-size", 1, "-q")
     if code:
         return {"error": error_line(err)}
     found = {}
@@ -154,7 +155,7 @@ def measure(entry: dict[str, Any], zoo: Path, args: argparse.Namespace) -> dict[
     labels = {str(p): a for a, p in protected.items()}
     for criterion in dict.fromkeys([entry["sdc"], "linf:0.01"]):
         log(f"{name}: held-out agreement at {criterion}")
-        found = agreements([original, *protected.values()], heldout, criterion)
+        found = agreements([original, *protected.values()], heldout, criterion, entry["sdc_output"])
         row.setdefault("agreement", {})[criterion] = {labels.get(k, k): v for k, v in found.items()}
     row["overhead"] = {}
     for algorithm, path in protected.items():

@@ -24,10 +24,10 @@ import numpy as np
 import openvino as ov
 
 from ovrange.bench import BenchmarkResult, benchmark
-from ovrange.compare import Judge, SdcCriterion, agreement
+from ovrange.compare import Judge, SdcCriterion, agreement, output_index
 from ovrange.data import LabelledData
 from ovrange.errors import CheckFailed, ConfigError
-from ovrange.evaluate import label_accuracy, predict
+from ovrange.evaluate import label_accuracy, predict_outputs
 from ovrange.runtime import is_stateful
 from ovrange.text import is_language_model
 
@@ -121,6 +121,7 @@ def check(
     shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
     sdc: str | None = None,
+    output: str | None = None,
     progress: ProgressFn | None = None,
 ) -> CheckResult:
     """Measure what ``thresholds`` ask for and judge each gate; never raises for a failed gate (see raise_for_failure).
@@ -132,14 +133,16 @@ def check(
         seed: seed of the fault plan for the SDC gate.
         sdc: SDC criterion (``top1``, ``tokens``, ``linf:<t>``, ``cosine:<t>``) of the SDC gate and, without labels,
             of the agreement with the original; default: top-1 (per position for sequence outputs).
+        output: the judged output's name (default: the first, or those ``sdc`` names).
     """
-    judge = Judge.for_model(original, SdcCriterion.parse(sdc)) if sdc else None
+    judge = Judge.for_model(original, SdcCriterion.parse(sdc), output) if sdc else None
     language_model = is_stateful(original) and is_language_model(original)
     if judge and judge.criterion.metric == "generation" and not language_model:
         raise ConfigError(f"--sdc {judge.criterion} judges the generations of stateful language models; the original "
                           "is not one")
+    index = output_index(original, output) if output else 0
     accuracy = measure_accuracy(original, protected, data, device=device, batch_size=batch_size, limit=limit,
-                                judge=judge, progress=progress)
+                                judge=judge, output=index, progress=progress)
     gates = []
     if thresholds.max_accuracy_drop is not None:
         gates.append(_at_most("accuracy_drop", accuracy.drop_pp, thresholds.max_accuracy_drop, " pp",
@@ -155,17 +158,18 @@ def check(
     campaign = None
     if thresholds.min_sdc_reduction is not None:
         campaign, gate = _sdc_gate(original, protected, data, thresholds, device=device, seed=seed, sdc=sdc,
-                                   progress=progress)
+                                   output=output, progress=progress)
         gates.append(gate)
     return CheckResult(tuple(gates), accuracy, bench, campaign)
 
 
 def measure_accuracy(original: ov.Model, protected: ov.Model, data: LabelledData, *, device: str = "CPU",
                      batch_size: int = 64, limit: int | None = None, judge: Judge | None = None,
-                     progress: ProgressFn | None = None) -> Accuracy:
+                     output: int = 0, progress: ProgressFn | None = None) -> Accuracy:
     """Top-1 accuracy of both models (f32) on ``data``: against its labels, or, without labels, the protected
-    model's agreement with the original (arg-max, or ``judge``'s SDC criterion). Stateful language models: the
-    share of prompts whose greedy generation (``generation:N``, default 16 tokens) is the original's."""
+    model's agreement with the original (arg-max of output ``output``, or ``judge``'s SDC criterion). Stateful
+    language models: the share of prompts whose greedy generation (``generation:N``, default 16 tokens) is the
+    original's."""
     if is_stateful(original) and is_language_model(original):
         from ovrange import data as data_mod
         from ovrange.evaluate import generation_shares
@@ -177,8 +181,10 @@ def measure_accuracy(original: ov.Model, protected: ov.Model, data: LabelledData
         samples = list(data_mod.subset(data.dataset, limit)[0])
         shares = generation_shares([original, protected], samples, judge, device=device)
         return Accuracy(f"original generations ({judge.criterion})", len(samples), 1.0, shares[1])
-    outputs = [predict(m, data.dataset, batch_size=batch_size, device=device, limit=limit, progress=progress)
-               for m in (original, protected)]
+    outputs = [predict_outputs(m, data.dataset, batch_size=batch_size, device=device, limit=limit,
+                               progress=progress) for m in (original, protected)]
+    outputs = [judge.pick(o) if judge and data.labels is None else o[judge.output if judge else output]
+               for o in outputs]
     if data.labels is not None:
         scores = [label_accuracy(output, data.labels).top1 for output in outputs]
         return Accuracy("labels", len(outputs[0]), scores[0], scores[1])
@@ -193,7 +199,8 @@ def _at_most(name: str, measured: float, limit: float, unit: str, what: str) -> 
 
 
 def _sdc_gate(original: ov.Model, protected: ov.Model, data: LabelledData, thresholds: Thresholds, *, device: str,
-              seed: int, sdc: str | None, progress: ProgressFn | None) -> tuple[dict[str, Any], Gate]:
+              seed: int, sdc: str | None, output: str | None, progress: ProgressFn | None
+              ) -> tuple[dict[str, Any], Gate]:
     from ovrange.faults.campaign import inject  # the campaign machinery is only needed by this gate
 
     named = []
@@ -202,7 +209,7 @@ def _sdc_gate(original: ov.Model, protected: ov.Model, data: LabelledData, thres
         clone.set_friendly_name(name)
         named.append(clone)
     result = inject(named[0], data.dataset, compare=named[1], labels=data.labels, trials=thresholds.trials,
-                    seed=seed, device=device, sdc=sdc, progress=progress)
+                    seed=seed, device=device, sdc=sdc, output=output, progress=progress)
     comparison = result.comparison()
     before, after = result.rates(0)["sdc"], result.rates(1)["sdc"]
     ratio = comparison["sdc_reduction"]["ratio"]

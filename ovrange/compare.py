@@ -7,9 +7,12 @@ DUE: the output holds NaN or Inf (a runtime could detect it). SDC: for classifie
 top-1 class changed, as in Ranger; for sequence outputs (``tokens``: ``[N, T, classes]``, e.g. CTC text
 recognition) any position's top-1 changed, or (``text``) the greedy CTC text read from those positions changed;
 otherwise the deviation passed a user-chosen threshold, relative
-L-infinity (``max|y' - y| / max|y|``) or cosine distance (``1 - cos(y', y)``); for text detectors (``boxes``: a
+L-infinity (``max|y' - y| / max|y|``, relative to the whole output's largest value), absolute L-infinity (``abs``,
+in the output's units) or cosine distance (``1 - cos(y', y)``); for text detectors (``boxes``: a
 DBNet probability map) more than N pixels of the map binarized at 0.3 flipped; ``regions``: the text regions of
-that map (DBNet's boxes before unclipping) change (:func:`regions_changed`). Anything else is masked.
+that map (DBNet's boxes before unclipping) change (:func:`regions_changed`); for segmentation (``iou``) a mask's IoU
+fell below the threshold; for object detectors (``detections``) a detection was added, lost, or moved below an IoU
+(:mod:`ovrange.detections`); per output (``NAME=CRITERION,...``) any output's own criterion. Anything else is masked.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 import openvino as ov
 
+from ovrange.detections import Layout, detections_changed, find_layout
 from ovrange.errors import ConfigError
 
 OUTCOMES = ("masked", "sdc", "due")
 MASKED, SDC, DUE = 0, 1, 2
 BOXES_THRESHOLD = 0.3  # DBNet's binarization threshold (PaddleOCR det_db_thresh, rapidocr's default)
 MIN_SIZE = 3  # DBNet/rapidocr: boxes with a side under 3 pixels are dropped
+DETECTION_IOU = 0.5  # a detection moved below this IoU with its reference counts as changed (PASCAL VOC's match)
+MASK_THRESHOLD = 0.5  # a one-channel segmentation output is a probability map: foreground above 0.5
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class SdcCriterion:
 
     metric: str = "auto"
     threshold: float | None = None
+    parts: tuple[tuple[str, SdcCriterion], ...] = ()  # metric "outputs": a criterion per output name
 
     @classmethod
     def parse(cls, spec: str) -> SdcCriterion:
@@ -43,22 +50,42 @@ class SdcCriterion:
         ``linf:0.1`` (relative L-infinity), ``cosine:0.01`` (cosine distance) or ``boxes`` / ``boxes:N`` (a
         text detector's probability map binarized at 0.3, as DBNet does: more than N pixels flip, default 0) or
         ``regions`` / ``regions:N`` (that map's text regions change: one appears, vanishes, merges or splits, or a
-        box side moves by more than N pixels, default 0)."""
-        if str(spec).strip().startswith("generation"):
-            return generation(spec)
-        match = re.fullmatch(r"(auto|top1|tokens|text|linf|cosine|boxes|regions)(?::([0-9.eE+-]+))?",
-                             str(spec).strip())
+        box side moves by more than N pixels, default 0), ``abs:2`` (absolute L-infinity, in the output's units),
+        ``iou:0.9`` (a segmentation mask's IoU with the reference falls below 0.9), ``detections`` /
+        ``detections:IOU`` (a detection is added, lost, or moves below IoU, default 0.5:
+        :mod:`ovrange.detections`); per output: ``NAME=CRITERION,NAME=CRITERION`` (an SDC on any of them);
+        ``generation:N`` (a stateful language model's N greedy new tokens change: :func:`generation`)."""
+        text = str(spec).strip()
+        if text.startswith("generation"):
+            return generation(text)
+        if "=" in text:
+            parts = []
+            for item in text.split(","):
+                name, _, part = item.strip().rpartition("=")
+                if not name or "=" in name:
+                    raise ConfigError(f"per-output SDC criteria are NAME=CRITERION separated by commas, got {item!r}")
+                parsed = cls.parse(part)
+                if parsed.parts or parsed.metric == "generation":
+                    raise ConfigError(f"{part!r} cannot be a per-output criterion")
+                parts.append((name.strip(), parsed))
+            return cls("outputs", None, tuple(parts))
+        match = re.fullmatch(r"(auto|top1|tokens|text|linf|cosine|abs|iou|detections|boxes|regions)"
+                             r"(?::([0-9.eE+-]+))?", text)
         if not match:
             raise ConfigError(f"unknown SDC criterion {spec!r}; use top1, tokens, text[:blank], linf:<threshold>, "
-                              "cosine:<threshold>, boxes[:pixels] or regions[:pixels]")
+                              "cosine:<threshold>, abs:<threshold>, iou:<min>, detections[:iou], boxes[:pixels], "
+                              "regions[:pixels] or NAME=CRITERION,...")
         metric, value = match[1], match[2]
-        if metric in ("linf", "cosine"):
+        if metric in ("linf", "cosine", "abs", "iou", "detections"):
             try:
-                threshold = float(value) if value is not None else None
+                threshold = float(value) if value is not None else (DETECTION_IOU if metric == "detections"
+                                                                     else None)
             except ValueError:
                 threshold = None
-            if threshold is None or not threshold > 0:
-                raise ConfigError(f"SDC criterion {metric} needs a positive threshold, e.g. {metric}:0.1")
+            if threshold is None or not threshold > 0 or metric in ("iou", "detections") and threshold > 1:
+                bound = "in (0, 1]" if metric in ("iou", "detections") else "positive"
+                raise ConfigError(f"SDC criterion {metric} needs a threshold {bound}, e.g. {metric}:"
+                                  f"{'0.5' if bound != 'positive' else '0.1'}")
             return cls(metric, threshold)
         if metric in ("boxes", "regions", "text"):
             count = int(value) if value is not None and value.isdigit() else None
@@ -71,6 +98,8 @@ class SdcCriterion:
         return cls(metric)
 
     def __str__(self) -> str:
+        if self.parts:
+            return ",".join(f"{name}={part}" for name, part in self.parts)
         return self.metric if self.threshold is None else f"{self.metric}:{self.threshold:g}"
 
     @property
@@ -93,23 +122,32 @@ def generation(spec: str) -> SdcCriterion:
 
 @dataclass(frozen=True)
 class Judge:
-    """Classifies trials on model output ``output`` with ``criterion`` (never ``auto``)."""
+    """Classifies trials on model output ``output`` with ``criterion`` (never ``auto``).
+
+    A criterion over several outputs (``detections`` on boxes and scores, per-output criteria) judges ``outputs``
+    (model output indices) as one array per sample, their flattened values side by side (:meth:`pick`)."""
 
     criterion: SdcCriterion
     output: int = 0
+    outputs: tuple[int, ...] = ()  # every judged output, when more than ``output``
+    shapes: tuple[tuple[int, ...], ...] = ()  # their per-sample shapes (static), to split a picked row
+    parts: tuple[Judge, ...] = ()  # per-output criteria
+    layout: Layout | None = None  # detections: how to decode them
     eos: int | None = None  # generation: the end-of-sequence token (tokens after it are never shown)
 
     @classmethod
     def for_model(cls, model: ov.Model, criterion: SdcCriterion, output: str | None = None) -> Judge:
         """Pick the judged output (by tensor name, default the first) and resolve ``auto`` from its shape."""
-        index = 0
-        if output is not None:
-            names = [set(port.get_names()) for port in model.outputs]
-            matches = [i for i, n in enumerate(names) if output in n]
-            if not matches:
-                known = ", ".join(sorted(n for group in names for n in group)) or "none named"
-                raise ConfigError(f"model has no output named {output!r}; outputs: {known}")
-            index = matches[0]
+        index = 0 if output is None else output_index(model, output)
+        if criterion.parts:
+            if output is not None and output not in dict(criterion.parts):
+                raise ConfigError(f"--sdc {criterion} names the judged outputs, not {output}: leave out "
+                                  "--output-name")
+            parts = tuple(cls.for_model(model, part, name) for name, part in criterion.parts)
+            return cls._several(model, criterion, list(dict.fromkeys(i for p in parts for i in p.indices)), parts)
+        if criterion.metric == "detections":
+            layout = find_layout(model, None if output is None else index)
+            return cls._several(model, criterion, list(layout.outputs), layout=layout)
         if criterion.metric != "auto":
             return cls(criterion, index)
         shape = model.outputs[index].get_partial_shape()
@@ -118,6 +156,40 @@ class Judge:
             return cls(SdcCriterion("top1"), index)
         raise ConfigError(f"output {model.outputs[index].get_any_name()!r} of shape {shape} is not "
                           "[batch, classes]; choose an SDC threshold, e.g. --sdc linf:0.1 or --sdc cosine:0.01")
+
+    @classmethod
+    def _several(cls, model: ov.Model, criterion: SdcCriterion, indices: list[int], parts: tuple[Judge, ...] = (),
+                 layout: Layout | None = None) -> Judge:
+        if len(indices) == 1:
+            return cls(criterion, indices[0], parts=parts, layout=layout)
+        shapes = []
+        for i in indices:
+            shape = model.outputs[i].get_partial_shape()
+            if shape.rank.is_dynamic or any(d.is_dynamic for d in list(shape)[1:]):
+                raise ConfigError(f"--sdc {criterion} judges several outputs: they need static shapes, and "
+                                  f"{model.outputs[i].get_any_name()!r} is {shape} (reshape the model, e.g. --shape)")
+            shapes.append(tuple(d.get_length() for d in list(shape)[1:]))
+        return cls(criterion, indices[0], tuple(indices), tuple(shapes), parts, layout)
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        """The model outputs this judge reads."""
+        return self.outputs or (self.output,)
+
+    def pick(self, outputs) -> np.ndarray:
+        """The judged array of one inference's outputs (a list, or a dict by output index): the output itself, or
+        for several outputs ``[N, total]``, each flattened per sample, side by side."""
+        if len(self.indices) == 1:
+            return outputs[self.output]
+        return np.concatenate([np.asarray(outputs[i]).reshape(len(outputs[i]), -1) for i in self.indices], axis=1)
+
+    def split(self, picked: np.ndarray) -> dict[int, np.ndarray]:
+        """The judged outputs of a picked array, by model output index (inverse of :meth:`pick`)."""
+        if len(self.indices) == 1:
+            return {self.output: picked}
+        n, sizes = len(picked), [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        pieces = np.split(picked.reshape(n, -1), np.cumsum(sizes)[:-1], axis=1)
+        return {i: p.reshape(n, *s) for i, p, s in zip(self.indices, pieces, self.shapes)}
 
     def classify(self, golden: np.ndarray, faulty: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per row: (outcome code, faulty top-1 or -1, relative L-infinity deviation, inf when not finite)."""
@@ -129,7 +201,9 @@ class Judge:
         deviation = np.abs(f - g).max(axis=1) / np.maximum(np.abs(g).max(axis=1), np.finfo(np.float32).tiny)
         deviation = np.where(finite, deviation, np.inf)
         top1 = np.full(n, -1, np.int32)
-        if self.criterion.metric == "top1":
+        if self.parts:
+            sdc = self._parts_sdc(golden, faulty)
+        elif self.criterion.metric == "top1":
             top1 = np.where(finite, f.argmax(axis=1), -1).astype(np.int32)
             sdc = top1 != g.argmax(axis=1)
         elif self.criterion.metric in ("tokens", "text"):
@@ -155,10 +229,66 @@ class Judge:
             sdc = _regions_changed(golden, f.reshape(faulty.shape), self.criterion.threshold)
         elif self.criterion.metric == "linf":
             sdc = deviation > self.criterion.threshold
+        elif self.criterion.metric == "abs":
+            sdc = np.abs(f - g).max(axis=1) > self.criterion.threshold
+        elif self.criterion.metric == "iou":
+            sdc = mask_iou(golden, f.reshape(faulty.shape)) < self.criterion.threshold
+        elif self.criterion.metric == "detections":
+            sdc = self._detections_sdc(golden, f.reshape(faulty.shape), finite)
         else:
             sdc = _cosine_distance(g, f) > self.criterion.threshold
         codes = np.where(~finite, DUE, np.where(sdc, SDC, MASKED)).astype(np.int8)
         return codes, top1, deviation.astype(np.float32)
+
+    def _parts_sdc(self, golden: np.ndarray, faulty: np.ndarray) -> np.ndarray:
+        """Per row: an SDC under any output's own criterion (rows with a non-finite value are DUEs anyway)."""
+        g, f = self.split(golden), self.split(np.where(np.isfinite(faulty), faulty, 0))
+        return np.any([part.classify(part.pick(g), part.pick(f))[0] != MASKED for part in self.parts], axis=0)
+
+    def _detections_sdc(self, golden: np.ndarray, faulty: np.ndarray, finite: np.ndarray) -> np.ndarray:
+        g, f = self.split(golden), self.split(faulty)
+        rows = []
+        for r in range(len(golden)):
+            if not finite[r]:  # a DUE whatever its detections
+                rows.append(False)
+                continue
+            a = self.layout.decode([g[i][r] for i in self.indices])
+            b = self.layout.decode([f[i][r] for i in self.indices])
+            rows.append(detections_changed(a, b, self.criterion.threshold))
+        return np.array(rows, bool).reshape(len(golden))
+
+
+def output_index(model: ov.Model, name: str) -> int:
+    """Index of the model output with tensor name ``name``; a one-line error listing the names otherwise."""
+    names = [set(port.get_names()) for port in model.outputs]
+    matches = [i for i, n in enumerate(names) if name in n]
+    if not matches:
+        known = ", ".join(sorted(n for group in names for n in group)) or "none named"
+        raise ConfigError(f"model has no output named {name!r}; outputs: {known}")
+    return matches[0]
+
+
+def mask_iou(golden: np.ndarray, faulty: np.ndarray) -> np.ndarray:
+    """Per row: the smallest IoU, over the classes present in either, of two segmentation outputs' masks. One channel
+    (``[N, H, W]``, ``[N, 1, H, W]`` or ``[N, H, W, 1]``): a probability map, foreground above 0.5; several: class
+    scores, channels on axis 1 (NCHW), or on the last axis when it is the shorter (NHWC), each pixel its arg-max.
+    Two empty masks agree (IoU 1)."""
+    n = len(golden)
+    shape = golden.shape
+    channels_last = len(shape) >= 4 and shape[-1] < shape[1]
+    channels = shape[-1] if channels_last else shape[1] if len(shape) >= 4 else 1
+    if channels == 1:
+        pairs = [(golden.reshape(n, -1) > MASK_THRESHOLD, faulty.reshape(n, -1) > MASK_THRESHOLD)]
+    else:
+        axis = -1 if channels_last else 1
+        a, b = golden.argmax(axis=axis).reshape(n, -1), faulty.argmax(axis=axis).reshape(n, -1)
+        pairs = [(a == c, b == c) for c in range(channels)]
+    worst = np.ones(n)
+    for a, b in pairs:
+        union = (a | b).sum(axis=1)
+        iou = np.where(union > 0, (a & b).sum(axis=1) / np.maximum(union, 1), 1.0)
+        worst = np.minimum(worst, iou)
+    return worst
 
 
 def shown(tokens: np.ndarray, eos: int | None = None) -> np.ndarray:

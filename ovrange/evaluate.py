@@ -11,7 +11,7 @@ import numpy as np
 import openvino as ov
 
 from ovrange import data as data_mod
-from ovrange.compare import DEFAULT_NEW_TOKENS, Judge, SdcCriterion, agreement, classes
+from ovrange.compare import DEFAULT_NEW_TOKENS, Judge, SdcCriterion, agreement, classes, output_index
 from ovrange.errors import ConfigError, DataError, ModelError
 from ovrange.runtime import Runner, is_stateful, refuse_stateful
 from ovrange.text import is_language_model
@@ -27,6 +27,67 @@ class Accuracy:
     @property
     def top1(self) -> float:
         return self.correct / self.total if self.total else float("nan")
+
+
+def predict_outputs(
+    model: ov.Model,
+    dataset: object,
+    *,
+    batch_size: int = 64,
+    device: str = "CPU",
+    precision: str = "f32",
+    limit: int | None = None,
+    progress: ProgressFn | None = None,
+) -> list[np.ndarray]:
+    """Every output of ``model`` for every sample of ``dataset`` (first ``limit`` samples), each concatenated on
+    axis 0. A model that cannot be re-batched still runs, one sample at a time."""
+    runner = Runner(model, device=device, batch_size=batch_size, precision=precision, fallback=True)
+    samples, total = data_mod.subset(dataset, limit)
+    if total == 0:
+        raise DataError("the dataset is empty")
+    parts: list[list[np.ndarray]] = [[] for _ in model.outputs]
+    report = (lambda done, _: progress(done, total)) if progress else None
+    for outputs, _ in runner.run(data_mod.batches(samples, model, runner.batch_size), report):
+        for part, out in zip(parts, outputs):
+            part.append(np.array(out, copy=True))
+    return [np.concatenate(part, axis=0) for part in parts]
+
+
+@dataclass(frozen=True)
+class Judged:
+    """What one agreement line compares: output ``index`` by arg-max (no judge), or what ``judge`` reads."""
+
+    index: int
+    judge: Judge | None = None
+    label: str | None = None  # the output name to show; None when the line is about the whole model
+
+    def pick(self, outputs: list[np.ndarray]) -> np.ndarray:
+        return self.judge.pick(outputs) if self.judge else outputs[self.index]
+
+    def agreement(self, reference: list[np.ndarray], other: list[np.ndarray]) -> float:
+        """Share of samples on which ``other`` agrees with ``reference`` (all outputs of each model)."""
+        return agreement(self.pick(reference), self.pick(other), self.judge)
+
+    @property
+    def criterion(self) -> str:
+        return str(self.judge.criterion) if self.judge else "top-1"
+
+
+def judged_outputs(model: ov.Model, sdc: str | None, output: str | None = None) -> list[Judged]:
+    """The agreement lines of ``evaluate`` and ``check``: the named ``output``; the outputs a criterion names (per
+    output, or ``detections``); else every output, each with its own line (the only one for a one-output model)."""
+    criterion = SdcCriterion.parse(sdc) if sdc else None
+    whole = criterion is not None and (bool(criterion.parts) or criterion.metric == "detections")
+    named = all(port.get_names() for port in model.outputs)  # unnamed outputs: only the first, as before
+    if output is not None or whole or len(model.outputs) == 1 or not named:
+        index = output_index(model, output) if output is not None else 0
+        judge = Judge.for_model(model, criterion, output) if criterion else None
+        return [Judged(judge.output if judge else index, judge, output)]
+    judged = []
+    for index, port in enumerate(model.outputs):
+        name = port.get_any_name()
+        judged.append(Judged(index, Judge.for_model(model, criterion, name) if criterion else None, name))
+    return judged
 
 
 def predict(

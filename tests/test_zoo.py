@@ -238,7 +238,8 @@ def test_evaluate_on_heldout_inputs(zoo, protected, name, options):
     folder, entries = zoo
     entry = entries[name]
     result = ovrange("evaluate", folder / entry["model"], protected(name, "GlobalClipper"), "--data",
-                     folder / entry["heldout"]["file"], "--num-samples", 4, *options, "--sdc", entry["sdc"], "-q")
+                     folder / entry["heldout"]["file"], "--num-samples", 4, *options, "--sdc", entry["sdc"],
+                     "--output-name", entry["sdc_output"], "-q")
     agreement = [line for line in result.stdout.splitlines() if "agrees with" in line]
     assert len(agreement) == 1 and "%" in agreement[0]
     share = float(agreement[0].split(" on ")[-1].split("%")[0])

@@ -10,8 +10,8 @@ import typer
 
 from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
-from ovrange.cli.options import (Device, Force, JsonOut, Quiet, Sdc, Seconds, Shape, Verbose, finite_json, opt,
-                                 progress_bar, static_shapes)
+from ovrange.cli.options import (Device, Force, JsonOut, OutputName, Quiet, Sdc, Seconds, Shape, Verbose, finite_json,
+                                 opt, progress_bar, static_shapes)
 
 Opt = typer.Option
 ModelArg = typer.Argument
@@ -38,6 +38,8 @@ def check(
                                               min=1, show_default="all")] = None,
     batch_size: Annotated[int, opt("--batch-size", more="Of the accuracy run.", min=1)] = 64,
     sdc: Sdc = None,
+    output: Annotated[Optional[str], opt("--output-name", more="An --sdc that names outputs reads those; the "
+                                         "agreement and SDC gates judge it.", show_default="the first")] = None,
     seed: Annotated[int, opt("--seed", more="Of the fault list.")] = 0,
     device: Device = "CPU",
     json_out: JsonOut = None,
@@ -72,7 +74,7 @@ def check(
     with progress_bar("checking", enabled=not quiet) as progress:
         result = run_check(models[0], models[1], labelled, thresholds, device=device,
                            batch_size=batch_size, limit=num_samples, bench_seconds=seconds, shapes=shapes, seed=seed,
-                           sdc=sdc, progress=progress)
+                           sdc=sdc, output=output, progress=progress)
     accuracy = result.accuracy
     typer.echo(f"top-1 vs {accuracy.reference} on {accuracy.samples} samples: original {accuracy.original:.2%}, "
                f"protected {accuracy.protected:.2%} (drop {accuracy.drop_pp:.3g} pp)")

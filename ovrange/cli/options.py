@@ -27,6 +27,7 @@ MEANINGS = {
     "--time": "Seconds of timing in total (both models).",
     "--shape": "Static input shape(s), benchmark_app syntax: [1,3,48,320] or x[1,3,48,320].",
     "--sdc": "SDC criterion: what counts as a changed output.",
+    "--output-name": "Name of the model output to judge.",
     "--json": "Write the result as JSON to this file.",
     "--force": "Overwrite an existing result.",
     "--quiet": "No progress bar.",
@@ -68,10 +69,16 @@ Verbose = Annotated[bool, opt("--verbose", "-v", is_eager=True, callback=set_ver
 JsonOut = Annotated[Optional[Path], opt("--json", show_default=False)]
 Sdc = Annotated[Optional[str], opt("--sdc", more="top1 (classifiers), tokens (per-position top-1 of [N, T, "
                                    "classes], e.g. OCR), text[:<blank>] (the greedy CTC text of those positions "
-                                   "changes), linf:<t>, cosine:<t> or boxes[:<pixels>] (a text-detection map "
+                                   "changes), linf:<t> (max |change| over the output's max |value|), cosine:<t>, "
+                                   "abs:<t> (max |change|, in the output's units, e.g. pixels), iou:<t> (a "
+                                   "segmentation mask's IoU drops below t), detections[:<iou>] (a detection is "
+                                   "added, lost, or moves below IoU 0.5), boxes[:<pixels>] (a text-detection map "
                                    "binarized at 0.3 flips), regions[:<pixels>] (that map's text regions change), "
-                                   "generation:N (a language model's N greedy new tokens change).",
+                                   "generation:N (a language model's N greedy new tokens change); per output: "
+                                   "NAME=CRITERION,NAME=CRITERION (docs/fault-injection.md).",
                                    show_default="top1 when the output is [N, classes]")]
+OutputName = Annotated[Optional[str], opt("--output-name", more="An --sdc that names outputs reads those.",
+                                          show_default="every output, a line each")]
 LOG_SECONDS = 15.0  # progress lines outside a terminal: often enough to show life, rarely enough to read the log
 
 

@@ -11,7 +11,7 @@ import typer
 
 from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
-from ovrange.cli.options import (Device, DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Verbose, detail,
+from ovrange.cli.options import (Device, DeviceOrConfig, Force, JsonOut, OutputName, Quiet, Sdc, Verbose, detail,
                                  finite_json, opt, progress_bar, static_shapes)
 from ovrange.errors import ConfigError, DataError
 from ovrange.params import COMMON_PARAMS
@@ -200,6 +200,7 @@ def evaluate(
     num_samples: Annotated[Optional[int], opt("--num-samples", more="The first N.", min=1,
                                               show_default="all")] = None,
     sdc: Sdc = None,
+    output: OutputName = None,
     device: Device = "CPU",
     json_out: JsonOut = None,
     force: Force = False,
@@ -208,12 +209,14 @@ def evaluate(
 ) -> None:
     """Top-1 accuracy of each model (with labels) and how often each agrees with the first (always), in f32.
 
+    A model with several outputs gets a line per output, unless --output-name picks one or the --sdc criterion
+    names its outputs (NAME=CRITERION,..., detections).
+
     Stateful language models (optimum-intel exports) are compared by their greedy generations on prompts:
     --sdc generation:N (default 16 new tokens), agreement = the same N tokens.
     """
     from ovrange import data as data_mod
-    from ovrange.compare import Judge, SdcCriterion, agreement
-    from ovrange.evaluate import generation_criterion, generation_lines, label_accuracy, predict
+    from ovrange.evaluate import generation_criterion, generation_lines, judged_outputs, label_accuracy, predict_outputs
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file
 
@@ -234,7 +237,7 @@ def evaluate(
                                   force=force, inputs=inputs)
             typer.echo(f"result: {json_out}")
         return
-    judge = Judge.for_model(loaded[0], SdcCriterion.parse(sdc)) if sdc else None
+    judged = judged_outputs(loaded[0], sdc, output)
     labelled = data_mod.load(data, loaded[0])
     if json_out:
         check_output_file(json_out, force=force, inputs=inputs)
@@ -242,24 +245,33 @@ def evaluate(
     results = []
     for path, model in zip(models, loaded):
         with progress_bar(f"evaluating {path.name}", enabled=not quiet) as progress:
-            output = predict(model, labelled.dataset, batch_size=batch_size, device=device, limit=num_samples,
-                             progress=progress)
+            outputs = predict_outputs(model, labelled.dataset, batch_size=batch_size, device=device,
+                                      limit=num_samples, progress=progress)
+        samples = len(outputs[0])
         parts = []
-        entry: dict[str, Any] = {"model": str(path), "samples": len(output)}
+        entry: dict[str, Any] = {"model": str(path), "samples": samples}
         if labelled.labels is not None:
-            result = label_accuracy(output, labelled.labels)
+            result = label_accuracy(outputs[judged[0].index], labelled.labels)
             parts.append(f"top-1 {result.top1:.2%} ({result.correct}/{result.total}, f32)")
             entry.update(top1=result.top1, correct=result.correct, total=result.total)
         if reference is None:
-            reference = output
+            reference = outputs
             if labelled.labels is None:
-                parts.append(f"the reference ({len(output)} samples; {data.name} has no labels)")
+                parts.append(f"the reference ({samples} samples; {data.name} has no labels)")
+            typer.echo(f"{path}: {', '.join(parts)}")
         else:
-            agrees = agreement(reference, output, judge)
-            criterion = str(judge.criterion) if judge else "top-1"
-            parts.append(f"agrees with {models[0].name} on {agrees:.2%} ({criterion})")
-            entry.update(agreement=agrees, criterion=criterion)
-        typer.echo(f"{path}: {', '.join(parts)}")
+            lines = []
+            for view in judged:
+                agrees = view.agreement(reference, outputs)
+                lines.append({"output": view.label, "agreement": agrees, "criterion": view.criterion})
+                shown = f" [{view.label}]" if view.label and len(loaded[0].outputs) > 1 else ""
+                said = f"agrees with {models[0].name} on {agrees:.2%} ({view.criterion})"
+                typer.echo(f"{path}{shown}: {', '.join([*parts, said])}")
+                parts = []
+            if len(lines) == 1:
+                entry.update({k: v for k, v in lines[0].items() if v is not None})
+            else:
+                entry["outputs"] = lines
         results.append(entry)
     if json_out:
         import json

@@ -108,7 +108,8 @@ class _ScatterEngine:
         golden = {}
         for chunk in _chunks(used, self.batch):
             outputs, _ = self.injector.run(store.batch(chunk))
-            golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
+            picked = self.judge.pick(outputs)
+            golden.update((int(i), picked[r]) for r, i in enumerate(chunk))
         return golden
 
 
@@ -154,7 +155,7 @@ class ActivationEngine(_ScatterEngine):
         for part in _chunks(_by_site(trial.site), self.batch):
             outputs, _ = self.injector.run(store.batch(trial.inputs[part]), trial.site[part], np.arange(len(part)),
                                            trial.element[part], trial.faulty[part])
-            parts.append(Outcomes.judged(self.judge, golden, trial.inputs[part], outputs[self.judge.output],
+            parts.append(Outcomes.judged(self.judge, golden, trial.inputs[part], self.judge.pick(outputs),
                                 trial.pending[part]))
         return Outcomes.concat(parts)
 
@@ -217,7 +218,7 @@ class DeltaWeightEngine(_ScatterEngine):
             elements = np.concatenate([writes[k][0] for k in part])
             values = np.concatenate([writes[k][1] for k in part])
             outputs, _ = self.injector.run(store.batch(inputs[part]), taps, rows, elements, values)
-            parts.append(Outcomes.judged(self.judge, golden, inputs[part], outputs[self.judge.output], pending[part]))
+            parts.append(Outcomes.judged(self.judge, golden, inputs[part], self.judge.pick(outputs), pending[part]))
         return Outcomes.concat(parts)
 
 
@@ -256,10 +257,10 @@ class ParameterWeightEngine:
             injector = self.injector if number == 0 else self._injector(group)
             used = np.unique(trial_inputs[trials])
             rows = dict(zip(used.tolist(), store.load(used)))
-            golden = {i: injector.run(rows[i])[self.judge.output][0] for i in rows}
+            golden = {i: self.judge.pick(injector.run(rows[i]))[0] for i in rows}
             for part in _chunks(trials, CHUNK):
                 flips = [weight_flips(faults.get(int(t), none), local) for t in part]
-                outputs = [injector.run(rows[int(trial_inputs[t])], flip)[self.judge.output]
+                outputs = [self.judge.pick(injector.run(rows[int(trial_inputs[t])], flip))
                            for t, flip in zip(part, flips)]
                 parts.append(Outcomes.judged(self.judge, golden, trial_inputs[part], np.concatenate(outputs), part))
             del injector

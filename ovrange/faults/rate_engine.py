@@ -52,14 +52,15 @@ class RateActivationEngine:
         for start in range(0, len(used), self.batch):
             chunk = used[start:start + self.batch]
             outputs, _ = injector.run(store.batch(chunk))
-            golden.update((int(i), outputs[self.judge.output][r]) for r, i in enumerate(chunk))
+            picked = self.judge.pick(outputs)
+            golden.update((int(i), picked[r]) for r, i in enumerate(chunk))
         parts = []
         empty = plan.arrays.take(np.zeros(0, np.int64))
         for start in range(0, len(pending), self.batch):
             part = pending[start:start + self.batch]
             faults = [by_trial.get(int(t), empty) for t in part]
             inputs = store.batch(trial_inputs[part])
-            outputs = cascade(injector, inputs, faults, fmt)[self.judge.output]
+            outputs = self.judge.pick(cascade(injector, inputs, faults, fmt))
             parts.append(Outcomes.judged(self.judge, golden, trial_inputs[part], outputs, part))
         return Outcomes.concat(parts)
 
