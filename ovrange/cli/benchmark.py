@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from ovrange.cli.app import app
-from ovrange.cli.options import Device, Force, JsonOut, Seconds, Shape, Verbose, finite_json, static_shapes
+from ovrange.cli.options import Device, Force, JsonOut, Seconds, Shape, Verbose, finite_json, opt, static_shapes
+from ovrange.errors import ConfigError, DataError
 
 Opt = typer.Option
 ModelArg = typer.Argument
@@ -51,6 +52,9 @@ def benchmark(
     precision: Precision = "f32",
     seconds: Seconds = 10.0,
     shape: Shape = None,
+    data: Annotated[Optional[Path], opt("--data", more="Its first sample gives the input shapes (instead of "
+                                        "--shape), for a model whose dimensions are dynamic.",
+                                        show_default=False)] = None,
     sessions: Annotated[int, Opt("--sessions", help="Compile both models anew this many times (alternating "
                                                     "which comes first); with 3 or more, the overhead and its "
                                                     "interval are taken over sessions.", min=1)] = 8,
@@ -68,8 +72,11 @@ def benchmark(
 
     _print_devices(device)
     models = [read_model(original), read_model(protected)]
-    shapes = static_shapes(shape, models[0])
-    inputs = [*model_files(original), *model_files(protected)]
+    warn_mixed_formats(original, protected)
+    if shape and data:
+        raise ConfigError("give the input shapes once: --shape or --data")
+    shapes = static_shapes(shape, models[0]) if not data else _first_sample_shapes(data, models[0])
+    inputs = [*model_files(original), *model_files(protected), *([data] if data else [])]
     if json_out:
         check_output_file(json_out, force=force, inputs=inputs)
     result = bench.benchmark(models[0], models[1], device=device, hint=hint, precision=precision, seconds=seconds,
@@ -90,6 +97,27 @@ def benchmark(
         write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
                               force=force, inputs=inputs)
         typer.echo(f"\nresult: {json_out}")
+
+
+def _first_sample_shapes(data: Path, model) -> dict[str, list[int]]:
+    """The shape of each input in the first sample of ``data`` (a batch of one)."""
+    from ovrange import data as data_mod
+
+    samples, count = data_mod.subset(data_mod.load(data, model).dataset, 1)
+    if not count:
+        raise DataError(f"no samples in {data}")
+    arrays = data_mod.sample_arrays(next(samples), model)
+    return {port.get_any_name(): list(array.shape) for port, array in zip(model.inputs, arrays)}
+
+
+def warn_mixed_formats(original: Path, protected: Path) -> None:
+    """A ``warning:`` line on stderr when the two models come in different formats (their timings compare more than
+    the protection)."""
+    from ovrange.modelio import mixed_formats
+
+    warning = mixed_formats(original, protected)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def _float_inputs(model) -> bool:

@@ -150,17 +150,27 @@ class GenerationEngine:
         return Outcomes.concat(parts)
 
 
-def generation_judge(spec: CampaignSpec, model_path: str | None) -> tuple[CampaignSpec, Judge]:
-    """The campaign's ``generation:N`` judge (``auto``: :data:`ovrange.compare.DEFAULT_NEW_TOKENS` tokens), with the
-    end-of-sequence token of the export beside ``model_path``; any other criterion is a ConfigError."""
+def generation_judge(spec: CampaignSpec, models: Sequence[tuple[str, ov.Model]], remote: bool = False
+                     ) -> tuple[CampaignSpec, Judge] | None:
+    """For stateful language models, the campaign's ``generation:N`` judge (``auto``: 16 tokens) with the
+    end-of-sequence token of the export beside the first model's path; None for other models (which
+    ``generation:N`` cannot judge: a ConfigError). Other criteria, ``--output`` and Ray are ConfigErrors."""
+    if not check_models(models):
+        if spec.sdc.metric == "generation":
+            raise ConfigError(f"--sdc {spec.sdc} judges the generations of stateful language models (optimum-intel "
+                              f"exports with past); {models[0][0]} is not one")
+        return None
+    if remote:
+        raise ConfigError("campaigns on stateful language models run locally (no --workers or --ray-address)")
     criterion = generation("generation") if spec.sdc.metric == "auto" else spec.sdc
     if criterion.metric != "generation":
         raise ConfigError(f"a stateful language model's campaign judges its greedy generations: use --sdc "
                           f"generation:N, not {criterion}")
     if spec.output is not None:
         raise ConfigError("--output does not apply to generation:N (the logits choose the tokens)")
-    folder = Path(model_path).parent if model_path and Path(model_path).is_file() else None
-    return replace(spec, sdc=criterion), Judge(criterion, eos=eos_token(folder) if folder else None)
+    path = Path(models[0][0])
+    eos = eos_token(path.parent) if path.is_file() else None
+    return replace(spec, sdc=criterion), Judge(criterion, eos=eos)
 
 
 def check_models(models: Sequence[tuple[str, ov.Model]], command: str = "inject") -> bool:
