@@ -33,6 +33,8 @@ from ovrange.data import LabelledData
 from ovrange.errors import CheckFailed, ConfigError
 from ovrange.evaluate import label_accuracy, predict_outputs
 from ovrange.graph import get_rt_json
+from ovrange.runtime import is_stateful
+from ovrange.text import is_language_model
 
 ProgressFn = Callable[[int, int], None]
 
@@ -139,6 +141,10 @@ def check(
         output: the judged output's name (default: the first, or those ``sdc`` names).
     """
     judge = Judge.for_model(original, SdcCriterion.parse(sdc), output) if sdc else None
+    language_model = is_stateful(original) and is_language_model(original)
+    if judge and judge.criterion.metric == "generation" and not language_model:
+        raise ConfigError(f"--sdc {judge.criterion} judges the generations of stateful language models; the original "
+                          "is not one")
     index = output_index(original, output) if output else 0
     accuracy = measure_accuracy(original, protected, data, device=device, batch_size=batch_size, limit=limit,
                                 judge=judge, output=index, progress=progress)
@@ -169,7 +175,20 @@ def measure_accuracy(original: ov.Model, protected: ov.Model, data: LabelledData
                      batch_size: int = 64, limit: int | None = None, judge: Judge | None = None,
                      output: int = 0, progress: ProgressFn | None = None) -> Accuracy:
     """Top-1 accuracy of both models (f32) on ``data``: against its labels, or, without labels, the protected
-    model's agreement with the original (arg-max of output ``output``, or ``judge``'s SDC criterion)."""
+    model's agreement with the original (arg-max of output ``output``, or ``judge``'s SDC criterion). Stateful
+    language models: the share of prompts whose greedy generation (``generation:N``, default 16 tokens) is the
+    original's."""
+    if is_stateful(original) and is_language_model(original):
+        from ovrange import data as data_mod
+        from ovrange.evaluate import generation_shares
+
+        judge = judge or Judge(SdcCriterion.parse("generation"))
+        if judge.criterion.metric != "generation":
+            raise ConfigError(f"stateful language models are compared by their greedy generations: use --sdc "
+                              f"generation:N, not {judge.criterion}")
+        samples = list(data_mod.subset(data.dataset, limit)[0])
+        shares = generation_shares([original, protected], samples, judge, device=device)
+        return Accuracy(f"original generations ({judge.criterion})", len(samples), 1.0, shares[1])
     outputs = [predict_outputs(m, data.dataset, batch_size=batch_size, device=device, limit=limit,
                                progress=progress) for m in (original, protected)]
     outputs = [judge.pick(o) if judge and data.labels is None else o[judge.output if judge else output]

@@ -53,8 +53,11 @@ class SdcCriterion:
         box side moves by more than N pixels, default 0), ``abs:2`` (absolute L-infinity, in the output's units),
         ``iou:0.9`` (a segmentation mask's IoU with the reference falls below 0.9), ``detections`` /
         ``detections:IOU`` (a detection is added, lost, or moves below IoU, default 0.5:
-        :mod:`ovrange.detections`); per output: ``NAME=CRITERION,NAME=CRITERION`` (an SDC on any of them)."""
+        :mod:`ovrange.detections`); per output: ``NAME=CRITERION,NAME=CRITERION`` (an SDC on any of them);
+        ``generation:N`` (a stateful language model's N greedy new tokens change: :func:`generation`)."""
         text = str(spec).strip()
+        if text.startswith("generation"):
+            return generation(text)
         if "=" in text:
             parts = []
             for item in text.split(","):
@@ -99,6 +102,23 @@ class SdcCriterion:
             return ",".join(f"{name}={part}" for name, part in self.parts)
         return self.metric if self.threshold is None else f"{self.metric}:{self.threshold:g}"
 
+    @property
+    def new_tokens(self) -> int:
+        """N of ``generation:N``: the greedy tokens a language model generates after each prompt."""
+        return int(self.threshold or 0) if self.metric == "generation" else 0
+
+
+DEFAULT_NEW_TOKENS = 16  # ``generation`` without N
+
+
+def generation(spec: str) -> SdcCriterion:
+    """``generation:N`` (``generation`` alone: 16): a stateful language model's N greedy new tokens change (a
+    sample is a prompt; the judged output is the last-position logits of its N steps, prefill then decode)."""
+    match = re.fullmatch(r"generation(?::(\d+))?", str(spec).strip())
+    if not match or (match[1] is not None and int(match[1]) < 1):
+        raise ConfigError(f"SDC criterion {spec!r}: use generation:N, N >= 1 new tokens")
+    return SdcCriterion("generation", float(match[1]) if match[1] else float(DEFAULT_NEW_TOKENS))
+
 
 @dataclass(frozen=True)
 class Judge:
@@ -113,6 +133,7 @@ class Judge:
     shapes: tuple[tuple[int, ...], ...] = ()  # their per-sample shapes (static), to split a picked row
     parts: tuple[Judge, ...] = ()  # per-output criteria
     layout: Layout | None = None  # detections: how to decode them
+    eos: int | None = None  # generation: the end-of-sequence token (tokens after it are never shown)
 
     @classmethod
     def for_model(cls, model: ov.Model, criterion: SdcCriterion, output: str | None = None) -> Judge:
@@ -195,6 +216,12 @@ class Judge:
                 blank = int(self.criterion.threshold or 0)
                 sdc = np.array([not np.array_equal(ctc_text(a, blank), ctc_text(b, blank))
                                 for a, b in zip(tokens_g, tokens_f)], bool).reshape(n)
+        elif self.criterion.metric == "generation":
+            tokens_g = golden.reshape(n, -1, golden.shape[-1]).argmax(axis=2)
+            tokens_f = f.reshape(n, -1, golden.shape[-1]).argmax(axis=2)
+            top1 = np.where(finite, tokens_f[:, 0], -1).astype(np.int32)
+            sdc = np.array([not np.array_equal(shown(a, self.eos), shown(b, self.eos))
+                            for a, b in zip(tokens_g, tokens_f)], bool).reshape(n)
         elif self.criterion.metric == "boxes":
             flipped = ((f > BOXES_THRESHOLD) != (g > BOXES_THRESHOLD)).sum(axis=1)
             sdc = flipped > self.criterion.threshold
@@ -262,6 +289,22 @@ def mask_iou(golden: np.ndarray, faulty: np.ndarray) -> np.ndarray:
         iou = np.where(union > 0, (a & b).sum(axis=1) / np.maximum(union, 1), 1.0)
         worst = np.minimum(worst, iou)
     return worst
+
+
+def shown(tokens: np.ndarray, eos: int | None = None) -> np.ndarray:
+    """The generated tokens a user sees: up to and including the first end-of-sequence token ``eos``."""
+    if eos is None:
+        return tokens
+    end = np.flatnonzero(tokens == eos)
+    return tokens[: end[0] + 1] if len(end) else tokens
+
+
+def generation_outcome(golden: np.ndarray, faulty: np.ndarray, finite: bool = True, eos: int | None = None) -> int:
+    """The ``generation:N`` outcome of one prompt from its greedy tokens: DUE when a logit was not finite, SDC when
+    the tokens a user sees (:func:`shown`) differ, else masked."""
+    if not finite:
+        return DUE
+    return SDC if not np.array_equal(shown(np.asarray(golden), eos), shown(np.asarray(faulty), eos)) else MASKED
 
 
 def ctc_text(tokens: np.ndarray, blank: int = 0) -> np.ndarray:

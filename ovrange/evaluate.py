@@ -3,7 +3,7 @@ models, the agreement of their greedy generations (:mod:`ovrange.generate`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import numpy as np
 import openvino as ov
 
 from ovrange import data as data_mod
-from ovrange.compare import Judge, SdcCriterion, agreement, classes, output_index
+from ovrange.compare import DEFAULT_NEW_TOKENS, Judge, SdcCriterion, agreement, classes, output_index
 from ovrange.errors import ConfigError, DataError, ModelError
 from ovrange.runtime import Runner, is_stateful, refuse_stateful
 from ovrange.text import is_language_model
@@ -154,14 +154,14 @@ def generation_criterion(models: list[ov.Model], sdc: str | None) -> bool:
         (sdc or "").strip().startswith("generation")
 
 
-def generation_lines(paths: list[Path], models: list[ov.Model], data: Path, sdc: str | None, *,
-                     limit: int | None = None, device: str = "CPU") -> Iterator[str]:
-    """``evaluate`` of stateful language models on prompts: one line per model, the first the reference, the others
-    with the share of prompts whose N greedy tokens (``generation:N``) are those of the reference."""
+def generation_agreement(paths: list[Path], models: list[ov.Model], data: Path, sdc: str | None, *,
+                         limit: int | None = None, device: str = "CPU") -> tuple[SdcCriterion, int, list[float]]:
+    """``evaluate`` of stateful language models on prompts: (criterion, prompts, per model the share of prompts on
+    which its N greedy tokens are the first model's, judged as campaigns judge them: no SDC, no DUE)."""
     from ovrange import generate
 
-    criterion = generate.Generation.parse(sdc or f"generation:{generate.DEFAULT_NEW_TOKENS}")
-    if criterion is None:
+    criterion = SdcCriterion.parse(sdc or f"generation:{DEFAULT_NEW_TOKENS}")
+    if criterion.metric != "generation":
         raise ConfigError(f"stateful language models are compared by their greedy generations: use --sdc "
                           f"generation:N, not {sdc!r}")
     for path, model in zip(paths, models):
@@ -171,15 +171,31 @@ def generation_lines(paths: list[Path], models: list[ov.Model], data: Path, sdc:
             raise ModelError(f"{path}: --sdc {criterion} compares stateful language models (optimum-intel exports "
                              "with past); this model is not one")
     samples, total = data_mod.subset(data_mod.load(data, models[0], model_path=paths[0]).dataset, limit)
-    samples = list(samples)
-    eos = generate.eos_token(paths[0].parent)
-    reference = None
-    for path, model in zip(paths, models):
-        tokens = generate.generations(model, samples, criterion.new_tokens, device=device, eos=eos)
-        if reference is None:
-            reference = tokens
-            yield f"{path}: the reference ({total} prompts, {criterion.new_tokens} greedy tokens each, f32)"
-        else:
-            share = generate.agreement(reference, tokens)
-            same = round(share * total)
-            yield f"{path}: agrees with {paths[0].name} on {share:.2%} ({same}/{total} prompts, {criterion})"
+    judge = Judge(criterion, eos=generate.eos_token(paths[0].parent))
+    return criterion, total, generation_shares(models, list(samples), judge, device=device)
+
+
+def generation_shares(models: list[ov.Model], samples: list[object], judge: Judge, *, device: str = "CPU"
+                      ) -> list[float]:
+    """Per model, the share of ``samples`` (prompts as token ids) on which its greedy generation is the first
+    model's under ``judge``'s ``generation:N`` criterion (the first model: 1.0)."""
+    from ovrange import generate
+
+    new_tokens = judge.criterion.new_tokens
+    reference = generate.generations(models[0], samples, new_tokens, device=device)
+    return [1.0] + [agreement(reference, generate.generations(model, samples, new_tokens, device=device), judge)
+                    for model in models[1:]]
+
+
+def generation_lines(paths: list[Path], models: list[ov.Model], data: Path, sdc: str | None, *,
+                     limit: int | None = None, device: str = "CPU") -> tuple[list[str], dict]:
+    """The lines ``evaluate`` prints for :func:`generation_agreement` (the first model is the reference) and its
+    ``--json`` report."""
+    criterion, total, shares = generation_agreement(paths, models, data, sdc, limit=limit, device=device)
+    lines = [f"{paths[0]}: the reference ({total} prompts, {criterion.new_tokens} greedy tokens each, f32)"]
+    lines += [f"{path}: agrees with {paths[0].name} on {share:.2%} ({round(share * total)}/{total} prompts, "
+              f"{criterion})" for path, share in zip(paths[1:], shares[1:])]
+    report = {"data": str(data), "reference": str(paths[0]), "criterion": str(criterion),
+              "models": [{"model": str(path), "samples": total, "agreement": share, "criterion": str(criterion)}
+                         for path, share in zip(paths, shares)]}
+    return lines, report

@@ -1,32 +1,29 @@
-"""Greedy generation on stateful language models (optimum-intel exports), and the ``generation:N`` criterion.
+"""Greedy generation on stateful language models (optimum-intel exports).
 
 A sample of a language model is one prompt's token ids. It runs as a user's generation does: the state (KV cache)
 is reset, the prompt is fed at once (prefill), then N decode steps each feed the arg-max token of the step before.
 The inputs are those of an optimum-intel export: ``input_ids``, ``attention_mask`` (ones over past and current
 tokens), ``position_ids`` (counting from 0) and ``beam_idx`` (zeros: one beam). :func:`steps` yields every step's
-inputs and outputs (the statistics loop folds them all); :func:`generate` keeps the tokens. ``evaluate
---sdc generation:N`` compares the N new tokens of two models prompt by prompt: they agree when the sequences are
-identical.
+inputs and outputs (the statistics loop folds them all); :func:`generate` keeps the tokens and
+:func:`step_logits` the logits of each step, which the ``generation:N`` criterion of :mod:`ovrange.compare` judges
+(``evaluate``, ``check`` and campaigns alike).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
-from ovrange.errors import ConfigError, DataError, ModelError
+from ovrange.errors import DataError, ModelError
 from ovrange.runtime import Runner
 
 ProgressFn = Callable[[int, int], None]
 INPUTS = ("input_ids", "attention_mask", "position_ids", "beam_idx")
 CALIBRATION_STEPS = 8  # decode steps after each calibration prompt's prefill
-DEFAULT_NEW_TOKENS = 16  # evaluate's criterion for a language model when --sdc is not given
 
 
 def input_roles(model: ov.Model) -> list[str]:
@@ -111,40 +108,26 @@ def eos_token(folder: str | Path) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
-class Generation:
-    """The ``generation:N`` criterion: the N greedy tokens after a prompt change."""
-
-    new_tokens: int
-
-    @classmethod
-    def parse(cls, spec: str | None) -> Generation | None:
-        """``generation:N`` (``generation`` alone: :data:`DEFAULT_NEW_TOKENS`); None for any other criterion."""
-        if spec is None or not str(spec).strip().startswith("generation"):
-            return None
-        match = re.fullmatch(r"generation(?::(\d+))?", str(spec).strip())
-        if not match or (match[1] is not None and int(match[1]) < 1):
-            raise ConfigError(f"SDC criterion {spec!r}: use generation:N, N >= 1 new tokens")
-        return cls(int(match[1]) if match[1] else DEFAULT_NEW_TOKENS)
-
-    def __str__(self) -> str:
-        return f"generation:{self.new_tokens}"
+def step_logits(runner: Runner, model: ov.Model, sample: object, new_tokens: int) -> np.ndarray:
+    """``[new_tokens, vocabulary]``: the last-position logits of each of the prefill and ``new_tokens`` - 1 decode
+    steps after a prompt (what the ``generation:N`` criterion judges; their arg-maxes are the greedy tokens). A step
+    whose logits hold a non-finite value anywhere (any position) gives a row of NaN: the runtime could see it."""
+    rows = []
+    for _, outputs in steps(runner, model, sample, new_tokens - 1):
+        logits = np.asarray(outputs[0])
+        rows.append(logits[0, -1].astype(np.float32) if np.isfinite(logits).all()
+                    else np.full(logits.shape[-1], np.nan, np.float32))
+    return np.stack(rows)
 
 
 def generations(model: ov.Model, samples: Sequence[object], new_tokens: int, *, device: str = "CPU",
-                eos: int | None = None, progress: ProgressFn | None = None) -> list[np.ndarray]:
-    """The greedy tokens of ``model`` after each sample, in f32, the state reset before each sample."""
+                progress: ProgressFn | None = None) -> np.ndarray:
+    """``[samples, new_tokens, vocabulary]``: :func:`step_logits` of ``model`` after each sample, in f32, the state
+    reset before each sample."""
     runner = Runner(model, device=device, stateful=True, command="evaluate")
     found = []
     for index, sample in enumerate(samples):
-        found.append(generate(runner, model, sample, new_tokens, eos))
+        found.append(step_logits(runner, model, sample, new_tokens))
         if progress:
             progress(index + 1, len(samples))
-    return found
-
-
-def agreement(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> float:
-    """Share of prompts whose generated token sequences are identical."""
-    if not reference:
-        return float("nan")
-    return float(np.mean([np.array_equal(a, b) for a, b in zip(reference, other, strict=True)]))
+    return np.stack(found)

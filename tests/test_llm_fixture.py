@@ -1,7 +1,7 @@
 """The bundled language model (``scripts/build_llm.py``): an optimum-intel export as users have them -- stateful
 (KV cache in ReadValue/Assign, ``beam_idx``), with its OpenVINO tokenizer -- that openvino-genai's LLMPipeline runs,
-and that the ovrange commands without stateful support (inject, check, benchmark) refuse in one line rather than
-measuring it wrongly."""
+and that the ovrange command without stateful support (benchmark) refuses in one line rather than measuring it
+wrongly."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_held_out_prompts_are_not_calibration_prompts(llm):
     assert not set(held) & set(calib)
 
 
-@pytest.mark.parametrize("command", ["inject", "check", "benchmark"])
+@pytest.mark.parametrize("command", ["benchmark"])
 def test_commands_without_stateful_support_refuse_the_export_in_one_line(llm, tmp_path, command):
     xml = llm["fp32"] / "openvino_model.xml"
     args = {"inject": [xml, "--data", llm["prompts"], "-n", "10", "--report", tmp_path / "out"],

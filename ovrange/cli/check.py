@@ -64,17 +64,22 @@ def check(
     from ovrange.cli.benchmark import warn_mixed_formats
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, write_file_atomically
-    from ovrange.runtime import refuse_stateful
+    from ovrange.runtime import is_stateful, refuse_stateful
+    from ovrange.text import is_language_model
 
     thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)
     axes = batch_axes(batch_axis)
     models = [set_batch_axes(read_model(original), axes), set_batch_axes(read_model(protected), axes)]
     for model in models:
-        refuse_stateful(model, "check")  # before the data: prompts or token ids would be the wrong complaint
+        if not is_language_model(model):
+            refuse_stateful(model, "check")  # before the data: prompts or token ids would be the wrong complaint
+    if max_overhead is not None and is_stateful(models[0]):
+        refuse_stateful(models[0], "check --max-overhead")  # the benchmark does not time generations yet
     if max_overhead is not None:
         warn_mixed_formats(original, protected)
     labelled = data_mod.load(data, models[0], images=image_options(data, models[0], layout=layout, mean=mean,
-                                                                   scale=scale, color_order=color_order))
+                                                                   scale=scale, color_order=color_order),
+                             model_path=original)
     shapes = static_shapes(shape, models[0])
     inputs = [*model_files(original), *model_files(protected), data]
     if json_out:

@@ -35,7 +35,8 @@ def inject(
                                                  metavar="MODEL")] = None,
     data: Annotated[Optional[Path], opt("--data", more="Inputs are drawn from it (with labels: correctly "
                                         "classified ones).", show_default="data of the config")] = None,
-    target: Annotated[Optional[str], Opt("--target", help="activations or weights.",
+    target: Annotated[Optional[str], Opt("--target", help="activations, weights or kv (a stateful language "
+                                         "model's KV cache).",
                                          show_default=_default("target"))] = None,
     trials: Annotated[Optional[int], opt("--trials", "-n", show_default=_default("trials"))] = None,
     seed: Annotated[Optional[int], opt("--seed", more="Of the fault list.", show_default=_default("seed"))] = None,

@@ -328,9 +328,18 @@ def evaluate(
     loaded = [set_batch_axes(read_model(path), axes) for path in models]  # every input is checked before inference
     if generation_criterion(loaded, sdc):  # language models: their greedy generations are compared
         if json_out:
-            raise ConfigError("--json is not written for generation comparisons yet; read the printed lines")
-        for line in generation_lines(models, loaded, data, sdc, limit=num_samples, device=device or "CPU"):
+            check_output_file(json_out, force=force, inputs=inputs)
+        lines, report = generation_lines(models, loaded, data, sdc, limit=num_samples, device=device or "CPU")
+        for line in lines:
             typer.echo(line)
+        if json_out:
+            import json
+
+            from ovrange.outputs import write_file_atomically
+
+            write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
+                                  force=force, inputs=inputs)
+            typer.echo(f"result: {json_out}")
         return
     judged = judged_outputs(loaded[0], sdc, output)
     labelled = data_mod.load(data, loaded[0], images=image_options(data, loaded[0], layout=layout, mean=mean,

@@ -4,7 +4,7 @@ Every model replays the same fault list (sites matched by node name). Shards run
 on Ray workers (``workers`` / ``ray_address``, :mod:`ovrange.faults.ray_executor`); each finished shard is merged
 once, appended to a JSON-lines checkpoint (so an interrupted campaign resumes where it stopped) and reported
 through the progress callback. With a ``margin`` the trials run in rounds until the SDC intervals are that narrow
-(:mod:`ovrange.faults.stopping`).
+(:mod:`ovrange.faults.stopping`). A stateful language model's trial is a generation (:mod:`ovrange.faults.stateful`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from ovrange.faults.report import CHECKPOINT_FILE, FAULTS_FILE, RESULT_FILE, SUM
 from ovrange.faults.result import CampaignResult, ModelRun
 from ovrange.faults.sites import Site, find_sites, match_sites, sites_in_format
 from ovrange.faults.spec import CampaignSpec
+from ovrange.faults.stateful import PromptStore, check_models, check_plan, generation_judge, plan_campaign
 from ovrange.faults.stopping import Stopping, fault_space
 from ovrange.graph import get_rt_json, inserted_nodes
 from ovrange.modelio import read_model
-from ovrange.runtime import Runner, refuse_stateful
+from ovrange.runtime import Runner
 
 ProgressFn = Callable[[int, int], None]
 
@@ -78,12 +79,11 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
     models = [_as_model(m) for m in [model, *others]]
     if batch_axes:
         models = [(name, set_batch_axes(m.clone(), batch_axes)) for name, m in models]
-    for _, loaded_model in models:
-        refuse_stateful(loaded_model, "inject")  # before the data: prompts or token ids would be the wrong complaint
+    stateful = check_models(models)  # before the data: prompts or token ids would be the wrong complaint
     spec = one_trial_per_inference(spec, models, explicit=settings.get("batch_size") is not None)
     source = str(dataset) if isinstance(dataset, (str, os.PathLike)) else type(dataset).__name__
     if isinstance(dataset, (str, os.PathLike)):
-        loaded = data_mod.load(dataset, models[0][1], images=images)
+        loaded = data_mod.load(dataset, models[0][1], images=images, model_path=models[0][0] if stateful else None)
         dataset, labels = loaded.dataset, loaded.labels if labels is None else labels
     # The engines stack trials on axis 0: an input batched on another axis is fed through a Transpose.
     dataset = data_mod.batch_first(data_mod.as_dataset(dataset), models[0][1])
@@ -133,12 +133,20 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
     if len(set(names)) != len(names):
         names = [f"{name} [{i}]" for i, name in enumerate(names)]
     reference = models[0][1]
-    judge = Judge.for_model(reference, spec.sdc, spec.output)
-    spec = replace(spec, sdc=judge.criterion)
-    store = InputStore(dataset, reference)
+    judged = generation_judge(spec, models, remote=workers is not None or ray_address is not None)
+    stateful = judged is not None  # a language model's sample is a prompt, a trial its generation
+    if stateful:
+        spec, judge = judged
+    else:
+        judge = Judge.for_model(reference, spec.sdc, spec.output)
+        spec = replace(spec, sdc=judge.criterion)
+    store = PromptStore(dataset, reference) if stateful else InputStore(dataset, reference)
     checked: list[tuple[int, int]] = [(0, 0)] * len(models)
     population = None
-    if plan is None:
+    if plan is None and stateful:
+        spec, plan = plan_campaign(models, store, spec, data, lambda m, s: _sites(m, s, None))
+        shapes, sites = store.sample_shapes(plan.inputs[0]), list(plan.sites)
+    elif plan is None:
         shapes = store.sample_shapes(0)
         spec, sites = _sites(models, spec, shapes)
     else:
@@ -148,9 +156,12 @@ def run_campaign(models: list[tuple[str, ov.Model]], dataset: data_mod.Dataset, 
                                    fault_model=plan.fault_model, error_rate=plan.error_rate)
         shapes = store.sample_shapes(plan.inputs[0] if plan.inputs else plan.faults[0].input)
         for name, model in models:
-            plan.check_sites(find_sites(model, plan.target, shapes), name)
+            if not stateful or plan.target == "weights":
+                plan.check_sites(find_sites(model, plan.target, shapes), name)
+        if stateful and plan.target != "weights":
+            check_plan(plan, models)
         sites = list(plan.sites)
-    if plan is None:
+    if not stateful and plan is None:
         # Plain compiled models pick the inputs; the injection engines are built one model at a time below (each
         # holds its weights and batch-sized buffers: several at once ran a large model out of memory).
         references = [_plain_reference(model, judge, shapes, spec) for _, model in models]

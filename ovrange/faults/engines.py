@@ -34,6 +34,8 @@ from ovrange.faults.outcomes import Outcomes
 from ovrange.faults.rate_engine import RateActivationEngine  # many faults per trial, cascading
 from ovrange.faults.sites import Site, site_outputs, static_clone
 from ovrange.faults.spec import CampaignSpec
+from ovrange.faults.stateful import GenerationEngine
+from ovrange.runtime import is_stateful
 
 WEIGHT_GROUP_LIMIT = 1 << 25  # above 32M weights, one weights-as-inputs model per layer instead of one for all
 # The weight probe and injection model live side by side, each with a full model's intermediate tensors the estimates
@@ -274,7 +276,10 @@ def weight_flips(faults: FaultArrays, local: np.ndarray) -> list[WeightFlip]:
 def make_engine(model: ov.Model, target: str, sites: list[Site], shapes: list[tuple[int, ...]],
                 spec: CampaignSpec, judge: Judge, fmt: NumberFormat, config: dict[str, Any] | None = None) -> Engine:
     """The fastest engine that runs ``target`` faults on ``model`` (see the module docstring); ``config`` holds
-    extra OpenVINO compile properties (a Ray worker turns CPU pinning off)."""
+    extra OpenVINO compile properties (a Ray worker turns CPU pinning off). A stateful language model runs one
+    generation per trial (:mod:`ovrange.faults.stateful`)."""
+    if is_stateful(model):
+        return GenerationEngine(model, sites, spec, judge, fmt, config)
     if target == "activations" and spec.error_rate is not None:
         return RateActivationEngine(model, sites, shapes, spec, judge, config)
     if target == "activations":

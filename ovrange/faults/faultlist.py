@@ -2,8 +2,9 @@
 
 The header records what the faults refer to (target, number format, fault model, rates, the sites with their
 shapes, the candidate inputs and the data source), so a replay on another model can be checked before anything
-runs. A row is ``[trial, input, site, element, mask]`` (plus the operation when it is not ``flip``); version-1
-lists (one ``bit`` per row) still load, as single-bit masks.
+runs. A row is ``[trial, input, site, element, mask]`` (plus the operation when it is not ``flip``, and then the
+step of a language model's generation the fault strikes, when it has one); version-1 lists (one ``bit`` per row)
+still load, as single-bit masks.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ class Fault:
 
     ``site`` is the node friendly name (the layer for weights; the producer, with ``:port`` when port > 0, for
     activations); ``element`` is the flat index into the weight tensor, or into one sample's output tensor;
-    ``input`` is the index of the input sample in the dataset; ``mask`` the bits ``op`` acts on.
+    ``input`` is the index of the input sample in the dataset; ``mask`` the bits ``op`` acts on. ``step``: for a
+    stateful language model (:mod:`ovrange.faults.stateful`), the inference of the generation the fault strikes (0:
+    the prefill, k: decode step k; a KV-cache fault strikes the state step k left); -1: every step (a weight).
     """
 
     trial: int
@@ -40,6 +43,7 @@ class Fault:
     element: int
     mask: int
     op: str = "flip"
+    step: int = -1
 
     @property
     def bit(self) -> int:
@@ -53,7 +57,7 @@ class Fault:
     def from_dict(cls, data: dict) -> Fault:
         try:
             return cls(int(data["trial"]), int(data["input"]), str(data["site"]), int(data["element"]),
-                       int(data["mask"]), str(data.get("op", "flip")))
+                       int(data["mask"]), str(data.get("op", "flip")), int(data.get("step", -1)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed fault record {data!r}") from exc
 
@@ -71,6 +75,7 @@ class FaultArrays:
     element: np.ndarray  # int64
     mask: np.ndarray  # uint64 (masks of up to 32 bits)
     op: np.ndarray  # str: flip, set or clear
+    step: np.ndarray  # int64: the generation step of a stateful language model's fault (-1: none)
 
     @classmethod
     def of(cls, faults: tuple[Fault, ...], sites: tuple[Site, ...]) -> FaultArrays:
@@ -78,7 +83,7 @@ class FaultArrays:
         return cls(np.array([f.trial for f in faults], np.int64), np.array([f.input for f in faults], np.int64),
                    np.array([index.get(f.site, -1) for f in faults], np.int64),
                    np.array([f.element for f in faults], np.int64), np.array([f.mask for f in faults], np.uint64),
-                   np.array([f.op for f in faults], "<U5"))
+                   np.array([f.op for f in faults], "<U5"), np.array([f.step for f in faults], np.int64))
 
     def __len__(self) -> int:
         return len(self.trial)
@@ -159,7 +164,9 @@ class FaultList:
         """A digest of the plan: a checkpoint only resumes the very campaign that wrote it."""
         digest = hashlib.sha256(json.dumps(self.header(), sort_keys=True).encode())
         for fault in self.faults:
-            digest.update(f"{fault.trial},{fault.input},{fault.site},{fault.element},{fault.mask},{fault.op};".encode())
+            step = f",{fault.step}" if fault.step >= 0 else ""
+            digest.update(f"{fault.trial},{fault.input},{fault.site},{fault.element},{fault.mask},{fault.op}{step};"
+                          .encode())
         return digest.hexdigest()[:16]
 
     def to_text(self) -> str:
@@ -238,11 +245,15 @@ def _problem(fault: Fault, sizes: dict[str, int], bits: int, trials: int) -> str
         return f"trial {fault.trial} is outside 0..{trials - 1}"
     if fault.input < 0:
         return f"input {fault.input} is negative"
+    if fault.step < -1:
+        return f"step {fault.step} is negative"
     return ""
 
 
 def _row(fault: Fault) -> list:
     row = [fault.trial, fault.input, fault.site, fault.element, fault.mask]
+    if fault.step >= 0:
+        return [*row, fault.op, fault.step]
     return row if fault.op == "flip" else [*row, fault.op]
 
 
@@ -251,7 +262,8 @@ def _fault(row: list, version: int) -> Fault:
         return Fault(int(row[0]), int(row[1]), str(row[2]), int(row[3]), 1 << int(row[4]))
     if int(row[4]) <= 0 or (len(row) > 5 and row[5] not in OPS):
         raise ValueError(f"bad mask or operation in row {row}")
-    return Fault(int(row[0]), int(row[1]), str(row[2]), int(row[3]), int(row[4]), str(row[5]) if len(row) > 5 else "flip")
+    op = str(row[5]) if len(row) > 5 else "flip"
+    return Fault(int(row[0]), int(row[1]), str(row[2]), int(row[3]), int(row[4]), op, int(row[6]) if len(row) > 6 else -1)
 
 
 def plan_faults(sites: list[Site], inputs: np.ndarray, trials: int, bits: tuple[int, ...], seed: int,

@@ -74,8 +74,9 @@ class CampaignSpec:
         return spec
 
     def validate(self) -> None:
-        if self.target not in TARGETS:
-            raise ConfigError(f"unknown target {self.target!r}; use activations or weights")
+        if self.target not in (*TARGETS, "kv"):
+            raise ConfigError(f"unknown target {self.target!r}; use activations, weights or kv (a stateful language "
+                              "model's KV cache)")
         for name in ("trials", "inputs", "batch_size", "memory"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
