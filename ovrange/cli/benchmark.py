@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from ovrange.cli.app import app
-from ovrange.cli.options import Device, Force, JsonOut, Seconds, Shape, Verbose, finite_json, static_shapes
+from ovrange.cli.options import (Device, Force, JsonOut, Seconds, Shape, Verbose, finite_json, opt,
+                                 static_shapes)
 
 Opt = typer.Option
 ModelArg = typer.Argument
@@ -44,8 +45,8 @@ def devices(json_out: JsonOut = None, force: Force = False, verbose: Verbose = F
 
 @app.command()
 def benchmark(
-    original: Annotated[Path, ModelArg(help="The original model (.xml or .onnx).")],
-    protected: Annotated[Path, ModelArg(help="The protected model.")],
+    original: Annotated[Path, ModelArg(help="The original model (.xml or .onnx), or a language model's folder.")],
+    protected: Annotated[Path, ModelArg(help="The protected model (or folder).")],
     device: Device = "CPU",
     hint: Hint = "latency",
     precision: Precision = "f32",
@@ -57,17 +58,30 @@ def benchmark(
     benchmark_app: Annotated[bool, Opt("--benchmark-app", help="Also run OpenVINO's benchmark_app on both "
                                                                "models, alternating, and parse its reports.")] = False,
     app_rounds: Annotated[int, Opt("--benchmark-app-rounds", help="benchmark_app runs per model.", min=1)] = 3,
+    data: Annotated[Optional[Path], opt("--data", more="A language model generates these prompts (cycled), timed "
+                                                       "through openvino-genai's LLMPipeline.",
+                                        show_default=False)] = None,
+    new_tokens: Annotated[int, opt("--new-tokens", min=2)] = 32,
     json_out: JsonOut = None,
     verbose: Verbose = False,
     force: Force = False,
 ) -> None:
-    """Time ORIGINAL and PROTECTED on one device in interleaved rounds; report the overhead and fused Clamps."""
+    """Time ORIGINAL and PROTECTED on one device in interleaved rounds; report the overhead and fused Clamps.
+
+    Stateful language models (optimum-intel exports, or their folders) are timed through openvino-genai's
+    LLMPipeline: time to first token and time per output token of greedy generations of the --data prompts."""
     from ovrange import bench
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, write_file_atomically
+    from ovrange.runtime import is_stateful
 
     _print_devices(device)
-    models = [read_model(original), read_model(protected)]
+    models = [] if original.is_dir() or protected.is_dir() else [read_model(original), read_model(protected)]
+    if not models or any(is_stateful(m) for m in models):
+        _benchmark_llm(original, protected, data, device=device, precision=precision, seconds=seconds,
+                      new_tokens=new_tokens, json_out=json_out, force=force,
+                      unused={"--shape": bool(shape), "--benchmark-app": benchmark_app})
+        return
     shapes = static_shapes(shape, models[0])
     inputs = [*model_files(original), *model_files(protected)]
     if json_out:
@@ -90,6 +104,52 @@ def benchmark(
         write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
                               force=force, inputs=inputs)
         typer.echo(f"\nresult: {json_out}")
+
+
+def _benchmark_llm(original: Path, protected: Path, data: Path | None, *, device: str, precision: str,
+                   seconds: float, new_tokens: int, json_out: Path | None, force: bool,
+                   unused: dict[str, bool]) -> None:
+    """Language models: greedy generations through LLMPipeline, TTFT and TPOT side by side."""
+    from ovrange.bench.llm import benchmark_llm, llm_folder
+    from ovrange.errors import ConfigError
+    from ovrange.outputs import check_output_file, write_file_atomically
+    from ovrange.text import read_prompts
+
+    given = [name for name, used in unused.items() if used]
+    if given:
+        raise ConfigError(f"{', '.join(given)} does not apply to a language model (timed through LLMPipeline)")
+    if data is None:
+        raise ConfigError("a language model is timed on prompts: give --data prompts.txt (one per line, or .jsonl)")
+    folders = [llm_folder(original), llm_folder(protected)]
+    inputs = [*(f / "openvino_model.xml" for f in folders), *(f / "openvino_model.bin" for f in folders), data]
+    if json_out:
+        check_output_file(json_out, force=force, inputs=inputs)
+    prompts = read_prompts(data)
+    typer.echo(f"LLMPipeline on {device}, precision {precision}: {len(prompts)} prompt(s), greedy, "
+               f"{new_tokens} new tokens, original and protected alternating for {seconds:g} s ...")
+    result = benchmark_llm(folders[0], folders[1], prompts, device=device, precision=precision,
+                           new_tokens=new_tokens, seconds=seconds)
+    _print_llm(result)
+    if json_out:
+        report = {"models": {"original": str(original), "protected": str(protected)}, **result.to_json()}
+        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
+                              force=force, inputs=inputs)
+        typer.echo(f"\nresult: {json_out}")
+
+
+def _print_llm(result) -> None:
+    typer.echo(f"{result.rounds} paired rounds (generations per model), {result.prompts} distinct prompt(s)")
+    typer.echo(f"{'':10} {'TTFT':>10} {'TPOT':>10}   (medians)")
+    for timing in (result.original, result.protected):
+        typer.echo(f"{timing.label:10} {timing.ttft_ms:8.3f}ms {timing.tpot_ms:8.3f}ms")
+    for name, ratio in (("time to first token", result.ttft_ratio), ("time per output token", result.tpot_ratio)):
+        typer.echo(f"{name} overhead: {_pct(ratio.median)} (paired median of {ratio.rounds} rounds, 95% CI "
+                   f"{_pct(ratio.low)} to {_pct(ratio.high)})")
+    kinds = result.kernels["original"]
+    same = kinds == result.kernels["protected"]
+    counts = ", ".join(f"{kinds[k]} {k}" for k in kinds)
+    typer.echo(f"fused kernels in the {result.device} runtime model: original {counts}; protected "
+               + ("the same" if same else ", ".join(f"{v} {k}" for k, v in result.kernels["protected"].items())))
 
 
 def _float_inputs(model) -> bool:
