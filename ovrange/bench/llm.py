@@ -3,7 +3,8 @@
 Both LLM folders (an optimum-intel export and its protected copy: a stateful ``openvino_model.xml`` with the
 tokenizer beside it) are loaded in one ``LLMPipeline`` each, with the same device and precision. Each round both
 generate the same prompt greedily with a fixed number of new tokens (``min_new_tokens = max_new_tokens``: an
-end-of-sequence token does not shorten one of them), in alternating order (A B, B A, ...), and the pipeline's own
+end-of-sequence token does not shorten one of them), in rotating order (A B, A B, ...; A B C, B C A, C A B with
+the control), so that no pipeline runs twice in a row with its weights still in the caches, and the pipeline's own
 metrics give the time to first token (the prefill from an empty KV cache, plus the first token) and the mean time
 per output token of the decode steps. The overheads are the paired medians of the per-round ratios with a
 distribution-free 95% interval (:func:`ovrange.timing.paired_ratio`). With ``control``, a second pipeline of the
@@ -164,7 +165,8 @@ def benchmark_llm(
         start = time.perf_counter()
         index = 0
         while index < 3 or time.perf_counter() - start < seconds:
-            order = labels if index % 2 == 0 else labels[::-1]
+            shift = index % len(labels) if len(labels) > 2 else 0  # no pipeline twice in a row (warm caches)
+            order = labels[shift:] + labels[:shift]
             for label in order:
                 times[label].append(_generate(pipes[label], prompts[index % len(prompts)], config))
             index += 1
