@@ -1,6 +1,6 @@
 """The bundled language model (``scripts/build_llm.py``): an optimum-intel export as users have them -- stateful
 (KV cache in ReadValue/Assign, ``beam_idx``), with its OpenVINO tokenizer -- that openvino-genai's LLMPipeline runs,
-and that the ovrange commands without stateful support (inject, check, benchmark) refuse in one line rather than
+and that the ovrange commands without stateful support (inject, check) refuse in one line rather than
 measuring it wrongly."""
 
 from __future__ import annotations
@@ -66,12 +66,11 @@ def test_held_out_prompts_are_not_calibration_prompts(llm):
     assert not set(held) & set(calib)
 
 
-@pytest.mark.parametrize("command", ["inject", "check", "benchmark"])
+@pytest.mark.parametrize("command", ["inject", "check"])
 def test_commands_without_stateful_support_refuse_the_export_in_one_line(llm, tmp_path, command):
     xml = llm["fp32"] / "openvino_model.xml"
     args = {"inject": [xml, "--data", llm["prompts"], "-n", "10", "--report", tmp_path / "out"],
-            "check": [xml, xml, "--data", llm["prompts"], "--json", tmp_path / "out"],
-            "benchmark": [xml, xml, "--time", "1"]}[command]
+            "check": [xml, xml, "--data", llm["prompts"], "--json", tmp_path / "out"]}[command]
     result = subprocess.run([sys.executable, "-m", "ovrange", command, *map(str, args)], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 3, result.stderr

@@ -74,10 +74,11 @@ def benchmark(
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, write_file_atomically
     from ovrange.runtime import is_stateful
+    from ovrange.text import is_language_model
 
     _print_devices(device)
     models = [] if original.is_dir() or protected.is_dir() else [read_model(original), read_model(protected)]
-    if not models or any(is_stateful(m) for m in models):
+    if not models or any(is_stateful(m) and is_language_model(m) for m in models):
         _benchmark_llm(original, protected, data, device=device, precision=precision, seconds=seconds,
                       new_tokens=new_tokens, json_out=json_out, force=force,
                       unused={"--shape": bool(shape), "--benchmark-app": benchmark_app})
@@ -115,12 +116,12 @@ def _benchmark_llm(original: Path, protected: Path, data: Path | None, *, device
     from ovrange.outputs import check_output_file, write_file_atomically
     from ovrange.text import read_prompts
 
+    folders = [llm_folder(original), llm_folder(protected)]
     given = [name for name, used in unused.items() if used]
     if given:
         raise ConfigError(f"{', '.join(given)} does not apply to a language model (timed through LLMPipeline)")
     if data is None:
         raise ConfigError("a language model is timed on prompts: give --data prompts.txt (one per line, or .jsonl)")
-    folders = [llm_folder(original), llm_folder(protected)]
     inputs = [*(f / "openvino_model.xml" for f in folders), *(f / "openvino_model.bin" for f in folders), data]
     if json_out:
         check_output_file(json_out, force=force, inputs=inputs)
