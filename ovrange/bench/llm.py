@@ -3,9 +3,9 @@
 Both LLM folders (an optimum-intel export and its protected copy: a stateful ``openvino_model.xml`` with the
 tokenizer beside it) are loaded in one ``LLMPipeline`` each, with the same device and precision. Each round both
 generate the same prompt greedily with a fixed number of new tokens (``min_new_tokens = max_new_tokens``: an
-end-of-sequence token does not shorten one of them), in rotating order (A B, A B, ...; A B C, B C A, C A B with
-the control), so that no pipeline runs twice in a row with its weights still in the caches, and the pipeline's own
-metrics give the time to first token (the prefill from an empty KV cache, plus the first token) and the mean time
+end-of-sequence token does not shorten one of them), one after the other (A B, A B, ...; with the control, every
+order of the three in turn), so that no pipeline runs twice in a row with its weights still in the caches. The
+pipeline's own metrics give the time to first token (the prefill from an empty KV cache, plus the first token) and the mean time
 per output token of the decode steps. The overheads are the paired medians of the per-round ratios with a
 distribution-free 95% interval (:func:`ovrange.timing.paired_ratio`). With ``control``, a second pipeline of the
 original runs in the same rounds: its ratio to the original shows how far the machine alone moves the figures.
@@ -14,6 +14,7 @@ openvino-genai is an optional extra (``pip install 'ovrange[llm]'``), imported o
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -104,6 +105,17 @@ def _pipeline(genai: Any, folder: Path, device: str, precision: str) -> Any:
         raise DeviceError(f"LLMPipeline cannot load {folder} on {device}: {last_line(exc)}") from exc
 
 
+def _orders(labels: list[str]) -> list[tuple[str, ...]]:
+    """The rounds' orders of the pipelines: two run A B, A B, ...; three run each of their 6 orders in turn, none
+    starting with the pipeline the one before ends with, so that each pipeline runs equally often in each position
+    and never twice in a row (with its weights still in the caches)."""
+    if len(labels) != 3:
+        return [tuple(labels)]
+    every = list(itertools.permutations(labels))
+    return next(list(cycle) for cycle in itertools.permutations(every)  # a cycle: the last order leads to the first
+                if all(a[-1] != b[0] for a, b in zip(cycle, cycle[1:] + cycle[:1])))
+
+
 def _generate(pipe: Any, prompt: str, config: Any) -> tuple[float, float]:
     """TTFT and mean TPOT (ms) of one greedy generation."""
     metrics = pipe.generate([prompt], config).perf_metrics
@@ -157,6 +169,7 @@ def benchmark_llm(
     config.max_new_tokens = config.min_new_tokens = new_tokens
     config.do_sample = False
     labels = list(pipes)
+    orders = _orders(labels)
     times: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
     try:
         for label in labels:  # the first generations allocate and warm caches
@@ -164,10 +177,8 @@ def benchmark_llm(
                 _generate(pipes[label], prompts[index % len(prompts)], config)
         start = time.perf_counter()
         index = 0
-        while index < 3 or time.perf_counter() - start < seconds:
-            shift = index % len(labels) if len(labels) > 2 else 0  # no pipeline twice in a row (warm caches)
-            order = labels[shift:] + labels[:shift]
-            for label in order:
+        while index < 3 or time.perf_counter() - start < seconds or index % len(orders):  # whole order cycles
+            for label in orders[index % len(orders)]:
                 times[label].append(_generate(pipes[label], prompts[index % len(prompts)], config))
             index += 1
     except RuntimeError as exc:
