@@ -27,7 +27,7 @@ import openvino as ov
 
 from ovrange.errors import ConfigError, DeviceError, ModelError
 from ovrange.modelio import read_model
-from ovrange.runtime import check_device, compile_model, is_stateful, last_line
+from ovrange.runtime import check_device, compile_config, compile_model, is_stateful, last_line
 from ovrange.timing import PairedRatio, paired_ratio
 
 IR_NAME = "openvino_model.xml"  # the file name LLMPipeline loads from a folder
@@ -98,9 +98,8 @@ def _genai() -> Any:
 
 
 def _pipeline(genai: Any, folder: Path, device: str, precision: str) -> Any:
-    config = {"INFERENCE_PRECISION_HINT": "f32"} if precision == "f32" else {}
     try:
-        return genai.LLMPipeline(str(folder), device, **config)
+        return genai.LLMPipeline(str(folder), device, **compile_config(device, precision))
     except RuntimeError as exc:
         raise DeviceError(f"LLMPipeline cannot load {folder} on {device}: {last_line(exc)}") from exc
 
@@ -161,6 +160,7 @@ def benchmark_llm(
             raise ModelError(f"{folders[label] / IR_NAME} is not a stateful language model; LLMPipeline needs the "
                              "KV cache in the model (optimum-intel --task text-generation-with-past)")
     check_device(device)
+    compile_config(device, precision)  # an unknown precision: one line, before loading anything
     genai = _genai()
     if control:
         folders["control"] = folders["original"]
