@@ -3,6 +3,8 @@
 A *sample* is one item of a dataset after its transform: a numpy array (single-input model), a tuple/list of
 arrays (inputs in order) or a dict ``{input name: array}``. An array whose rank is one less than the model input's
 gets a batch axis; an array of full rank is taken as a batch already (nncf.Dataset items usually are).
+The batch axis of an input is axis 0 unless the model says otherwise (:func:`ovrange.batching.input_batch_axes`:
+Silero VAD's state ``[2, 1, 128]`` has it on axis 1; ``--batch-axis name:k`` sets it).
 
 Sources: an image folder (POT's "simplified" engine: decode, resize to the model input, NCHW/NHWC, BGR order
 as cv2 gave POT), ``.npy``/``.npz`` files, any Python iterable, and an ``nncf.Dataset`` (duck-typed through
@@ -24,6 +26,7 @@ from ovrange import text
 from ovrange.arrays import read_npy, read_npz
 from ovrange.errors import DataError
 from ovrange.images import ImageOptions, image_reader
+from ovrange.batching import input_batch_axes
 
 INPUT_KEYS = ("x", "images", "inputs", "data")
 LABEL_KEYS = ("y", "labels", "targets")
@@ -121,8 +124,9 @@ def subset(data: Any, subset_size: int | None, shuffle: bool = False, seed: int 
 # Samples -> model inputs
 
 
-def sample_arrays(sample: Any, model: ov.Model) -> list[np.ndarray]:
-    """Arrange one sample as a list of arrays in model-input order."""
+def sample_arrays(sample: Any, model: ov.Model, axes: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Arrange one sample as a list of arrays in model-input order, each with its batch axis (``axes``, default
+    :func:`ovrange.batching.input_batch_axes`)."""
     inputs = model.inputs
     if isinstance(sample, dict):
         arrays = []
@@ -139,15 +143,16 @@ def sample_arrays(sample: Any, model: ov.Model) -> list[np.ndarray]:
         arrays = [np.asarray(sample)]
     if len(arrays) != len(inputs):
         raise DataError(f"sample has {len(arrays)} array(s) but the model has {len(inputs)} input(s)")
-    return [_with_batch_axis(array, port) for array, port in zip(arrays, inputs)]
+    axes = input_batch_axes(model) if axes is None else axes
+    return [_with_batch_axis(array, port, axis) for array, port, axis in zip(arrays, inputs, axes)]
 
 
-def _with_batch_axis(array: np.ndarray, port: ov.Output) -> np.ndarray:
+def _with_batch_axis(array: np.ndarray, port: ov.Output, axis: int = 0) -> np.ndarray:
     shape = port.get_partial_shape()
     if shape.rank.is_static and array.ndim == shape.rank.get_length() - 1:
-        array = array[np.newaxis]
+        array = np.expand_dims(array, axis)
     array = _as_input_type(array, port)
-    check_fits(array, port)
+    check_fits(array, port, batch_axis=axis)
     return array
 
 
@@ -179,8 +184,9 @@ def _as_input_type(array: np.ndarray, port: ov.Output) -> np.ndarray:
     return array.astype(target)
 
 
-def check_fits(array: np.ndarray, port: ov.Output, batch_free: bool = True) -> None:
-    """Raise DataError when ``array`` cannot feed ``port`` (rank or a static dimension differs)."""
+def check_fits(array: np.ndarray, port: ov.Output, batch_free: bool = True, batch_axis: int = 0) -> None:
+    """Raise DataError when ``array`` cannot feed ``port`` (rank or a static dimension differs; the batch axis may
+    differ when ``batch_free``)."""
     shape = port.get_partial_shape()
     name = port.get_any_name()
     if shape.rank.is_dynamic:
@@ -188,34 +194,59 @@ def check_fits(array: np.ndarray, port: ov.Output, batch_free: bool = True) -> N
     if array.ndim != shape.rank.get_length():
         raise DataError(f"data of shape {tuple(array.shape)} does not fit model input {name!r} of shape {shape}")
     for axis, (have, want) in enumerate(zip(array.shape, shape)):
-        if axis == 0 and batch_free:
+        if axis == batch_axis and batch_free:
             continue
         if want.is_static and have != want.get_length():
             raise DataError(f"data of shape {tuple(array.shape)} does not fit model input {name!r} of shape {shape}")
 
 
 def batches(samples: Iterable[Any], model: ov.Model, batch_size: int) -> Iterator[tuple[list[np.ndarray], int]]:
-    """Group samples into batches of ``batch_size`` (the last may be smaller); yields (arrays, n_samples)."""
+    """Group samples into batches of ``batch_size`` (the last may be smaller), stacked on each input's batch axis;
+    yields (arrays, n_samples)."""
+    axes = input_batch_axes(model)
     pending: list[list[np.ndarray]] = []
     count = 0
     for position, sample in enumerate(samples):
         try:
-            arrays = sample_arrays(sample, model)
+            arrays = sample_arrays(sample, model, axes)
         except DataError as exc:
             raise DataError(f"sample {position} (counting from 0, in the order read): {exc}") from exc
         pending.append(arrays)
-        count += arrays[0].shape[0] if arrays[0].ndim else 1
+        count += arrays[0].shape[axes[0]] if arrays[0].ndim else 1
         if count >= batch_size:
-            yield _concat(pending), count
+            yield _concat(pending, axes), count
             pending, count = [], 0
     if pending:
-        yield _concat(pending), count
+        yield _concat(pending, axes), count
 
 
-def _concat(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+def _concat(parts: list[list[np.ndarray]], axes: Sequence[int]) -> list[np.ndarray]:
     if len(parts) == 1:
         return parts[0]
-    return [np.concatenate(column, axis=0) for column in zip(*parts)]
+    return [np.concatenate(column, axis=axis) for column, axis in zip(zip(*parts), axes)]
+
+
+def batch_first(dataset: Dataset, model: ov.Model) -> Dataset:
+    """``dataset`` as :func:`ovrange.batching.batch_first` of ``model`` takes it: each sample's arrays with their
+    batch axis moved to axis 0 (``dataset`` itself when every input has it there already)."""
+    axes = input_batch_axes(model)
+    if not any(axes):
+        return dataset
+    return Dataset(_Indexed(dataset), lambda sample: tuple(
+        np.moveaxis(array, axis, 0) for array, axis in zip(sample_arrays(sample, model, axes), axes)))
+
+
+class _Indexed(Sequence):
+    """A dataset's samples (after its transform) as a sequence, for a dataset that wraps it."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return next(iter(self.dataset.get_inference_data([int(index)])))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,7 +275,7 @@ def load(path: str | os.PathLike, model: ov.Model, layout: str | None = None,
     if path.suffix == ".npy":
         array = read_npy(path)
         if len(model.inputs) == 1:
-            check_samples(array, model.inputs[0], path.name)
+            check_samples(array, model.inputs[0], path.name, input_batch_axes(model)[0])
         return LabelledData(Dataset(array), None, str(path))
     if path.suffix == ".npz":
         return _load_npz(path, model)
@@ -254,16 +285,19 @@ def load(path: str | os.PathLike, model: ov.Model, layout: str | None = None,
                     "feed language models)")
 
 
-def check_samples(array: np.ndarray, port: ov.Output, what: str) -> None:
-    """Raise DataError, naming ``array``'s own shape, unless its samples (axis 0) can feed ``port``."""
+def check_samples(array: np.ndarray, port: ov.Output, what: str, batch_axis: int = 0) -> None:
+    """Raise DataError, naming ``array``'s own shape, unless its samples (axis 0) can feed ``port``, whose batch
+    axis is ``batch_axis``."""
     if array.dtype.kind not in "biuf":
         raise DataError(f"{what} has dtype {array.dtype}: data must be numbers")
     shape = port.get_partial_shape()
     if shape.rank.is_dynamic:
         return
-    per_sample = list(shape)[1:]
+    axis = batch_axis
+    per_sample = [d for k, d in enumerate(shape) if k != axis]
     sample = tuple(array.shape[1:])
-    core = sample[1:] if len(sample) == len(per_sample) + 1 else sample  # a sample may itself be a batch
+    # a sample may itself be a batch (of one, on the input's batch axis)
+    core = tuple(n for k, n in enumerate(sample) if k != axis) if len(sample) == len(per_sample) + 1 else sample
     if len(core) != len(per_sample) or any(d.is_static and d.get_length() != n for n, d in zip(core, per_sample)):
         wanted = "[" + ",".join(str(d) for d in per_sample) + "]"
         raise DataError(f"{what} has shape {tuple(array.shape)}: axis 0 counts samples, so one sample is {sample}, "
@@ -277,10 +311,10 @@ def _load_npz(path: Path, model: ov.Model) -> LabelledData:
     input_names = [port.get_any_name() for port in model.inputs]
     if all(name in archive for name in input_names) and len(input_names) > 1:
         columns = [archive[name] for name in input_names]
-        for name, column, port in zip(input_names, columns, model.inputs):
+        for name, column, port, axis in zip(input_names, columns, model.inputs, input_batch_axes(model)):
             if column.ndim == 0:
                 raise DataError(f"{path.name}: {name} is a scalar, not samples along axis 0")
-            check_samples(column, port, f"{name} in {path.name}")
+            check_samples(column, port, f"{name} in {path.name}", axis)
         samples: Sequence[Any] = _Columns(columns)
     else:
         key = next((k for k in (*INPUT_KEYS, *input_names) if k in archive), None)
@@ -291,7 +325,7 @@ def _load_npz(path: Path, model: ov.Model) -> LabelledData:
         if samples.ndim == 0:
             raise DataError(f"{path.name}: {key} is a scalar, not samples along axis 0")
         if len(model.inputs) == 1:
-            check_samples(samples, model.inputs[0], f"{key} in {path.name}")
+            check_samples(samples, model.inputs[0], f"{key} in {path.name}", input_batch_axes(model)[0])
     if len(samples) == 0:
         raise DataError(f"no samples in {path}")
     if labels is not None and (labels.ndim == 0 or len(labels) != len(samples)):

@@ -47,9 +47,10 @@ def predict_outputs(
         raise DataError("the dataset is empty")
     parts: list[list[np.ndarray]] = [[] for _ in model.outputs]
     report = (lambda done, _: progress(done, total)) if progress else None
+    axes = runner.output_axes()  # samples first, whatever axis an output keeps its batch on
     for outputs, _ in runner.run(data_mod.batches(samples, model, runner.batch_size), report):
-        for part, out in zip(parts, outputs):
-            part.append(np.array(out, copy=True))
+        for part, out, axis in zip(parts, outputs, axes):
+            part.append(np.moveaxis(out, axis, 0).copy())
     return [np.concatenate(part, axis=0) for part in parts]
 
 

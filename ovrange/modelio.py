@@ -94,6 +94,32 @@ def _check_frontend(path: Path) -> None:
         raise ModelError(f"{path} is not a readable {framework} model")
 
 
+FORMAT_NAMES = {".xml": "OpenVINO IR", ".onnx": "ONNX", ".tflite": "TFLite", ".pb": "TensorFlow",
+                ".pdmodel": "PaddlePaddle"}
+
+
+def model_format(path: str | os.PathLike) -> str:
+    """The format of a model file, by its suffix: ``OpenVINO IR``, ``ONNX``, ``TFLite``..."""
+    suffix = Path(path).suffix.lower()
+    return FORMAT_NAMES.get(suffix, suffix.lstrip(".") or "unknown")
+
+
+def mixed_formats(original: str | os.PathLike, protected: str | os.PathLike) -> str | None:
+    """The warning for timing two models of different formats, else None: OpenVINO converts each format through
+    its own frontend and transformations, so the graphs differ beyond the protection (a converted ``.onnx`` and
+    the IR ``ovrange protect`` wrote from it time apart by tens of percent)."""
+    first, second = model_format(original), model_format(protected)
+    if first == second:
+        return None
+    return (f"{Path(original).name} is {_article(first)} {first} model and {Path(protected).name} {_article(second)} "
+            f"{second}: OpenVINO builds different graphs from different formats, so the difference is not only "
+            f"the protection's cost; convert first (ovc {Path(original).name}) and compare IR with IR")
+
+
+def _article(name: str) -> str:
+    return "an" if name[:1] in "AEIOUaeio" else "a"
+
+
 def save_model(model: ov.Model, xml_path: Path) -> None:
     """Save an IR keeping f32 weights (``ov.save_model`` compresses to FP16 by default)."""
     ov.save_model(model, str(xml_path), compress_to_fp16=False)

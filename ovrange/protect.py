@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import openvino as ov
 
 from ovrange.algorithms import QUANTIZATIONS, AlgorithmConfig, protection as algorithm_module
+from ovrange.coverage import protection_coverage
 from ovrange.errors import ConfigError, ModelError
 from ovrange.graph import get_rt_json, set_rt_json
 from ovrange.modelio import save_model
@@ -81,7 +83,8 @@ def protect(
     measure = getattr(module, "measure", None)
     if measure is not None and dataset is not None:
         measured, samples = measure(model, protected, dataset, values, device=device, progress=progress)
-        made = ProtectionPlan(algorithm, values, guards, samples, "f32", __version__, {**report, **measured})
+        made = ProtectionPlan(algorithm, values, guards, samples, "f32", __version__,
+                              {**protection_info(protected).report, **measured})
         set_rt_json(protected, "protection", made.to_json())
     return protected
 
@@ -92,6 +95,10 @@ def apply_plan(model: ov.Model, plan: ProtectionPlan) -> ov.Model:
     check_plan_fits(model, plan)
     result = module.apply(model.clone(), plan)
     set_rt_json(result.model, "protection", plan.to_json())
+    covered = protection_coverage(result.model)  # what the guards cover, recorded beside the plan
+    if covered is not None:
+        set_rt_json(result.model, "protection", replace(plan, report={**plan.report,
+                                                                      "coverage": covered.to_json()}).to_json())
     return result.model
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
+from ovrange.batching import input_batch_axes, output_batch_axes
 from ovrange.errors import ConfigError, DataError, DeviceError, ModelError
 
 ProgressFn = Callable[[int, int], None]
@@ -115,15 +116,17 @@ def last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def with_dynamic_batch(model: ov.Model) -> ov.Model:
-    """Make axis 0 of every input dynamic (edits ``model``); raises ValueError when the model cannot be reshaped."""
+def with_dynamic_batch(model: ov.Model, axes: Sequence[int] | None = None) -> ov.Model:
+    """Make the batch axis (``axes``, default :func:`input_batch_axes`) of every input dynamic (edits ``model``);
+    raises ValueError when the model cannot be reshaped."""
+    axes = input_batch_axes(model) if axes is None else axes
     shapes = {}
-    for port in model.inputs:
+    for port, axis in zip(model.inputs, axes):
         shape = port.get_partial_shape()
-        if shape.rank.is_dynamic or shape.rank.get_length() == 0 or shape[0].is_dynamic:
+        if shape.rank.is_dynamic or shape.rank.get_length() == 0 or shape[axis].is_dynamic:
             continue
         new_shape = ov.PartialShape(shape)
-        new_shape[0] = ov.Dimension()
+        new_shape[axis] = ov.Dimension()
         shapes[port] = new_shape
     if shapes:
         try:
@@ -148,10 +151,11 @@ def refuse_stateful(model: ov.Model, command: str = "ovrange") -> None:
 class Runner:
     """A model compiled once and fed batches of samples: the batching policy and the one error-wrapped ``infer``.
 
-    ``batch_size`` > 1 makes the batch axis dynamic (on a clone). A model that cannot take it is an error when
-    ``fallback`` is False (calibration: ``stat_batch_size`` was asked for), or runs one sample at a time when True
-    (evaluation). With ``batched_outputs``, every output must keep the batch axis (axis 0 = samples), else rows
-    would be mixed up silently.
+    ``batch_size`` > 1 makes the batch axis of each input dynamic (on a clone): axis 0, or the one
+    :func:`input_batch_axes` finds (Silero VAD's state has its batch on axis 1). A model that cannot take it is an
+    error when ``fallback`` is False (calibration: ``stat_batch_size`` was asked for), or runs one sample at a time
+    when True (evaluation). With ``batched_outputs``, every output must keep a batch axis, else rows would be mixed
+    up silently: a model whose outputs lose it (a hard-coded ``Reshape([1, -1, 18])``) is such a model.
 
     A stateful model is refused (a ModelError naming ``command``) unless ``stateful`` is True; then every inference
     starts from the initial state (``reset_state``), as if each batch were the model's first, except the later
@@ -166,20 +170,43 @@ class Runner:
         self.stateful = is_stateful(model)
         self.batch_size = batch_size
         self.batched_outputs = batched_outputs
+        self.model = model
+        self.axes = input_batch_axes(model)
+        self._output_axes: list[int | None] | None = None
         runnable = model
         if batch_size > 1:
             try:
-                runnable = with_dynamic_batch(model.clone())
+                runnable = with_dynamic_batch(model.clone(), self.axes)
+                if batched_outputs:
+                    self._check_batched_outputs()
             except ValueError as exc:
                 if not fallback:
-                    raise ConfigError(f"batch size {batch_size} needs a batchable model; reshape failed: {exc}") \
-                        from exc
+                    raise ConfigError(f"batch size {batch_size} needs a batchable model: {exc}") from exc
                 runnable, self.batch_size = model, 1
         self.compiled = compile_model(runnable, device, precision=precision, config=config, core=core)
         self.outputs = len(self.compiled.outputs)
         # Two requests: the host prepares and folds one batch while the device runs the other (run()).
         self.requests = [self.compiled.create_infer_request() for _ in range(2)]
         self._queue: ov.AsyncInferQueue | None = None
+
+    def output_axes(self) -> list[int]:
+        """The batch axis of each output: axis 0 unless an input has its batch elsewhere (then
+        :func:`output_batch_axes`; 0 for an output without one)."""
+        if self._output_axes is None:
+            if not any(self.axes):
+                self._output_axes = [0] * len(self.model.outputs)
+            else:
+                try:
+                    self._output_axes = output_batch_axes(self.model, self.axes)
+                except ValueError as exc:
+                    raise DataError(f"cannot tell the batch axis of the model outputs: {exc}") from exc
+        return [0 if axis is None else axis for axis in self._output_axes]
+
+    def _check_batched_outputs(self) -> None:
+        self._output_axes = output_batch_axes(self.model, self.axes)
+        lost = [port.get_any_name() for port, axis in zip(self.model.outputs, self._output_axes) if axis is None]
+        if lost:
+            raise ValueError(f"output(s) {', '.join(lost)} do not keep the batch axis")
 
     def _fresh(self, request: ov.InferRequest) -> ov.InferRequest:
         """``request``, back in the model's initial state when the model keeps one."""
@@ -239,8 +266,9 @@ class Runner:
                 yield arrays, count
                 continue
             for start in range(0, count, self.batch_size):
-                part = [a[start:start + self.batch_size] for a in arrays]
-                yield part, len(part[0])
+                part = [np.take(a, range(start, min(start + self.batch_size, count)), axis=axis)
+                        for a, axis in zip(arrays, self.axes)]
+                yield part, min(self.batch_size, count - start)
 
     def _finish(self, request: ov.InferRequest, arrays: list[np.ndarray], count: int) -> tuple:
         try:
@@ -251,8 +279,9 @@ class Runner:
         return self._checked(outputs, arrays)
 
     def _checked(self, outputs: tuple, arrays: list[np.ndarray]) -> tuple:
-        count = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
-        if self.batched_outputs and count > 1 and any(o.ndim == 0 or o.shape[0] != count for o in outputs):
+        count = arrays[0].shape[self.axes[0]] if arrays and arrays[0].ndim else 1
+        if self.batched_outputs and count > 1 and any(o.ndim <= axis or o.shape[axis] != count
+                                                      for o, axis in zip(outputs, self.output_axes())):
             raise DataError(f"a model output does not keep the batch axis (batch of {count}, output shapes "
                             f"{[tuple(o.shape) for o in outputs]}); use batch size 1")
         return outputs
@@ -292,6 +321,8 @@ class Runner:
 
     def predict(self, batches: Iterable[tuple[list[np.ndarray], int]], output: int = 0,
                 progress: ProgressFn | None = None, total: int | None = None) -> np.ndarray:
-        """Output ``output`` of every sample, concatenated on axis 0."""
+        """Output ``output`` of every sample, concatenated on axis 0 (moved there from the output's batch axis)."""
         report = (lambda done, _: progress(done, total or done)) if progress else None
-        return np.concatenate([outputs[output].copy() for outputs, _ in self.run(batches, report)], axis=0)
+        axis = self.output_axes()[output]
+        return np.concatenate([np.moveaxis(outputs[output], axis, 0).copy()
+                               for outputs, _ in self.run(batches, report)], axis=0)

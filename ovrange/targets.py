@@ -19,9 +19,14 @@ import openvino as ov
 from ovrange.errors import ModelError
 from ovrange.graph import computed_nodes, constant_values, constant_weight, inserted_nodes, node_ids
 
-# Activation op types (any opset version). POT protected the first seven; LeakyReLU appears in IR as PRelu.
+# Activation op types (any opset version). POT protected the first seven; LeakyReLU appears in IR as PRelu. The
+# others are every element-wise activation OpenVINO's TFLite, ONNX and PyTorch frontends emit: ReLU6 and other hard
+# clips arrive as Clamp (MediaPipe's TFLite graphs), ONNX HardSigmoid stays HardSigmoid, PyTorch's as HSigmoid.
+# Exp is one too (box decoding, decomposed Softmax): a value it amplifies is cut at its output. LogSoftmax is not:
+# like Softmax it returns (log-)probabilities, whose consumer is the application.
 POT_ACTIVATIONS = ("Relu", "Swish", "PRelu", "Elu", "Gelu", "Sigmoid", "Tanh")
-ACTIVATIONS = (*POT_ACTIVATIONS, "HSwish", "HSigmoid", "Mish", "SoftPlus")
+ACTIVATIONS = (*POT_ACTIVATIONS, "HSwish", "HSigmoid", "HardSigmoid", "Mish", "SoftPlus", "SoftSign", "Selu", "Clamp",
+               "Exp")
 CONVOLUTIONS = ("Convolution", "GroupConvolution")
 TRANSPOSED_CONVOLUTIONS = ("ConvolutionBackpropData", "GroupConvolutionBackpropData")
 LINEAR = (*CONVOLUTIONS, *TRANSPOSED_CONVOLUTIONS, "MatMul")
@@ -45,9 +50,9 @@ DATA_MOVEMENT: dict[str, tuple[int, ...] | None] = {
 }
 MOVEMENT = (*DATA_MOVEMENT, "Gather")
 # Element-wise ops through which a value keeps the layout of its input (for finding the feature axis).
-_ELEMENTWISE = (*ACTIVATIONS, "Clamp", *AFFINE, "Convert", "FakeQuantize")
+_ELEMENTWISE = (*ACTIVATIONS, *AFFINE, "Convert", "FakeQuantize")
 ROLES = ("activation", "linear", "bias", "norm", "residual", "attention", "pooling", "probabilities", "movement",
-         "clamp", "other")
+         "other")
 
 
 @dataclass(frozen=True)
@@ -131,8 +136,6 @@ def role_of(node: ov.Node, live: set[str]) -> str:
     kind = node.get_type_name()
     if kind in ACTIVATIONS:
         return "activation"
-    if kind == "Clamp":
-        return "clamp"
     if kind in LINEAR:
         return "linear"
     if kind in NORMS:

@@ -37,19 +37,20 @@ def test_bounds_carried_through_pool_concat_reshape(calib):
     info = ovrange.protection_info(protected)
     methods = {name: bound.method for name, bound in info.bounds.items()}
     assert methods == {
-        "relu_a": "max", "relu_fc": "max", "tanh": "inherent",
+        "relu_a": "max", "relu_fc": "max", "tanh": "inherent", "relu6_b": "max",
         "pool_a": "propagated:relu_a", "pool_b": "propagated:relu6_b",
         "concat": "union:pool_a,pool_b", "reshape": "propagated:concat",
     }
     bounds = info.bounds
     assert (bounds["pool_a"].low, bounds["pool_a"].high) == (bounds["relu_a"].low, bounds["relu_a"].high)
-    assert (bounds["pool_b"].low, bounds["pool_b"].high) == (0.0, 6.0)  # from the existing ReLU6 Clamp
-    assert bounds["concat"].high == max(bounds["relu_a"].high, 6.0) and bounds["concat"].low == 0.0
+    assert 0.0 <= bounds["relu6_b"].low <= bounds["relu6_b"].high <= 6.0  # the observed range within the ReLU6's
+    assert (bounds["pool_b"].low, bounds["pool_b"].high) == (bounds["relu6_b"].low, bounds["relu6_b"].high)
+    assert bounds["concat"].high == max(bounds["relu_a"].high, bounds["relu6_b"].high)
+    assert bounds["concat"].low == min(bounds["relu_a"].low, bounds["relu6_b"].low)
     assert (bounds["tanh"].low, bounds["tanh"].high) == (-1.0, 1.0)
     for name in methods:
         guard = guard_of(protected, name)
         assert guard is not None and guard.get_type_name() == "Clamp", name
-    assert guard_of(protected, "relu6_b") is None  # already bounded, not tightened unless asked
     assert np.array_equal(outputs(protected, calib), outputs(ranger_model(), calib))
 
 
@@ -111,7 +112,8 @@ def test_per_channel_bounds_are_channel_extremes_and_exact(calib):
     values = outputs(probe, calib)
     assert bounds["relu_a"].high == [float(v) for v in values.max(axis=(0, 2, 3))]
     assert len(bounds["pool_a"].high) == 4  # MaxPool keeps channels
-    assert isinstance(bounds["concat"].high, float)  # one input (pool_b, from the ReLU6) has a scalar bound
+    assert len(bounds["concat"].high) == 8  # both inputs per channel (the ReLU6's within its own range)
+    assert bounds["concat"].high[4:] == bounds["relu6_b"].high and max(bounds["relu6_b"].high) <= 6.0
     assert isinstance(bounds["reshape"].high, float)  # channels are mixed by Reshape: scalar
     guard = guard_of(protected, "relu_a")
     assert guard.get_type_name() == "Maximum"

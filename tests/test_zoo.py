@@ -35,17 +35,6 @@ VALUE_RANGE = {"palm_detection_full": (0, 1), "face_landmark": (0, 1), "iris_lan
                "pose_detection": (-1, 1), "ppocr_det": (-1, 1), "ppocr_rec": (-1, 1), "ppocr_cls": (-1, 1)}
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
-RELU6_NOT_A_TARGET = ("error: model 'TensorFlow_Lite_Frontend_IR' has no supported activations (Relu, Swish, PRelu, "
-                      "Elu, Gelu, Sigmoid, Tanh, HSwish, HSigmoid, Mish, SoftPlus); nothing to protect "
-                      "-- its ReLU6 arrive as Clamp")
-STATE_BATCH_AXIS = ("error: data of shape (4, 576), (8, 1, 128) (axis 0 = samples) cannot feed the model: Dimension "
-                    "`batch_size` is not matched between inputs. -- Silero's state [2, 1, 128] has its batch on axis 1")
-STATIC_BATCH = ("error: a model output does not keep the batch axis (batch of 4, output shapes [(1, 8064, 18), "
-                "(1, 8064, 1)]); use batch size 1 -- palm detection's; iris and pose likewise: the default batch does "
-                "not fit a static batch-1 model")
-STATE_BATCH_AXIS_INJECT = ("error: data of shape (1, 576), (1, 1, 128) (axis 0 = samples) cannot feed the model: The "
-                           "input tensor size is not equal to the model input type: got [1,1,128] expecting "
-                           "[2,1,128]. -- Silero's state has its batch on axis 1")
 FP16_TO_F32 = ("error: no weights of <out>/<name>_GlobalClipper/<name>.xml are stored as fp16: they are fp32 (use "
                "--format auto) -- GlobalClipper writes the fp16 weights back as f32")
 
@@ -201,9 +190,7 @@ def test_unreadable_model_is_refused_in_one_line_naming_the_op(zoo, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-PROTECT_CASES = [pytest.param(name, algorithm, id=f"{name}-{algorithm}",
-                              marks=[xfail(RELU6_NOT_A_TARGET)] if (name, algorithm) == ("pose_detection",
-                                                                                         "RangeSupervision") else [])
+PROTECT_CASES = [pytest.param(name, algorithm, id=f"{name}-{algorithm}")
                  for name in READABLE for algorithm in ("RangeSupervision", "GlobalClipper")]
 
 
@@ -221,16 +208,8 @@ def test_protect(zoo, protected, name, algorithm):
         assert xml.with_suffix(".bin").stat().st_size < 1.1 * (folder / entry["model"]).with_suffix(".bin").stat().st_size
 
 
-def _default_evaluate_marks(name: str) -> list[pytest.MarkDecorator]:
-    if name == "silero_vad":
-        return [xfail(STATE_BATCH_AXIS)]
-    if name in ("palm_detection_full", "iris_landmark", "pose_detection"):
-        return [xfail(STATIC_BATCH)]
-    return []
-
-
 EVALUATE_CASES = [pytest.param(name, ["--batch-size", 1], id=f"{name}-batch1") for name in READABLE] + [
-    pytest.param(name, [], id=f"{name}-default", marks=_default_evaluate_marks(name)) for name in READABLE]
+    pytest.param(name, [], id=f"{name}-default") for name in READABLE]
 
 
 @pytest.mark.parametrize(("name", "options"), EVALUATE_CASES)
@@ -247,8 +226,6 @@ def test_evaluate_on_heldout_inputs(zoo, protected, name, options):
 
 
 def _inject_marks(name: str, target: str) -> list[pytest.MarkDecorator]:
-    if name == "silero_vad":
-        return [xfail(STATE_BATCH_AXIS_INJECT)]
     if target == "weights" and name in FP16_STORED:
         return [xfail(FP16_TO_F32)]
     return []

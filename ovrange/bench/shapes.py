@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import openvino as ov
 
+from ovrange.batching import input_batch_axes
 from ovrange.errors import DataError
 from ovrange.runtime import last_line
 
@@ -37,19 +38,19 @@ def static_shapes(model: ov.Model, given: Mapping[str, Sequence[int]] | None = N
     """A static shape for every input: ``given`` ones, else the model's, with a dynamic batch axis set to 1."""
     given = dict(given or {})
     shapes = {}
-    for i, port in enumerate(model.inputs):
+    for i, (port, batch_axis) in enumerate(zip(model.inputs, input_batch_axes(model))):
         name = _input_name(port, i)
         if name in given:
             shapes[name] = list(given[name])
             continue
         shape = port.get_partial_shape()
         dynamic = DataError(f"model input {name!r} has dynamic shape {shape}; give a static one with "
-                            f"--shape {name}[...]")
+                            f"--shape {name}[...], or --data (the shape of its first sample)")
         if shape.rank.is_dynamic:
             raise dynamic
         dims = []
         for axis, dim in enumerate(shape):
-            if dim.is_dynamic and axis > 0:
+            if dim.is_dynamic and axis != batch_axis:
                 raise dynamic
             dims.append(dim.get_length() if dim.is_static else 1)
         shapes[name] = dims

@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from ovrange.cli.app import app
-from ovrange.cli.options import (Device, Force, JsonOut, Seconds, Shape, Verbose, finite_json, opt,
-                                 static_shapes)
+from ovrange.cli.options import Device, Force, JsonOut, Seconds, Shape, Verbose, finite_json, opt, static_shapes
+from ovrange.errors import ConfigError, DataError
 
 Opt = typer.Option
 ModelArg = typer.Argument
@@ -52,15 +52,16 @@ def benchmark(
     precision: Precision = "f32",
     seconds: Seconds = 10.0,
     shape: Shape = None,
+    data: Annotated[Optional[Path], opt("--data", more="Its first sample gives the input shapes (instead of "
+                                        "--shape), for a model whose dimensions are dynamic; a language model "
+                                        "generates these prompts (cycled), timed through LLMPipeline.",
+                                        show_default=False)] = None,
     sessions: Annotated[int, Opt("--sessions", help="Compile both models anew this many times (alternating "
                                                     "which comes first); with 3 or more, the overhead and its "
                                                     "interval are taken over sessions.", min=1)] = 8,
     benchmark_app: Annotated[bool, Opt("--benchmark-app", help="Also run OpenVINO's benchmark_app on both "
                                                                "models, alternating, and parse its reports.")] = False,
     app_rounds: Annotated[int, Opt("--benchmark-app-rounds", help="benchmark_app runs per model.", min=1)] = 3,
-    data: Annotated[Optional[Path], opt("--data", more="A language model generates these prompts (cycled), timed "
-                                                       "through openvino-genai's LLMPipeline.",
-                                        show_default=False)] = None,
     new_tokens: Annotated[int, opt("--new-tokens", min=2)] = 32,
     json_out: JsonOut = None,
     verbose: Verbose = False,
@@ -80,11 +81,14 @@ def benchmark(
     models = [] if original.is_dir() or protected.is_dir() else [read_model(original), read_model(protected)]
     if not models or any(is_stateful(m) and is_language_model(m) for m in models):
         _benchmark_llm(original, protected, data, device=device, precision=precision, seconds=seconds,
-                      new_tokens=new_tokens, json_out=json_out, force=force,
-                      unused={"--shape": bool(shape), "--benchmark-app": benchmark_app})
+                       new_tokens=new_tokens, json_out=json_out, force=force,
+                       unused={"--shape": bool(shape), "--benchmark-app": benchmark_app})
         return
-    shapes = static_shapes(shape, models[0])
-    inputs = [*model_files(original), *model_files(protected)]
+    warn_mixed_formats(original, protected)
+    if shape and data:
+        raise ConfigError("give the input shapes once: --shape or --data")
+    shapes = static_shapes(shape, models[0]) if not data else _first_sample_shapes(data, models[0])
+    inputs = [*model_files(original), *model_files(protected), *([data] if data else [])]
     if json_out:
         check_output_file(json_out, force=force, inputs=inputs)
     result = bench.benchmark(models[0], models[1], device=device, hint=hint, precision=precision, seconds=seconds,
@@ -112,7 +116,6 @@ def _benchmark_llm(original: Path, protected: Path, data: Path | None, *, device
                    unused: dict[str, bool]) -> None:
     """Language models: greedy generations through LLMPipeline, TTFT and TPOT side by side."""
     from ovrange.bench.llm import benchmark_llm, llm_folder
-    from ovrange.errors import ConfigError
     from ovrange.outputs import check_output_file, write_file_atomically
     from ovrange.text import read_prompts
 
@@ -151,6 +154,27 @@ def _print_llm(result) -> None:
     counts = ", ".join(f"{kinds[k]} {k}" for k in kinds)
     typer.echo(f"fused kernels in the {result.device} runtime model: original {counts}; protected "
                + ("the same" if same else ", ".join(f"{v} {k}" for k, v in result.kernels["protected"].items())))
+
+
+def _first_sample_shapes(data: Path, model) -> dict[str, list[int]]:
+    """The shape of each input in the first sample of ``data`` (a batch of one)."""
+    from ovrange import data as data_mod
+
+    samples, count = data_mod.subset(data_mod.load(data, model).dataset, 1)
+    if not count:
+        raise DataError(f"no samples in {data}")
+    arrays = data_mod.sample_arrays(next(samples), model)
+    return {port.get_any_name(): list(array.shape) for port, array in zip(model.inputs, arrays)}
+
+
+def warn_mixed_formats(original: Path, protected: Path) -> None:
+    """A ``warning:`` line on stderr when the two models come in different formats (their timings compare more than
+    the protection)."""
+    from ovrange.modelio import mixed_formats
+
+    warning = mixed_formats(original, protected)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def _float_inputs(model) -> bool:

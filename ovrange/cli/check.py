@@ -10,8 +10,9 @@ import typer
 
 from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
-from ovrange.cli.options import (Device, Force, JsonOut, OutputName, Quiet, Sdc, Seconds, Shape, Verbose, finite_json,
-                                 opt, progress_bar, static_shapes)
+from ovrange.cli.options import (BatchAxis, ColorOrder, Device, Force, JsonOut, Layout, Mean, Quiet, Scale,
+                                 Sdc, Seconds, Shape, Verbose, batch_axes, finite_json, image_options, opt,
+                                 progress_bar, static_shapes)
 
 Opt = typer.Option
 ModelArg = typer.Argument
@@ -41,6 +42,11 @@ def check(
     output: Annotated[Optional[str], opt("--output-name", more="An --sdc that names outputs reads those; the "
                                          "agreement and SDC gates judge it.", show_default="the first")] = None,
     seed: Annotated[int, opt("--seed", more="Of the fault list.")] = 0,
+    batch_axis: BatchAxis = None,
+    layout: Layout = None,
+    mean: Mean = None,
+    scale: Scale = None,
+    color_order: ColorOrder = None,
     device: Device = "CPU",
     json_out: JsonOut = None,
     force: Force = False,
@@ -52,17 +58,23 @@ def check(
     Accuracy is always measured; the overhead and SDC gates run only when their threshold is given.
     """
     from ovrange import data as data_mod
+    from ovrange.batching import set_batch_axes
     from ovrange.check import Thresholds
     from ovrange.check import check as run_check
+    from ovrange.cli.benchmark import warn_mixed_formats
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, write_file_atomically
     from ovrange.runtime import refuse_stateful
 
     thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)
-    models = [read_model(original), read_model(protected)]
+    axes = batch_axes(batch_axis)
+    models = [set_batch_axes(read_model(original), axes), set_batch_axes(read_model(protected), axes)]
     for model in models:
         refuse_stateful(model, "check")  # before the data: prompts or token ids would be the wrong complaint
-    labelled = data_mod.load(data, models[0])
+    if max_overhead is not None:
+        warn_mixed_formats(original, protected)
+    labelled = data_mod.load(data, models[0], images=image_options(data, models[0], layout=layout, mean=mean,
+                                                                   scale=scale, color_order=color_order))
     shapes = static_shapes(shape, models[0])
     inputs = [*model_files(original), *model_files(protected), data]
     if json_out:

@@ -9,7 +9,8 @@ import typer
 
 from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
-from ovrange.cli.options import DeviceOrConfig, Force, JsonOut, Quiet, Sdc, Verbose, detail, opt, progress_bar
+from ovrange.cli.options import (BatchAxis, ColorOrder, DeviceOrConfig, Force, JsonOut, Layout, Mean, Quiet, Scale,
+                                 Sdc, Verbose, batch_axes, detail, image_options, opt, progress_bar)
 from ovrange.errors import ConfigError, DataError, Interrupted, OutputError
 from ovrange.faults.campaign import MARGIN_CAP
 from ovrange.faults.spec import CampaignSpec
@@ -105,6 +106,11 @@ def inject(
                                                show_default=_default("confidence"))] = None,
     memory: Annotated[Optional[int], Opt("--memory", help="MB the batch-sized injection and probe buffers may "
                                          "hold; the batch shrinks to fit.", show_default=_default("memory"))] = None,
+    batch_axis: BatchAxis = None,
+    layout: Layout = None,
+    mean: Mean = None,
+    scale: Scale = None,
+    color_order: ColorOrder = None,
     device: DeviceOrConfig = None,
     force: Force = False,
     quiet: Quiet = False,
@@ -145,9 +151,11 @@ def inject(
         raise DataError("no data given: pass --data or set data in the config")
     if resume and report is None:
         raise ConfigError("--resume needs the --report folder of the interrupted campaign")
+    feed = {"batch_axes": batch_axes(batch_axis) or None,  # how the data feeds the model (no campaign setting)
+            "images": image_options(Path(data), None, layout=layout, mean=mean, scale=scale, color_order=color_order)}
     if sweep is not None:
         return _sweep(model_path, data, compare, sweep, spec, report, json_out, plots, force, quiet, default_batch,
-                      config)
+                      config, feed)
     inputs = [*model_files(model_path), *[f for path in compare or [] for f in model_files(path)], data, replay,
               config]
     if report is not None:
@@ -162,7 +170,7 @@ def inject(
             with progress_bar("injecting", enabled=not quiet, unit="trials") as progress:
                 result = run_inject(model_path, data, compare=compare, replay=replay, checkpoint_dir=workdir,
                                     resume=resume, progress=progress, workers=workers, ray_address=ray_address,
-                                    shard_size=shard_size, lanes=lanes, **_settings(spec, default_batch))
+                                    shard_size=shard_size, lanes=lanes, **feed, **_settings(spec, default_batch))
             if json_out is not None:
                 write_json(result, json_out, force=force, inputs=inputs)
             if report is not None:
@@ -188,7 +196,7 @@ def _settings(spec, default_batch: bool) -> dict:
 
 
 def _sweep(model_path, data, compare, sweep: str, spec, report, json_out, plots: bool, force: bool,
-           quiet: bool, default_batch: bool = False, config=None) -> None:
+           quiet: bool, default_batch: bool = False, config=None, feed: dict | None = None) -> None:
     """``--sweep``: one campaign per rate, the table printed, the curves written to the report folder."""
     import json
 
@@ -208,7 +216,8 @@ def _sweep(model_path, data, compare, sweep: str, spec, report, json_out, plots:
         check_output_file(json_out, force=force, inputs=inputs)
     plots = _plots_wanted(plots) if report is not None else False
     with progress_bar("sweeping", enabled=not quiet, unit="trials") as progress:
-        summary = run_sweep(model_path, data, kind, rates, compare=compare, progress=progress, **settings)
+        summary = run_sweep(model_path, data, kind, rates, compare=compare, progress=progress, **(feed or {}),
+                            **settings)
     if report is not None:
         write_dir_atomically(report, lambda tmp: write_sweep(summary, tmp, plots=plots), force=True, inputs=inputs)
     if json_out is not None:

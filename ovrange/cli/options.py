@@ -29,6 +29,11 @@ MEANINGS = {
     "--new-tokens": "New tokens each greedy generation of a language model produces.",
     "--sdc": "SDC criterion: what counts as a changed output.",
     "--output-name": "Name of the model output to judge.",
+    "--batch-axis": "Batch axis of a model input, NAME:AXIS (repeatable), where it is not axis 0.",
+    "--layout": "Image layout: NCHW or NHWC.",
+    "--mean": "Per-channel mean subtracted from image pixels, e.g. 123.675,116.28,103.53.",
+    "--scale": "Per-channel divisor applied after --mean, e.g. 58.395,57.12,57.375.",
+    "--color-order": "Channel order images are fed in: BGR (as POT's cv2) or RGB.",
     "--json": "Write the result as JSON to this file.",
     "--force": "Overwrite an existing result.",
     "--quiet": "No progress bar.",
@@ -153,6 +158,65 @@ def progress_bar(description: str, enabled: bool = True, unit: str = "") -> Iter
             bar.update(task, completed=done, total=total, rate=rate)
 
         yield update
+
+
+BatchAxis = Annotated[Optional[list[str]], opt("--batch-axis", more="protect keeps it in the protected IR (the "
+                                               "input's layout N).", metavar="NAME:AXIS",
+                                               show_default="the N of the input's layout, else axis 0, or the "
+                                               "one axis that can hold the batch the other inputs show on axis 0 "
+                                               "(Silero VAD's state [2,1,128]: 1)")]
+Layout = Annotated[Optional[str], opt("--layout", show_default="guessed from the model input")]
+Mean = Annotated[Optional[str], opt("--mean", show_default=False)]
+Scale = Annotated[Optional[str], opt("--scale", show_default=False)]
+ColorOrder = Annotated[Optional[str], opt("--color-order", show_default="BGR")]
+
+
+def batch_axes(values: list[str] | None) -> dict[str, int]:
+    """``--batch-axis NAME:AXIS`` values as ``{name: axis}`` (the last colon splits: names may hold colons)."""
+    axes: dict[str, int] = {}
+    for value in values or []:
+        name, _, axis = value.rpartition(":")
+        if not name or not axis.strip().isdigit():
+            raise typer.BadParameter(f"{value!r}: use NAME:AXIS, e.g. state:1", param_hint="--batch-axis")
+        axes[name] = int(axis)
+    return axes
+
+
+def image_options(data: Path | None, model, *, config: dict | None = None, shape: str | None = None,
+                  layout: str | None = None, mean: str | None = None, scale: str | None = None,
+                  color_order: str | None = None):
+    """Image preprocessing from the options, else the config's engine section (options win); options that
+    describe image files are refused for array data (arrays are fed as they are)."""
+    from dataclasses import replace
+
+    from ovrange.errors import ConfigError
+    from ovrange.images import ImageOptions
+
+    config = config or {}
+    shape = shape or config.get("shape")
+    if isinstance(shape, list):
+        shape = "[" + ",".join(map(str, shape)) + "]"
+    dims = next(iter(static_shapes(shape, model).values())) if shape else None
+    images = ImageOptions(layout=layout or config.get("layout"), color_order=color_order or
+                          config.get("color_order", "BGR"), mean=_floats(mean, config.get("mean_values"), "mean"),
+                          scale=_floats(scale, config.get("scale_values"), "scale"),
+                          shape=tuple(dims) if dims else None)
+    if data is not None and images != replace(images, mean=(), scale=(), color_order="BGR", shape=None) \
+            and not Path(data).is_dir():
+        raise ConfigError(f"--shape/--mean/--scale/--color-order describe image folders; {data} is not one "
+                          "(arrays are fed as they are)")
+    return images
+
+
+def _floats(text: str | None, values: list | None, what: str) -> tuple[float, ...]:
+    """``123.7,116.3,103.5`` (brackets allowed, as MO wrote them) or a config list, as floats."""
+    from ovrange.errors import ConfigError
+
+    items = text.strip("[]() ").split(",") if text else values or []
+    try:
+        return tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be numbers separated by commas, got {text or values!r}") from None
 
 
 Seconds = Annotated[float, opt("--time", "-t", callback=positive_finite)]

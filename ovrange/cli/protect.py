@@ -11,8 +11,9 @@ import typer
 
 from ovrange.cli.app import app
 from ovrange.cli.aliases import AliasedCommand
-from ovrange.cli.options import (Device, DeviceOrConfig, Force, JsonOut, OutputName, Quiet, Sdc, Verbose, detail,
-                                 finite_json, opt, progress_bar, static_shapes)
+from ovrange.cli.options import (BatchAxis, ColorOrder, Device, DeviceOrConfig, Force, JsonOut, Layout, Mean,
+                                 OutputName, Quiet, Scale, Sdc, Verbose, batch_axes, detail, finite_json, image_options,
+                                 opt, progress_bar)
 from ovrange.errors import ConfigError, DataError
 from ovrange.params import COMMON_PARAMS
 
@@ -31,15 +32,13 @@ def protect(
     shape: Annotated[Optional[str], opt("--shape", more="Image folders only: the images are resized to it, for "
                                         "a model whose spatial dims are dynamic (engine.shape).",
                                         show_default="the model's")] = None,
-    layout: Annotated[Optional[str], typer.Option("--layout", help="Image layout: NCHW or NHWC (engine.layout).",
-                                                  show_default="guessed from the model input")] = None,
-    mean: Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean subtracted from image pixels, "
-                                                "e.g. 123.675,116.28,103.53 (engine.mean_values).")] = None,
-    scale: Annotated[Optional[str], typer.Option("--scale", help="Per-channel divisor applied after --mean, e.g. "
-                                                 "58.395,57.12,57.375 (engine.scale_values).")] = None,
-    color_order: Annotated[Optional[str], typer.Option("--color-order", help="Channel order images are fed in: "
-                                                       "BGR (as POT's cv2) or RGB (engine.color_order).",
-                                                       show_default="BGR, or the config's")] = None,
+    layout: Annotated[Optional[str], opt("--layout", more="Config: engine.layout.",
+                                         show_default="guessed from the model input")] = None,
+    mean: Annotated[Optional[str], opt("--mean", more="Config: engine.mean_values.", show_default=False)] = None,
+    scale: Annotated[Optional[str], opt("--scale", more="Config: engine.scale_values.", show_default=False)] = None,
+    color_order: Annotated[Optional[str], opt("--color-order", more="Config: engine.color_order.",
+                                              show_default="BGR, or the config's")] = None,
+    batch_axis: BatchAxis = None,
     subset_size: Annotated[Optional[int], opt("--num-samples", more="Calibration samples, the first ones unless "
                                               "--shuffle (stat_subset_size).",
                                               show_default=f"{COMMON_PARAMS['stat_subset_size'].default}{OR_CONFIG}"
@@ -77,6 +76,7 @@ def protect(
     """
     from ovrange import config as config_mod
     from ovrange import data as data_mod
+    from ovrange.batching import set_batch_axes
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, prepare_output_dir
     from ovrange.protect import chain_name, run_chain, save_protected
@@ -101,11 +101,9 @@ def protect(
         raise DataError("no calibration data given: pass --data or set engine.data_source in the config")
     name = cfg.model_name or model_path.stem
     ov_model = read_model(model_path, None if model else cfg.weights)  # inputs first, outputs last: a bad input
-    images = _image_options(cfg.images, ov_model, shape=shape, layout=layout or cfg.layout, mean=mean, scale=scale,
-                            color_order=color_order)
-    if images != replace(images, mean=(), scale=(), color_order="BGR", shape=None) and not Path(data_path).is_dir():
-        raise ConfigError(f"--shape/--mean/--scale/--color-order describe image folders; {data_path} is not one "
-                          "(arrays are fed as they are)")
+    set_batch_axes(ov_model, batch_axes(batch_axis))
+    images = image_options(Path(data_path), ov_model, config=cfg.images, shape=shape, layout=layout or cfg.layout,
+                           mean=mean, scale=scale, color_order=color_order)
     dataset = data_mod.load(data_path, ov_model, images=images,
                             model_path=model_path).dataset  # leaves no folder behind
     inputs = [*model_files(model_path), None if model else cfg.weights, data_path, config]
@@ -157,13 +155,15 @@ def _write_json(json_out: Optional[Path], protected, model: Path, out_dir: Path,
     report = {"model": str(model), "protected_model": str(out_dir / f"{name}.xml"),
               "bounds": str(out_dir / "bounds.json"), "algorithm": info.algorithm, "samples": info.samples,
               "precision": info.precision, "protected_nodes": len(info.nodes),
-              "node_types": dict(sorted(Counter(node.get("type", "?") for node in info.nodes.values()).items()))}
+              "node_types": dict(sorted(Counter(node.get("type", "?") for node in info.nodes.values()).items())),
+              **({"coverage": info.report["coverage"]} if "coverage" in info.report else {})}
     write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
                           force=force, inputs=inputs)
     typer.echo(f"result:          {json_out}")
 
 
 def _print_summary(protected, out_dir: Path, name: str) -> None:
+    from ovrange.coverage import coverage_line
     from ovrange.protect import protection_info
 
     info = protection_info(protected)
@@ -176,6 +176,8 @@ def _print_summary(protected, out_dir: Path, name: str) -> None:
     width = max(len(label) for label in labels.values())
     for key, node in info.nodes.items():
         typer.echo(f"  {labels[key]:<{width}}  {node.get('type', ''):<9} {_describe(node)}")
+    if "coverage" in info.report:
+        typer.echo(coverage_line(info.report["coverage"]))
     typer.echo(f"protected model: {out_dir / (name + '.xml')}")
     typer.echo(f"bounds:          {out_dir / 'bounds.json'}")
 
@@ -201,6 +203,11 @@ def evaluate(
                                               show_default="all")] = None,
     sdc: Sdc = None,
     output: OutputName = None,
+    batch_axis: BatchAxis = None,
+    layout: Layout = None,
+    mean: Mean = None,
+    scale: Scale = None,
+    color_order: ColorOrder = None,
     device: Device = "CPU",
     json_out: JsonOut = None,
     force: Force = False,
@@ -216,12 +223,14 @@ def evaluate(
     --sdc generation:N (default 16 new tokens), agreement = the same N tokens.
     """
     from ovrange import data as data_mod
+    from ovrange.batching import set_batch_axes
     from ovrange.evaluate import generation_criterion, generation_lines, judged_outputs, label_accuracy, predict_outputs
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file
 
     inputs = [file for path in models for file in model_files(path)] + [data]
-    loaded = [read_model(path) for path in models]  # every input is checked before the first inference
+    axes = batch_axes(batch_axis)
+    loaded = [set_batch_axes(read_model(path), axes) for path in models]  # every input is checked before inference
     if generation_criterion(loaded, sdc):  # language models: their greedy generations are compared
         if json_out:
             raise ConfigError("--json is not written for generation comparisons yet; read the printed lines")
@@ -229,7 +238,8 @@ def evaluate(
             typer.echo(line)
         return
     judged = judged_outputs(loaded[0], sdc, output)
-    labelled = data_mod.load(data, loaded[0])
+    labelled = data_mod.load(data, loaded[0], images=image_options(data, loaded[0], layout=layout, mean=mean,
+                                                                  scale=scale, color_order=color_order))
     if json_out:
         check_output_file(json_out, force=force, inputs=inputs)
     reference = None
@@ -273,30 +283,6 @@ def evaluate(
         write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
                               force=force, inputs=inputs)
         typer.echo(f"result: {json_out}")
-
-
-def _image_options(config: dict, model, *, shape: str | None, layout: str | None, mean: str | None,
-                   scale: str | None, color_order: str | None):
-    """Image preprocessing from the options, else the config's engine section (options win)."""
-    from ovrange.images import ImageOptions
-
-    shape = shape or config.get("shape")
-    if isinstance(shape, list):
-        shape = "[" + ",".join(map(str, shape)) + "]"
-    dims = next(iter(static_shapes(shape, model).values())) if shape else None
-    return ImageOptions(layout=layout, color_order=color_order or config.get("color_order", "BGR"),
-                        mean=_floats(mean, config.get("mean_values"), "mean"),
-                        scale=_floats(scale, config.get("scale_values"), "scale"),
-                        shape=tuple(dims) if dims else None)
-
-
-def _floats(text: str | None, values: list | None, what: str) -> tuple[float, ...]:
-    """``123.7,116.3,103.5`` (brackets allowed, as MO wrote them) or a config list, as floats."""
-    items = text.strip("[]() ").split(",") if text else values or []
-    try:
-        return tuple(float(v) for v in items)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be numbers separated by commas, got {text or values!r}") from None
 
 
 def _overrides(assigned: dict[str, Any], **flags: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import numpy as np
 import openvino as ov
 
 from ovrange import data as data_mod
+from ovrange.batching import batch_first, set_batch_axes
 from ovrange.compare import Judge
 from ovrange.errors import ConfigError, DataError, OutputError
 from ovrange.faults.executors import Job, LocalExecutor, make_shards, shard_size as shard_trials
@@ -50,7 +51,7 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
            replay: FaultList | str | os.PathLike | None = None, checkpoint_dir: str | os.PathLike | None = None,
            resume: bool = False, progress: ProgressFn | None = None, workers: int | None = None,
            ray_address: str | None = None, shard_size: int | None = None, lanes: int | None = None,
-           **settings: Any) -> CampaignResult:
+           batch_axes: dict[str, int] | None = None, images: Any = None, **settings: Any) -> CampaignResult:
     """Run a fault-injection campaign on ``model`` (and the same faults on each ``compare`` model); see CampaignSpec.
 
     ``dataset`` is a path (image folder, .npy, .npz with labels ``y``), an array, or any ovrange/nncf dataset;
@@ -60,7 +61,9 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
     ``margin``. ``workers`` runs the shards on that many Ray workers of a local Ray instance, ``ray_address`` (or
     ``RAY_ADDRESS``) on a cluster; ``shard_size`` sets the trials per shard (default:
     :func:`ovrange.faults.executors.shard_size`); ``lanes`` sets the parallel engines of a local run (default:
-    :func:`ovrange.faults.executors.local_lanes`).
+    :func:`ovrange.faults.executors.local_lanes`). ``batch_axes`` (``{input: axis}``) says where an input has its
+    batch when it is not axis 0 (:func:`ovrange.batching.set_batch_axes`); ``images`` (an ImageOptions) how an
+    image folder is decoded.
     """
     if trials is None:
         trials = MARGIN_CAP if settings.get("margin") is not None else 1000
@@ -73,13 +76,18 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
         check_ray(workers, ray_address)  # before anything is read or written
     others = [] if compare is None else list(compare) if isinstance(compare, (list, tuple)) else [compare]
     models = [_as_model(m) for m in [model, *others]]
+    if batch_axes:
+        models = [(name, set_batch_axes(m.clone(), batch_axes)) for name, m in models]
     for _, loaded_model in models:
         refuse_stateful(loaded_model, "inject")  # before the data: prompts or token ids would be the wrong complaint
     spec = one_trial_per_inference(spec, models, explicit=settings.get("batch_size") is not None)
     source = str(dataset) if isinstance(dataset, (str, os.PathLike)) else type(dataset).__name__
     if isinstance(dataset, (str, os.PathLike)):
-        loaded = data_mod.load(dataset, models[0][1])
+        loaded = data_mod.load(dataset, models[0][1], images=images)
         dataset, labels = loaded.dataset, loaded.labels if labels is None else labels
+    # The engines stack trials on axis 0: an input batched on another axis is fed through a Transpose.
+    dataset = data_mod.batch_first(data_mod.as_dataset(dataset), models[0][1])
+    models = [(name, batch_first(m)) for name, m in models]
     if resume and replay is None and checkpoint_dir is not None:
         replay = Path(checkpoint_dir) / FAULTS_FILE  # resuming replays the plan the interrupted run saved
     plan = FaultList.load(replay) if isinstance(replay, (str, os.PathLike)) else replay

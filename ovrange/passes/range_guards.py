@@ -8,8 +8,9 @@ RangeSupervision (a preset, :mod:`ovrange.passes.range_supervision`).
   input's range), Reshape/Squeeze/Unsqueeze/Transpose (values only move), and a Concat whose inputs are all
   bounded gets the union of their bounds. A fault in one of these ops is then caught too (the paper's example:
   a fault in MaxPool after a protected ReLU).
-- Existing Clamps (ReLU6) are bounded already: they feed the propagation, and are tightened to the observed range
-  only with ``tighten_clamps``.
+- Existing Clamps (ReLU6) are activations like the others (their guard's bound is the observed range intersected
+  with the Clamp's own) and feed the propagation; ``tighten_clamps`` guards them even when ``activations`` leaves
+  Clamp out.
 - The last ``skip_last`` activations can be left unprotected, as the paper left the last layer.
 - Correction: ``clamp`` to the bound (Ranger), or ``zero`` — reset out-of-bound values to 0 (the alternative the
   paper discusses in Section VI and finds harmful to accuracy).
@@ -44,7 +45,7 @@ PARAMS: dict[str, Param] = {
     "correction": Param(str, "clamp", one_of("clamp", "zero"), "clamp to the bound, or reset to 0"),
     "propagate": Param(bool, True, None, "carry bounds through pooling, reshape-like ops and Concat"),
     "inherent_bounds": Param(bool, True, None, "use (-1,1)/(0,1) for Tanh/Sigmoid/HSigmoid without statistics"),
-    "tighten_clamps": Param(bool, False, None, "also restrict existing Clamps (ReLU6) to their observed range"),
+    "tighten_clamps": Param(bool, False, None, "guard existing Clamps (ReLU6) even when activations leaves Clamp out"),
     "skip_last": Param(int, 0, lambda n: None if n >= 0 else "must be >= 0", "leave the last N activations alone"),
     "histogram_bins": Param(int, 2048, lambda n: None if 16 <= n <= 1 << 20 else "must be from 16 to 1048576 (the "
                             "limit)", "bins of percentile "
@@ -73,7 +74,7 @@ def select(model: ov.Model, params: dict[str, Any]) -> Selection:
     facts = {"clamps": clamps, "flow": _flow(model) if params["propagate"] else [],
              "all": {t.id: t for t in every}}
     if params["tighten_clamps"]:
-        activations += [t for t in every if t.id in clamps]
+        activations += [t for t in every if t.id in clamps and t not in activations]
     flat = [t for t in activations if params["per_channel"] and t.feature_axis is None]
     if flat:
         raise ConfigError(f"per-channel bounds need a channel axis, but {flat[0].id!r} has a "

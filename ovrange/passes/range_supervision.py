@@ -19,8 +19,9 @@ from ovrange.passes.guards import CLAMP_SUFFIX  # noqa: F401  (re-exported: the 
 from ovrange.stats import StatRequest, Statistics
 from ovrange.targets import ACTIVATIONS, POT_ACTIVATIONS
 
-# POT's list, and the list ovrange protects by default (HSwish, HSigmoid, Mish, SoftPlus seen in real IRs beyond
-# POT's: MobileNetV3, PP-LCNet, YOLO...).
+# POT's list, and the list ovrange protects by default: beyond POT's, HSwish/HardSigmoid (MobileNetV3, PP-LCNet),
+# Mish/SoftPlus (YOLO) and the existing Clamps of TFLite graphs (ReLU6, which POT left unguarded). POT's exact
+# targets: ``activations: [Relu, Swish, PRelu, Elu, Gelu, Sigmoid, Tanh]``.
 SUPPORTED_ACTIVATIONS = POT_ACTIVATIONS
 EXTENDED_ACTIVATIONS = ACTIVATIONS
 
