@@ -1,6 +1,6 @@
 """The bundled language model (``scripts/build_llm.py``): an optimum-intel export as users have them -- stateful
 (KV cache in ReadValue/Assign, ``beam_idx``), with its OpenVINO tokenizer -- that openvino-genai's LLMPipeline runs,
-and that the ovrange command without stateful support (benchmark) refuses in one line rather than measuring it
+and that the one ovrange use without stateful support (check's latency gate) refuses in one line rather than measuring it
 wrongly."""
 
 from __future__ import annotations
@@ -66,15 +66,13 @@ def test_held_out_prompts_are_not_calibration_prompts(llm):
     assert not set(held) & set(calib)
 
 
-@pytest.mark.parametrize("command", ["benchmark"])
-def test_commands_without_stateful_support_refuse_the_export_in_one_line(llm, tmp_path, command):
+def test_the_latency_gate_of_check_refuses_the_export_in_one_line(llm, tmp_path):
     xml = llm["fp32"] / "openvino_model.xml"
-    args = {"inject": [xml, "--data", llm["prompts"], "-n", "10", "--report", tmp_path / "out"],
-            "check": [xml, xml, "--data", llm["prompts"], "--json", tmp_path / "out"],
-            "benchmark": [xml, xml, "--time", "1"]}[command]
-    result = subprocess.run([sys.executable, "-m", "ovrange", command, *map(str, args)], capture_output=True,
+    args = [xml, xml, "--data", llm["prompts"], "--max-overhead", "3", "--json", tmp_path / "out"]
+    result = subprocess.run([sys.executable, "-m", "ovrange", "check", *map(str, args)], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 3, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"error: model 'Model0' is a stateful model (KV cache); {command} does not support it yet"]
+    assert lines == ["error: model 'Model0' is a stateful model (KV cache); check --max-overhead does not support it "
+                     "yet"]
     assert not (tmp_path / "out").exists()

@@ -45,15 +45,16 @@ def devices(json_out: JsonOut = None, force: Force = False, verbose: Verbose = F
 
 @app.command()
 def benchmark(
-    original: Annotated[Path, ModelArg(help="The original model (.xml or .onnx).")],
-    protected: Annotated[Path, ModelArg(help="The protected model.")],
+    original: Annotated[Path, ModelArg(help="The original model (.xml or .onnx), or a language model's folder.")],
+    protected: Annotated[Path, ModelArg(help="The protected model (or folder).")],
     device: Device = "CPU",
     hint: Hint = "latency",
     precision: Precision = "f32",
     seconds: Seconds = 10.0,
     shape: Shape = None,
     data: Annotated[Optional[Path], opt("--data", more="Its first sample gives the input shapes (instead of "
-                                        "--shape), for a model whose dimensions are dynamic.",
+                                        "--shape), for a model whose dimensions are dynamic; a language model "
+                                        "generates these prompts (cycled), timed through LLMPipeline.",
                                         show_default=False)] = None,
     sessions: Annotated[int, Opt("--sessions", help="Compile both models anew this many times (alternating "
                                                     "which comes first); with 3 or more, the overhead and its "
@@ -61,17 +62,28 @@ def benchmark(
     benchmark_app: Annotated[bool, Opt("--benchmark-app", help="Also run OpenVINO's benchmark_app on both "
                                                                "models, alternating, and parse its reports.")] = False,
     app_rounds: Annotated[int, Opt("--benchmark-app-rounds", help="benchmark_app runs per model.", min=1)] = 3,
+    new_tokens: Annotated[int, opt("--new-tokens", min=2)] = 32,
     json_out: JsonOut = None,
     verbose: Verbose = False,
     force: Force = False,
 ) -> None:
-    """Time ORIGINAL and PROTECTED on one device in interleaved rounds; report the overhead and fused Clamps."""
+    """Time ORIGINAL and PROTECTED on one device in interleaved rounds; report the overhead and fused Clamps.
+
+    Stateful language models (optimum-intel exports, or their folders) are timed through openvino-genai's
+    LLMPipeline: time to first token and time per output token of greedy generations of the --data prompts."""
     from ovrange import bench
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, write_file_atomically
+    from ovrange.runtime import is_stateful
+    from ovrange.text import is_language_model
 
     _print_devices(device)
-    models = [read_model(original), read_model(protected)]
+    models = [] if original.is_dir() or protected.is_dir() else [read_model(original), read_model(protected)]
+    if not models or any(is_stateful(m) and is_language_model(m) for m in models):
+        _benchmark_llm(original, protected, data, device=device, precision=precision, seconds=seconds,
+                       new_tokens=new_tokens, json_out=json_out, force=force,
+                       unused={"--shape": bool(shape), "--benchmark-app": benchmark_app})
+        return
     warn_mixed_formats(original, protected)
     if shape and data:
         raise ConfigError("give the input shapes once: --shape or --data")
@@ -97,6 +109,51 @@ def benchmark(
         write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
                               force=force, inputs=inputs)
         typer.echo(f"\nresult: {json_out}")
+
+
+def _benchmark_llm(original: Path, protected: Path, data: Path | None, *, device: str, precision: str,
+                   seconds: float, new_tokens: int, json_out: Path | None, force: bool,
+                   unused: dict[str, bool]) -> None:
+    """Language models: greedy generations through LLMPipeline, TTFT and TPOT side by side."""
+    from ovrange.bench.llm import benchmark_llm, llm_folder
+    from ovrange.outputs import check_output_file, write_file_atomically
+    from ovrange.text import read_prompts
+
+    folders = [llm_folder(original), llm_folder(protected)]
+    given = [name for name, used in unused.items() if used]
+    if given:
+        raise ConfigError(f"{', '.join(given)} does not apply to a language model (timed through LLMPipeline)")
+    if data is None:
+        raise ConfigError("a language model is timed on prompts: give --data prompts.txt (one per line, or .jsonl)")
+    inputs = [*(f / "openvino_model.xml" for f in folders), *(f / "openvino_model.bin" for f in folders), data]
+    if json_out:
+        check_output_file(json_out, force=force, inputs=inputs)
+    prompts = read_prompts(data)
+    typer.echo(f"LLMPipeline on {device}, precision {precision}: {len(prompts)} prompt(s), greedy, "
+               f"{new_tokens} new tokens, original and protected alternating for {seconds:g} s ...")
+    result = benchmark_llm(folders[0], folders[1], prompts, device=device, precision=precision,
+                           new_tokens=new_tokens, seconds=seconds)
+    _print_llm(result)
+    if json_out:
+        report = {"models": {"original": str(original), "protected": str(protected)}, **result.to_json()}
+        write_file_atomically(json_out, json.dumps(finite_json(report), indent=2, allow_nan=False) + "\n",
+                              force=force, inputs=inputs)
+        typer.echo(f"\nresult: {json_out}")
+
+
+def _print_llm(result) -> None:
+    typer.echo(f"{result.rounds} paired rounds (generations per model), {result.prompts} distinct prompt(s)")
+    typer.echo(f"{'':10} {'TTFT':>10} {'TPOT':>10}   (medians)")
+    for timing in (result.original, result.protected):
+        typer.echo(f"{timing.label:10} {timing.ttft_ms:8.3f}ms {timing.tpot_ms:8.3f}ms")
+    for name, ratio in (("time to first token", result.ttft_ratio), ("time per output token", result.tpot_ratio)):
+        typer.echo(f"{name} overhead: {_pct(ratio.median)} (paired median of {ratio.rounds} rounds, 95% CI "
+                   f"{_pct(ratio.low)} to {_pct(ratio.high)})")
+    kinds = result.kernels["original"]
+    same = kinds == result.kernels["protected"]
+    counts = ", ".join(f"{kinds[k]} {k}" for k in kinds)
+    typer.echo(f"fused kernels in the {result.device} runtime model: original {counts}; protected "
+               + ("the same" if same else ", ".join(f"{v} {k}" for k, v in result.kernels["protected"].items())))
 
 
 def _first_sample_shapes(data: Path, model) -> dict[str, list[int]]:

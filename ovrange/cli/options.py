@@ -26,6 +26,7 @@ MEANINGS = {
     "--trials": "Number of fault-injection trials.",
     "--time": "Seconds of timing in total (both models).",
     "--shape": "Static input shape(s), benchmark_app syntax: [1,3,48,320] or x[1,3,48,320].",
+    "--new-tokens": "New tokens each greedy generation of a language model produces.",
     "--sdc": "SDC criterion: what counts as a changed output.",
     "--output-name": "Name of the model output to judge.",
     "--batch-axis": "Batch axis of a model input, NAME:AXIS (repeatable), where it is not axis 0.",
