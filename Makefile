@@ -5,8 +5,8 @@ BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MODEL  := build/default/fashion_lenet.xml
 
-.PHONY: demo test install-demo install-test install-llm dataset chromium espeak model models llm llm-model zoo benchmarks compare\
-	clean
+.PHONY: demo test install-demo install-test install-llm dataset chromium espeak model models vit llm llm-model zoo zoo-model\
+	benchmarks compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ model: dataset
 models: dataset
 	$(BIN)/python -m scripts.build_default_model --out build --arch all
 
+# The Fashion ViT (transformer tests, benchmarks).
+vit: dataset
+	$(BIN)/python -m scripts.build_vit --out build
+
 # The bundled language model: a small Llama trained on the standard library, exported by optimum-intel (fp32, int8).
 llm: install-llm llm-model
 
@@ -56,9 +60,12 @@ demo: install-demo model
 	$(BIN)/ovrange evaluate $(MODEL) results/fashion_lenet_RangeSupervision/fashion_lenet.xml \
 	    --data build/default/test.npz
 
-# tests/test_zoo.py builds build/zoo (docs/zoo.md) on first use: espeak-ng must be there.
-test: install-test models llm-model chromium espeak
-	$(BIN)/python -m pytest
+# The packages, then every model the tests read, built two at a time (each build is mostly one thread), then the
+# suite on two pytest workers (pytest-xdist; tests/conftest.py keeps each module's tests together, a zoo model's,
+# and the Ray tests in one worker).
+test: install-test chromium espeak
+	$(MAKE) -j2 --no-print-directory models vit llm-model zoo-model
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 benchmarks: install-test models
 	$(BIN)/python benchmarks/bench_protect.py
@@ -77,7 +84,9 @@ espeak:
 	    (apt-get install -y espeak-ng || (apt-get update && apt-get install -y espeak-ng)); \
 	  else echo "error: espeak-ng missing: run 'sudo apt-get install espeak-ng'" >&2; exit 1; fi; }
 
-zoo: install-test espeak
+zoo: install-test espeak zoo-model
+
+zoo-model:
 	$(BIN)/python -m scripts.build_zoo --out build/zoo
 
 clean:

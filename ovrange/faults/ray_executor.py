@@ -175,8 +175,8 @@ class RayExecutor:
         self.reaper = subprocess.Popen([sys.executable, "-I", str(Path(__file__).with_name("ray_reaper.py")),
                                         str(os.getpid()), self.temp_dir], stdin=subprocess.PIPE,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        with _cluster_mode(local=True):
-            ray.init(num_cpus=self.workers, include_dashboard=False, _temp_dir=ray_dir(self.temp_dir),
+        with _cluster_mode(local=True):  # "local": never join a cluster someone else started on this machine
+            ray.init(address="local", num_cpus=self.workers, include_dashboard=False, _temp_dir=ray_dir(self.temp_dir),
                      _node_ip_address=LOOPBACK, dashboard_host=LOOPBACK, object_store_memory=OBJECT_STORE_BYTES,
                      logging_level=logging.ERROR, log_to_driver=False, runtime_env={"env_vars": _worker_env()},
                      _system_config=NO_PRESTART)
