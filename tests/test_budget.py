@@ -107,6 +107,6 @@ def test_budget_settings_without_a_budget_are_one_error_line_and_write_nothing(b
     code, _, err = ovrange(monkeypatch, capsys, "protect", seven["xml"], "--data", seven["calib_npz"], "-o",
                            tmp_path / "out", "--trials", 50)
     assert code == 2
-    assert err.splitlines() == ["error: --trials, --time and --sdc set how --max-overhead chooses guards: "
+    assert err.splitlines() == ["error: --trials and --time set how --max-overhead chooses guards: "
                                         "give --max-overhead (or compression.max_overhead)"]
     assert not (tmp_path / "out").exists()

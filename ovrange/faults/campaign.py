@@ -85,8 +85,7 @@ def inject(model: ModelLike, dataset: Any, *, compare: ModelLike | list[ModelLik
     if isinstance(dataset, (str, os.PathLike)):
         loaded = data_mod.load(dataset, models[0][1], images=images, model_path=models[0][0] if stateful else None)
         dataset, labels = loaded.dataset, loaded.labels if labels is None else labels
-    # The engines stack trials on axis 0: an input batched on another axis is fed through a Transpose.
-    dataset = data_mod.batch_first(data_mod.as_dataset(dataset), models[0][1])
+    dataset = data_mod.batch_first(data_mod.as_dataset(dataset), models[0][1])  # engines stack trials on axis 0
     models = [(name, batch_first(m)) for name, m in models]
     if resume and replay is None and checkpoint_dir is not None:
         replay = Path(checkpoint_dir) / FAULTS_FILE  # resuming replays the plan the interrupted run saved
@@ -348,10 +347,8 @@ class _Checkpoint:
             self._restore(header, result)
             self.handle = open(self.path, "a")
             _lock(self.handle, directory)
-            if not all((directory / name).is_file() for name in (RESULT_FILE, SUMMARY_FILE)):
+            if not all((directory / name).is_file() for name in (RESULT_FILE, SUMMARY_FILE)):  # complete: stays
                 remove_report(directory)  # a partial report beside a checkpoint must never look complete
-            # A complete report is of this very campaign (same faults, models): it stays until the resumed run's
-            # report replaces it in one step.
         else:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
