@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openvino as ov
@@ -45,13 +46,7 @@ def predict_outputs(
     samples, total = data_mod.subset(dataset, limit)
     if total == 0:
         raise DataError("the dataset is empty")
-    parts: list[list[np.ndarray]] = [[] for _ in model.outputs]
-    report = (lambda done, _: progress(done, total)) if progress else None
-    axes = runner.output_axes()  # samples first, whatever axis an output keeps its batch on
-    for outputs, _ in runner.run(data_mod.batches(samples, model, runner.batch_size), report):
-        for part, out, axis in zip(parts, outputs, axes):
-            part.append(np.moveaxis(out, axis, 0).copy())
-    return [np.concatenate(part, axis=0) for part in parts]
+    return runner.predict_all(data_mod.batches(samples, model, runner.batch_size), progress=progress, total=total)
 
 
 @dataclass(frozen=True)
@@ -91,25 +86,9 @@ def judged_outputs(model: ov.Model, sdc: str | None, output: str | None = None) 
     return judged
 
 
-def predict(
-    model: ov.Model,
-    dataset: object,
-    *,
-    batch_size: int = 64,
-    device: str = "CPU",
-    precision: str = "f32",
-    limit: int | None = None,
-    progress: ProgressFn | None = None,
-) -> np.ndarray:
-    """Output 0 of ``model`` for every sample of ``dataset`` (first ``limit`` samples), concatenated on axis 0.
-
-    A model that cannot be re-batched still runs, one sample at a time.
-    """
-    runner = Runner(model, device=device, batch_size=batch_size, precision=precision, fallback=True)
-    samples, total = data_mod.subset(dataset, limit)
-    if total == 0:
-        raise DataError("the dataset is empty")
-    return runner.predict(data_mod.batches(samples, model, runner.batch_size), progress=progress, total=total)
+def predict(model: ov.Model, dataset: object, **options: Any) -> np.ndarray:
+    """Output 0 of :func:`predict_outputs` (the same options), samples first."""
+    return predict_outputs(model, dataset, **options)[0]
 
 
 def top1(logits: np.ndarray) -> np.ndarray:

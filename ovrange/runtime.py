@@ -319,10 +319,18 @@ class Runner:
             self._queue.wait_all()
         return latencies
 
+    def predict_all(self, batches: Iterable[tuple[list[np.ndarray], int]], progress: ProgressFn | None = None,
+                    total: int | None = None) -> list[np.ndarray]:
+        """Every output of every sample, each concatenated on axis 0 (moved there from the output's batch axis)."""
+        report = (lambda done, _: progress(done, total or done)) if progress else None
+        axes = self.output_axes()
+        parts: list[list[np.ndarray]] = [[] for _ in axes]
+        for outputs, _ in self.run(batches, report):
+            for part, out, axis in zip(parts, outputs, axes):
+                part.append(np.moveaxis(out, axis, 0).copy())
+        return [np.concatenate(part, axis=0) for part in parts]
+
     def predict(self, batches: Iterable[tuple[list[np.ndarray], int]], output: int = 0,
                 progress: ProgressFn | None = None, total: int | None = None) -> np.ndarray:
-        """Output ``output`` of every sample, concatenated on axis 0 (moved there from the output's batch axis)."""
-        report = (lambda done, _: progress(done, total or done)) if progress else None
-        axis = self.output_axes()[output]
-        return np.concatenate([np.moveaxis(outputs[output], axis, 0).copy()
-                               for outputs, _ in self.run(batches, report)], axis=0)
+        """Output ``output`` of :meth:`predict_all`."""
+        return self.predict_all(batches, progress, total)[output]
