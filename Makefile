@@ -64,8 +64,8 @@ demo: install-demo model
 # suite on two pytest workers (pytest-xdist; tests/conftest.py keeps each module's tests together, a zoo model's,
 # and the Ray tests in one worker).
 test: install-test chromium espeak
-	$(MAKE) -j2 --no-print-directory models vit llm-model zoo-model
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(MAKE) -j2 --no-print-directory vit llm-model models zoo-model
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
 benchmarks: install-test models
 	$(BIN)/python benchmarks/bench_protect.py

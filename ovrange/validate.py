@@ -4,9 +4,9 @@ Bounds observed on a calibration set are the set's min/max; a deployed input tha
 protected model answers differently from the original on clean data. ``protect`` therefore
 
 1. holds out part of the calibration subset (:data:`DEFAULT_HOLDOUT`, seeded) and observes the bounds on the rest;
-2. widens every range bound by :data:`MARGIN` times its range on both sides (coverage by construction: most unseen
-   inputs that exceed the observed range exceed it by little, while a fault that matters moves a value by x2^16
-   and more -- a flip of exponent bit 27 or above -- so a margin of a few ranges gives up almost no protection);
+2. widens every range bound by ``margin`` times its range on both sides (:data:`MARGIN` by default: none; a
+   guard clips a faulty value to its bound, so a wider bound both lets more faults through and clips the rest
+   further from the clean value: see docs/zoo.md for the measured trade-off);
 3. runs the original model on the held-out part, watching every guarded value: a guard *fires* when a held-out
    value falls outside its bound; each firing bound is widened to cover the held-out values plus :data:`WIDEN`
    times the widened range (:func:`widen`);
@@ -32,8 +32,9 @@ from ovrange.faults.metrics import wilson
 from ovrange.stats import MinMax, StatRequest, observe
 
 DEFAULT_HOLDOUT = 0.2  # share of the calibration subset held out
-MARGIN = 3.0  # every range bound grows by this many times its range on each side
-WIDEN = 4.0  # a bound that fires on a held-out value: cover it, plus this many times the range
+MARGIN = 0.0  # every range bound grows by this many times its range on each side (a guard clips to its bound:
+# wider bounds let a fault through and clip it further from the clean value; see docs/zoo.md)
+WIDEN = 1.0  # a bound that fires on a held-out value: cover it, plus this many times the range
 ROUNDS = 3  # widen-and-check rounds at most
 LINF = "linf:0.01"  # the fixed clean-output criterion, beside the model's own
 # Protections validated on held-out data: their bounds are learned range bounds. Ranger keeps the paper's bounds
