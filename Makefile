@@ -61,11 +61,10 @@ demo: install-demo model
 	    --data build/default/test.npz
 
 # The packages, then every model the tests read, built two at a time (each build is mostly one thread), then the
-# suite on two pytest workers (pytest-xdist; tests/conftest.py keeps each module's tests together, a zoo model's,
-# and the Ray tests in one worker).
+# suite on two pytest workers (pytest-xdist; a module's tests run in one worker, so its fixtures are built once).
 test: install-test chromium espeak
 	$(MAKE) -j2 --no-print-directory vit llm-model models zoo-model
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
+	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=25
 
 benchmarks: install-test models
 	$(BIN)/python benchmarks/bench_protect.py
