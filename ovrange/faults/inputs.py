@@ -71,8 +71,11 @@ def select_inputs(references: list[Callable[[list[np.ndarray]], np.ndarray]], st
     use_labels = labels is not None and top1
     chosen: list[int] = []
     checked = [[0, 0] for _ in references]
-    for start in range(0, total, chunk):
-        indices = order[start:start + chunk].tolist()
+    start = 0
+    while start < total and len(chosen) < count:
+        # no more candidates per round than still needed: a static batch-1 model checks them one by one
+        indices = order[start:start + min(chunk, count - len(chosen))].tolist()
+        start += len(indices)
         arrays = store.batch(indices)
         ok = np.ones(len(indices), bool)
         for reference, stats in zip(references, checked):
@@ -84,8 +87,6 @@ def select_inputs(references: list[Callable[[list[np.ndarray]], np.ndarray]], st
             stats[1] += int(good.sum())
             ok &= good
         chosen += [i for i, keep in zip(indices, ok) if keep]
-        if len(chosen) >= count:
-            break
     if not chosen:
         raise DataError("no input is handled correctly by " + ("every model" if len(references) > 1 else "the model")
                         + (" (top-1 never matches the labels)" if use_labels else " (outputs are not finite)"))
