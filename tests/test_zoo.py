@@ -10,6 +10,8 @@ A failure that is not one clean ``error:`` line (a traceback) fails the test.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -40,17 +42,28 @@ class CommandFailed(Exception):
     """An ovrange command failed cleanly: non-zero exit and exactly one ``error:`` line."""
 
 
-def ovrange(*args: Any, timeout: float = 900) -> subprocess.CompletedProcess:
-    """``python -m ovrange ARGS``: the result when it succeeds; CommandFailed (one clean error line) or an
+def ovrange(*args: Any) -> subprocess.CompletedProcess:
+    """``ovrange ARGS`` through the console entry point, in this process (the subprocess behaviour of the same entry
+    point is checked by the safety tests): the result when it succeeds; CommandFailed (one clean error line) or an
     AssertionError (anything else, e.g. a traceback) when it does not."""
-    result = subprocess.run([sys.executable, "-m", "ovrange", *map(str, args)], capture_output=True, text=True,
-                            timeout=timeout)
+    from ovrange.cli import main
+
+    argv, sys.argv = sys.argv, ["ovrange", *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    result = subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
     if result.returncode:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
         raise CommandFailed(lines[0])
     return result
-
 
 
 @pytest.fixture(scope="session")
