@@ -9,7 +9,8 @@ MODEL  := build/default/fashion_lenet.xml
 	benchmarks compare clean
 
 # Packages are installed by uv (pinned below): the same pins and sources as pip (the find-links pip is configured
-# with, e.g. a local CPU build of torch), downloaded in parallel, several times faster than pip.
+# with, e.g. a local CPU build of torch), downloaded in parallel, several times faster than pip; compiled to bytecode
+# at install, as pip does (where PYTHONDONTWRITEBYTECODE is set, nothing would be compiled later).
 UV_VERSION := 0.13.8
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_PIP     := $(BIN)/uv pip --quiet
@@ -20,15 +21,15 @@ $(BIN)/python:
 	$(BIN)/pip install -q uv==$(UV_VERSION)
 
 install-demo: $(BIN)/python
-	$(UV_PIP) install $(PY_ARGS) -e '.[train,plots]'
+	$(UV_PIP) install --compile-bytecode $(PY_ARGS) -e '.[train,plots]'
 
 # optimum-intel pulls torchvision, whose PyPI build fails to import beside the CPU torch (see pyproject's llm extra).
 install-test: $(BIN)/python
-	$(UV_PIP) install $(PY_ARGS) -e '.[test,bench,plots,llm,zoo]'
+	$(UV_PIP) install --compile-bytecode $(PY_ARGS) -e '.[test,bench,plots,llm,zoo]'
 	$(UV_PIP) uninstall --python $(BIN)/python torchvision 2>/dev/null || true
 
 install-llm: $(BIN)/python
-	$(UV_PIP) install $(PY_ARGS) -e '.[llm]'
+	$(UV_PIP) install --compile-bytecode $(PY_ARGS) -e '.[llm]'
 	$(UV_PIP) uninstall --python $(BIN)/python torchvision 2>/dev/null || true
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (no download at run time).
@@ -67,12 +68,14 @@ demo: install-demo model
 	$(BIN)/ovrange evaluate $(MODEL) results/fashion_lenet_RangeSupervision/fashion_lenet.xml \
 	    --data build/default/test.npz
 
-# The packages, then every model the tests read, all built at once (each build uses a fixed number of threads, so
-# the models do not depend on what else runs; together they keep both cores busy through each one's single-threaded
-# phases), then the suite on two pytest workers (pytest-xdist; a module's tests run in one worker, so its fixtures
-# are built once).
+# The packages, then every model the tests read, then the suite on two pytest workers (pytest-xdist; a module's
+# tests run in one worker, so its fixtures are built once). The language model trains on two torch threads and slows
+# badly when a third thread takes one of its cores, so the other builds (one thread each) run beside it at a lower
+# priority: they take what it leaves. Thread counts are fixed in each build, so the models are the same either way.
 test: install-test chromium espeak
-	$(MAKE) -j4 --no-print-directory vit llm-model models zoo-model
+	@$(MAKE) --no-print-directory llm-model & llm=$$!; \
+	nice -n 10 $(MAKE) -j3 --no-print-directory vit models zoo-model; others=$$?; \
+	wait $$llm && test $$others = 0
 	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=25
 
 benchmarks: install-test models

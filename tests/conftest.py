@@ -21,3 +21,15 @@ def bundled() -> dict[str, dict[str, Path]]:
 
     return build_default(BUILD_DIR, log=False)
 
+
+
+# The slowest modules first: `make test` runs the suite on two pytest-xdist workers, one module per worker at a time
+# (--dist loadscope), so a long module started last would run alone at the end while the other worker idles.
+SLOWEST_FIRST = ("test_zoo.py", "test_safety_matrix.py", "test_faults_ray.py", "test_ray_network.py",
+                 "test_quantize_ppocr.py", "test_llm_protect.py", "test_global_clipper.py", "test_quantize.py",
+                 "test_safety_signals.py", "test_ppocr.py", "test_check.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
