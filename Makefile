@@ -68,14 +68,11 @@ demo: install-demo model
 	$(BIN)/ovrange evaluate $(MODEL) results/fashion_lenet_RangeSupervision/fashion_lenet.xml \
 	    --data build/default/test.npz
 
-# The packages, then every model the tests read, then the suite on two pytest workers (pytest-xdist; a module's
-# tests run in one worker, so its fixtures are built once). The language model trains on two torch threads and slows
-# badly when a third thread takes one of its cores, so the other builds (one thread each) run beside it at a lower
-# priority: they take what it leaves. Thread counts are fixed in each build, so the models are the same either way.
+# The packages, then every model the tests read, built two at a time (the builds keep both cores busy; each uses a
+# fixed number of threads, so the models do not depend on what runs beside them), then the suite on two pytest workers
+# (pytest-xdist; a module's tests run in one worker, so its fixtures are built once).
 test: install-test chromium espeak
-	@$(MAKE) --no-print-directory llm-model & llm=$$!; \
-	nice -n 10 $(MAKE) -j3 --no-print-directory vit models zoo-model; others=$$?; \
-	wait $$llm && test $$others = 0
+	$(MAKE) -j2 --no-print-directory vit llm-model models zoo-model
 	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=25
 
 benchmarks: install-test models
