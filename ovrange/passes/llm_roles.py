@@ -137,8 +137,9 @@ def _gated(node: ov.Node, activations: set[str], live: set[str]) -> bool:
 
 def _embedding(node: ov.Node, live: set[str]) -> bool:
     """A Gather of rows of a constant f32 table (the token embedding)."""
+    rank = node.output(0).get_partial_shape().rank
     return (node.input_value(0).get_node().get_name() not in live and node.input_value(1).get_node().get_name() in live
-            and node.output(0).get_partial_shape().rank.get_length() == 3)
+            and rank.is_static and rank.get_length() == 3)
 
 
 def _projection_added(node: ov.Node, live: set[str]) -> bool:
