@@ -3,7 +3,9 @@
 Ranger and RangeSupervision guard activations only; in a transformer the vulnerable values are elsewhere (linear
 layers, normalisation outputs, the residual stream, attention). This pass guards targets chosen by role
 (:mod:`ovrange.passes.roles`) with bounds observed on calibration data, per channel on each target's feature axis
-(the last axis of ``[N, T, C]`` tensors, with a dynamic ``T``; axis 1 of NCHW tensors).
+(the last axis of ``[N, T, C]`` tensors, with a dynamic ``T``; axis 1 of NCHW tensors). On a decoder language model
+(``llm: auto``) the roles are placed on its Llama-style blocks where the CPU plugin keeps its fused SDPA, RMS, RoPE
+and FullyConnected kernels (:mod:`ovrange.passes.llm_roles`).
 
 The four steps of every protection: :func:`select` (targets by role, :func:`roles.targets_by_role`) ->
 :func:`requests` (min/max per target, served by the one statistics loop) -> :func:`plan` (a JSON dict) ->
