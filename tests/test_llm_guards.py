@@ -17,6 +17,7 @@ from ovrange.bench.llm import KERNELS
 from ovrange.params import COMMON_PARAMS
 from ovrange.passes import global_clipper
 from ovrange.passes.llm_roles import is_decoder_lm, rms_norms
+from tests.test_global_clipper import block_model
 from tests.test_llm_fixture import llm  # noqa: F401 - the session fixture that builds build/llm
 
 LAYERS = 4  # the bundled model's decoder layers
@@ -51,8 +52,10 @@ def test_llm_roles_are_off_on_other_models_and_on_request(llm):  # noqa: F811
     model = ov.Core().read_model(llm["fp32"] / "openvino_model.xml")
     old = global_clipper.select(model, _defaults(llm=False)).targets
     assert any(t.op == "ScaledDotProductAttention" for t in old)  # the generic placement guards the attention
-    lenet = ov.Core().read_model(ovrange.__file__.replace("ovrange/__init__.py", "build/default/fashion_lenet.xml"))
-    assert not is_decoder_lm(lenet)
+    block = block_model()  # a transformer block with an SDPA and LayerNorms: the generic placement
+    assert not is_decoder_lm(block)
+    generic = global_clipper.select(block, _defaults(llm=False)).targets
+    assert global_clipper.select(block, _defaults()).targets == generic
 
 
 def test_protected_llm_keeps_every_fused_kernel_and_the_greedy_text(llm):  # noqa: F811

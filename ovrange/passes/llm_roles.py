@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import openvino as ov
 
 from ovrange.graph import computed_nodes, node_ids
-from ovrange.passes.roles import _behind_affine, _consumers, _follow_affine, _has_constant_input, targets_by_role
+from ovrange.passes.roles import _behind_affine, _consumers, _follow_affine, targets_by_role
 from ovrange.targets import ACTIVATIONS, DATA_MOVEMENT, SDPA, Target, make_target
 
 LLM_ROLES = ("activation", "norm", "residual", "attention")  # the roles this module places differently
