@@ -6,6 +6,7 @@ through ``LLMPipeline`` (in f32, and with the plugin's default precision as user
 --sdc generation:N``. Prints agreements with 95% Wilson intervals and guard counts.
 
 Usage: python benchmarks/llm_agreement.py [--prompts 100] [--tokens 32] [--algorithms RangeSupervision,GlobalClipper]
+       [--exports fp32,int8]
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--algorithms", default="RangeSupervision,GlobalClipper")
+    parser.add_argument("--exports", default="fp32,int8")
     args = parser.parse_args()
     held = (LLM / "prompts.txt").read_text().splitlines()[: args.prompts]
     with tempfile.TemporaryDirectory() as tmp:
         subset = Path(tmp) / "prompts.txt"
         subset.write_text("\n".join(held) + "\n")
-        for kind in ("fp32", "int8"):
+        for kind in args.exports.split(","):
             original = LLM / kind
             references = {f32: greedy_texts(original, held, args.tokens, f32) for f32 in (True, False)}
             for algorithm in args.algorithms.split(","):

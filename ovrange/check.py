@@ -9,7 +9,9 @@ Units, chosen to read like the numbers people quote:
 * ``max_accuracy_drop``: percentage points of top-1 (``0.5`` allows 90.0% -> 89.5%). Without labels, the reference
   is the original model's own predictions (arg-max over the last axis, a sample agreeing only when every position
   agrees), so the "accuracy" of the original is 100% by definition.
-* ``max_overhead``: percent of latency, the overhead :func:`ovrange.bench.benchmark` reports (``1`` = 1%).
+* ``max_overhead``: percent of latency, the overhead :func:`ovrange.bench.benchmark` reports (``1`` = 1%). For a
+  stateful language model, both the time to first token and the time per output token overhead through
+  ``LLMPipeline`` (:func:`ovrange.bench.llm.benchmark_llm`, greedy generations of the prompts) must stay within it.
 * ``min_sdc_reduction``: times fewer SDCs, as Ranger reports it (``5`` = at least 5x fewer), from one fault-injection
   campaign replaying the same faults on both models.
 
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openvino as ov
 
 from ovrange.bench import BenchmarkResult, benchmark
+from ovrange.bench.llm import LlmBenchmarkResult, benchmark_llm
 from ovrange.compare import Judge, SdcCriterion, agreement, output_index
 from ovrange.data import LabelledData
 from ovrange.errors import CheckFailed, ConfigError
@@ -84,7 +88,7 @@ class Accuracy:
 class CheckResult:
     gates: tuple[Gate, ...]
     accuracy: Accuracy
-    benchmark: BenchmarkResult | None = None
+    benchmark: BenchmarkResult | LlmBenchmarkResult | None = None
     fault_injection: dict[str, Any] | None = None
 
     @property
@@ -128,6 +132,8 @@ def check(
     sdc: str | None = None,
     output: str | None = None,
     progress: ProgressFn | None = None,
+    folders: tuple[str | Path, str | Path] | None = None,
+    prompts: Sequence[str] | None = None,
 ) -> CheckResult:
     """Measure what ``thresholds`` ask for and judge each gate; never raises for a failed gate (see raise_for_failure).
 
@@ -139,12 +145,17 @@ def check(
         sdc: SDC criterion (``top1``, ``tokens``, ``linf:<t>``, ``cosine:<t>``) of the SDC gate and, without labels,
             of the agreement with the original; default: top-1 (per position for sequence outputs).
         output: the judged output's name (default: the first, or those ``sdc`` names).
+        folders, prompts: for the overhead gate of a stateful language model: the original's and the protected
+            LLM folders (or their ``openvino_model.xml``) and the prompt texts they generate from (32 new tokens).
     """
     judge = Judge.for_model(original, SdcCriterion.parse(sdc), output) if sdc else None
     language_model = is_stateful(original) and is_language_model(original)
     if judge and judge.criterion.metric == "generation" and not language_model:
         raise ConfigError(f"--sdc {judge.criterion} judges the generations of stateful language models; the original "
                           "is not one")
+    if thresholds.max_overhead is not None and language_model and (folders is None or not prompts):
+        raise ConfigError("the latency gate of a language model times LLMPipeline generations: it needs both LLM "
+                          "folders and prompt texts (--data prompts.txt or .jsonl)")
     index = output_index(original, output) if output else 0
     accuracy = measure_accuracy(original, protected, data, device=device, batch_size=batch_size, limit=limit,
                                 judge=judge, output=index, progress=progress)
@@ -153,8 +164,12 @@ def check(
         gates.append(_at_most("accuracy_drop", accuracy.drop_pp, thresholds.max_accuracy_drop, " pp",
                               f"top-1 accuracy drop {accuracy.drop_pp:.3g} pp ({accuracy.original:.2%} -> "
                               f"{accuracy.protected:.2%} vs {accuracy.reference})"))
-    bench = None
-    if thresholds.max_overhead is not None:
+    bench: BenchmarkResult | LlmBenchmarkResult | None = None
+    if thresholds.max_overhead is not None and language_model:
+        bench, overheads = _llm_overhead(folders, prompts, thresholds.max_overhead, device=device,
+                                         seconds=bench_seconds)
+        gates.extend(overheads)
+    elif thresholds.max_overhead is not None:
         bench = benchmark(original, protected, device=device, seconds=bench_seconds, shapes=shapes, seed=seed)
         ratio = bench.latency_ratio
         gates.append(_at_most("overhead", bench.latency_overhead_pct, thresholds.max_overhead, "%",
@@ -198,6 +213,21 @@ def measure_accuracy(original: ov.Model, protected: ov.Model, data: LabelledData
         return Accuracy("labels", len(outputs[0]), scores[0], scores[1])
     reference = f"original outputs ({judge.criterion})" if judge else "original predictions"
     return Accuracy(reference, len(outputs[0]), 1.0, agreement(outputs[0], outputs[1], judge))
+
+
+def _llm_overhead(folders: tuple[str | Path, str | Path] | None, prompts: Sequence[str] | None, limit: float, *,
+                  device: str, seconds: float) -> tuple[LlmBenchmarkResult, list[Gate]]:
+    """The time-to-first-token and time-per-output-token gates, timed through LLMPipeline."""
+    assert folders is not None and prompts
+    result = benchmark_llm(folders[0], folders[1], prompts, device=device, seconds=seconds)
+    gates = []
+    for name, what, ratio in (("ttft_overhead", "time to first token", result.ttft_ratio),
+                              ("tpot_overhead", "time per output token", result.tpot_ratio)):
+        pct = (ratio.median - 1) * 100
+        gates.append(_at_most(name, pct, limit, "%", f"{what} overhead {pct:+.2f}% (LLMPipeline, paired median of "
+                              f"{ratio.rounds} rounds, 95% CI {(ratio.low - 1) * 100:+.2f}% to "
+                              f"{(ratio.high - 1) * 100:+.2f}%)"))
+    return result, gates
 
 
 def heldout_gate(protected: ov.Model) -> Gate | None:

@@ -66,13 +66,28 @@ def test_held_out_prompts_are_not_calibration_prompts(llm):
     assert not set(held) & set(calib)
 
 
-def test_the_latency_gate_of_check_refuses_the_export_in_one_line(llm, tmp_path):
+def test_the_latency_gate_of_check_times_llm_pipeline_generations(llm, tmp_path):
     xml = llm["fp32"] / "openvino_model.xml"
-    args = [xml, xml, "--data", llm["prompts"], "--max-overhead", "3", "--json", tmp_path / "out"]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(llm["prompts"].read_text().splitlines()[:2]) + "\n")
+    args = [xml, xml, "--data", prompts, "--max-overhead", "1000", "--time", "1", "--sdc", "generation:4",
+            "--json", tmp_path / "out.json"]
     result = subprocess.run([sys.executable, "-m", "ovrange", "check", *map(str, args)], capture_output=True,
                             text=True, timeout=300)
-    assert result.returncode == 3, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines == ["error: model 'Model0' is a stateful model (KV cache); check --max-overhead does not support it "
-                     "yet"]
-    assert not (tmp_path / "out").exists()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(" overhead ")[0] for line in lines if " overhead " in line] == [
+        "PASS  time to first token", "PASS  time per output token"]
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert [g["name"] for g in report["gates"]] == ["ttft_overhead", "tpot_overhead"]
+    assert report["benchmark"]["kind"] == "language model (LLMPipeline)" and report["benchmark"]["rounds"] >= 3
+    # token ids are no prompts for LLMPipeline: one line, no report
+    np.save(tmp_path / "ids.npy", np.ones((1, 4), np.int64))
+    args[3], args[-1] = tmp_path / "ids.npy", tmp_path / "none.json"
+    result = subprocess.run([sys.executable, "-m", "ovrange", "check", *map(str, args)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: the latency gate of a language model times LLMPipeline generations: it needs both LLM folders and "
+        "prompt texts (--data prompts.txt or .jsonl)"]
+    assert not (tmp_path / "none.json").exists()

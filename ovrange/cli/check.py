@@ -65,7 +65,7 @@ def check(
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, write_file_atomically
     from ovrange.runtime import is_stateful, refuse_stateful
-    from ovrange.text import is_language_model
+    from ovrange.text import is_language_model, is_text_data, read_prompts
 
     thresholds = Thresholds(max_accuracy_drop, max_overhead, min_sdc_reduction, trials)
     axes = batch_axes(batch_axis)
@@ -73,8 +73,9 @@ def check(
     for model in models:
         if not is_language_model(model):
             refuse_stateful(model, "check")  # before the data: prompts or token ids would be the wrong complaint
-    if max_overhead is not None and is_stateful(models[0]):
-        refuse_stateful(models[0], "check --max-overhead")  # the benchmark does not time generations yet
+    language_model = is_stateful(models[0]) and is_language_model(models[0])
+    if max_overhead is not None and not language_model:
+        refuse_stateful(models[0], "check --max-overhead")
     if max_overhead is not None:
         warn_mixed_formats(original, protected)
     labelled = data_mod.load(data, models[0], images=image_options(data, models[0], layout=layout, mean=mean,
@@ -87,7 +88,8 @@ def check(
     with progress_bar("checking", enabled=not quiet) as progress:
         result = run_check(models[0], models[1], labelled, thresholds, device=device,
                            batch_size=batch_size, limit=num_samples, bench_seconds=seconds, shapes=shapes, seed=seed,
-                           sdc=sdc, output=output, progress=progress)
+                           sdc=sdc, output=output, progress=progress, folders=(original, protected),
+                           prompts=read_prompts(data) if language_model and is_text_data(data) else None)
     accuracy = result.accuracy
     typer.echo(f"top-1 vs {accuracy.reference} on {accuracy.samples} samples: original {accuracy.original:.2%}, "
                f"protected {accuracy.protected:.2%} (drop {accuracy.drop_pp:.3g} pp)")

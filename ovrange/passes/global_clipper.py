@@ -3,7 +3,9 @@
 Ranger and RangeSupervision guard activations only; in a transformer the vulnerable values are elsewhere (linear
 layers, normalisation outputs, the residual stream, attention). This pass guards targets chosen by role
 (:mod:`ovrange.passes.roles`) with bounds observed on calibration data, per channel on each target's feature axis
-(the last axis of ``[N, T, C]`` tensors, with a dynamic ``T``; axis 1 of NCHW tensors).
+(the last axis of ``[N, T, C]`` tensors, with a dynamic ``T``; axis 1 of NCHW tensors). On a decoder language model
+(``llm: auto``) the roles are placed on its Llama-style blocks where the CPU plugin keeps its fused SDPA, RMS, RoPE
+and FullyConnected kernels (:mod:`ovrange.passes.llm_roles`).
 
 The four steps of every protection: :func:`select` (targets by role, :func:`roles.targets_by_role`) ->
 :func:`requests` (min/max per target, served by the one statistics loop) -> :func:`plan` (a JSON dict) ->
@@ -45,6 +47,7 @@ from ovrange.bounds import Bound
 from ovrange.passes.channel_guards import affine_clamp, fold_into_weight, foldable, folded_clamp, unscale
 from ovrange.passes.guards import (CLAMP_SUFFIX, NONFINITE, NONFINITE_PARAM, Insertion, clamp_guard, nonfinite_input,
                                    nonfinite_output, reset_guard)
+from ovrange.passes.llm_roles import is_decoder_lm, llm_targets
 from ovrange.passes.placement import describe, place
 from ovrange.passes.roles import ROLES as TENSOR_ROLES
 from ovrange.passes.roles import targets_by_role
@@ -70,6 +73,9 @@ PARAMS: dict[str, Param] = {
     "hoist": Param(bool, True, None, "guard SDPA inputs at the op computing them, through data movement "
                                      "(fusable), rather than on the SDPA input edges"),
     "attention_output": Param(bool, True, None, "guard the SDPA output too"),
+    "llm": Param((bool, str), "auto", lambda v: None if v in (True, False, "auto") else "must be true, false or auto",
+                 "place the roles for the fused kernels of a decoder language model (llm_roles); auto: on models "
+                 "with an SDPA and a decomposed RMSNorm or a KV-cache variable"),
 }
 
 
@@ -85,8 +91,10 @@ def check_params(params: dict[str, Any]) -> str | None:
 def select(model: ov.Model, params: dict[str, Any]) -> Selection:
     """The tensors of the chosen roles (each once), checked for per-channel bounds, and with the ``weights`` role
     the layers whose constant weights get bounds (as BoundedWeights selects them)."""
-    targets = targets_by_role(model, params["targets"], params["activations"], params["hoist"],
-                           () if params["attention_output"] else ("attention_output",))
+    llm = params["llm"] if params["llm"] != "auto" else is_decoder_lm(model)
+    targets = (llm_targets(model, params["targets"], params["activations"]) if llm else
+               targets_by_role(model, params["targets"], params["activations"], params["hoist"],
+                               () if params["attention_output"] else ("attention_output",)))
     layers = weight_layers(model) if WEIGHTS in params["targets"] else Selection([], {})
     if not targets and not layers.targets:
         raise ModelError(f"model {model.get_friendly_name()!r} has no target of role(s) "
