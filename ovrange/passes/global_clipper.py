@@ -66,9 +66,9 @@ PARAMS: dict[str, Param] = {
                          "axis is dynamic get one bound"),
     "nonfinite": NONFINITE_PARAM,
     "beyond": Param(str, "zero", lambda v: None if v in BEYOND else f"must be one of {', '.join(BEYOND)}",
-                    "a value beyond a fused guard's bound: clamp (cut to the bound) or zero (folded back into the "
-                    "bounds, and 0, or the bound nearest 0, once it is more than two widths beyond: a flipped "
-                    "exponent lands at 0 however wide the bound is)"),
+                    "a value beyond a fused per-channel NCHW guard's bound: clamp (cut to the bound) or zero (folded "
+                    "back into the bounds, and 0, or the bound nearest 0, once it is more than two widths beyond: "
+                    "a flipped exponent lands at 0 however wide the bound is); scalar bounds clamp"),
     "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
                     "widen each bound by this fraction of its range on both sides"),
     "activations": Param(list, list(ACTIVATIONS), None, "activation op types of the activation role"),
@@ -240,8 +240,8 @@ def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarra
             "samples": samples, "method": "max" if not margin else f"max+{margin:g}",
             "form": "standalone" if standalone(target) else "fused",
         }
-        if beyond != "clamp" and not standalone(target):
-            plan[target.id]["beyond"] = beyond
+        if beyond != "clamp" and not scalar and target.feature_axis == 1 and not standalone(target):
+            plan[target.id]["beyond"] = beyond  # per-channel NCHW guards (a unit domain already); others clamp
     return plan
 
 
