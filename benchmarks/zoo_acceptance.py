@@ -18,6 +18,7 @@ overall, weight SDC ≥ 10× lower, SDC+DUE lower than the original's (activatio
 
     python benchmarks/zoo_acceptance.py [--trials 3000] [--seed 0] [--models a,b] [--work DIR] [--time 0]
         [--param beyond=clamp]
+    python benchmarks/zoo_acceptance.py --combine WORK [WORK ...]   # one table of several runs
 
 Writes ``<work>/acceptance.json`` and ``<work>/acceptance.md`` after every model (a run can be read while it goes).
 """
@@ -141,7 +142,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="", help="comma-separated zoo model names (default: all readable)")
     parser.add_argument("--param", action="append", default=[], help="GlobalClipper parameter KEY=VALUE")
     parser.add_argument("--work", type=Path, default=ROOT / "results" / "zoo_acceptance")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="WORK",
+                        help="print one table of the rows of several runs' acceptance.json (nothing is run)")
     args = parser.parse_args(argv)
+    if args.combine:
+        runs = [json.loads((work / "acceptance.json").read_text()) for work in args.combine]
+        print(markdown([row for run in runs for row in run["rows"]], "; ".join(r["command"].strip() for r in runs)))
+        return
     manifest = build_zoo(args.zoo)
     readable = {e["name"]: e for e in manifest["models"] if e["readable"]}
     wanted = list(filter(None, args.models.split(","))) or list(readable)
