@@ -69,11 +69,18 @@ def measure(entry: dict[str, Any], zoo: Path, args: argparse.Namespace) -> dict[
     for criterion in dict.fromkeys([entry["sdc"], "linf:0.01"]):
         log(f"{name}: held-out agreement at {criterion}")
         found = agreements([original, protected], heldout, criterion, entry["sdc_output"])
-        row["agreement"][criterion] = found.get(str(protected), found)
+        row["agreement"][criterion] = agreement(found)
     if args.time > 0:
         log(f"{name}: benchmark")
         row["overhead"] = overhead(original, protected, args.time, static_shape(entry), work)
     return row
+
+
+def agreement(found: dict[str, Any]) -> float | dict[str, Any]:
+    """The protected model's agreement (percent) from :func:`zoo_baseline.agreements` (keyed ``path [output]``),
+    or the error."""
+    values = [v for k, v in found.items() if k != "error" and isinstance(v, float)]
+    return values[0] if len(values) == 1 else found
 
 
 def ratio(before: int, after: int) -> float:
@@ -98,7 +105,7 @@ def checks(row: dict[str, Any]) -> dict[str, bool]:
         o, p = wgt["original"], wgt["protected"]
         ok["weights ≥ 10×"] = ratio(o["sdc"][0], p["sdc"][0]) >= FACTORS["weights"]
         ok["weight SDC+DUE lower"] = p["sdc"][0] + p["due"][0] < o["sdc"][0] + o["due"][0]
-    agree = row.get("agreement", {})
+    agree = {k: agreement(v) if isinstance(v, dict) else v for k, v in row.get("agreement", {}).items()}
     ok["held-out ≥ 99%"] = bool(agree) and all(isinstance(v, float) and v >= AGREEMENT for v in agree.values())
     return ok
 
@@ -122,8 +129,8 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
     lines += ["", "| model | held-out agreement (model's criterion) | held-out agreement (linf:0.01) | latency ratio "
               "| acceptance points that fail |", "|---|---|---|---|---|"]
     for row in rows:
-        agree = [f"{v:.2f}%" if isinstance(v, float) else f"fails: `{v.get('error', v)}`"[:100]
-                 for v in row.get("agreement", {}).values()] or ["—"]
+        found = [agreement(v) if isinstance(v, dict) else v for v in row.get("agreement", {}).values()]
+        agree = [f"{v:.2f}%" if isinstance(v, float) else f"fails: `{v.get('error', v)}`"[:100] for v in found] or ["—"]
         agree = agree * 2 if len(agree) == 1 else agree
         cost = row.get("overhead")
         cost_cell = ("not measured" if cost is None else f"fails: `{cost['error'][:80]}`" if "error" in cost else
