@@ -4,9 +4,10 @@ Bounds observed on a calibration set are the set's min/max; a deployed input tha
 protected model answers differently from the original on clean data. ``protect`` therefore
 
 1. holds out part of the calibration subset (:data:`DEFAULT_HOLDOUT`, seeded) and observes the bounds on the rest;
-2. widens every range bound by ``margin`` times its range on both sides (:data:`MARGIN` by default: none; a
-   guard clips a faulty value to its bound, so a wider bound both lets more faults through and clips the rest
-   further from the clean value: see docs/zoo.md for the measured trade-off);
+2. widens every range bound by ``margin`` times its range on both sides. By default the margin follows the guard's
+   form: :data:`ZERO_MARGIN` (three ranges) where the guard sends far values to 0 (GlobalClipper's ``beyond: zero``:
+   a flipped exponent lands at 0 however wide the bound), :data:`MARGIN` (none) where it clips to its bound (a wider
+   bound there lets more faults through and clips the rest further from the clean value: docs/zoo.md);
 3. runs the original model on the held-out part, watching every guarded value: a guard *fires* when a held-out
    value falls outside its bound; each firing bound is widened to cover the held-out values plus :data:`WIDEN`
    times the widened range (:func:`widen`);
@@ -34,6 +35,9 @@ from ovrange.stats import MinMax, StatRequest, observe
 DEFAULT_HOLDOUT = 0.2  # share of the calibration subset held out
 MARGIN = 0.0  # every range bound grows by this many times its range on each side (a guard clips to its bound:
 # wider bounds let a fault through and clip it further from the clean value; see docs/zoo.md)
+ZERO_MARGIN = 3.0  # the margin of a guard that sends far values to 0 (GlobalClipper's ``beyond: zero``): a flipped
+# exponent lands at 0 however wide the bound is, so a width that covers unseen inputs costs little protection; held-out
+# images exceed calibration bounds by up to 2.2 ranges on the zoo (docs/zoo.md)
 WIDEN = 1.0  # a bound that fires on a held-out value: cover it, plus this many times the range
 ROUNDS = 3  # widen-and-check rounds at most
 LINF = "linf:0.01"  # the fixed clean-output criterion, beside the model's own
@@ -88,17 +92,24 @@ def _unit(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return np.maximum(high - low, 0.1 * (high.max() - low.min()))
 
 
-def with_margin(guards: dict[str, dict[str, Any]], margin: float = MARGIN) -> dict[str, dict[str, Any]]:
-    """Every widenable bound grown by ``margin`` times its range on each side."""
-    if margin <= 0:
-        return dict(guards)
+def guard_margin(guard: dict[str, Any], margin: float | None = None) -> float:
+    """The margin of one guard: ``margin`` when given, else :data:`ZERO_MARGIN` for a guard that sends far values
+    to 0 and :data:`MARGIN` for one that clips to its bound."""
+    if margin is not None:
+        return margin
+    return ZERO_MARGIN if guard.get("beyond") == "zero" else MARGIN
+
+
+def with_margin(guards: dict[str, dict[str, Any]], margin: float | None = None) -> dict[str, dict[str, Any]]:
+    """Every widenable bound grown by its margin (:func:`guard_margin`) times its range on each side."""
     out = {}
     for key, guard in guards.items():
-        if widenable(guard):
+        grow = guard_margin(guard, margin)
+        if widenable(guard) and grow > 0:
             low, high = _arrays(guard)
             unit = _unit(low, high)
-            guard = _store(guard, low - margin * unit, high + margin * unit, f"{guard.get('method', 'max')}"
-                           f"+margin:{margin:g}")
+            guard = _store(guard, low - grow * unit, high + grow * unit, f"{guard.get('method', 'max')}"
+                           f"+margin:{grow:g}")
         out[key] = guard
     return out
 
@@ -211,8 +222,8 @@ def validate(model: ov.Model, guards: dict[str, dict[str, Any]], build: Callable
 
     With ``widen_bounds``: every range bound gets ``margin``, bounds that fire on ``samples`` are widened
     (:func:`widen`), and the check repeats while outputs differ and bounds still fire (at most :data:`ROUNDS`)."""
-    margin = MARGIN if margin is None else margin
     guards = with_margin(guards, margin) if widen_bounds else dict(guards)
+    margins = sorted({guard_margin(g, margin) for g in guards.values() if widenable(g)}) or [MARGIN]
     watched = [key for key, guard in guards.items() if widenable(guard)] if widen_bounds else []
     seen, reference = observe(model, samples, [request(guards[key]) for key in watched], device=device)
     found_judges = judges(model, sdc)
@@ -230,4 +241,4 @@ def validate(model: ov.Model, guards: dict[str, dict[str, Any]], build: Callable
         found = agreements(reference, outputs, found_judges)
         if all(a.agree == a.total for a in found):
             break
-    return guards, protected, report(len(samples), found, widened, rounds, margin if widen_bounds else 0.0)
+    return guards, protected, report(len(samples), found, widened, rounds, max(margins) if widen_bounds else 0.0)

@@ -111,7 +111,7 @@ MP_DIR = "mediapipe/modules"
 RGB01 = "RGB, letterboxed (aspect kept, black borders), [0, 1], NHWC"
 SPECS: tuple[Spec, ...] = (
     Spec("palm_detection_full", MP, f"{MP_DIR}/palm_detection/palm_detection_full.tflite", "detector",
-         "linf:0.01", "Identity", f"{RGB01} 192x192 (palm_detection_cpu.pbtxt); scikit-image photos, LFW",
+         "detections", "Identity", f"{RGB01} 192x192 (palm_detection_cpu.pbtxt); scikit-image photos, LFW",
          _images("scenes", 192, (0.0, 1.0))),
     Spec("face_landmark", MP, f"{MP_DIR}/face_landmark/face_landmark.tflite", "landmarks", "linf:0.05",
          "conv2d_21", f"{RGB01} 192x192 (face_landmark_cpu.pbtxt); LFW faces, jittered 85-100% crops",
@@ -122,7 +122,7 @@ SPECS: tuple[Spec, ...] = (
          "output_eyes_contours_and_brows",
          f"{RGB01} 64x64 (iris_landmark_cpu.pbtxt, zero_center: false); eye crops of LFW faces, right eyes "
          "mirrored", _images("faces", 64, (0.0, 1.0), zoo_data.eye_crop)),
-    Spec("pose_detection", MP, f"{MP_DIR}/pose_detection/pose_detection.tflite", "detector", "linf:0.01",
+    Spec("pose_detection", MP, f"{MP_DIR}/pose_detection/pose_detection.tflite", "detector", "detections",
          "Identity", "RGB, letterboxed (aspect kept, black borders), [-1, 1], NHWC 224x224 "
          "(pose_detection_cpu.pbtxt); scikit-image photos, LFW", _images("scenes", 224, (-1.0, 1.0))),
     Spec("silero_vad", SILERO, "silero_vad/data/silero_vad_openvino_16k.onnx", "vad", "linf:0.05", "output",

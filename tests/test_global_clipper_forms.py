@@ -83,14 +83,42 @@ def test_nchw_guards_fold_their_scale_into_the_consuming_convolutions(protected)
         assert hosts[guard].status == "fused" and hosts[guard].layer_type == "Convolution", hosts[guard]
 
 
-def test_the_folded_guard_bounds_each_channel_like_an_exact_clamp(protected):
-    """Out of range (inputs x30), the folded form gives what exact per-channel Minimum/Maximum guards give."""
+def test_the_folded_guard_bounds_each_channel_like_an_exact_clamp():
+    """Out of range (inputs x30), the folded form of ``beyond: clamp`` gives what exact per-channel Minimum/Maximum
+    guards give."""
+    protected = ovrange.protect(cnn(), images(32), algorithm="GlobalClipper", subset_size=32, nonfinite="bound",
+                                beyond="clamp")
     plan = {key: {**entry, "form": "standalone"} for key, entry in ovrange.protection_info(protected).nodes.items()
             if entry["role"] != "weights"}
     exact = protected_copy(cnn(), plan)
     wild = images(16, seed=3) * 30
     assert not np.allclose(run(cnn(), wild), run(exact, wild), atol=1e-3)  # the bounds do cut here
     np.testing.assert_allclose(run(protected, wild), run(exact, wild), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [1, None])
+def test_beyond_zero_keeps_the_range_and_sends_far_values_to_zero_or_the_nearest_bound(axis):
+    """``beyond: zero`` (the default): identity inside the bounds, a value far beyond them (a flipped exponent, Inf)
+    becomes 0 where 0 is inside the bounds and the bound nearest 0 where it is not; fused like a Clamp."""
+    x = ops.parameter([1, 3, 4, 4], np.float32, name="x")
+    w = ops.constant(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1))
+    conv = ops.convolution(x, w, [1, 1], [0, 0], [0, 0], [1, 1], name="conv")
+    model = ov.Model([ops.result(ops.relu(conv, name="relu"))], [x])
+    low, high = ([0.0, -2.0, 1.0], [4.0, 2.0, 3.0]) if axis else (-1.0, 5.0)
+    entry = {"node": "conv", "type": "Convolution", "role": "linear", "edge": None, "axis": axis, "rank": 4,
+             "low": low, "high": high, "samples": 1, "method": "max", "form": "fused", "beyond": "zero"}
+    guarded = protected_copy(model, {"conv": entry}, "bound")
+    compiled = compile_model(guarded, "CPU", precision="f32")
+    far = np.array([0.0, 0.0, 1.0]) if axis else np.zeros(3)  # relu(0, 0, 1): 0 inside [0, 4] and [-2, 2]
+    inside = np.array([0.5, -1.5, 2.9]) if axis else np.array([-0.5, 0.5, 4.9])
+    for value, expected in ((inside, np.maximum(inside, 0)), (np.full(3, 1e6), far), (np.full(3, 3e38), far),
+                            (np.full(3, -1e30), far), (np.full(3, np.inf), far)):
+        out = compiled(np.broadcast_to(value.reshape(1, 3, 1, 1), (1, 3, 4, 4)).astype(np.float32))[0]
+        np.testing.assert_allclose(out[0, :, 0, 0], expected, atol=1e-5)
+        lo, hi = np.broadcast_to(low, 3), np.broadcast_to(high, 3)
+        assert np.all(out[0, :, 0, 0] <= np.maximum(hi, 0) + 1e-5) and np.all(out >= 0)
+    report = fusion_report(compiled, guarded)
+    assert all(c.status == "fused" for c in report.clamps) and report.clamps
 
 
 def test_logits_entering_softmax_get_a_standalone_min_max(protected):

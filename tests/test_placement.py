@@ -109,7 +109,8 @@ def test_non_finite_values_stay_non_finite_through_a_guard_with_keep(algorithm):
     assert np.array_equal(np.isfinite(run(kept, infinite_input())), np.isfinite(original))
     assert np.isfinite(run(bounded, infinite_input())).all()  # a plausible value (campaigns count these)
     clean = calib(4, seed=2)
-    np.testing.assert_allclose(run(kept, clean), run(bounded, clean), rtol=1e-6, atol=1e-6)
+    # f32 rounding of the two kernels: a per-channel guard's unit domain spans its margin (beyond: zero)
+    np.testing.assert_allclose(run(kept, clean), run(bounded, clean), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("algorithm", ["RangeSupervision", "Ranger", "GlobalClipper"])

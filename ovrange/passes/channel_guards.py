@@ -47,20 +47,51 @@ def _unit_clamp(x: ov.Output, centre: np.ndarray, half: np.ndarray, shape: list[
     return ops.clamp(unit, -1.0, 1.0, name=f"{name}/unit_Clamp")
 
 
-def affine_clamp(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> ov.Node:
-    """``Clamp(x * (1/h) - c/h, -1, 1) * h + c``."""
+def zero_target(entry: dict[str, Any]) -> np.ndarray:
+    """Where a far out-of-range value goes (``beyond: zero``), in the unit domain: 0, or the bound nearest 0."""
     centre, half = unit_scale(entry)
-    clamped = _unit_clamp(x, centre, half, shape, name)
+    low, high = np.asarray(entry["low"], np.float64), np.asarray(entry["high"], np.float64)
+    return np.clip((np.clip(0.0, low, high) - centre) / half, -1.0, 1.0)
+
+
+def _unit_fold(x: ov.Output, centre: np.ndarray, half: np.ndarray, target: np.ndarray, shape: list[int],
+               name: str) -> tuple[ov.Node, float]:
+    """``beyond: zero`` in the unit domain ``u = x/h - c/h``: identity on ``[-1, 1]``; a value beyond folds back
+    into the bounds (``1 - |u - 1|``), and one more than ``2 + d`` half-widths beyond (``d = z + 1``, ``z`` the
+    target) becomes ``z``. Piecewise linear, continuous, always inside ``[-1, 1]``; Abs, scale-shift and a scalar
+    Clamp only, so the CPU plugin fuses the chain into the producer's post-ops like a Clamp. Returns the node,
+    which is ``r + 1`` (the unit value plus one, folded into the unscaling), and the offset ``-1``."""
+    d = target + 1.0
+    below = ops.add(ops.multiply(x, _const(1 / half, shape), name=f"{name}/scale_Multiply"),
+                    _const(-centre / half - 1, shape), name=f"{name}/shift_Add")  # u - 1
+    folded = ops.add(ops.multiply(ops.abs(below, name=f"{name}/fold_Abs"), ops.constant(np.float32(-1))),
+                     _const(1 + d, shape), name=f"{name}/fold_Add")  # (1 - |u - 1|) + d
+    floor = ops.clamp(folded, -1.0, 3.0, name=f"{name}/unit_Clamp")  # max(t, -1 - d) + d
+    return ops.abs(ops.add(floor, _const(1 - d, shape)), name=f"{name}/zero_Abs"), -1.0  # |t' + 1| = r + 1
+
+
+def _unit(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> tuple[ov.Node, np.ndarray,
+                                                                                      np.ndarray, float]:
+    """The bounded value in the unit domain (plus an offset), its centre and half-width, the offset to add."""
+    centre, half = unit_scale(entry)
+    if entry.get("beyond", "clamp") == "zero":
+        node, offset = _unit_fold(x, centre, half, zero_target(entry), shape, name)
+        return node, centre, half, offset
+    return _unit_clamp(x, centre, half, shape, name), centre, half, 0.0
+
+
+def affine_clamp(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> ov.Node:
+    """``Clamp(x * (1/h) - c/h, -1, 1) * h + c`` (``beyond: zero``: the folded unit value, :func:`_unit_fold`)."""
+    clamped, centre, half, offset = _unit(x, entry, shape, name)
     return ops.add(ops.multiply(clamped, _const(half, shape), name=f"{name}/unscale_Multiply"),
-                   _const(centre, shape))
+                   _const(centre + offset * half, shape))
 
 
 def folded_clamp(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> tuple[ov.Node, np.ndarray]:
     """``Clamp(x * (1/h) - c/h, -1, 1) + c/h`` (the bounded value divided by ``h``) and ``h``, which every consumer
     of this node must multiply back in: :func:`fold_into_weight`, or ``* h`` (:func:`unscale`)."""
-    centre, half = unit_scale(entry)
-    clamped = _unit_clamp(x, centre, half, shape, name)
-    return ops.add(clamped, _const(centre / half, shape)), half
+    clamped, centre, half, offset = _unit(x, entry, shape, name)
+    return ops.add(clamped, _const(centre / half + offset, shape)), half
 
 
 def unscale(x: ov.Output, half: np.ndarray, shape: list[int], name: str) -> ov.Node:

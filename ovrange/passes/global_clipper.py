@@ -57,6 +57,7 @@ from ovrange.targets import (ACTIVATIONS, POOLING, Target, check_activations, la
 
 WEIGHTS = "weights"  # not a tensor: the stored weights of Convolution/MatMul layers, bounded per output channel
 ROLES = (*TENSOR_ROLES, WEIGHTS)
+BEYOND = ("clamp", "zero")
 DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling", "probabilities", WEIGHTS]
 
 PARAMS: dict[str, Param] = {
@@ -67,6 +68,10 @@ PARAMS: dict[str, Param] = {
                          "NCHW tensors (where the CPU plugin fuses it into the convolution); targets whose feature "
                          "axis is dynamic get one bound"),
     "nonfinite": NONFINITE_PARAM,
+    "beyond": Param(str, "zero", lambda v: None if v in BEYOND else f"must be one of {', '.join(BEYOND)}",
+                    "a value beyond a fused per-channel NCHW guard's bound: clamp (cut to the bound) or zero (folded "
+                    "back into the bounds, and 0, or the bound nearest 0, once it is more than two widths beyond: "
+                    "a flipped exponent lands at 0 however wide the bound is); scalar bounds clamp"),
     "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
                     "widen each bound by this fraction of its range on both sides"),
     "activations": Param(list, list(ACTIVATIONS), None, "activation op types of the activation role"),
@@ -112,7 +117,7 @@ def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
     """Observed min/max per target (widened by ``margin``) and each bounded layer's weight range, as JSON guards."""
     found = [stats[StatRequest(t.node, "minmax", _axis(t, params["per_channel"]))] for t in selection.targets]
     guards = make_plan(selection.targets, [f.low for f in found], [f.high for f in found],
-                       stats.samples if found else 0, params["margin"])
+                       stats.samples if found else 0, params["margin"], params["beyond"])
     guards, record = place(guards, selection.facts["graph"]) if "graph" in selection.facts else (guards, {})
     guards.update(weight_plan(selection.facts["layers"]))
     counts = {role: sum(e["role"] == role for e in guards.values()) for role in params["targets"]}
@@ -218,7 +223,7 @@ def _axis(target: Target, per_channel: bool | str) -> int | None:
 
 
 def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarray], samples: int,
-              margin: float = 0.0) -> dict[str, dict[str, Any]]:
+              margin: float = 0.0, beyond: str = "clamp") -> dict[str, dict[str, Any]]:
     """Target id -> its guard: role, op, feature axis (None: one bound), low/high (floats or per-channel lists),
     form (``fused`` into the producer's post-ops, a ``standalone`` kernel, or ``reset`` for probabilities)."""
     plan = {}
@@ -243,6 +248,8 @@ def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarra
             "samples": samples, "method": "max" if not margin else f"max+{margin:g}",
             "form": "standalone" if standalone(target) else "fused",
         }
+        if beyond != "clamp" and not scalar and target.feature_axis == 1 and not standalone(target):
+            plan[target.id]["beyond"] = beyond  # per-channel NCHW guards (a unit domain already); others clamp
     return plan
 
 
@@ -321,7 +328,8 @@ def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.
     if entry.get("form") == "reset":
         node = reset_guard(value, _bound(entry), name + CLAMP_SUFFIX)
     elif entry["axis"] is None:
-        node = ops.clamp(value, float(entry["low"]), float(entry["high"]))
+        node = (affine_clamp(value, entry, [], name) if entry.get("beyond", "clamp") != "clamp"
+                else ops.clamp(value, float(entry["low"]), float(entry["high"])))
     else:
         shape = [1] * entry["rank"]
         shape[entry["axis"]] = len(entry["high"])
