@@ -224,7 +224,8 @@ def choose(candidates: list[Candidate], max_overhead: float,
     (the full protection against its free guards alone) and taken greedily by benefit/cost (``candidates``
     ranked; one that would overflow the predicted budget is skipped, a cheaper one after it may still fit). The set
     is verified by ``measure(keys)``; while its whole interval lies above the budget, it is chosen again at the
-    price that measurement gives, with at least its worst-ratio guard dropped. Returns the chosen keys (in rank
+    price that measurement gives, with at least its worst-ratio guard dropped (standalone guards first; once none
+    is left, the free ones, priced by their elements). Returns the chosen keys (in rank
     order) and every timing."""
     free = [c for c in candidates if c.cost == 0]
     paid = [c for c in candidates if c.cost > 0]
@@ -242,13 +243,13 @@ def choose(candidates: list[Candidate], max_overhead: float,
         timings.append(last)
         if last.low <= max_overhead:  # within the budget, or not resolved from it: kept (verified or not)
             return [c.key for c in picked], timings
+        # measured over the budget beyond doubt: chosen again at the measured price, at least one guard dropped;
+        # the standalone ones first, and free ones (which then measurably cost) priced by their elements
         standalone = [c for c in picked if c.cost > 0]
-        if standalone:  # measured over the budget beyond doubt: re-priced, at least the worst-ratio one dropped
-            unit = max(last.median, 0.0) / sum(c.cost for c in standalone)
-            kept = _greedy(standalone, unit, max_overhead)
-            picked = _in_rank(candidates, [c for c in picked if c.cost == 0] + kept[:len(standalone) - 1])
-        else:  # free guards that measurably cost: the worst ratio dropped
-            picked = picked[:-1]
+        pool = standalone or rank([replace(c, cost=float(c.elements)) for c in picked])
+        unit = max(last.median, 0.0) / sum(c.cost for c in pool)
+        kept = _greedy(pool, unit, max_overhead)[:len(pool) - 1]
+        picked = _in_rank(candidates, [c for c in picked if c.cost == 0 and standalone] + kept)
     return [], timings
 
 
