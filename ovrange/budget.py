@@ -76,8 +76,8 @@ class Candidate:
     """One guard (or Checksum check) of the full plan: what it stops, what it costs."""
 
     key: str  # the plan's target id
-    fusion: str  # fused, folded (a weight guard), standalone, not found (removed by the plugin) or unknown (not a
-    # Clamp-style guard: a Checksum check), priced as standalone
+    fusion: str  # fused, folded (a weight guard), standalone, not found (removed by the plugin), check (a Checksum
+    # check) or unknown (not a Clamp-style guard); check and unknown are priced as standalone
     elements: int  # per sample, of the guarded tensor
     sites: tuple[str, ...]  # fault sites credited to it
     removed: float  # SDCs of the benefit campaign it removes (credited share of the full protection's)
@@ -192,7 +192,7 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
     campaign = inject(model, dataset, compare=protected, target="activations", trials=trials, seed=seed, bits=BITS,
                       **({"sdc": sdc} if sdc else {}), output=output, progress=progress)
     fusion = compiled_fusion(protected, device=device, shapes=shapes)
-    candidates = rank(_candidates(model, protected, plan.guards, campaign, fusion))
+    candidates = rank(_candidates(model, protected, plan.guards, campaign, fusion, plan.algorithm == "Checksum"))
 
     def with_guards(keys: list[str]) -> ov.Model:
         if not keys:
@@ -288,8 +288,10 @@ def _sdc_count(campaign, index: int) -> int:
     return int(np.count_nonzero(run.outcome[run.done] == SDC))
 
 
-def _candidates(model: ov.Model, protected: ov.Model, guards: dict[str, dict], campaign, fusion) -> list[Candidate]:
-    """Each guard with the SDCs it is credited with and its estimated cost."""
+def _candidates(model: ov.Model, protected: ov.Model, guards: dict[str, dict], campaign, fusion,
+                checks: bool = False) -> list[Candidate]:
+    """Each guard with the SDCs it is credited with and its estimated cost; ``checks``: Checksum checks, each a
+    computation of its own over the checked layer (never a post-op), priced by timing."""
     status = _fusion_by_key(protected, fusion)
     covers = _coverage(model, set(guards))
     removed = _removed_per_site(campaign)
@@ -305,7 +307,8 @@ def _candidates(model: ov.Model, protected: ov.Model, guards: dict[str, dict], c
     for key, entry in guards.items():
         size = elements.get(_node_of(key), 1)
         # a guard of a stored weight clamps a constant, which the plugin folds at compile time
-        kind = "folded" if entry.get("role") == "weights" else status.get(_node_of(key), "unknown")
+        kind = "check" if checks else "folded" if entry.get("role") == "weights" else status.get(_node_of(key),
+                                                                                                   "unknown")
         out.append(Candidate(key, kind, size, tuple(sites[key]), max(credit[key], 0.0),
                              0.0 if kind in FREE else float(size)))
     return out
