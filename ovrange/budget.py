@@ -10,9 +10,11 @@ checks) that fits the budget:
    nearest guards downstream, shared equally), so a guard's benefit is the part of the full protection's SDC
    reduction it delivers (the vulnerability map's per-site SDC share, restricted to what guards actually stop).
 2. *Cost*, by construction from the compiled graph (:func:`ovrange.bench.benchmark.compiled_fusion`, no timing):
-   a guard the plugin fuses into its producer's kernel as a post-op, one it folds into a weight constant and one
-   it removes cost nothing and are always kept; a standalone guard (or a Checksum check) costs a pass over its
-   tensor, in proportion to the tensor's elements. Only standalone candidates are priced by timing: the full
+   a guard the plugin fuses into a kernel that runs the same model layers as a kernel of the original model (a
+   post-op of a Convolution or FullyConnected, one more op in an eltwise chain), one it folds into a weight
+   constant and one it removes cost nothing and are always kept; a standalone guard, a fused guard whose kernel
+   differs from all of the original's (it split or broke a fusion: a guard inside attention stops the fused
+   attention kernel) and a Checksum check cost a pass over their tensor, in proportion to its elements. Only standalone candidates are priced by timing: the full
    protection against its free guards alone gives the price of an element.
 3. *Greedy by benefit / cost*, then *verify*: the standalone guards are taken in benefit/cost order while their
    predicted overhead fits; the chosen set is timed against the original. Every timing adds paired sessions until
@@ -76,8 +78,9 @@ class Candidate:
     """One guard (or Checksum check) of the full plan: what it stops, what it costs."""
 
     key: str  # the plan's target id
-    fusion: str  # fused, folded (a weight guard), standalone, not found (removed by the plugin), check (a Checksum
-    # check) or unknown (not a Clamp-style guard); check and unknown are priced as standalone
+    fusion: str  # fused, folded (a weight guard), standalone, not found (removed by the plugin), changed (fused, but
+    # its kernel differs from the original's), check (a Checksum check) or unknown (not a Clamp-style guard); the
+    # last four are priced by timing
     elements: int  # per sample, of the guarded tensor
     sites: tuple[str, ...]  # fault sites credited to it
     removed: float  # SDCs of the benefit campaign it removes (credited share of the full protection's)
@@ -191,7 +194,7 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
         raise ModelError(f"{plan.algorithm} inserted nothing into this model: there is no guard to choose")
     campaign = inject(model, dataset, compare=protected, target="activations", trials=trials, seed=seed, bits=BITS,
                       **({"sdc": sdc} if sdc else {}), output=output, progress=progress)
-    fusion = compiled_fusion(protected, device=device, shapes=shapes)
+    fusion = compiled_fusion(protected, model, device=device, shapes=shapes)
     candidates = rank(_candidates(model, protected, plan.guards, campaign, fusion, plan.algorithm == "Checksum"))
 
     def with_guards(keys: list[str]) -> ov.Model:
@@ -379,5 +382,5 @@ def _fusion_by_key(protected: ov.Model, fusion) -> dict[str, str]:
 
 
 def _worse(a: str | None, b: str) -> str:
-    order = ("not found", "fused", "unknown", "standalone")
+    order = ("not found", "fused", "unknown", "changed", "standalone")
     return b if a is None else max(a, b, key=order.index)

@@ -249,15 +249,26 @@ def _result(runs: list[_Session], models: Mapping[str, ov.Model], compiled: ov.C
     )
 
 
-def compiled_fusion(protected: ov.Model, *, device: str = "CPU", precision: str = "f32",
-                    shapes: Mapping[str, Sequence[int]] | None = None, hint: str = "latency") -> FusionReport:
+def compiled_fusion(protected: ov.Model, original: ov.Model | None = None, *, device: str = "CPU",
+                    precision: str = "f32", shapes: Mapping[str, Sequence[int]] | None = None,
+                    hint: str = "latency") -> FusionReport:
     """Which guards of ``protected`` the plugin fuses, from one compilation as :func:`benchmark` compiles it (same
-    static shapes, hint and precision), without timing anything."""
-    refuse_stateful(protected, "benchmark")
-    static = with_static_shapes(protected, static_shapes(protected, shapes))
-    runner = Runner(static, device=device, precision=precision, config=_compile_config(device, hint),
-                    command="benchmark")
-    return fusion_report(runner.compiled, static, device)
+    static shapes, hint and precision), without timing anything; with ``original``, also compiled, a fused guard
+    whose kernel differs from every kernel of the original is marked ``changed``
+    (:func:`ovrange.bench.fusion.against_original`)."""
+    from ovrange.bench.fusion import against_original, kernels
+
+    def compiled(model: ov.Model) -> tuple[ov.Model, ov.CompiledModel]:
+        refuse_stateful(model, "benchmark")
+        static = with_static_shapes(model, static_shapes(model, shapes))
+        return static, Runner(static, device=device, precision=precision, config=_compile_config(device, hint),
+                              command="benchmark").compiled
+
+    report = fusion_report(*compiled(protected)[::-1], device)
+    if original is None:
+        return report
+    static, compiled_original = compiled(original)
+    return against_original(report, kernels(compiled_original, static))
 
 
 def overhead_until(original: ov.Model, protected: ov.Model, width: float, *, seconds: float, sessions: int,
