@@ -14,9 +14,9 @@ checks) that fits the budget:
    post-op of a Convolution or FullyConnected, one more op in an eltwise chain), one it folds into a weight
    constant and one it removes cost nothing and are always kept; a standalone guard, a fused guard whose kernel
    differs from all of the original's (it split or broke a fusion: a guard inside attention stops the fused
-   attention kernel) and a Checksum check cost a pass over their tensor, in proportion to its elements. Only standalone candidates are priced by timing: the full
-   protection against its free guards alone gives the price of an element.
-3. *Greedy by benefit / cost*, then *verify*: the standalone guards are taken in benefit/cost order while their
+   attention kernel) and a Checksum check cost a pass over their tensor, in proportion to its elements. Only
+   these are priced by timing: the full protection against its free guards alone gives the price of an element.
+3. *Greedy by benefit / cost*, then *verify*: the priced candidates are taken in benefit/cost order while their
    predicted overhead fits; the chosen set is timed against the original. Every timing adds paired sessions until
    its 95% interval is narrower than the budget (:data:`STEPS` steps at most); a set whose whole interval lies
    above the budget is chosen again at the newly measured price (at least its worst-ratio guard dropped),
