@@ -223,13 +223,12 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
 
 def choose(candidates: list[Candidate], max_overhead: float,
            measure: Callable[..., Overhead]) -> tuple[list[str], list[Overhead]]:
-    """Free guards (cost 0 by the compiled graph) are kept; standalone ones are priced by ``measure(all, free)``
-    (the full protection against its free guards alone) and taken greedily by benefit/cost (``candidates``
-    ranked; one that would overflow the predicted budget is skipped, a cheaper one after it may still fit). The set
-    is verified by ``measure(keys)``; while its whole interval lies above the budget, it is chosen again at the
-    price that measurement gives, with at least its worst-ratio guard dropped (standalone guards first; once none
-    is left, the free ones, priced by their elements). Returns the chosen keys (in rank
-    order) and every timing."""
+    """Free guards (cost 0 by the compiled graph) are kept; priced ones by ``measure(all, free)`` (the full
+    protection against its free guards alone) and taken greedily by benefit/cost (``candidates`` ranked; one that
+    would overflow the predicted budget is skipped, a cheaper one after it may still fit). The set is verified by
+    ``measure(keys)``; while its whole interval lies above the budget, it is chosen again at the price that
+    measurement gives, with at least its worst-ratio guard dropped (priced guards first; once none is left, the
+    free ones, priced by their elements). Returns the chosen keys (in rank order) and every timing."""
     free = [c for c in candidates if c.cost == 0]
     paid = [c for c in candidates if c.cost > 0]
     timings: list[Overhead] = []
