@@ -9,14 +9,20 @@ checks) that fits the budget:
    are credited to the first guards they meet on their way to the outputs (the guard of the site itself, else the
    nearest guards downstream, shared equally), so a guard's benefit is the part of the full protection's SDC
    reduction it delivers (the vulnerability map's per-site SDC share, restricted to what guards actually stop).
-2. *Cost*, from the plugin's fusion report of the fully protected model (:mod:`ovrange.bench.fusion`): a guard
-   fused into its producer's kernel costs next to nothing; a standalone one costs a pass over its tensor
-   (estimated in proportion to the tensor's elements).
-3. *Greedy by benefit / cost*, then *verify*: the full protection is timed against the original in paired,
-   interleaved sessions (:func:`ovrange.bench.benchmark.benchmark`), which prices a unit of cost; the guards are
-   taken in benefit/cost order while their predicted overhead fits; the set is timed; while its median overhead
-   exceeds the budget, the choice is made again within it at the newly measured price (at least its worst-ratio
-   guard dropped) and timed again, :data:`MAX_TIMINGS` times at most.
+2. *Cost*, by construction from the compiled graph (:func:`ovrange.bench.benchmark.compiled_fusion`, no timing):
+   a guard the plugin fuses into a kernel that runs the same model layers as a kernel of the original model (a
+   post-op of a Convolution or FullyConnected, one more op in an eltwise chain), one it folds into a weight
+   constant and one it removes cost nothing and are always kept; a standalone guard, a fused guard whose kernel
+   differs from all of the original's (it split or broke a fusion: a guard inside attention stops the fused
+   attention kernel) and a Checksum check cost a pass over their tensor, in proportion to its elements. Only
+   these are priced by timing: the full protection against its free guards alone gives the price of an element.
+3. *Greedy by benefit / cost*, then *verify*: the priced candidates are taken in benefit/cost order while their
+   predicted overhead fits; the chosen set is timed against the original. Every timing adds paired sessions until
+   its 95% interval is narrower than the budget (:data:`STEPS` steps at most); a set whose whole interval lies
+   above the budget is chosen again at the newly measured price (at least its worst-ratio guard dropped),
+   :data:`MAX_TIMINGS` times at most. The kept set's overhead is *verified* when its interval's upper end is within
+   the budget; otherwise the record says the budget could not be verified (too noisy a machine, too short a
+   ``--time``) and nothing claims it.
 
 The expected SDC reduction of the chosen set is read off the same campaign: the original's SDC count over what is
 left when only the chosen guards' credited removals are subtracted, on exponent-bit faults; and the share of the
@@ -45,10 +51,11 @@ TRIALS = 1000  # faults of the benefit campaign (seconds on small models)
 # exponent flips gives a few times the SDCs per trial (FashionSevenAct: 70 in 1,000 exponent-bit faults, 10 in 400
 # faults over all bits).
 BITS = "23-30"
-SECONDS = 8.0  # timing of one candidate set, both models together
-SESSIONS = 4  # compilations per timing (the interval is taken over them)
-MAX_TIMINGS = 4  # timed sets after the full protection's; when none fits, no guard is kept
-FUSED_COST = 0.02  # cost of a fused guard relative to a standalone one over the same tensor (a post-op)
+SECONDS = 8.0  # one timing step of a candidate set, both models together
+SESSIONS = 4  # compilations per step (the interval is taken over the session medians of all steps)
+STEPS = 4  # steps at most per timed set: timing stops once the interval is narrower than the budget
+MAX_TIMINGS = 4  # timed sets at most; when every one measured entirely above the budget, no guard is kept
+FREE = ("fused", "folded", "not found")  # cost nothing by the compiled graph: post-ops, folded weights, removed
 
 ProgressFn = Callable[[int, int], None]
 
@@ -71,7 +78,9 @@ class Candidate:
     """One guard (or Checksum check) of the full plan: what it stops, what it costs."""
 
     key: str  # the plan's target id
-    fusion: str  # fused, standalone, not found (removed by the plugin) or unknown (not a Clamp-style guard)
+    fusion: str  # fused, folded (a weight guard), standalone, not found (removed by the plugin), changed (fused, but
+    # its kernel differs from the original's), check (a Checksum check) or unknown (not a Clamp-style guard); the
+    # last four are priced by timing
     elements: int  # per sample, of the guarded tensor
     sites: tuple[str, ...]  # fault sites credited to it
     removed: float  # SDCs of the benefit campaign it removes (credited share of the full protection's)
@@ -84,13 +93,15 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Overhead:
-    """A measured latency overhead (fraction) with its 95% interval, of ``guards`` guards."""
+    """A measured latency overhead (fraction) with its 95% interval over ``sessions`` session medians, of
+    ``guards`` guards against ``against`` (the original, or the full protection's free guards alone)."""
 
     guards: int
     median: float
     low: float
     high: float
     sessions: int
+    against: str = "original"
 
     def text(self) -> str:
         return f"{self.median:+.2%} [{self.low:+.2%}, {self.high:+.2%}]"
@@ -116,6 +127,11 @@ class BudgetResult:
         return next((t for t in reversed(self.timings) if t.guards == len(self.chosen)), None)
 
     @property
+    def verified(self) -> bool:
+        """The kept set's measured overhead is within the budget at 95% confidence (its interval's upper end)."""
+        return self.overhead is not None and self.overhead.high <= self.max_overhead
+
+    @property
     def removed(self) -> float:
         chosen = set(self.chosen)
         return sum(c.removed for c in self.candidates if c.key in chosen)
@@ -136,17 +152,18 @@ class BudgetResult:
         return {"max_overhead": self.max_overhead, "trials": self.trials, "bits": BITS, "seed": self.seed,
                 "sdc": self.sdc,
                 "sdc_original": self.sdc_original, "sdc_full": self.sdc_full, "chosen": list(self.chosen),
-                "overhead": None if self.overhead is None else asdict(self.overhead),
+                "overhead": None if self.overhead is None else asdict(self.overhead), "verified": self.verified,
                 "kept_share": self.kept_share, "expected_reduction": self.expected_reduction,
                 "timings": [asdict(t) for t in self.timings],
                 "candidates": [{**asdict(c), "sites": list(c.sites)} for c in self.candidates]}
 
 
 def protect_within_budget(model: ov.Model, dataset: Any, algorithms: tuple, max_overhead: float, *,
-                          device: str = "CPU", progress: ProgressFn | None = None,
-                          **settings: Any) -> tuple[ov.Model, BudgetResult]:
-    """A POT chain (``ovrange.protect.run_chain``) whose protection is cut to ``max_overhead`` (see
-    :func:`within_budget`; ``settings``: its trials, seed, sdc, seconds, sessions)."""
+                          device: str = "CPU", progress: ProgressFn | None = None, holdout: float | None = None,
+                          sdc: str | None = None, **settings: Any) -> tuple[ov.Model, BudgetResult]:
+    """A POT chain (``ovrange.protect.run_chain``, with its ``holdout`` and ``sdc``) whose protection is cut to
+    ``max_overhead`` (see :func:`within_budget`; ``sdc`` is also the benefit campaign's criterion; ``settings``:
+    its trials, seed, output, seconds, sessions)."""
     from ovrange import quantize
     from ovrange.algorithms import QUANTIZATIONS
     from ovrange.protect import run_chain
@@ -154,18 +171,19 @@ def protect_within_budget(model: ov.Model, dataset: Any, algorithms: tuple, max_
     for step in (a for a in algorithms if a.name in QUANTIZATIONS):
         model = quantize.apply(model, dataset, step, progress=progress)
     protection = tuple(a for a in algorithms if a.name not in QUANTIZATIONS)[:1]
-    full = run_chain(model, dataset, protection, device=device, progress=progress)
-    return within_budget(model, full, dataset, max_overhead, device=device, progress=progress, **settings)
+    chain = {} if holdout is None else {"holdout": holdout}
+    full = run_chain(model, dataset, protection, device=device, progress=progress, sdc=sdc, **chain)
+    return within_budget(model, full, dataset, max_overhead, device=device, progress=progress, sdc=sdc, **settings)
 
 
 def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhead: float, *,
                   trials: int = TRIALS, seed: int = 0, sdc: str | None = None, output: str | None = None,
-                  seconds: float = SECONDS, sessions: int = SESSIONS, shapes: dict | None = None,
+                  seconds: float = SECONDS, sessions: int = SESSIONS, steps: int = STEPS, shapes: dict | None = None,
                   device: str = "CPU", progress: ProgressFn | None = None) -> tuple[ov.Model, BudgetResult]:
     """The protection of ``protected`` (``model`` fully protected by ovrange) cut to the guards that fit
     ``max_overhead`` (a fraction: 0.01 for 1%), and how they were chosen. ``sdc`` and ``output``: the criterion
-    and judged output of the benefit campaign; ``seconds``, ``sessions``, ``shapes``: of each timing."""
-    from ovrange.bench.benchmark import benchmark
+    and judged output of the benefit campaign; ``seconds``, ``sessions``, ``steps``, ``shapes``: of each timing."""
+    from ovrange.bench.benchmark import compiled_fusion, overhead_until
     from ovrange.faults.campaign import inject
     from ovrange.protect import apply_plan, protection_info
 
@@ -176,16 +194,21 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
         raise ModelError(f"{plan.algorithm} inserted nothing into this model: there is no guard to choose")
     campaign = inject(model, dataset, compare=protected, target="activations", trials=trials, seed=seed, bits=BITS,
                       **({"sdc": sdc} if sdc else {}), output=output, progress=progress)
+    fusion = compiled_fusion(protected, model, device=device, shapes=shapes)
+    candidates = rank(_candidates(model, protected, plan.guards, campaign, fusion, plan.algorithm == "Checksum"))
 
-    def timed(keys: list[str]) -> tuple[Overhead, Any]:
-        subset = protected if len(keys) == len(plan.guards) else apply_plan(model, _subset(plan, keys))
-        run = benchmark(model, subset, device=device, seconds=seconds, sessions=sessions, shapes=shapes, seed=seed)
-        ratio = run.latency_ratio
-        return Overhead(len(keys), ratio.median - 1, ratio.low - 1, ratio.high - 1, run.sessions), run.fusion
+    def with_guards(keys: list[str]) -> ov.Model:
+        if not keys:
+            return model
+        return protected if len(keys) == len(plan.guards) else apply_plan(model, _subset(plan, keys))
 
-    full, fusion = timed(list(plan.guards))
-    candidates = rank(_candidates(model, protected, plan.guards, campaign, fusion))
-    chosen, timings = choose(candidates, full, max_overhead, lambda keys: timed(keys)[0])
+    def timed(keys: list[str], base: list[str] | None = None) -> Overhead:
+        ratio, _ = overhead_until(with_guards(base or []), with_guards(keys), max_overhead, seconds=seconds,
+                                  sessions=sessions, steps=steps, device=device, shapes=shapes, seed=seed)
+        return Overhead(len(keys), ratio.median - 1, ratio.low - 1, ratio.high - 1, ratio.rounds,
+                        "free guards" if base else "original")
+
+    chosen, timings = choose(candidates, max_overhead, timed)
     result = BudgetResult(max_overhead, campaign.trials, seed, str(campaign.spec.sdc),
                           _sdc_count(campaign, 0), _sdc_count(campaign, 1), tuple(candidates), tuple(chosen),
                           tuple(timings))
@@ -198,29 +221,43 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
     return apply_plan(model, cut), result
 
 
-def choose(candidates: list[Candidate], full: Overhead, max_overhead: float,
-           measure: Callable[[list[str]], Overhead]) -> tuple[list[str], list[Overhead]]:
-    """Greedy by benefit/cost (``candidates`` ranked; one that would overflow the predicted budget is skipped, a
-    cheaper one after it may still fit), verified by ``measure``; while the measured median exceeds the budget,
-    the set is chosen again within the one measured, at the price per unit of cost that measurement gives, with at
-    least its worst-ratio guard dropped. Returns the chosen keys (in rank order) and every timing, ``full`` first."""
-    timings = [full]
-    if full.median <= max_overhead:
-        return [c.key for c in candidates], timings
-    pool, last = list(candidates), full
-    while len(timings) <= MAX_TIMINGS:
-        unit = max(last.median, 0.0) / max(sum(c.cost for c in pool), 1e-12)
-        picked = _greedy(pool, unit, max_overhead)
-        if len(picked) >= len(pool):
-            picked = pool[:-1]  # predicted to fit, measured over: drop the worst ratio
+def choose(candidates: list[Candidate], max_overhead: float,
+           measure: Callable[..., Overhead]) -> tuple[list[str], list[Overhead]]:
+    """Free guards (cost 0 by the compiled graph) are kept; priced ones by ``measure(all, free)`` (the full
+    protection against its free guards alone) and taken greedily by benefit/cost (``candidates`` ranked; one that
+    would overflow the predicted budget is skipped, a cheaper one after it may still fit). The set is verified by
+    ``measure(keys)``; while its whole interval lies above the budget, it is chosen again at the price that
+    measurement gives, with at least its worst-ratio guard dropped (priced guards first; once none is left, the
+    free ones, priced by their elements). Returns the chosen keys (in rank order) and every timing."""
+    free = [c for c in candidates if c.cost == 0]
+    paid = [c for c in candidates if c.cost > 0]
+    timings: list[Overhead] = []
+    picked = list(candidates)
+    if paid:
+        priced = measure([c.key for c in candidates], [c.key for c in free])
+        timings.append(priced)
+        unit = max(priced.median, 0.0) / sum(c.cost for c in paid)
+        picked = _in_rank(candidates, free + _greedy(paid, unit, max_overhead))
+    for _ in range(MAX_TIMINGS):
         if not picked:
             break
         last = measure([c.key for c in picked])
         timings.append(last)
-        if last.median <= max_overhead:
+        if last.low <= max_overhead:  # within the budget, or not resolved from it: kept (verified or not)
             return [c.key for c in picked], timings
-        pool = picked
+        # measured over the budget beyond doubt: chosen again at the measured price, at least one guard dropped;
+        # the standalone ones first, and free ones (which then measurably cost) priced by their elements
+        standalone = [c for c in picked if c.cost > 0]
+        pool = standalone or rank([replace(c, cost=float(c.elements)) for c in picked])
+        unit = max(last.median, 0.0) / sum(c.cost for c in pool)
+        kept = _greedy(pool, unit, max_overhead)[:len(pool) - 1]
+        picked = _in_rank(candidates, [c for c in picked if c.cost == 0 and standalone] + kept)
     return [], timings
+
+
+def _in_rank(candidates: list[Candidate], chosen: list[Candidate]) -> list[Candidate]:
+    keys = {c.key for c in chosen}
+    return [c for c in candidates if c.key in keys]
 
 
 def rank(candidates: list[Candidate]) -> list[Candidate]:
@@ -253,8 +290,10 @@ def _sdc_count(campaign, index: int) -> int:
     return int(np.count_nonzero(run.outcome[run.done] == SDC))
 
 
-def _candidates(model: ov.Model, protected: ov.Model, guards: dict[str, dict], campaign, fusion) -> list[Candidate]:
-    """Each guard with the SDCs it is credited with and its estimated cost."""
+def _candidates(model: ov.Model, protected: ov.Model, guards: dict[str, dict], campaign, fusion,
+                checks: bool = False) -> list[Candidate]:
+    """Each guard with the SDCs it is credited with and its estimated cost; ``checks``: Checksum checks, each a
+    computation of its own over the checked layer (never a post-op), priced by timing."""
     status = _fusion_by_key(protected, fusion)
     covers = _coverage(model, set(guards))
     removed = _removed_per_site(campaign)
@@ -267,11 +306,13 @@ def _candidates(model: ov.Model, protected: ov.Model, guards: dict[str, dict], c
             sites[key].append(site)
     elements = _elements(campaign)
     out = []
-    for key in guards:
+    for key, entry in guards.items():
         size = elements.get(_node_of(key), 1)
-        kind = status.get(_node_of(key), "unknown")
-        weight = 0.0 if kind == "not found" else FUSED_COST if kind == "fused" else 1.0
-        out.append(Candidate(key, kind, size, tuple(sites[key]), max(credit[key], 0.0), weight * size))
+        # a guard of a stored weight clamps a constant, which the plugin folds at compile time
+        kind = "check" if checks else "folded" if entry.get("role") == "weights" else status.get(_node_of(key),
+                                                                                                   "unknown")
+        out.append(Candidate(key, kind, size, tuple(sites[key]), max(credit[key], 0.0),
+                             0.0 if kind in FREE else float(size)))
     return out
 
 
@@ -340,5 +381,5 @@ def _fusion_by_key(protected: ov.Model, fusion) -> dict[str, str]:
 
 
 def _worse(a: str | None, b: str) -> str:
-    order = ("not found", "fused", "unknown", "standalone")
+    order = ("not found", "fused", "unknown", "changed", "standalone")
     return b if a is None else max(a, b, key=order.index)

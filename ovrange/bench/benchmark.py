@@ -247,3 +247,40 @@ def _result(runs: list[_Session], models: Mapping[str, ov.Model], compiled: ov.C
         ratio_over="sessions" if len(runs) >= 3 else "rounds",
         fusion=fusion_report(compiled, models["protected"], device),
     )
+
+
+def compiled_fusion(protected: ov.Model, original: ov.Model | None = None, *, device: str = "CPU",
+                    precision: str = "f32", shapes: Mapping[str, Sequence[int]] | None = None,
+                    hint: str = "latency") -> FusionReport:
+    """Which guards of ``protected`` the plugin fuses, from one compilation as :func:`benchmark` compiles it (same
+    static shapes, hint and precision), without timing anything; with ``original``, also compiled, a fused guard
+    whose kernel differs from every kernel of the original is marked ``changed``
+    (:func:`ovrange.bench.fusion.against_original`)."""
+    from ovrange.bench.fusion import against_original, kernels
+
+    def compiled(model: ov.Model) -> tuple[ov.Model, ov.CompiledModel]:
+        refuse_stateful(model, "benchmark")
+        static = with_static_shapes(model, static_shapes(model, shapes))
+        return static, Runner(static, device=device, precision=precision, config=_compile_config(device, hint),
+                              command="benchmark").compiled
+
+    report = fusion_report(*compiled(protected)[::-1], device)
+    if original is None:
+        return report
+    static, compiled_original = compiled(original)
+    return against_original(report, kernels(compiled_original, static))
+
+
+def overhead_until(original: ov.Model, protected: ov.Model, width: float, *, seconds: float, sessions: int,
+                   steps: int, **options: Any) -> tuple[PairedRatio, BenchmarkResult]:
+    """The latency ratio protected / original over sessions of :func:`benchmark` (``seconds`` and ``sessions``
+    per step), adding steps until the 95% interval over all session medians is at most ``width`` wide (a
+    fraction: 0.01 for 1%), ``steps`` steps at most. Returns the pooled ratio and the last step's result."""
+    medians: list[float] = []
+    for _ in range(max(1, steps)):
+        run = benchmark(original, protected, seconds=seconds, sessions=sessions, **options)
+        medians.extend(run.session_ratios)
+        ratio = paired_ratio([1.0] * len(medians), medians)
+        if ratio.high - ratio.low <= width:
+            break
+    return ratio, run

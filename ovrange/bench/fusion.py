@@ -8,7 +8,7 @@ negligible. Guards are the nodes the model's inserted-node record marks as ``gua
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import openvino as ov
@@ -125,3 +125,24 @@ def _consumers(model: ov.Model, groups: dict[str, set[str]]) -> dict[str, set[st
             found[node.get_friendly_name()] = {target.get_node().get_friendly_name()
                                                for target in node.output(0).get_target_inputs()}
     return found
+
+
+def kernels(compiled: ov.CompiledModel, model: ov.Model) -> set[frozenset[str]]:
+    """The model layers each runtime kernel of ``compiled`` (compiled from ``model``) executes, one set per kernel
+    (names the plugin made up are left out)."""
+    layers = {n.get_friendly_name() for n in model.get_ops() if n.get_type_name() != "Constant"}
+    found = set()
+    for node in compiled.get_runtime_model().get_ordered_ops():
+        rt = node.get_rt_info()
+        if "originalLayersNames" in rt:
+            found.add(frozenset(n for n in rt["originalLayersNames"].astype(str).split(",") if n in layers))
+    return found
+
+
+def against_original(report: FusionReport, original: set[frozenset[str]]) -> FusionReport:
+    """``report`` with each fused guard whose kernel runs other model layers than any kernel of the original model
+    (``kernels`` of its compilation) marked ``changed``: the guard split or broke a fusion the original had (a
+    guard inside attention stops the plugin's fused attention kernel), so it is not free although it is fused."""
+    return FusionReport(report.device, tuple(
+        replace(c, status="changed") if c.status == "fused" and frozenset(c.fused_with) not in original else c
+        for c in report.clamps))
