@@ -33,3 +33,18 @@ SLOWEST_FIRST = ("test_zoo.py", "test_safety_matrix.py", "test_faults_ray.py", "
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):  # noqa: ANN001, ANN201 - pytest-xdist's hook signature
+    """``--dist loadscope``, with the zoo's tests grouped per model rather than per module: the zoo is the largest
+    module, and as one unit it kept one worker busy long after the other had finished."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module, _, test = nodeid.partition("::")
+            if module.endswith("test_zoo.py") and "[" in test:
+                return f"{module}::{test.split('[', 1)[1].split('-')[0].rstrip(']')}"
+            return super()._split_scope(nodeid)
+
+    return Scheduler(config, log) if config.getvalue("dist") == "loadscope" else None
