@@ -3,39 +3,19 @@ openvino-genai's LLMPipeline (time to first token, time per output token, paired
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from ovrange.bench.llm import KERNELS, benchmark_llm
-from ovrange.cli import main
 from ovrange.errors import ConfigError, ModelError
+from tests.console import run as ovrange
 from tests.test_llm_fixture import llm  # noqa: F401 - the session fixture that builds build/llm
 
 PROMPTS = ["def read_config(path):", "class Parser:", "import os"]
 
-
-def ovrange(*args: object, cwd: Path | None = None) -> tuple[int, str, str]:
-    """Run the console entry point in-process (no interpreter start-up); (exit code, stdout, stderr)."""
-    argv, here, out, err = sys.argv, os.getcwd(), io.StringIO(), io.StringIO()
-    sys.argv = ["ovrange", *map(str, args)]
-    try:
-        os.chdir(cwd or here)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-        os.chdir(here)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,9 @@ A failure that is not one clean ``error:`` line (a traceback) fails the test.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,8 @@ from typing import Any
 import numpy as np
 import openvino as ov
 import pytest
+
+from tests.console import run
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO_DIR = Path(os.environ.get("OVRANGE_ZOO_DIR", ROOT / "build" / "zoo"))
@@ -46,19 +45,7 @@ def ovrange(*args: Any) -> subprocess.CompletedProcess:
     """``ovrange ARGS`` through the console entry point, in this process (the subprocess behaviour of the same entry
     point is checked by the safety tests): the result when it succeeds; CommandFailed (one clean error line) or an
     AssertionError (anything else, e.g. a traceback) when it does not."""
-    from ovrange.cli import main
-
-    argv, sys.argv = sys.argv, ["ovrange", *map(str, args)]
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    result = subprocess.CompletedProcess(sys.argv, code, out.getvalue(), err.getvalue())
+    result = subprocess.CompletedProcess(["ovrange", *map(str, args)], *run(*args))
     if result.returncode:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
