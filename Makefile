@@ -14,7 +14,7 @@ MODEL  := build/default/fashion_lenet.xml
 UV_VERSION := 0.13.8
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_PIP     := $(BIN)/uv pip --quiet
-PY_ARGS    := --python $(BIN)/python $(addprefix --find-links ,$(FIND_LINKS))
+PY_ARGS     = --python $(BIN)/python $(addprefix --find-links ,$(FIND_LINKS))
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
