@@ -18,11 +18,13 @@ About 2-3 minutes of CPU on one thread; an up-to-date folder is skipped unless `
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -188,13 +190,24 @@ def build_vit(out: Path = Path("build"), force: bool = False, data_dir: Path = D
               log: bool = True) -> dict[str, Path]:
     """Build the ViT under ``out`` unless up to date (or ``force``); return its paths."""
     paths = vit_paths(out)
-    if not force and is_up_to_date(out):
-        _log(log, f"{paths['dir']}: up to date")
-        return paths
-    dataset_files(data_dir)
-    _log(log, f"{paths['dir']}: building FashionViT ({RECIPE['epochs']} epochs)")
-    write_dir_atomically(paths["dir"], lambda tmp: build(tmp, data_dir, log), force=True)
+    with _one_build_at_a_time(paths["dir"]):
+        if not force and is_up_to_date(out):
+            _log(log, f"{paths['dir']}: up to date")
+            return paths
+        dataset_files(data_dir)
+        _log(log, f"{paths['dir']}: building FashionViT ({RECIPE['epochs']} epochs)")
+        write_dir_atomically(paths["dir"], lambda tmp: build(tmp, data_dir, log), force=True)
     return paths
+
+
+@contextmanager
+def _one_build_at_a_time(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder``'s build: a second caller (``make test`` starts the tests that need the
+    ViT while it still trains) waits for the first and then finds the folder up to date."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def main(argv: Sequence[str] | None = None) -> int:

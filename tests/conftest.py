@@ -25,14 +25,18 @@ def bundled() -> dict[str, dict[str, Path]]:
 
 # The slowest modules first: `make test` runs the suite on two pytest-xdist workers, one module per worker at a time
 # (--dist loadscope), so a long module started last would run alone at the end while the other worker idles.
+# The modules that read the bundled ViT come last: `make test` starts the suite while the ViT still trains, and its
+# builder makes a test that needs it wait for that build (scripts/build_vit.py).
 SLOWEST_FIRST = ("test_zoo.py", "test_safety_matrix.py", "test_faults_ray.py", "test_ray_network.py",
-                 "test_quantize_ppocr.py", "test_llm_protect.py", "test_global_clipper.py", "test_quantize.py",
-                 "test_safety_signals.py", "test_ppocr.py", "test_check.py")
+                 "test_quantize_ppocr.py", "test_llm_protect.py", "test_quantize.py", "test_safety_signals.py",
+                 "test_ppocr.py", "test_check.py")
+NEED_THE_VIT = ("test_global_clipper.py", "test_faults_writes.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
+    rank.update({name: len(rank) + 1 + i for i, name in enumerate(NEED_THE_VIT)})
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOWEST_FIRST)))  # stable: the others keep their order
 
 
 def pytest_xdist_make_scheduler(config, log):  # noqa: ANN001, ANN201 - pytest-xdist's hook signature

@@ -106,17 +106,34 @@ class Lane:
         self.fmt = parse_format(job.plan.number_format)
         self.model_index: int | None = None
         self.engine: Engine | None = None
+        self.plan, self.sites = struck_sites(job.plan, job.sites)
+        # more faults per inference than the plan holds would only compute empty batch rows
+        self.spec = replace(job.spec, batch_size=max(1, min(job.spec.batch_size, job.plan.trials)))
 
     def run(self, shard: Shard) -> ShardResult:
         started = time.perf_counter()
         if self.model_index != shard.model:
             self.engine = None  # drop the previous model's compiled models before building the next
             job = self.job
-            self.engine = make_engine(self.load_model(shard.model), job.spec.target, job.sites, job.shapes, job.spec,
+            self.engine = make_engine(self.load_model(shard.model), job.spec.target, self.sites, job.shapes, self.spec,
                                       job.judge, self.fmt, self.config)
             self.model_index = shard.model
-        outcomes = self.engine.run(self.job.plan, shard.trials, self.store, self.fmt)
+        outcomes = self.engine.run(self.plan, shard.trials, self.store, self.fmt)
         return ShardResult(shard, outcomes, time.perf_counter() - started, self.name, self.engine.description)
+
+
+def struck_sites(plan: FaultList, sites: list[Site]) -> tuple[FaultList, list[Site]]:
+    """The plan and the sites narrowed to the sites its faults strike: the engine then taps only those (a 4-trial
+    campaign on a detector with hundreds of sites compiled injection models with a tap on every one). The whole
+    plan decides, never a shard, so every lane, worker and resumed run builds the same engine. Error-rate and
+    bit-error-rate plans strike every site."""
+    if plan.error_rate is not None or plan.ber is not None:
+        return plan, sites
+    names = {fault.site for fault in plan.faults}
+    if len(names) >= len(sites):
+        return plan, sites
+    return (replace(plan, sites=tuple(s for s in plan.sites if s.name in names)),
+            [s for s in sites if s.name in names])
 
 
 def local_lanes(cores: int | None = None) -> int:
