@@ -1,6 +1,6 @@
-"""Hostile and careless inputs, each run as a real ``python -m ovrange`` process on the bundled LeNet: exactly one
-``error:`` line, the documented exit code (2 usage/config, 3 model, 4 data, 5 output), no traceback, no debris, and
-every file that was there before byte-identical (inputs, earlier results, unrelated files).
+"""Hostile and careless inputs, run through the ``ovrange`` entry point in a fresh process on the bundled LeNet:
+exactly one ``error:`` line, the documented exit code (2 usage/config, 3 model, 4 data, 5 output), no traceback, no
+debris, and every file that was there before byte-identical (inputs, earlier results, unrelated files).
 
 Each case's command line names its inputs; the check is on the whole workspace, so a write anywhere (a result
 beside the input, a name used as a path, a temporary left behind) fails the case.
@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import ovrange
+from tests.console import run_many
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -240,26 +241,20 @@ def assert_one_error(done: subprocess.CompletedProcess, code: int, expected: str
     assert expected in lines[0], lines[0]
 
 
-def _run_case(pristine: Path, root: Path, case: str) -> tuple[subprocess.CompletedProcess, dict, dict]:
-    setup, args, _, _ = CASES[case]
-    work = root / f"case{list(CASES).index(case)}"
-    shutil.copytree(pristine, work, symlinks=True)
-    if setup:
-        setup(work)
-    before = digest(work)
-    done = run(*[a.format(w=work) for a in args])
-    return done, before, digest(work)
-
-
 @pytest.fixture(scope="module")
 def outcomes(pristine, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, dict, dict]]:
-    """Every case, run as its own process, one per core at a time (most of a run is importing OpenVINO)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    root = tmp_path_factory.mktemp("cases")
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        futures = {case: pool.submit(_run_case, pristine, root, case) for case in CASES}
-    return {case: future.result() for case, future in futures.items()}
+    """Every case in its own copy of the workspace; the commands run one after the other in one fresh process
+    (tests/console.run_many: most of a process's run would be starting OpenVINO)."""
+    root, before, commands = tmp_path_factory.mktemp("cases"), {}, []
+    for index, (case, (setup, args, _, _)) in enumerate(CASES.items()):
+        work = root / f"case{index}"
+        shutil.copytree(pristine, work, symlinks=True)
+        if setup:
+            setup(work)
+        before[case] = digest(work)
+        commands.append([a.format(w=work) for a in args])
+    done = run_many(commands)
+    return {case: (done[i], before[case], digest(root / f"case{i}")) for i, case in enumerate(CASES)}
 
 
 @pytest.mark.parametrize("case", list(CASES))
