@@ -63,6 +63,7 @@ def test_a_campaign_stopped_mid_way_on_two_lanes_resumes_to_the_same_outcomes(bu
 
 def test_lanes_default_to_the_cores_at_most_two_and_must_be_positive(bundled):
     assert local_lanes(1) == 1 and local_lanes(2) == 2 and local_lanes(64) == 2
+    assert local_lanes(2, trials=399) == 1 and local_lanes(2, trials=400) == 2  # a second lane's engines pay off
     lenet = bundled["lenet"]
     with pytest.raises(ConfigError, match="lanes"):
         inject(str(lenet["xml"]), str(lenet["test_npz"]), trials=10, lanes=0)

@@ -100,7 +100,7 @@ def inject(
                                              show_default="1/8 of the trials, 400 to 8192")] = None,
     lanes: Annotated[Optional[int], Opt("--lanes", help="Parallel inference lanes of a local run, each with "
                                         "cores/lanes OpenVINO threads.",
-                                        show_default="one per core, at most 2")] = None,
+                                        show_default="one per core, at most 2; one under 400 trials")] = None,
     margin: Annotated[Optional[float], Opt("--margin", help="Stop when every model's SDC interval half-width "
                                            "is at most this (e.g. 0.002); --trials is then the cap "
                                            f"(default {MARGIN_CAP}).")] = None,

@@ -37,6 +37,9 @@ from ovrange.faults.spec import CampaignSpec
 MIN_SHARD = 400  # trials per remote call: one inference per call ran at 0.13x native under Ray, >= 400 at ~1x
 MAX_SHARD = 8192
 MAX_LANES = 2  # measured on 2 cores; more lanes than cores only add engines
+# Each lane compiles its own engines (a tap model and a reader per model, seconds on a detector); below a few hundred
+# trials per lane the second lane's compilations cost more than it saves (a 4-trial comparison: 4 engines, not 2)
+MIN_LANE_TRIALS = 200
 SHARDS_PER_ROUND = 8  # per round: enough to keep 2 workers busy to its end (2 per worker with more workers)
 
 
@@ -136,8 +139,11 @@ def struck_sites(plan: FaultList, sites: list[Site]) -> tuple[FaultList, list[Si
             [s for s in sites if s.name in names])
 
 
-def local_lanes(cores: int | None = None) -> int:
-    """Lanes of a local run: one per core, at most 2 (see :class:`LocalExecutor`)."""
+def local_lanes(cores: int | None = None, trials: int | None = None) -> int:
+    """Lanes of a local run: one per core, at most 2 (see :class:`LocalExecutor`); one for a plan of fewer than
+    ``2 * MIN_LANE_TRIALS`` trials, where a second lane's engines would cost more than the trials it takes over."""
+    if trials is not None and trials < 2 * MIN_LANE_TRIALS:
+        return 1
     return max(1, min(MAX_LANES, cores or os.cpu_count() or 1))
 
 
@@ -148,7 +154,7 @@ class LocalExecutor:
     shared: each lane's engine gets memory/lanes."""
 
     def __init__(self, job: Job, models: list[ov.Model], store: InputStore, lanes: int | None = None):
-        self.lanes = lanes or local_lanes()
+        self.lanes = lanes or local_lanes(trials=job.plan.trials)
         name = f"local:{socket.gethostname()}:{os.getpid()}"
         if self.lanes == 1:
             self.pool = [Lane(job, lambda i: models[i], store, name=name)]
