@@ -91,6 +91,43 @@ def test_place_is_pure_and_walks_through_data_movement():
     assert list(placed) == ["relu"] and record["flat"]["through"] == ["Reshape", "MaxPool"]
     assert guards["flat"]["node"] == "flat"  # the input plan is not modified
     assert describe(pool_model(activation=True))["pool"] == {"op": "MaxPool", "source": "relu_a", "readers": 1}
+    two = dict(graph, relu={**graph["relu"], "op": "PRelu"}, other={"op": "Add", "source": "conv", "readers": 1})
+    conv = {"node": "conv", "type": "Convolution", "low": -1.0, "high": 3.0, "axis": None}
+    assert "conv" in place({**guards, "conv": conv}, dict(graph, relu={**graph["relu"], "op": "PRelu"}))[1]
+    assert "conv" in place({**guards, "conv": conv}, two)[0]  # read by two ops: no single guard sees every fault
+
+
+def residual_model(activation: str, seed: int = 0) -> ov.Model:
+    """x -> conv -> bias -> Add(x) -> activation -> conv_b -> output: a residual block (4 channels)."""
+    rng = np.random.default_rng(seed)
+    x = ops.parameter([1, 4, 8, 8], np.float32, name="x")
+    a = ops.convolution(x, ops.constant(rng.standard_normal((4, 4, 1, 1)).astype(np.float32)), [1, 1], [0, 0],
+                        [0, 0], [1, 1], name="conv")
+    a = ops.add(a, ops.constant(rng.standard_normal((1, 4, 1, 1)).astype(np.float32)), name="bias")
+    a = ops.add(a, x, name="residual")
+    a = (ops.prelu(a, ops.constant(np.full(4, 0.25, np.float32)), name="act") if activation == "PRelu" else
+         ops.clamp(a, 0.0, 6.0, name="act"))
+    b = ops.convolution(a, ops.constant(rng.standard_normal((4, 4, 1, 1)).astype(np.float32)), [1, 1], [0, 0],
+                        [0, 0], [1, 1], name="conv_b")
+    return ov.Model([ops.result(b)], [x], "residual_model")
+
+
+@pytest.mark.parametrize("activation", ["PRelu", "Clamp"])
+def test_a_residual_guard_read_only_by_a_guarded_prelu_is_dropped_not_before_a_clamp(activation):
+    model = residual_model(activation)
+    data = np.random.default_rng(0).standard_normal((16, 1, 4, 8, 8)).astype(np.float32)
+    protected = ovrange.protect(model, data, algorithm="GlobalClipper", subset_size=16, holdout=0)
+    info = ovrange.protection_info(protected)
+    if activation == "PRelu":  # a flipped exponent of the Add's output stays far through PReLU: its guard sees it
+        assert info.report["placement"]["residual"] == {
+            "action": "dropped", "node": "residual", "covered_by": "act", "through": ["PRelu"],
+            "why": info.report["placement"]["residual"]["why"]}
+        assert set(info.nodes) == {"act", "conv/weight", "conv_b/weight"}
+        far = data[:2].copy()
+        far[:, 0, 1, 2, 3] = 2.0 ** 20  # the residual input far out: the activation's guard cuts it
+        assert np.abs(run(protected, far)).max() < np.abs(run(model, far)).max() / 1000
+    else:  # ReLU6 saturates a far value into its range: the Add keeps its own guard
+        assert "residual" in info.nodes and "placement" not in info.report
 
 
 def infinite_input() -> np.ndarray:
