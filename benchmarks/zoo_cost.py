@@ -13,8 +13,9 @@ summed per (op type, kernel) over the same interleaved rounds (medians), origina
 got slower (a convolution with more post-ops, a FullyConnected that left MLAS, a new Reorder or standalone
 Eltwise). Usage::
 
-    python benchmarks/zoo_cost.py --models face_landmark,ppocr_cls --cpu \
-        --variant default=- --variant zero='per_channel=nchw;beyond=zero' --variant clamp='per_channel=nchw;beyond=clamp'
+    python benchmarks/zoo_cost.py --models face_landmark,ppocr_cls --cpu --variant default=- \
+        --variant clamp='beyond=clamp' --variant scalar='per_channel=false' \
+        --variant fold='per_channel=false;beyond=fold'
     python benchmarks/zoo_cost.py --models face_landmark --layers --variant default=-
 """
 

@@ -39,10 +39,10 @@ from ovrange.graph import node_ids
 MONOTONE = {"MaxPool": True, "AvgPool": True, "Reshape": False, "Squeeze": False, "Unsqueeze": False,
             "Transpose": False}
 CARRIED = ("propagated:", "union:")  # Ranger's bounds carried through pooling/data movement (range_guards.propagate)
-# Producers whose post-ops take a moved guard (the CPU plugin's fusing layers and element-wise ops).
 # Element-wise activations that keep a far positive value far (and a far negative one far, or near 0): a guard on
 # their output covers their input.
 COVERING = {"Relu", "PRelu", "Swish", "HSwish", "Gelu", "Mish", "Elu", "SoftPlus"}
+# Producers whose post-ops take a moved guard (the CPU plugin's fusing layers and element-wise ops).
 FUSING = {"Convolution", "GroupConvolution", "MatMul", "MVN", "Add", "Multiply", "Subtract", "PRelu", "Relu",
           "Clamp", "Swish", "HSwish", "HSigmoid", "Sigmoid", "Tanh", "Elu", "Gelu", "Mish", "SoftPlus"}
 
