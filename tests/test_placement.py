@@ -91,6 +91,43 @@ def test_place_is_pure_and_walks_through_data_movement():
     assert list(placed) == ["relu"] and record["flat"]["through"] == ["Reshape", "MaxPool"]
     assert guards["flat"]["node"] == "flat"  # the input plan is not modified
     assert describe(pool_model(activation=True))["pool"] == {"op": "MaxPool", "source": "relu_a", "readers": 1}
+    two = dict(graph, relu={**graph["relu"], "op": "PRelu"}, other={"op": "Add", "source": "conv", "readers": 1})
+    conv = {"node": "conv", "type": "Convolution", "low": -1.0, "high": 3.0, "axis": None}
+    assert "conv" in place({**guards, "conv": conv}, dict(graph, relu={**graph["relu"], "op": "PRelu"}))[1]
+    assert "conv" in place({**guards, "conv": conv}, two)[0]  # read by two ops: no single guard sees every fault
+
+
+def residual_model(activation: str, seed: int = 0) -> ov.Model:
+    """x -> conv -> bias -> Add(x) -> activation -> conv_b -> output: a residual block (4 channels)."""
+    rng = np.random.default_rng(seed)
+    x = ops.parameter([1, 4, 8, 8], np.float32, name="x")
+    a = ops.convolution(x, ops.constant(rng.standard_normal((4, 4, 1, 1)).astype(np.float32)), [1, 1], [0, 0],
+                        [0, 0], [1, 1], name="conv")
+    a = ops.add(a, ops.constant(rng.standard_normal((1, 4, 1, 1)).astype(np.float32)), name="bias")
+    a = ops.add(a, x, name="residual")
+    a = (ops.prelu(a, ops.constant(np.full(4, 0.25, np.float32)), name="act") if activation == "PRelu" else
+         ops.clamp(a, 0.0, 6.0, name="act"))
+    b = ops.convolution(a, ops.constant(rng.standard_normal((4, 4, 1, 1)).astype(np.float32)), [1, 1], [0, 0],
+                        [0, 0], [1, 1], name="conv_b")
+    return ov.Model([ops.result(b)], [x], "residual_model")
+
+
+@pytest.mark.parametrize("activation", ["PRelu", "Clamp"])
+def test_a_residual_guard_read_only_by_a_guarded_prelu_is_dropped_not_before_a_clamp(activation):
+    model = residual_model(activation)
+    data = np.random.default_rng(0).standard_normal((16, 1, 4, 8, 8)).astype(np.float32)
+    protected = ovrange.protect(model, data, algorithm="GlobalClipper", subset_size=16, holdout=0)
+    info = ovrange.protection_info(protected)
+    if activation == "PRelu":  # a flipped exponent of the Add's output stays far through PReLU: its guard sees it
+        assert info.report["placement"]["residual"] == {
+            "action": "dropped", "node": "residual", "covered_by": "act", "through": ["PRelu"],
+            "why": info.report["placement"]["residual"]["why"]}
+        assert set(info.nodes) == {"act", "conv/weight", "conv_b/weight"}
+        far = data[:2].copy()
+        far[:, 0, 1, 2, 3] = 2.0 ** 20  # the residual input far out: the activation's guard cuts it
+        assert np.abs(run(protected, far)).max() < np.abs(run(model, far)).max() / 1000
+    else:  # ReLU6 saturates a far value into its range: the Add keeps its own guard
+        assert "residual" in info.nodes and "placement" not in info.report
 
 
 def infinite_input() -> np.ndarray:
@@ -128,3 +165,31 @@ def test_cli_rejects_a_bad_nonfinite_value_in_one_line(tmp_path: Path):
     assert done.returncode == 2 and "nonfinite" in done.stderr
     assert done.stderr.startswith("error:") and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_fold_guard_is_the_identity_in_range_lands_far_values_near_zero_and_fuses():
+    model = residual_model("PRelu")
+    data = np.random.default_rng(0).standard_normal((16, 1, 4, 8, 8)).astype(np.float32)
+    folded = ovrange.protect(model, data, algorithm="GlobalClipper", subset_size=16, holdout=0, per_channel=False,
+                             beyond="fold")
+    entry = ovrange.protection_info(folded).nodes["act"]
+    assert entry["beyond"] == "fold" and entry["axis"] is None and entry["low"] < 0 < entry["high"]
+    probe = protected_copy(residual_model("PRelu"), {"act": {**entry, "node": "bias"}}, "bound")
+    near = min(entry["low"], entry["high"], key=abs)  # where a far value lands: the bound nearest 0
+    x = np.zeros((1, 4, 8, 8), np.float32)
+    inside = np.linspace(entry["low"], entry["high"], 64, dtype=np.float32).reshape(1, 1, 8, 8)
+    far = np.array([1e30, -1e30, 2.0 ** 40, np.inf, -np.inf, np.nan], np.float32)
+    x[0, 0], x[0, 1, 0, :6] = inside[0, 0], far
+    eye = protected_copy(_identity(), {"bias": {**entry, "node": "bias"}}, "bound")  # the guard on x + 0
+    out = run(eye, x[None])[0]
+    np.testing.assert_allclose(out[0], inside[0, 0], atol=1e-5 * max(abs(entry["high"]), abs(entry["low"])))
+    np.testing.assert_array_equal(out[1, 0, :5], np.full(5, near, np.float32))
+    assert out[1, 0, 5] == np.float32(entry["low"])  # NaN: the CPU's Clamp gives the low bound
+    status = guard_status(probe)
+    assert status and set(status.values()) == {"fused"}  # Add, Abs, Multiply-Add and Clamp: the conv's post-ops
+
+
+def _identity() -> ov.Model:
+    x = ops.parameter([1, 4, 8, 8], np.float32, name="x")
+    bias = ops.add(x, ops.constant(np.zeros((1, 4, 1, 1), np.float32)), name="bias")
+    return ov.Model([ops.result(bias)], [x], "identity")

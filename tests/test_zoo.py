@@ -262,3 +262,29 @@ def test_inject_tiny_campaign(zoo, protected, tmp_path, name, target):
         counts = summary["sdc"]["k"] + summary["due"]["k"] + summary["masked"]["k"]
         assert summary["sdc"]["n"] == 4 and counts == 4
     assert result["sites"] and all(site["name"] for site in result["sites"])
+
+
+def test_recommended_protection_is_one_scalar_clamp_per_convolution(zoo, tmp_path):
+    """The zoo's recommended protection (docs/zoo.md#cost): a guard's cost is its post-op instructions per output
+    element, so on face_landmark (1x1 convolutions over 16-128 channels, residual Add -> PReLU blocks) each
+    convolution takes one scalar Clamp: the residual Add's guard is dropped (the PReLU's covers it), and no
+    per-channel scale-shift chain is fused anywhere."""
+    from collections import Counter
+
+    from ovrange.bench.fusion import fusion_report
+
+    folder, entries = zoo
+    entry = entries["face_landmark"]
+    ovrange("protect", folder / entry["model"], "--data", folder / entry["calib"]["file"], "--num-samples", 8,
+            "-a", "GlobalClipper", "-p", "per_channel=false", "-o", tmp_path, "-q")
+    xml = tmp_path / "face_landmark_GlobalClipper" / "face_landmark.xml"
+    placement = json.loads((xml.parent / "bounds.json").read_text())["report"]["placement"]
+    dropped = [r for r in placement.values() if r["action"] == "dropped" and r["through"] == ["PRelu"]]
+    assert len(dropped) >= 15  # one per residual block
+    model = ov.Core().read_model(xml)
+    report = fusion_report(ov.Core().compile_model(model, "CPU", F32), model)
+    assert report.counts["standalone"] == 0 and report.counts["fused"] == len(report.clamps) > 20
+    hosts = Counter(c.runtime_node for c in report.clamps)
+    assert max(hosts.values()) == 1  # one guard per fused kernel
+    inserted = {n.get_type_name() for n in model.get_ops() if "/min_max_Clamp" in n.get_friendly_name()}
+    assert inserted == {"Clamp"}

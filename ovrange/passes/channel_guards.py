@@ -80,6 +80,20 @@ def _unit(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> t
     return _unit_clamp(x, centre, half, shape, name), centre, half, 0.0
 
 
+def fold_clamp(x: ov.Output, low: float, high: float, name: str) -> ov.Node:
+    """``beyond: fold`` for one bound per tensor: ``Clamp(high - |x - high|, low, high)`` when ``|low| <= |high|``
+    (else mirrored at ``low``). Identity on ``[low, high]`` (to f32 rounding of ``high``); a value beyond the far
+    bound is reflected back and, once it is a range beyond, lands on the bound nearest 0 (``low``; 0 itself after a
+    Relu), as does any value beyond the near bound and +-Inf (NaN: the low bound, the CPU's Clamp). Four scalar
+    element-wise post-ops (scale-shift, Abs, scale-shift, Clamp): five vector instructions per output vector against
+    the Clamp's two, where the per-channel forms load a vector of constants per post-op (docs/zoo.md#cost)."""
+    pivot, sign = (high, -1.0) if abs(low) <= abs(high) else (low, 1.0)
+    shifted = ops.add(x, ops.constant(np.float32(-pivot)), name=f"{name}/fold_shift")
+    back = ops.add(ops.multiply(ops.abs(shifted, name=f"{name}/fold_Abs"), ops.constant(np.float32(sign))),
+                   ops.constant(np.float32(pivot)), name=f"{name}/fold_back")
+    return ops.clamp(back, float(low), float(high))
+
+
 def affine_clamp(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> ov.Node:
     """``Clamp(x * (1/h) - c/h, -1, 1) * h + c`` (``beyond: zero``: the folded unit value, :func:`_unit_fold`)."""
     clamped, centre, half, offset = _unit(x, entry, shape, name)

@@ -44,7 +44,8 @@ from ovrange.graph import node_ids, stored_copy
 from ovrange.params import Param
 from ovrange.passes import PassResult, Selection
 from ovrange.bounds import Bound
-from ovrange.passes.channel_guards import affine_clamp, fold_into_weight, foldable, folded_clamp, unscale
+from ovrange.passes.channel_guards import (affine_clamp, fold_clamp, fold_into_weight, foldable, folded_clamp,
+                                          unscale)
 from ovrange.passes.guards import (CLAMP_SUFFIX, NONFINITE, NONFINITE_PARAM, Insertion, clamp_guard, nonfinite_input,
                                    nonfinite_output, reset_guard)
 from ovrange.passes.llm_roles import is_decoder_lm, llm_targets
@@ -57,7 +58,7 @@ from ovrange.targets import (ACTIVATIONS, POOLING, Target, check_activations, la
 
 WEIGHTS = "weights"  # not a tensor: the stored weights of Convolution/MatMul layers, bounded per output channel
 ROLES = (*TENSOR_ROLES, WEIGHTS)
-BEYOND = ("clamp", "zero")
+BEYOND = ("clamp", "zero", "fold")
 DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling", "probabilities", WEIGHTS]
 
 PARAMS: dict[str, Param] = {
@@ -71,7 +72,9 @@ PARAMS: dict[str, Param] = {
     "beyond": Param(str, "zero", lambda v: None if v in BEYOND else f"must be one of {', '.join(BEYOND)}",
                     "a value beyond a fused per-channel NCHW guard's bound: clamp (cut to the bound) or zero (folded "
                     "back into the bounds, and 0, or the bound nearest 0, once it is more than two widths beyond: "
-                    "a flipped exponent lands at 0 however wide the bound is); scalar bounds clamp"),
+                    "a flipped exponent lands at 0 however wide the bound is); scalar bounds clamp; fold: scalar "
+                    "bounds reflect a value beyond back and land a far one on the bound nearest 0, per-channel "
+                    "bounds clamp"),
     "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
                     "widen each bound by this fraction of its range on both sides"),
     "activations": Param(list, list(ACTIVATIONS), None, "activation op types of the activation role"),
@@ -248,8 +251,10 @@ def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarra
             "samples": samples, "method": "max" if not margin else f"max+{margin:g}",
             "form": "standalone" if standalone(target) else "fused",
         }
-        if beyond != "clamp" and not scalar and target.feature_axis == 1 and not standalone(target):
+        if beyond == "zero" and not scalar and target.feature_axis == 1 and not standalone(target):
             plan[target.id]["beyond"] = beyond  # per-channel NCHW guards (a unit domain already); others clamp
+        if beyond == "fold" and scalar and not standalone(target):
+            plan[target.id]["beyond"] = beyond  # one bound per tensor: scalar post-ops
     return plan
 
 
@@ -328,7 +333,9 @@ def guard(x: ov.Output, entry: dict[str, Any], nonfinite: str, name: str) -> ov.
     if entry.get("form") == "reset":
         node = reset_guard(value, _bound(entry), name + CLAMP_SUFFIX)
     elif entry["axis"] is None:
-        node = (affine_clamp(value, entry, [], name) if entry.get("beyond", "clamp") != "clamp"
+        beyond = entry.get("beyond", "clamp")
+        node = (fold_clamp(value, float(entry["low"]), float(entry["high"]), name) if beyond == "fold" else
+                affine_clamp(value, entry, [], name) if beyond != "clamp"
                 else ops.clamp(value, float(entry["low"]), float(entry["high"])))
     else:
         shape = [1] * entry["rank"]

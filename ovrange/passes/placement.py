@@ -10,6 +10,13 @@ Squeeze, Unsqueeze, Transpose: their outputs hold values of their input, or aver
   Its values already passed that guard, and the guard's bound, observed on the same calibration data, is never
   tighter than what MaxPool/AvgPool/reshapes can produce from it. (A fault inside the pooling op itself is left
   to the guards downstream.)
+- **covered downstream**: a guard whose tensor is read by one op only, an activation that keeps a far value far
+  (Relu, PReLU, Swish, HSwish, Gelu, Mish, Elu, SoftPlus: a flipped exponent stays beyond the bounds, or becomes
+  the 0 the guard would have made of it), whose own output is guarded, is dropped: that guard sees every fault of
+  the tensor. On a residual block (``Add -> PReLU``, both guarded) it halves the guards fused into the convolution
+  that computes the Add: the cost of a fused guard is its post-op instructions per output element, which on a 1x1
+  convolution with few input channels is as much as the convolution's own arithmetic (docs/zoo.md#cost). Not
+  through saturating activations (Clamp/ReLU6, Sigmoid, Tanh, HSigmoid): a far value comes out of them in range.
 - **moved**: a guard after a ``MaxPool`` whose input is that of no other node moves before it, onto the
   producer's output, where it fuses: ``clamp(maxpool(x)) == maxpool(clamp(x))`` for any monotone clamp, so
   outputs are identical. (Not AvgPool: the average of clamped values is not the clamped average.)
@@ -32,6 +39,9 @@ from ovrange.graph import node_ids
 MONOTONE = {"MaxPool": True, "AvgPool": True, "Reshape": False, "Squeeze": False, "Unsqueeze": False,
             "Transpose": False}
 CARRIED = ("propagated:", "union:")  # Ranger's bounds carried through pooling/data movement (range_guards.propagate)
+# Element-wise activations that keep a far positive value far (and a far negative one far, or near 0): a guard on
+# their output covers their input.
+COVERING = {"Relu", "PRelu", "Swish", "HSwish", "Gelu", "Mish", "Elu", "SoftPlus"}
 # Producers whose post-ops take a moved guard (the CPU plugin's fusing layers and element-wise ops).
 FUSING = {"Convolution", "GroupConvolution", "MatMul", "MVN", "Add", "Multiply", "Subtract", "PRelu", "Relu",
           "Clamp", "Swish", "HSwish", "HSigmoid", "Sigmoid", "Tanh", "Elu", "Gelu", "Mish", "SoftPlus"}
@@ -56,6 +66,7 @@ def place(guards: dict[str, dict[str, Any]], graph: dict[str, dict[str, Any]]
     """``guards`` (plan entries with ``node``, ``type``, ``low``/``high``, ``axis``; an ``edge`` entry guards one
     input only and is left alone) placed for fusion: (new guards, record of the moved and dropped ones)."""
     at = {e.get("node", k): k for k, e in guards.items() if "high" in e and not e.get("edge")}
+    reader = _single_readers(graph)
     placed: dict[str, dict[str, Any]] = {}
     record: dict[str, dict[str, Any]] = {}
     for key, entry in guards.items():
@@ -69,6 +80,12 @@ def place(guards: dict[str, dict[str, Any]], graph: dict[str, dict[str, Any]]
             record[key] = {"action": "dropped", "node": node, "covered_by": covering, "through": path,
                            "why": f"its input passed guard {covering!r} through {' -> '.join(path)} (monotone data "
                                   "movement)"}
+            continue
+        after = reader.get(node)
+        if after is not None and graph[after]["op"] in COVERING and after in at and not _carried(guards[at[after]]):
+            record[key] = {"action": "dropped", "node": node, "covered_by": at[after], "through": [graph[after]["op"]],
+                           "why": f"its only reader, {graph[after]['op']} {after!r}, keeps a far value far and is "
+                                  f"guarded by {at[after]!r}"}
             continue
         source = graph[node]["source"]
         if (graph[node]["op"] == "MaxPool" and source is not None and source not in at and source not in placed
@@ -87,6 +104,20 @@ def place(guards: dict[str, dict[str, Any]], graph: dict[str, dict[str, Any]]
             continue
         placed[key] = entry
     return placed, record
+
+
+def _carried(entry: dict[str, Any]) -> bool:
+    return str(entry.get("method", "")).startswith(CARRIED)
+
+
+def _single_readers(graph: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Node id -> the one node reading its output 0, for nodes read by one input only (through input 0)."""
+    readers: dict[str, list[str]] = {}
+    for node_id, facts in graph.items():
+        if facts["source"] is not None:
+            readers.setdefault(facts["source"], []).append(node_id)
+    return {source: ids[0] for source, ids in readers.items()
+            if len(ids) == 1 and graph.get(source, {}).get("readers") == 1}
 
 
 def _upstream_guard(node: str, graph: dict[str, dict[str, Any]], at: dict[str, str]) -> tuple[str | None, list[str]]:
