@@ -12,7 +12,7 @@ prompt (8 to 40 tokens) from an empty KV cache, then 16 greedy decode steps; per
 the original of the prefill time and of the mean decode step time, with a 95% interval. A second copy of the
 original is timed as a control.
 
-Usage: python benchmarks/llm_roles_cost.py [--rounds 200] [--profile 30] [--export fp32] [--threads 0]
+Usage: python benchmarks/llm_roles_cost.py [--rounds 200] [--profile 60] [--export fp32] [--threads 0]
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ ROLES = ("weights", "activation", "residual", "norm", "linear")
 
 def kernels(model: ov.Model, config: dict, rounds: int) -> tuple[int, int, Counter, float, float]:
     """Runtime layers, eltwise kernels, the FullyConnected implementations of a prefill and a decode step, and the
-    kernel time of a prefill (24 tokens) and of a decode step: the sum over the runtime layers of each layer's
-    minimum profiled time over ``rounds`` runs (the minimum drops the time a busy machine adds)."""
-    compiled = ov.Core().compile_model(model, "CPU", {**config, "PERF_COUNT": "YES"})
+    kernel time of a prefill (24 tokens) and of a decode step on one thread: the sum over the runtime layers of each
+    layer's minimum profiled time over ``rounds`` runs (the minimum drops the time a busy machine adds)."""
+    compiled = ov.Core().compile_model(model, "CPU", {**config, "PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": 1})
     layers = Counter(n.get_rt_info()["layerType"].astype(str) for n in compiled.get_runtime_model().get_ops())
     request, roles, kinds = compiled.create_infer_request(), generate.input_roles(model), Counter()
     ids = np.arange(5, 29, dtype=np.int64)
@@ -79,7 +79,7 @@ def timings(models: dict[str, ov.Model], config: dict, rounds: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--profile", type=int, default=30, help="profiled runs per model (kernel times)")
+    parser.add_argument("--profile", type=int, default=60, help="profiled runs per model (kernel times)")
     parser.add_argument("--export", default="fp32")
     parser.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS (0: the plugin's default)")
     args = parser.parse_args()
