@@ -1,18 +1,16 @@
 """What each GlobalClipper role costs on the bundled language model, and why: compiled kernels and timings.
 
 For the fp32 export (or ``--export int8``): the original, GlobalClipper with its default roles, and GlobalClipper
-with one role at a time (``targets: [role]``), including ``linear`` (a guard on every linear layer's output: a post-
-op of each ``FullyConnected``), each protected from the calibration prompts. For each model it prints the compiled
-runtime graph (layer count, eltwise kernels) and the implementation the CPU plugin ran each ``FullyConnected`` with
-(the profiler's exec type, after a prefill and a decode step) and its kernel time: the sum over its runtime layers
-of each layer's minimum profiled time over ``--profile`` runs of a 24-token prefill and a decode step (the minimum
-drops what a busy machine adds: a load-robust estimate of the compute the guards add). Then it times all of them
+with one role at a time (``targets: [role]``), including ``linear`` (a guard on every linear layer's output: a
+post-op of each ``FullyConnected``), each protected from the calibration prompts. For each model it prints the
+compiled runtime graph (layer count, eltwise kernels) and the implementation the CPU plugin ran each
+``FullyConnected`` with (the profiler's exec type, after a prefill and a decode step). Then it times all of them
 with OpenVINO directly, interleaved round after round (the order reversed every other round): a prefill of a random
 prompt (8 to 40 tokens) from an empty KV cache, then 16 greedy decode steps; per model the paired median ratio to
 the original of the prefill time and of the mean decode step time, with a 95% interval. A second copy of the
 original is timed as a control.
 
-Usage: python benchmarks/llm_roles_cost.py [--rounds 200] [--profile 60] [--export fp32] [--threads 0]
+Usage: python benchmarks/llm_roles_cost.py [--rounds 200] [--export fp32] [--threads 0]
 """
 
 from __future__ import annotations
@@ -33,25 +31,16 @@ LLM = Path(__file__).resolve().parent.parent / "build" / "llm"
 ROLES = ("weights", "activation", "residual", "norm", "linear")
 
 
-def kernels(model: ov.Model, config: dict, rounds: int) -> tuple[int, int, Counter, float, float]:
-    """Runtime layers, eltwise kernels, the FullyConnected implementations of a prefill and a decode step, and the
-    kernel time of a prefill (24 tokens) and of a decode step on one thread: the sum over the runtime layers of each
-    layer's minimum profiled time over ``rounds`` runs (the minimum drops the time a busy machine adds)."""
-    compiled = ov.Core().compile_model(model, "CPU", {**config, "PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": 1})
+def kernels(model: ov.Model, config: dict) -> tuple[int, int, Counter]:
+    """Runtime layers, eltwise kernels, and the FullyConnected implementations of a prefill and a decode step."""
+    compiled = ov.Core().compile_model(model, "CPU", {**config, "PERF_COUNT": "YES"})
     layers = Counter(n.get_rt_info()["layerType"].astype(str) for n in compiled.get_runtime_model().get_ops())
     request, roles, kinds = compiled.create_infer_request(), generate.input_roles(model), Counter()
     ids = np.arange(5, 29, dtype=np.int64)
-    fastest: list[dict[str, float]] = [{}, {}]
-    for index in range(rounds):
-        request.reset_state()
-        for phase, (past, step) in enumerate(((0, ids), (ids.size, ids[-1:]))):
-            request.infer(generate._arrays(model, roles, step, past))
-            for p in request.profiling_info:
-                if index == 0 and p.node_type.startswith("FullyConnected"):
-                    kinds[p.exec_type] += 1
-                took = p.real_time.total_seconds()
-                fastest[phase][p.node_name] = min(fastest[phase].get(p.node_name, took), took)
-    return sum(layers.values()), layers["Eltwise"], kinds, sum(fastest[0].values()), sum(fastest[1].values())
+    for past, step in ((0, ids), (ids.size, ids[-1:])):
+        request.infer(generate._arrays(model, roles, step, past))
+        kinds.update(p.exec_type for p in request.profiling_info if p.node_type.startswith("FullyConnected"))
+    return sum(layers.values()), layers["Eltwise"], kinds
 
 
 def timings(models: dict[str, ov.Model], config: dict, rounds: int) -> dict[str, list[tuple[float, float]]]:
@@ -79,7 +68,6 @@ def timings(models: dict[str, ov.Model], config: dict, rounds: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--profile", type=int, default=60, help="profiled runs per model (kernel times)")
     parser.add_argument("--export", default="fp32")
     parser.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS (0: the plugin's default)")
     args = parser.parse_args()
@@ -91,13 +79,9 @@ def main() -> None:
     for role in ROLES:
         models[f"only {role}"] = ovrange.protect(original, calibration, algorithm="GlobalClipper", targets=[role])
     config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": args.threads} if args.threads else {})}
-    profiled = {}
     for key, model in models.items():
-        layers, eltwise, kinds, *profiled[key] = kernels(model, config, args.profile)
-        print(f"{key:20} {layers} runtime layers, {eltwise} eltwise; FullyConnected ran as {dict(kinds)}; kernel "
-              f"time prefill {profiled[key][0] * 1e6:.0f} us ({profiled[key][0] / profiled['original'][0] - 1:+.1%}), "
-              f"decode step {profiled[key][1] * 1e6:.0f} us ({profiled[key][1] / profiled['original'][1] - 1:+.1%})",
-              flush=True)
+        layers, eltwise, kinds = kernels(model, config)
+        print(f"{key:20} {layers} runtime layers, {eltwise} eltwise; FullyConnected ran as {dict(kinds)}", flush=True)
     times = timings(models, config, args.rounds)
     base = times["original"]
     print(f"{args.rounds} interleaved rounds; original: prefill {np.median([t[0] for t in base]) * 1e3:.2f} ms, "
