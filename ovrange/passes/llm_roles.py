@@ -16,9 +16,9 @@ rotary kernels. On a decoder LM (:func:`is_decoder_lm`) GlobalClipper selects it
   of its own after the fused ``RMS`` kernel (which takes no post-ops);
 - ``attention``: no tensor guard. A guard on a q/k/v/o projection's output is a post-op of its ``FullyConnected``,
   which makes the CPU plugin run that layer with oneDNN's brgemm kernel instead of MLAS on f32, at a cost far above
-  the clamp's (docs/llm.md, "What the guards cost, and why"); the rotary tensors and the KV cache are inside the fused RoPE and
-  SDPA kernels. Their faults stay bounded downstream: the attention output is a softmax-weighted mean of the values,
-  and the output projection's result is bounded by the residual Add's guard;
+  the clamp's (docs/llm.md, "What the guards cost, and why"); the rotary tensors and the KV cache are inside the
+  fused RoPE and SDPA kernels. Their faults stay bounded downstream: the attention output is a softmax-weighted mean
+  of the values, and the output projection's result is bounded by the residual Add's guard;
 - ``linear``, ``pooling``, ``probabilities``: as :func:`targets_by_role` (every constant-weight MatMul output...).
 
 The decoder layers' RMSNorm outputs and the token embedding are not guarded either (each would be an eltwise kernel
