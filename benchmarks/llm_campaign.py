@@ -7,6 +7,10 @@ rates with 95% Wilson intervals; each campaign's report folder is kept under ``-
 
 Usage: python benchmarks/llm_campaign.py [--trials 500] [--tokens 16] [--targets weights,activations,kv]
        [--out /tmp/llm_campaign] [--export fp32] [--algorithms RangeSupervision,GlobalClipper] [--lanes N]
+       [--bits all]
+
+``--bits`` (as ``inject --bits``: ``23-31``, ``0-22``, ``27-30``...) runs one stratum of the bit positions: the
+report folder is then ``report_<export>_<target>_bits<bits>``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/llm_campaign"))
     parser.add_argument("--algorithms", default="RangeSupervision,GlobalClipper")
     parser.add_argument("--lanes", type=int, default=0, help="inject --lanes (0: its default)")
+    parser.add_argument("--bits", default="all", help="inject --bits: the bit positions struck")
     args = parser.parse_args()
     original = LLM / args.export / "openvino_model.xml"
     protected = []
@@ -46,15 +51,15 @@ def main() -> None:
             ovrange("protect", original, "--data", LLM / "calib_prompts.txt", "-o", args.out, "-a", algorithm, "-q")
         protected.append(folder / "openvino_model.xml")
     for target in args.targets.split(","):
-        report = args.out / f"report_{args.export}_{target}"
+        report = args.out / f"report_{args.export}_{target}{'' if args.bits == 'all' else '_bits' + args.bits}"
         started = time.perf_counter()
         compare = [arg for folder in protected for arg in ("--compare", folder)]
         lanes = ["--lanes", args.lanes] if args.lanes else []
         ovrange("inject", original, *compare, "--data", LLM / "prompts.txt", "--target", target, "--trials",
                 args.trials, "--sdc", f"generation:{args.tokens}", "--seed", 0, "--report", report, "--force", "-q",
-                *lanes)
+                "--bits", args.bits, *lanes)
         summary = json.loads((report / "result.json").read_text())["summary"]
-        print(f"{args.export} {target}: {args.trials} faults, generation:{args.tokens}, "
+        print(f"{args.export} {target}: {args.trials} faults (bits {args.bits}), generation:{args.tokens}, "
               f"{time.perf_counter() - started:.0f} s")
         for name, rates in summary["models"].items():
             sdc, due = rates["sdc"], rates["due"]

@@ -1,22 +1,29 @@
-"""Targets by role on a decoder language model (Llama-style blocks), placed where the CPU plugin keeps its fused
-kernels: ``ScaledDotProductAttention``, ``RMS`` (RMSNorm), ``RoPE`` and ``FullyConnected``.
+"""Targets by role on a decoder language model (Llama-style blocks), placed where a guard runs inside a kernel the
+CPU plugin already runs for the original model, without changing that kernel: the fused ``ScaledDotProductAttention``,
+``RMS`` (RMSNorm), ``RoPE`` and ``FullyConnected`` kernels stay, and so do their implementations.
 
 :func:`ovrange.passes.roles.targets_by_role` guards the SDPA inputs, which on an optimum-intel export come through
 the rotary embedding and the KV-cache ``Concat``: a guard there makes the plugin split the fused attention and
 rotary kernels. On a decoder LM (:func:`is_decoder_lm`) GlobalClipper selects its roles with :func:`llm_targets`:
 
 - ``activation``: the MLP activation (Swish, Gelu...) and the gated-MLP product ``act(gate) * up`` (a Multiply of
-  an activation and a linear output); the guard joins the plugin's eltwise kernel;
-- ``norm``: the output of each RMSNorm, which optimum exports decomposed (``x * 1/sqrt(mean(x^2) + eps)``, then
-  the ``gamma`` Multiply): the plugin fuses the decomposition into one ``RMS`` kernel and runs the guard after it;
-- ``residual``: the residual stream -- the token embedding (the ``Gather`` of a constant table that starts it) and
-  each ``Add`` of a sublayer's output projection to the stream (the guard fuses into the Add). An Add read by the
-  final RMSNorm only is left unguarded: a guard there makes the plugin split that RMS kernel (measured);
-- ``attention``: the q, k and v projection outputs (the linear layers behind the SDPA inputs, before RoPE), and the
-  output projection reading the SDPA output; guards there are post-ops of the ``FullyConnected`` kernels. Rotary
-  tensors (``[N, heads, T, d]``, feature axis last) and the KV cache are not guarded: their faults reach the
-  attention, whose output is bounded at the output projection;
+  an activation and a linear output); the guards join the gate projection's post-ops (already there for the
+  activation) and the product's eltwise kernel;
+- ``residual``: each ``Add`` of a sublayer's output projection to the residual stream (the guard joins the Add's
+  eltwise kernel). An Add read by the final RMSNorm only is left unguarded: a guard there makes the plugin split
+  that RMS kernel (measured);
+- ``norm``: the final RMSNorm's output, read by ``lm_head`` (nothing downstream bounds it): a small eltwise kernel
+  of its own after the fused ``RMS`` kernel (which takes no post-ops);
+- ``attention``: no tensor guard. A guard on a q/k/v/o projection's output is a post-op of its ``FullyConnected``,
+  which makes the CPU plugin run that layer with oneDNN's brgemm kernel instead of MLAS on f32, at a cost far above
+  the clamp's (docs/llm.md, "What the guards cost, and why"); the rotary tensors and the KV cache are inside the
+  fused RoPE and SDPA kernels. Their faults stay bounded downstream: the attention output is a softmax-weighted mean
+  of the values, and the output projection's result is bounded by the residual Add's guard;
 - ``linear``, ``pooling``, ``probabilities``: as :func:`targets_by_role` (every constant-weight MatMul output...).
+
+The decoder layers' RMSNorm outputs and the token embedding are not guarded either (each would be an eltwise kernel
+of its own per layer): an RMSNorm's output is at most ``sqrt(C) * max|gamma|`` in magnitude whatever its input, and
+what a fault there or in the embedding changes reaches a guarded gated product or residual Add.
 """
 
 from __future__ import annotations
@@ -30,7 +37,6 @@ from ovrange.passes.roles import _behind_affine, _consumers, _follow_affine, tar
 from ovrange.targets import ACTIVATIONS, DATA_MOVEMENT, SDPA, Target, make_target
 
 LLM_ROLES = ("activation", "norm", "residual", "attention")  # the roles this module places differently
-_STOP = ("Parameter", "ReadValue", "Constant", "ShapeOf", "MatMul")
 
 
 def is_decoder_lm(model: ov.Model) -> bool:
@@ -85,23 +91,14 @@ def llm_targets(model: ov.Model, roles: Iterable[str], activations: Iterable[str
                 add(_follow_affine(node, live), "activation")
     if "norm" in roles:
         for node in rms_norms(model):
-            add(_follow_affine(node, live), "norm")
+            if _read_by_head(_follow_affine(node, live), live):
+                add(_follow_affine(node, live), "norm")
     if "residual" in roles:
         norm_inputs = {v.get_node().get_name() for n in rms_norms(model) for v in n.input_values()}
         for node in ops:
-            if node.get_type_name() == "Gather" and _embedding(node, live):
-                add(node, "residual")
-            elif node.get_type_name() == "Add" and _projection_added(node, live) and (
+            if node.get_type_name() == "Add" and _projection_added(node, live) and (
                     node.get_name() not in norm_inputs or any(c.get_type_name() == "Add" for c in _consumers(node))):
                 add(node, "residual")
-    if "attention" in roles:
-        for node in ops:
-            if node.get_type_name() in SDPA:
-                for port in range(min(3, node.get_input_size())):
-                    for layer in _projections(node.input_value(port), live):
-                        add(_follow_affine(layer, live), "attention")
-                for layer in _readers(node, live):
-                    add(_follow_affine(layer, live), "attention")
     targets = [make_target(id_of[n.get_name()], id_of[n.get_name()], n, 0, role) for n, role in found.values()]
     others = targets_by_role(model, roles - set(LLM_ROLES), activations) if roles - set(LLM_ROLES) else []
     taken = {t.id for t in targets}
@@ -135,42 +132,19 @@ def _gated(node: ov.Node, activations: set[str], live: set[str]) -> bool:
     return len(kinds) == 2 and bool(kinds & activations) and "MatMul" in kinds
 
 
-def _embedding(node: ov.Node, live: set[str]) -> bool:
-    """A Gather of rows of a constant f32 table (the token embedding)."""
-    rank = node.output(0).get_partial_shape().rank
-    return (node.input_value(0).get_node().get_name() not in live and node.input_value(1).get_node().get_name() in live
-            and rank.is_static and rank.get_length() == 3)
-
-
 def _projection_added(node: ov.Node, live: set[str]) -> bool:
     """An Add of two computed tensors, one of which a linear layer computed (a sublayer's output projection)."""
     inputs = [v.get_node() for v in node.input_values() if v.get_node().get_name() in live]
     return len(inputs) == 2 and any(_linear(_behind_affine(n, live), live) for n in inputs)
 
 
-def _projections(value: ov.Output, live: set[str], limit: int = 64) -> list[ov.Node]:
-    """The linear layers behind an SDPA input, through data movement, the rotary embedding and the KV-cache
-    Concat (stopping at any MatMul, variable, parameter or constant)."""
-    found, stack, seen = [], [value.get_node()], set()
-    while stack and len(seen) < limit:
-        node = stack.pop()
-        if node.get_name() in seen:
-            continue
-        seen.add(node.get_name())
-        if _linear(node, live):
-            found.append(node)
-        elif node.get_type_name() not in _STOP and node.get_name() in live:
-            stack.extend(v.get_node() for v in node.input_values())
-    return found
-
-
-def _readers(node: ov.Node, live: set[str]) -> list[ov.Node]:
-    """The linear layers reading ``node``'s output through data movement only (the output projection)."""
-    found, stack = [], list(_consumers(node))
-    while stack:
-        user = stack.pop()
-        if _linear(user, live):
-            found.append(user)
-        elif user.get_type_name() in DATA_MOVEMENT:
-            stack.extend(_consumers(user))
-    return found
+def _read_by_head(node: ov.Node, live: set[str], depth: int = 4) -> bool:
+    """Whether ``node``'s output reaches a model output through linear layers and data movement only (the final
+    norm, read by ``lm_head``), not through an attention or an MLP."""
+    for user in _consumers(node):
+        if user.get_type_name() == "Result":
+            return True
+        if depth and (_linear(user, live) or user.get_type_name() in DATA_MOVEMENT) and _read_by_head(
+                user, live, depth - 1):
+            return True
+    return False
