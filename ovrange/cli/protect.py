@@ -175,28 +175,11 @@ def _within_budget(model, dataset, cfg, fraction: float, *, device: str, trials:
 
 
 def _print_budget(protected) -> None:
+    from ovrange.budget import describe
     from ovrange.protect import protection_info
 
-    budget = protection_info(protected).report["budget"]
-    total = len(budget["candidates"])
-    typer.echo(f"budget {budget['max_overhead']:.2%}: {len(budget['chosen'])} of {total} guards kept")
-    free = sum(1 for c in budget["candidates"] if c["cost"] == 0)
-    typer.echo(f"  {free} of {total} cost nothing by the compiled graph, {total - free} were priced by timing")
-    overhead = budget["overhead"]
-    if overhead is None:
-        typer.echo("  no guard fits the budget: the model is written without guards (measured overheads: "
-                   + ", ".join(f"{t['guards']} guards {t['median']:+.2%}" for t in budget["timings"]) + ")")
-    else:
-        typer.echo(f"  measured overhead {overhead['median']:+.2%} [{overhead['low']:+.2%}, {overhead['high']:+.2%}]"
-                   f" (paired median over {overhead['sessions']} sessions, 95% interval)")
-        if not budget["verified"]:
-            typer.echo("  note: the budget is not verified: the interval reaches past it (a busy machine, or too "
-                       "short a --time); re-time the result with `ovrange benchmark --time 40` before relying on it")
-    kept, ratio = budget["kept_share"], budget["expected_reduction"]
-    kept_text, ratio_text = "–" if kept is None else f"{kept:.0%}", "∞" if ratio is None else f"{ratio:.1f}×"
-    typer.echo(f"  expected SDC reduction {ratio_text}, {kept_text} of the full protection's ({budget['sdc_original']}"
-               f" → {budget['sdc_full']} SDC in {budget['trials']} activation faults in bits {budget['bits']}, seed "
-               f"{budget['seed']}, --sdc {budget['sdc']})")
+    for line in describe(protection_info(protected).report["budget"]):
+        typer.echo(line)
 
 
 def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, force: bool,
