@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from ovrange.budget_credit import _coverage, _node_of, Candidate, Vetting, _candidates, trial_nodes, vet  # noqa: F401
+from ovrange.budget_credit import Candidate, Vetting, _candidates, _coverage, trial_nodes, vet
 from ovrange.errors import ConfigError, ModelError
 from ovrange.faults.metrics import SDC
 from ovrange.graph import set_rt_json
@@ -59,7 +59,7 @@ BITS = "23-30"
 SECONDS = 8.0  # one timing step of a candidate set, both models together
 SESSIONS = 4  # compilations per step (the interval is taken over the session medians of all steps)
 STEPS = 4  # steps at most per timed set: timing stops once the interval is narrower than the budget
-MAX_TIMINGS = 4  # timed sets at most; when every one measured entirely above the budget, no guard is kept
+MAX_TIMINGS = 4  # timed sets at most; when every one's median is above the budget, no guard is kept
 
 ProgressFn = Callable[[int, int], None]
 
