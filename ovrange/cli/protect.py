@@ -74,8 +74,10 @@ def protect(
     max_overhead: Annotated[Optional[str], typer.Option(
         "--max-overhead", help="Largest allowed latency overhead in percent (paired median of `ovrange benchmark`). "
         "Keeps the guards that remove the most SDC per cost (1 or 1%; compression.max_overhead): guards the plugin "
-        "fuses into the original's kernels cost nothing, the rest are priced by timing; the kept set is verified "
-        "when its 95% interval is within the budget: see docs/safety-case.md.", show_default=False)] = None,
+        "fuses into the original's kernels are priced free, the rest by timing; each chosen set is replayed on the "
+        "benefit faults (guards that make it worse than no guard are dropped) and timed against the original: kept "
+        "while its median is within the budget, verified when its 95% interval is: see docs/safety-case.md.",
+        show_default=False)] = None,
     trials: Annotated[Optional[int], opt("--trials", more="With --max-overhead: the seeded activation campaign "
                                          "that measures each guard's benefit.", min=1, show_default="1000")] = None,
     seconds: Annotated[Optional[float], opt("--time", "-t", more="With --max-overhead: of each timing step (4 "
