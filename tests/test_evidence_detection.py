@@ -78,3 +78,14 @@ def test_flags_are_read_per_batch_row(campaign, protected):
     assert batched.spec.batch_size > 1 and 0 < batched.models[1].flagged.sum()
     assert np.array_equal(batched.models[1].flagged, campaign.models[2].flagged)
     assert np.array_equal(batched.models[1].outcome, campaign.models[2].outcome)
+
+
+def test_the_html_report_shows_the_flags(campaign):
+    from ovrange.evidence.html import render, report_data, with_interval
+
+    data = report_data(campaign)
+    page = render(data)
+    flagged = data["safety"]["models"][1]["flagged"]
+    assert "flagged by the model's detector" in page and with_interval(flagged) in page
+    detected = data["safety"]["comparisons"][0]["failures_detected"]
+    assert f"the second one detects {with_interval(detected)}" in page
