@@ -26,7 +26,7 @@ from ovrange import data as data_mod
 from ovrange.bench.benchmark import overhead_until
 from ovrange.budget import within_budget
 from ovrange.faults.campaign import inject
-from ovrange.faults.metrics import SDC
+from ovrange.faults.metrics import MASKED, SDC
 from ovrange.modelio import read_model
 from ovrange.protect import protect
 
@@ -82,7 +82,8 @@ def run(name: str, args: argparse.Namespace) -> dict:
         out["free"] = sum(1 for c in result.candidates if c.cost == 0)
         out["budgets"].append({"max_overhead": budget, "chosen": len(result.chosen), "verified": result.verified,
                                "overhead": record["overhead"], "timings": record["timings"],
-                               "expected_kept_share": result.kept_share, "benefit_sdc": result.sdc_original})
+                               "expected_kept_share": result.kept_share, "benefit_sdc": result.sdc_original,
+                               "dropped_as_harmful": [k for v in record["vetting"] for k in v["dropped"]]})
         print(name, budget, json.dumps(out["budgets"][-1]), flush=True)
     heldout_ds = data_mod.load(heldout, model).dataset
     campaign = inject(model, heldout_ds, compare=[full, *cuts], target="activations", trials=args.trials, seed=1,
@@ -90,6 +91,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
     outcomes = [m.outcome for m in campaign.models]
     rng = np.random.default_rng(0)
     out["sdc_counts"] = [int((o == SDC).sum()) for o in outcomes]
+    out["failed_counts"] = [int((o != MASKED).sum()) for o in outcomes]  # SDC + DUE
     out["trials"], out["bits"] = args.trials, args.bits
     for entry, cut in zip(out["budgets"], outcomes[2:]):
         entry["kept_share"] = kept_share(outcomes[0], outcomes[1], cut, rng)
@@ -103,16 +105,17 @@ def pct(x: dict | None) -> str:
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| model | guards (free) | set | guards kept | overhead, paired (95%) | verified | SDC | kept share of "
-            "the reduction (95%) | expected |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | guards (free) | set | guards kept | overhead, paired (95%) | verified | SDC | SDC+DUE | kept "
+            "share of the reduction (95%) | expected |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        counts = r["sdc_counts"]
+        counts, failed = r["sdc_counts"], r["failed_counts"]
         rows.append(f"| {r['model']} | {r['guards']} ({r['free']}) | full | {r['guards']} | {pct(r['full_overhead'])} "
-                    f"| | {counts[0]} → {counts[1]} | 100% | |")
-        for b, n in zip(r["budgets"], counts[2:]):
+                    f"| | {counts[0]} → {counts[1]} | {failed[0]} → {failed[1]} | 100% | |")
+        for b, n, m in zip(r["budgets"], counts[2:], failed[2:]):
             share, expected = b["kept_share"], b["expected_kept_share"]
             rows.append(f"| | | {b['max_overhead']:.1%} | {b['chosen']} | {pct(b['overhead'])} | "
-                        f"{'yes' if b['verified'] else 'no'} | {counts[0]} → {n} | {share['value']:.0%} "
+                        f"{'yes' if b['verified'] else 'no'} | {counts[0]} → {n} | {failed[0]} → {m} | "
+                        f"{share['value']:.0%} "
                         f"[{share['low']:.0%}, {share['high']:.0%}] | "
                         f"{'—' if expected is None else f'{expected:.0%}'} |")
     return "\n".join(rows)

@@ -16,24 +16,28 @@ checks) that fits the budget:
    differs from all of the original's (it split or broke a fusion: a guard inside attention stops the fused
    attention kernel) and a Checksum check cost a pass over their tensor, in proportion to its elements. Only
    these are priced by timing: the full protection against its free guards alone gives the price of an element.
-3. *Greedy by benefit / cost*, then *verify*: the priced candidates are taken in benefit/cost order while their
-   predicted overhead fits; the chosen set is timed against the original. Every timing adds paired sessions until
-   its 95% interval is narrower than the budget (:data:`STEPS` steps at most); a set whose whole interval lies
-   above the budget is chosen again at the newly measured price (at least its worst-ratio guard dropped),
-   :data:`MAX_TIMINGS` times at most. The kept set's overhead is *verified* when its interval's upper end is within
-   the budget; otherwise the record says the budget could not be verified (too noisy a machine, too short a
-   ``--time``) and nothing claims it.
+3. *Greedy by benefit / cost*, then *vet*: the priced candidates are taken in benefit/cost order while their
+   predicted overhead fits. The chosen set is replayed on the benefit campaign's faults and every guard that
+   leaves it worse than no guard is dropped (:func:`ovrange.budget_credit.vet`: a lone guard after a layer that
+   mixed an unguarded fault turns the unguarded model's NaN into a plausible wrong answer), so the kept set is
+   never worse than the original in SDC or in SDC+DUE on those faults.
+4. *Verify*: the vetted set is timed against the original. Every timing adds paired sessions until its 95%
+   interval is narrower than the budget (:data:`STEPS` steps at most); a set whose median lies above the budget
+   is chosen again at the newly measured price (at least its worst-ratio guard dropped; "free" guards too, priced
+   by their elements, once they are measured to cost), :data:`MAX_TIMINGS` times at most, then no guard is kept.
+   The kept set's overhead is *verified* when its interval's upper end is within the budget; otherwise the record
+   says the budget could not be verified (too noisy a machine, too short a ``--time``) and nothing claims it.
 
-The expected SDC reduction of the chosen set is read off the same campaign: the original's SDC count over what is
-left when only the chosen guards' credited removals are subtracted, on exponent-bit faults; and the share of the
-full protection's reduction it keeps. Both are estimates from :data:`TRIALS` faults; a campaign with
-``ovrange inject --compare`` on the result measures them.
+The expected SDC reduction of the chosen set is counted on the same campaign's faults, by the kept set's replay:
+the original's SDC count over the kept set's, and the share of the full protection's reduction it keeps. Both are
+estimates from :data:`TRIALS` exponent-bit faults on the calibration data; a campaign with
+``ovrange inject --compare`` on held-out data measures them.
 """
 
 from __future__ import annotations
 
 import math
-import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -41,9 +45,10 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
+from ovrange.budget_credit import Candidate, Vetting, _candidates, _coverage, trial_nodes, vet
 from ovrange.errors import ConfigError, ModelError
 from ovrange.faults.metrics import SDC
-from ovrange.graph import inserted_nodes, node_ids, set_rt_json
+from ovrange.graph import set_rt_json
 
 TRIALS = 1000  # faults of the benefit campaign (seconds on small models)
 # Its bits: the f32 exponent's. Range guards stop values a flip moved far out of range; a flip of a mantissa or sign
@@ -54,8 +59,7 @@ BITS = "23-30"
 SECONDS = 8.0  # one timing step of a candidate set, both models together
 SESSIONS = 4  # compilations per step (the interval is taken over the session medians of all steps)
 STEPS = 4  # steps at most per timed set: timing stops once the interval is narrower than the budget
-MAX_TIMINGS = 4  # timed sets at most; when every one measured entirely above the budget, no guard is kept
-FREE = ("fused", "folded", "not found")  # cost nothing by the compiled graph: post-ops, folded weights, removed
+MAX_TIMINGS = 4  # timed sets at most; when every one's median is above the budget, no guard is kept
 
 ProgressFn = Callable[[int, int], None]
 
@@ -71,24 +75,6 @@ def parse_overhead(value: str | float | int, where: str = "--max-overhead") -> f
     if not math.isfinite(percent) or percent < 0 or isinstance(value, bool):
         raise ConfigError(f"{where} {value!r} must be a finite percentage >= 0")
     return percent / 100
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One guard (or Checksum check) of the full plan: what it stops, what it costs."""
-
-    key: str  # the plan's target id
-    fusion: str  # fused, folded (a weight guard), standalone, not found (removed by the plugin), changed (fused, but
-    # its kernel differs from the original's), check (a Checksum check) or unknown (not a Clamp-style guard); the
-    # last four are priced by timing
-    elements: int  # per sample, of the guarded tensor
-    sites: tuple[str, ...]  # fault sites credited to it
-    removed: float  # SDCs of the benefit campaign it removes (credited share of the full protection's)
-    cost: float  # estimated, in standalone-element units
-
-    @property
-    def ratio(self) -> float:
-        return self.removed / self.cost if self.cost > 0 else math.inf if self.removed > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +106,7 @@ class BudgetResult:
     candidates: tuple[Candidate, ...]  # in greedy order, best benefit/cost first
     chosen: tuple[str, ...]
     timings: tuple[Overhead, ...]  # every timed set, the full protection first
+    vetting: tuple[Vetting, ...] = ()  # every chosen set replayed on the benefit faults before it was timed
 
     @property
     def overhead(self) -> Overhead | None:
@@ -137,15 +124,24 @@ class BudgetResult:
         return sum(c.removed for c in self.candidates if c.key in chosen)
 
     @property
+    def sdc_kept(self) -> float:
+        """SDCs left with the chosen set on the benefit faults: counted by its replay (the last vetting), or, for a
+        set that was not replayed, the original's minus the chosen guards' credited removals."""
+        last = self.vetting[-1] if self.vetting else None
+        if self.chosen and last is not None and last.guards == len(self.chosen) and not last.dropped:
+            return last.sdc
+        return self.sdc_original - self.removed
+
+    @property
     def kept_share(self) -> float | None:
-        """Share of the full protection's SDC reduction the chosen set is expected to keep."""
-        full = sum(c.removed for c in self.candidates)
-        return self.removed / full if full > 0 else None
+        """Share of the full protection's SDC reduction the chosen set keeps on the benefit faults."""
+        gain = self.sdc_original - self.sdc_full
+        return (self.sdc_original - self.sdc_kept) / gain if gain > 0 else None
 
     @property
     def expected_reduction(self) -> float | None:
-        """Expected SDC reduction (original / chosen) on the benefit campaign's faults; None: no SDC left."""
-        left = self.sdc_original - self.removed
+        """SDC reduction (original / chosen) on the benefit campaign's faults; None: no SDC left."""
+        left = self.sdc_kept
         return self.sdc_original / left if left > 0 else None
 
     def to_json(self) -> dict[str, Any]:
@@ -153,8 +149,9 @@ class BudgetResult:
                 "sdc": self.sdc,
                 "sdc_original": self.sdc_original, "sdc_full": self.sdc_full, "chosen": list(self.chosen),
                 "overhead": None if self.overhead is None else asdict(self.overhead), "verified": self.verified,
-                "kept_share": self.kept_share, "expected_reduction": self.expected_reduction,
-                "timings": [asdict(t) for t in self.timings],
+                "sdc_kept": self.sdc_kept, "kept_share": self.kept_share,
+                "expected_reduction": self.expected_reduction,
+                "timings": [asdict(t) for t in self.timings], "vetting": [v.to_json() for v in self.vetting],
                 "candidates": [{**asdict(c), "sites": list(c.sites)} for c in self.candidates]}
 
 
@@ -185,6 +182,8 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
     and judged output of the benefit campaign; ``seconds``, ``sessions``, ``steps``, ``shapes``: of each timing."""
     from ovrange.bench.benchmark import compiled_fusion, overhead_until
     from ovrange.faults.campaign import inject
+    from ovrange.faults.faultlist import FaultList
+    from ovrange.faults.report import FAULTS_FILE
     from ovrange.protect import apply_plan, protection_info
 
     plan = protection_info(protected)
@@ -192,8 +191,11 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
         raise ModelError("--max-overhead needs a model protected by ovrange")
     if not plan.guards:
         raise ModelError(f"{plan.algorithm} inserted nothing into this model: there is no guard to choose")
-    campaign = inject(model, dataset, compare=protected, target="activations", trials=trials, seed=seed, bits=BITS,
-                      **({"sdc": sdc} if sdc else {}), output=output, progress=progress)
+    criterion = {"sdc": sdc} if sdc else {}
+    with tempfile.TemporaryDirectory(prefix="ovrange-budget-") as folder:  # keeps the fault list to replay
+        campaign = inject(model, dataset, compare=protected, target="activations", trials=trials, seed=seed,
+                          bits=BITS, **criterion, output=output, progress=progress, checkpoint_dir=folder)
+        faults = FaultList.load(f"{folder}/{FAULTS_FILE}")
     fusion = compiled_fusion(protected, model, device=device, shapes=shapes)
     candidates = rank(_candidates(model, protected, plan.guards, campaign, fusion, plan.algorithm == "Checksum"))
 
@@ -208,10 +210,24 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
         return Overhead(len(keys), ratio.median - 1, ratio.low - 1, ratio.high - 1, ratio.rounds,
                         "free guards" if base else "original")
 
-    chosen, timings = choose(candidates, max_overhead, timed)
+    records: list[Vetting] = []
+
+    def replay(keys: list[str]) -> np.ndarray:
+        if len(keys) == len(plan.guards):  # the full protection ran in the benefit campaign
+            return campaign.models[1].outcome
+        again = inject(with_guards(keys), dataset, replay=faults, **criterion, output=output)
+        return again.models[0].outcome
+
+    def vetted(keys: list[str]) -> list[str]:
+        kept, done = vet(keys, replay, campaign.models[0].outcome, trial_nodes(campaign),
+                         lambda chosen: _coverage(model, chosen))
+        records.extend(done)
+        return kept
+
+    chosen, timings = choose(candidates, max_overhead, timed, vetted)
     result = BudgetResult(max_overhead, campaign.trials, seed, str(campaign.spec.sdc),
                           _sdc_count(campaign, 0), _sdc_count(campaign, 1), tuple(candidates), tuple(chosen),
-                          tuple(timings))
+                          tuple(timings), tuple(records))
     cut = plan if len(chosen) == len(plan.guards) else _subset(plan, chosen)
     cut = replace(cut, report={**cut.report, "budget": result.to_json()})
     if not chosen:  # nothing fits: the model as it was, with the record of why (a pass may not take zero guards)
@@ -221,12 +237,13 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
     return apply_plan(model, cut), result
 
 
-def choose(candidates: list[Candidate], max_overhead: float,
-           measure: Callable[..., Overhead]) -> tuple[list[str], list[Overhead]]:
+def choose(candidates: list[Candidate], max_overhead: float, measure: Callable[..., Overhead],
+           vetted: Callable[[list[str]], list[str]] = list) -> tuple[list[str], list[Overhead]]:
     """Free guards (cost 0 by the compiled graph) are kept; priced ones by ``measure(all, free)`` (the full
     protection against its free guards alone) and taken greedily by benefit/cost (``candidates`` ranked; one that
-    would overflow the predicted budget is skipped, a cheaper one after it may still fit). The set is verified by
-    ``measure(keys)``; while its whole interval lies above the budget, it is chosen again at the price that
+    would overflow the predicted budget is skipped, a cheaper one after it may still fit). Each chosen set is first
+    cut by ``vetted`` (the guards that leave it no worse than no guard, :func:`ovrange.budget_credit.vet`), then
+    timed by ``measure(keys)``; while its median lies above the budget, it is chosen again at the price that
     measurement gives, with at least its worst-ratio guard dropped (priced guards first; once none is left, the
     free ones, priced by their elements). Returns the chosen keys (in rank order) and every timing."""
     free = [c for c in candidates if c.cost == 0]
@@ -239,14 +256,16 @@ def choose(candidates: list[Candidate], max_overhead: float,
         unit = max(priced.median, 0.0) / sum(c.cost for c in paid)
         picked = _in_rank(candidates, free + _greedy(paid, unit, max_overhead))
     for _ in range(MAX_TIMINGS):
+        kept_keys = set(vetted([c.key for c in picked])) if picked else set()
+        picked = [c for c in picked if c.key in kept_keys]
         if not picked:
             break
         last = measure([c.key for c in picked])
         timings.append(last)
-        if last.low <= max_overhead:  # within the budget, or not resolved from it: kept (verified or not)
+        if last.median <= max_overhead:  # kept: verified when the whole interval is within the budget
             return [c.key for c in picked], timings
-        # measured over the budget beyond doubt: chosen again at the measured price, at least one guard dropped;
-        # the standalone ones first, and free ones (which then measurably cost) priced by their elements
+        # measured over the budget: chosen again at the measured price, at least one guard dropped; the standalone
+        # ones first, and free ones (which then measurably cost) priced by their elements
         standalone = [c for c in picked if c.cost > 0]
         pool = standalone or rank([replace(c, cost=float(c.elements)) for c in picked])
         unit = max(last.median, 0.0) / sum(c.cost for c in pool)
@@ -290,96 +309,31 @@ def _sdc_count(campaign, index: int) -> int:
     return int(np.count_nonzero(run.outcome[run.done] == SDC))
 
 
-def _candidates(model: ov.Model, protected: ov.Model, guards: dict[str, dict], campaign, fusion,
-                checks: bool = False) -> list[Candidate]:
-    """Each guard with the SDCs it is credited with and its estimated cost; ``checks``: Checksum checks, each a
-    computation of its own over the checked layer (never a post-op), priced by timing."""
-    status = _fusion_by_key(protected, fusion)
-    covers = _coverage(model, set(guards))
-    removed = _removed_per_site(campaign)
-    credit: dict[str, float] = {k: 0.0 for k in guards}
-    sites: dict[str, list[str]] = {k: [] for k in guards}
-    for site, net in removed.items():
-        reached = covers.get(_node_of(site), ())
-        for key in reached:
-            credit[key] += net / len(reached)
-            sites[key].append(site)
-    elements = _elements(campaign)
-    out = []
-    for key, entry in guards.items():
-        size = elements.get(_node_of(key), 1)
-        # a guard of a stored weight clamps a constant, which the plugin folds at compile time
-        kind = "check" if checks else "folded" if entry.get("role") == "weights" else status.get(_node_of(key),
-                                                                                                   "unknown")
-        out.append(Candidate(key, kind, size, tuple(sites[key]), max(credit[key], 0.0),
-                             0.0 if kind in FREE else float(size)))
-    return out
-
-
-def _node_of(key: str) -> str:
-    """The node id a target id sits after (``id:port`` and input-edge ``id>consumer:port`` ids)."""
-    return re.sub(r":\d+$", "", key.split(">")[0])
-
-
-def _elements(campaign) -> dict[str, int]:
-    return {_node_of(s.name): s.size for s in campaign.sites}
-
-
-def _removed_per_site(campaign) -> dict[str, float]:
-    """Per site: SDCs on the original that the full protection removed, minus SDCs it added."""
-    first, second = campaign.models[0], campaign.models[1]
-    keep = first.done & second.done & (campaign.trial_site >= 0)
-    net = (first.outcome[keep] == SDC).astype(np.int64) - (second.outcome[keep] == SDC).astype(np.int64)
-    totals = np.bincount(campaign.trial_site[keep], weights=net, minlength=len(campaign.sites))
-    return {s.name: float(totals[i]) for i, s in enumerate(campaign.sites) if totals[i]}
-
-
-def _coverage(model: ov.Model, keys: set[str]) -> dict[str, tuple[str, ...]]:
-    """Node id -> the guards a fault in its output meets first on its way to the outputs."""
-    ids = {node.get_name(): node_id for node_id, node in node_ids(model)}
-    guard_at: dict[str, list[str]] = {}
-    for key in keys:
-        guard_at.setdefault(_node_of(key), []).append(key)
-    found: dict[str, tuple[str, ...]] = {}
-    for node in reversed(model.get_ordered_ops()):  # consumers first: each node reuses its consumers' answers
-        node_id = ids[node.get_name()]
-        if node_id in guard_at:
-            found[node_id] = tuple(sorted(guard_at[node_id]))
-            continue
-        reached: set[str] = set()
-        for out in node.outputs():
-            for target in out.get_target_inputs():
-                reached.update(found.get(ids[target.get_node().get_name()], ()))
-        found[node_id] = tuple(sorted(reached))
-    return found
-
-
-def _fusion_by_key(protected: ov.Model, fusion) -> dict[str, str]:
-    """Plan key -> fusion status of its guard (the guard node reads the guarded tensor, through check nodes)."""
-    inserted = inserted_nodes(protected)
-    ids = {node.get_name(): node_id for node_id, node in node_ids(protected)}
-    by_name = {c.name: c.status for c in fusion.clamps}
-    out: dict[str, str] = {}
-    for node in protected.get_ordered_ops():
-        status = by_name.get(node.get_friendly_name())
-        if status is None:
-            continue
-        stack, seen = [node], set()
-        while stack:
-            current = stack.pop()
-            for value in current.input_values():
-                source = value.get_node()
-                if source.get_name() in seen:
-                    continue
-                seen.add(source.get_name())
-                if source.get_friendly_name() in inserted:
-                    stack.append(source)
-                elif source.get_type_name() != "Constant":
-                    key = ids[source.get_name()]
-                    out[key] = _worse(out.get(key), status)
-    return out
-
-
-def _worse(a: str | None, b: str) -> str:
-    order = ("not found", "fused", "unknown", "changed", "standalone")
-    return b if a is None else max(a, b, key=order.index)
+def describe(budget: dict[str, Any]) -> list[str]:
+    """What ``protect --max-overhead`` prints of a budget record (:meth:`BudgetResult.to_json`)."""
+    total = len(budget["candidates"])
+    free = sum(1 for c in budget["candidates"] if c["cost"] == 0)
+    lines = [f"budget {budget['max_overhead']:.2%}: {len(budget['chosen'])} of {total} guards kept",
+             f"  {free} of {total} cost nothing by the compiled graph, {total - free} were priced by timing"]
+    dropped = [k for v in budget.get("vetting", ()) for k in v["dropped"]]
+    if dropped:
+        lines.append(f"  {len(dropped)} guards dropped as worse than no guard on the benefit faults (without the "
+                     "guards upstream of them they turned faults into SDCs or DUEs): " + ", ".join(dropped))
+    overhead = budget["overhead"]
+    if overhead is None:
+        timed = ", ".join(f"{t['guards']} guards {t['median']:+.2%}" for t in budget["timings"])
+        lines.append("  no guard set fits the budget and is no worse than no guard: the model is written without "
+                     f"guards (measured overheads: {timed or 'none timed'})")
+    else:
+        lines.append(f"  measured overhead {overhead['median']:+.2%} [{overhead['low']:+.2%}, "
+                     f"{overhead['high']:+.2%}] (paired median over {overhead['sessions']} sessions, 95% interval)")
+        if not budget["verified"]:
+            lines.append("  note: the budget is not verified: the interval reaches past it (a busy machine, or too "
+                         "short a --time); re-time the result with `ovrange benchmark --time 40` before relying on "
+                         "it")
+    kept, ratio = budget["kept_share"], budget["expected_reduction"]
+    kept_text, ratio_text = "–" if kept is None else f"{kept:.0%}", "∞" if ratio is None else f"{ratio:.1f}×"
+    lines.append(f"  expected SDC reduction {ratio_text}, {kept_text} of the full protection's "
+                 f"({budget['sdc_original']} → {budget['sdc_full']} SDC in {budget['trials']} activation faults in "
+                 f"bits {budget['bits']}, seed {budget['seed']}, --sdc {budget['sdc']})")
+    return lines

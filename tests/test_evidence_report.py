@@ -138,7 +138,8 @@ def test_html_numbers_read_back_equal_result_json(campaign):
         assert digest in text  # what was run: the model files' digests
     assert "ovrange inject" in text and f"--trials {TRIALS}" in text
     assert "Check gates: PASS" in text and data["check"]["passed"] is True
-    for name in ("SPFM", "DC = DUE/(DUE+SDC)", "Vulnerability map", "SDC per bit position", "SDC per site"):
+    for name in ("SPFM", "DC = detected/(detected+silent)", "Vulnerability map", "SDC per bit position",
+                 "SDC per site"):
         assert name in text
 
 

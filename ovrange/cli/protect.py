@@ -74,8 +74,10 @@ def protect(
     max_overhead: Annotated[Optional[str], typer.Option(
         "--max-overhead", help="Largest allowed latency overhead in percent (paired median of `ovrange benchmark`). "
         "Keeps the guards that remove the most SDC per cost (1 or 1%; compression.max_overhead): guards the plugin "
-        "fuses into the original's kernels cost nothing, the rest are priced by timing; the kept set is verified "
-        "when its 95% interval is within the budget: see docs/safety-case.md.", show_default=False)] = None,
+        "fuses into the original's kernels are priced free, the rest by timing; each chosen set is replayed on the "
+        "benefit faults (guards that make it worse than no guard are dropped) and timed against the original: kept "
+        "while its median is within the budget, verified when its 95% interval is: see docs/safety-case.md.",
+        show_default=False)] = None,
     trials: Annotated[Optional[int], opt("--trials", more="With --max-overhead: the seeded activation campaign "
                                          "that measures each guard's benefit.", min=1, show_default="1000")] = None,
     seconds: Annotated[Optional[float], opt("--time", "-t", more="With --max-overhead: of each timing step (4 "
@@ -175,28 +177,11 @@ def _within_budget(model, dataset, cfg, fraction: float, *, device: str, trials:
 
 
 def _print_budget(protected) -> None:
+    from ovrange.budget import describe
     from ovrange.protect import protection_info
 
-    budget = protection_info(protected).report["budget"]
-    total = len(budget["candidates"])
-    typer.echo(f"budget {budget['max_overhead']:.2%}: {len(budget['chosen'])} of {total} guards kept")
-    free = sum(1 for c in budget["candidates"] if c["cost"] == 0)
-    typer.echo(f"  {free} of {total} cost nothing by the compiled graph, {total - free} were priced by timing")
-    overhead = budget["overhead"]
-    if overhead is None:
-        typer.echo("  no guard fits the budget: the model is written without guards (measured overheads: "
-                   + ", ".join(f"{t['guards']} guards {t['median']:+.2%}" for t in budget["timings"]) + ")")
-    else:
-        typer.echo(f"  measured overhead {overhead['median']:+.2%} [{overhead['low']:+.2%}, {overhead['high']:+.2%}]"
-                   f" (paired median over {overhead['sessions']} sessions, 95% interval)")
-        if not budget["verified"]:
-            typer.echo("  note: the budget is not verified: the interval reaches past it (a busy machine, or too "
-                       "short a --time); re-time the result with `ovrange benchmark --time 40` before relying on it")
-    kept, ratio = budget["kept_share"], budget["expected_reduction"]
-    kept_text, ratio_text = "–" if kept is None else f"{kept:.0%}", "∞" if ratio is None else f"{ratio:.1f}×"
-    typer.echo(f"  expected SDC reduction {ratio_text}, {kept_text} of the full protection's ({budget['sdc_original']}"
-               f" → {budget['sdc_full']} SDC in {budget['trials']} activation faults in bits {budget['bits']}, seed "
-               f"{budget['seed']}, --sdc {budget['sdc']})")
+    for line in describe(protection_info(protected).report["budget"]):
+        typer.echo(line)
 
 
 def _protect_with_plan(model: Optional[Path], bounds: Path, output_dir: Path, force: bool,

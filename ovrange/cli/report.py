@@ -72,7 +72,8 @@ def report(
             line += f", SDC {with_interval(model['lambda_sdc_fit'], fit)} FIT"
         if model["spfm"] is not None:
             line += f", SPFM {with_interval(model['spfm'])}"
-        typer.echo(line + f", DC {with_interval(model['dc'])}")
+        flagged = f", flagged {with_interval(model['flagged'])}" if model.get("flagged") else ""
+        typer.echo(line + f", DC {with_interval(model['dc'])}{flagged}")
     for comparison in data["safety"]["comparisons"]:
         typer.echo(f"SDC reduction (paired): {with_interval(comparison['sdc_reduction'], lambda v: f'{v:.2f}x')}")
     for path_ in written:

@@ -171,13 +171,19 @@ def _safety(data: dict[str, Any]) -> str:
             ["λ<sub>DUE</sub> (detected), FIT"] + [escape(with_interval(m["lambda_due_fit"], fit)) for m in models],
             ["SPFM"] + [escape(with_interval(m["spfm"], lambda v: pct(v, 3))) if m["spfm"] else "–"
                         for m in models],
-            ["DC = DUE/(DUE+SDC)"] + [escape(with_interval(m["dc"])) for m in models]]
+            ["DC = detected/(detected+silent)"] + [escape(with_interval(m["dc"])) for m in models]]
+    if any(m.get("flagged") for m in models):  # a model with its own detector (a Checksum flag)
+        rows.append(["flagged by the model's detector"] + [escape(with_interval(m["flagged"])) if m.get("flagged")
+                                                           else "–" for m in models])
     out += table(["figure"] + [f"<code>{escape(m['name'])}</code>" for m in models], rows)
     for comparison in safety["comparisons"]:
         out += (f"<p>Paired SDC counts: a = {comparison['sdc_both']}, b = {comparison['sdc_first_only']}, "
                 f"c = {comparison['sdc_second_only']}; SDC reduction "
                 f"<b>{escape(with_interval(comparison['sdc_reduction'], times))}</b>; corrected "
-                f"{escape(with_interval(comparison['corrected']))}.</p>")
+                f"{escape(with_interval(comparison['corrected']))}"
+                + (f"; failures of the first model (SDC or DUE) the second one detects "
+                   f"{escape(with_interval(comparison['failures_detected']))}" if "failures_detected" in comparison
+                   else "") + ".</p>")
     return out + SAFETY_TEXT
 
 

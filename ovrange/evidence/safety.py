@@ -6,7 +6,8 @@ level. A campaign estimates the *conditional* probabilities P(SDC | fault) and P
 ``lambda`` (FIT, failures per 1e9 device-hours) supplied by the user turns them into rates. Every figure carries a
 95% interval: Wilson's for a binomial proportion (scaled by ``lambda`` for FIT rates), a paired log interval for
 the reduction. ISO 26262-5 names: lambda (raw), lambda_SPF + lambda_RF (faults that violate silently: SDC),
-SPFM = 1 - (lambda_SPF + lambda_RF) / lambda, DC = detected / (detected + silent).
+SPFM = 1 - (lambda_SPF + lambda_RF) / lambda, DC = detected / (detected + silent). Detected: a DUE, or a trial
+whose model's own detector fired (a Checksum flag, ``ModelRun.flagged``); silent: an SDC it did not flag.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ ASSUMPTIONS = (
     "kernels, control logic, caches or buffers the graph does not name",
     "the conditional probabilities hold for the campaign's inputs (drawn from its data, correctly classified when "
     "labelled) and its SDC criterion",
-    "DUE (non-finite output) counts as detected: the system must check the outputs for NaN/Inf; a Checksum flag "
-    "counts only when it produces a DUE or a correction (the campaign does not record flags)",
+    "detected: a DUE (non-finite output; the system must check the outputs for NaN/Inf) or a trial in which the "
+    "model's own detector (a Checksum flag) fired, whatever its correction then did",
 )
 
 
@@ -104,22 +105,27 @@ def suitability(spec: dict[str, Any], single_site: bool) -> str | None:
     return None
 
 
-def model_figures(outcomes: dict[str, int], lam: float | None) -> dict[str, Any]:
-    """The figures of one model from its outcome counts (masked, sdc, due) and lambda (FIT, or None)."""
+def model_figures(outcomes: dict[str, int], lam: float | None, flags: dict[str, int] | None = None
+                  ) -> dict[str, Any]:
+    """The figures of one model from its outcome counts (masked, sdc, due) and lambda (FIT, or None); ``flags``
+    (a model with a detector): ``flagged`` trials, ``detected`` (DUE or flagged) and ``silent`` (SDC, not flagged)."""
     n = sum(outcomes.values())
     sdc, due = proportion(outcomes["sdc"], n), proportion(outcomes["due"], n)
+    detected, silent = (flags["detected"], flags["silent"]) if flags else (outcomes["due"], outcomes["sdc"])
     return {"trials": n, "p_sdc": sdc, "p_due": due, "lambda_sdc_fit": scaled(sdc, lam),
-            "lambda_due_fit": scaled(due, lam), "spfm": spfm(sdc),
-            "dc": proportion(outcomes["due"], outcomes["due"] + outcomes["sdc"])}
+            "lambda_due_fit": scaled(due, lam), "spfm": spfm(sdc), "dc": proportion(detected, detected + silent),
+            "flagged": proportion(flags["flagged"], n) if flags else None}
 
 
 def safety_figures(spec: dict[str, Any], bits: int, models: list[dict[str, Any]],
                    paired: list[dict[str, dict[str, int]]], fit_raw: float | None = None,
-                   unit: str = "mbit") -> dict[str, Any]:
+                   unit: str = "mbit", caught: dict[int, tuple[int, int]] | None = None) -> dict[str, Any]:
     """Every model's figures side by side, and each comparison with the first model.
 
-    ``models``: ``{"name", "masked", "sdc", "due"}`` counts on the trials run; ``paired``: the paired table of
-    model 0 against model i (i >= 1), on the trials both ran; ``bits``: the faulted bits of one inference.
+    ``models``: ``{"name", "masked", "sdc", "due"}`` counts on the trials run (and ``flags`` for a model with a
+    detector, :func:`model_figures`); ``paired``: the paired table of model 0 against model i (i >= 1), on the
+    trials both ran; ``bits``: the faulted bits of one inference; ``caught``: for a model i with a detector, (of
+    model 0's failures, how many model i detects; model 0's failures), on the same trials.
     """
     reason = suitability(spec, True)
     if reason and fit_raw is not None:
@@ -128,8 +134,8 @@ def safety_figures(spec: dict[str, Any], bits: int, models: list[dict[str, Any]]
     out: dict[str, Any] = {
         "assumptions": list(ASSUMPTIONS), "unsuitable": reason, "faulted_bits": bits,
         "fit_raw": fit_raw, "fit_unit": unit, "lambda_fit": lam,
-        "models": [{"name": m["name"], **model_figures({k: m[k] for k in ("masked", "sdc", "due")}, lam)}
-                   for m in models],
+        "models": [{"name": m["name"], **model_figures({k: m[k] for k in ("masked", "sdc", "due")}, lam,
+                                                       m.get("flags"))} for m in models],
         "comparisons": [],
     }
     if reason:  # the campaign's rate is not the rate per upset: no SPFM either
@@ -142,24 +148,35 @@ def safety_figures(spec: dict[str, Any], bits: int, models: list[dict[str, Any]]
             "sdc_second_only": c, "sdc_reduction": paired_ratio(a, b, c),
             "corrected": proportion(b, a + b),  # the first model's SDC faults the second one does not let through
         })
+        if (caught or {}).get(i) is not None:  # the first model's failures (SDC or DUE) the second one detects
+            out["comparisons"][-1]["failures_detected"] = proportion(*caught[i])
     return out
 
 
 def from_result(result, fit_raw: float | None = None, unit: str = "mbit") -> dict[str, Any]:
     """:func:`safety_figures` of a :class:`ovrange.faults.result.CampaignResult`."""
-    from ovrange.faults.metrics import OUTCOMES
+    from ovrange.faults.metrics import DUE, MASKED, OUTCOMES, SDC
 
     spec = result.spec.to_dict()
     bits = sum(site.size for site in result.sites) * len(result.spec.bits)
-    models = []
-    for run in result.models:
+    models, caught = [], {}
+    for i, run in enumerate(result.models):
         done = run.outcome[run.done]
         models.append({"name": run.name, **{name: int((done == code).sum()) for code, name in enumerate(OUTCOMES)}})
+        if run.flagged is not None:
+            flagged = run.flagged[run.done]
+            models[-1]["flags"] = {"flagged": int(flagged.sum()), "detected": int(((done == DUE) | flagged).sum()),
+                                   "silent": int(((done == SDC) & ~flagged).sum())}
+            first = result.models[0]
+            both = first.done & run.done
+            failing = both & (first.outcome != MASKED)
+            if i:
+                caught[i] = (int((failing & (run.flagged | (run.outcome == DUE))).sum()), int(failing.sum()))
     single = bool((result.trial_site >= 0).all())
     if not single and fit_raw is not None:
         raise ConfigError("no FIT rates from this campaign: it injects several faults per inference")
     figures = safety_figures(spec, bits, models, [result.comparison(0, i)["paired"] for i in
-                                                  range(1, len(result.models))], fit_raw, unit)
+                                                  range(1, len(result.models))], fit_raw, unit, caught)
     if not single:
         figures["unsuitable"] = suitability(spec, False)
     return figures

@@ -232,8 +232,7 @@ def _run_rounds(result: CampaignResult, executor, stopping: Stopping | None, key
                 continue  # a shard re-run after a worker died must not count twice
             merged.add(shard.index)
             run = result.models[shard.model]
-            run.outcome[out.trials], run.top1[out.trials], run.deviation[out.trials] = out.codes, out.top1, \
-                out.deviation
+            run.merge(out.trials, out.codes, out.top1, out.deviation, out.flagged)
             run.seconds += shard_result.seconds
             engines[run.name] = shard_result.engine
             stats = workers.setdefault(shard_result.worker, {"trials": 0, "seconds": 0.0, "shards": 0})
@@ -242,7 +241,7 @@ def _run_rounds(result: CampaignResult, executor, stopping: Stopping | None, key
             stats["shards"] += 1
             stats["trials_per_second"] = stats["trials"] / stats["seconds"] if stats["seconds"] else None
             if checkpoint:
-                checkpoint.append(shard.model, out.trials, out.codes, out.top1, out.deviation)
+                checkpoint.append(shard.model, out)
             done += len(out.trials)
             if progress:
                 progress(done, cap * len(result.models))
@@ -383,16 +382,16 @@ class _Checkpoint:
             except json.JSONDecodeError:
                 break  # a line cut short by the interruption: its trials simply run again
             try:
-                run, trials = result.models[rec["m"]], np.array(rec["t"], np.int64)
-                run.outcome[trials] = np.array(rec["o"], np.int8)
-                run.top1[trials] = np.array(rec["p"], np.int32)
-                run.deviation[trials] = np.array([np.inf if d is None else d for d in rec["d"]], np.float32)
+                result.models[rec["m"]].merge(np.array(rec["t"], np.int64), np.array(rec["o"], np.int8), np.array(
+                    rec["p"], np.int32), np.array([np.inf if d is None else d for d in rec["d"]], np.float32),
+                    None if rec.get("f") is None else np.array(rec["f"], bool))
             except (KeyError, IndexError, TypeError, ValueError) as exc:
                 raise ConfigError(f"cannot resume: line {number} of {self.path} is damaged ({exc})") from exc
 
-    def append(self, model: int, trials: np.ndarray, codes: np.ndarray, top1: np.ndarray, dev: np.ndarray) -> None:
-        record = {"m": model, "t": trials.tolist(), "o": codes.tolist(), "p": top1.tolist(),
-                  "d": [float(d) if np.isfinite(d) else None for d in dev.tolist()]}
+    def append(self, model: int, out) -> None:
+        record = {"m": model, "t": out.trials.tolist(), "o": out.codes.tolist(), "p": out.top1.tolist(),
+                  "d": [float(d) if np.isfinite(d) else None for d in out.deviation.tolist()],
+                  **({} if out.flagged is None else {"f": out.flagged.astype(int).tolist()})}
         self.handle.write(json.dumps(record, separators=(",", ":")) + "\n")
         self.handle.flush()
 

@@ -30,6 +30,7 @@ from ovrange.faults.formats import NumberFormat, apply_mask
 from ovrange.faults.injectors import ScatterInjector, WeightFlip, WeightInjector, check_batchable
 from ovrange.faults.inputs import InputStore
 from ovrange.faults.linear import LinearLayer, linear_layer
+from ovrange.faults.detection import detecting, read_flags
 from ovrange.faults.outcomes import Outcomes
 from ovrange.faults.rate_engine import RateActivationEngine  # many faults per trial, cascading
 from ovrange.faults.sites import Site, site_outputs, static_clone
@@ -81,6 +82,7 @@ class _ScatterEngine:
 
     def __init__(self, model: ov.Model, sites: list[Site], shapes: list[tuple[int, ...]], spec: CampaignSpec,
                  judge: Judge, batchable: bool = True, config: dict[str, Any] | None = None):
+        model, self.detector = detecting(model)  # a Checksum flag: read beside the outputs, then stripped
         self.model, self.sites, self.shapes, self.spec, self.judge = model, sites, shapes, spec, judge
         self.config = config
         # Every tap's batch-sized output stays alive in the injection model, and the ops between taps (reshapes,
@@ -156,7 +158,7 @@ class ActivationEngine(_ScatterEngine):
             outputs, _ = self.injector.run(store.batch(trial.inputs[part]), trial.site[part], np.arange(len(part)),
                                            trial.element[part], trial.faulty[part])
             parts.append(Outcomes.judged(self.judge, golden, trial.inputs[part], self.judge.pick(outputs),
-                                trial.pending[part]))
+                                         trial.pending[part], read_flags(outputs, self.detector)))
         return Outcomes.concat(parts)
 
 
@@ -218,7 +220,8 @@ class DeltaWeightEngine(_ScatterEngine):
             elements = np.concatenate([writes[k][0] for k in part])
             values = np.concatenate([writes[k][1] for k in part])
             outputs, _ = self.injector.run(store.batch(inputs[part]), taps, rows, elements, values)
-            parts.append(Outcomes.judged(self.judge, golden, inputs[part], self.judge.pick(outputs), pending[part]))
+            parts.append(Outcomes.judged(self.judge, golden, inputs[part], self.judge.pick(outputs), pending[part],
+                                         read_flags(outputs, self.detector)))
         return Outcomes.concat(parts)
 
 

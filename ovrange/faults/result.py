@@ -34,6 +34,7 @@ class ModelRun:
     inputs_checked: int = 0  # candidate inputs evaluated fault-free ...
     inputs_correct: int = 0  # ... and how many of them it classified correctly
     seconds: float = 0.0
+    flagged: np.ndarray | None = None  # per trial, the model's own detector fired (None: it has none)
 
     @classmethod
     def empty(cls, name: str, trials: int) -> ModelRun:
@@ -44,20 +45,31 @@ class ModelRun:
     def done(self) -> np.ndarray:
         return self.outcome != NOT_RUN
 
+    def merge(self, trials: np.ndarray, codes, top1, deviation, flagged=None) -> None:
+        """Record the outcomes of ``trials`` (a shard's, or a checkpoint line's)."""
+        self.outcome[trials], self.top1[trials], self.deviation[trials] = codes, top1, deviation
+        if flagged is not None:
+            if self.flagged is None:
+                self.flagged = np.zeros(len(self.outcome), bool)
+            self.flagged[trials] = flagged
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "inputs_checked": self.inputs_checked, "inputs_correct": self.inputs_correct,
                 "seconds": self.seconds,
                 "outcomes": "".join("-" if c < 0 else CODES[c] for c in self.outcome.tolist()),
                 "top1": self.top1.tolist(),
-                "deviation": [None if not np.isfinite(d) else float(d) for d in self.deviation.tolist()]}
+                "deviation": [None if not np.isfinite(d) else float(d) for d in self.deviation.tolist()],
+                **({} if self.flagged is None else {"flagged": "".join("1" if f else "0" for f in self.flagged)})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelRun:
         outcome = np.array([NOT_RUN if c == "-" else CODES.index(c) for c in data["outcomes"]], np.int8)
         deviation = np.array([np.inf if d is None else d for d in data["deviation"]], np.float32)
         deviation[outcome == NOT_RUN] = np.nan
+        flagged = data.get("flagged")
         return cls(data["name"], outcome, np.array(data["top1"], np.int32), deviation,
-                   data.get("inputs_checked", 0), data.get("inputs_correct", 0), data.get("seconds", 0.0))
+                   data.get("inputs_checked", 0), data.get("inputs_correct", 0), data.get("seconds", 0.0),
+                   None if flagged is None else np.array([c == "1" for c in flagged], bool))
 
 
 @dataclass

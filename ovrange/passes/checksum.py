@@ -136,6 +136,36 @@ def flag_model(model: ov.Model, plan: dict[str, Any]) -> ov.Model:
     return ov.Model(results, clone.get_parameters(), f"{model.get_friendly_name()}_checksum_flags")
 
 
+DETECTED = "ovrange_detected"  # the output a campaign adds to a Checksum-protected model, reads and strips
+
+
+def with_detector(protected: ov.Model) -> ov.Model | None:
+    """For a fault campaign: a clone of a Checksum-protected model with one more output, ``DETECTED`` (``[N]``
+    f32, 1 where any of the model's checks fails for that sample, whatever the correction then does). The flag
+    is computed again from the checked layers' outputs, the values the model's own checks read, so it fires
+    exactly when theirs does. None for a model Checksum did not protect (or whose checked layers are gone)."""
+    raw = get_rt_json(protected, "protection")
+    info = None if raw is None else ProtectionPlan.from_json(raw)
+    if info is None or info.algorithm != "Checksum" or not info.nodes:
+        return None
+    clone = protected.clone()
+    nodes = nodes_of(clone)
+    if any(checked not in nodes for checked in info.nodes):
+        return None
+    fired = None
+    for checked, check in info.nodes.items():
+        y = nodes[checked].output(0)
+        failed = ops.logical_not(pass_node(nodes, layer_of(check), y, check, checked + SUFFIX + "/detected"))
+        rank = failed.get_output_partial_shape(0).rank.get_length()
+        if rank > 1:
+            failed = ops.reduce_logical_or(failed, ops.constant(np.arange(1, rank, dtype=np.int64)), False)
+        fired = failed if fired is None else ops.logical_or(fired, failed)
+    result = ops.result(ops.convert(fired, ov.Type.f32))
+    result.output(0).get_tensor().set_names({DETECTED})
+    clone.add_results([result])
+    return clone
+
+
 def plan_of(protected: ov.Model) -> dict[str, Any]:
     """The plan recorded in a model protected by Checksum (``ovrange.protect``)."""
     raw = get_rt_json(protected, "protection")
