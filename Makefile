@@ -9,10 +9,8 @@ MODEL  := build/default/fashion_lenet.xml
 	benchmarks compare clean
 
 # Packages are installed by uv (pinned below): the same pins and sources as pip (the find-links pip is configured
-# with, e.g. a local CPU build of torch), downloaded in parallel, several times faster than pip. Modules are compiled
-# to bytecode when first imported, as Python does by default; where PYTHONDONTWRITEBYTECODE is set, every process
-# would compile OpenVINO, torch and ovrange again, so it is not passed on to what this Makefile runs.
-unexport PYTHONDONTWRITEBYTECODE
+# with, e.g. a local CPU build of torch), downloaded in parallel, several times faster than pip; compiled to bytecode
+# at install, as pip does (where PYTHONDONTWRITEBYTECODE is set, nothing would be compiled later).
 UV_VERSION := 0.13.8
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_PIP     := $(BIN)/uv pip --quiet
@@ -23,15 +21,15 @@ $(BIN)/python:
 	$(BIN)/pip install -q uv==$(UV_VERSION)
 
 install-demo: $(BIN)/python
-	$(UV_PIP) install $(PY_ARGS) -e '.[train,plots]'
+	$(UV_PIP) install --compile-bytecode $(PY_ARGS) -e '.[train,plots]'
 
 # optimum-intel pulls torchvision, whose PyPI build fails to import beside the CPU torch (see pyproject's llm extra).
 install-test: $(BIN)/python
-	$(UV_PIP) install $(PY_ARGS) -e '.[test,bench,plots,llm,zoo]'
+	$(UV_PIP) install --compile-bytecode $(PY_ARGS) -e '.[test,bench,plots,llm,zoo]'
 	$(UV_PIP) uninstall --python $(BIN)/python torchvision 2>/dev/null || true
 
 install-llm: $(BIN)/python
-	$(UV_PIP) install $(PY_ARGS) -e '.[llm]'
+	$(UV_PIP) install --compile-bytecode $(PY_ARGS) -e '.[llm]'
 	$(UV_PIP) uninstall --python $(BIN)/python torchvision 2>/dev/null || true
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (no download at run time).
