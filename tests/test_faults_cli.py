@@ -13,8 +13,8 @@ import openvino.opset13 as ops
 import pytest
 
 import ovrange
-from ovrange.cli import main
 from ovrange.runtime import compile_model
+from tests.console import run
 from tests.test_faults_sites import images, tiny_lenet
 
 
@@ -38,18 +38,10 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the console entry point in-process; (exit code, stdout, stderr)."""
-    argv = sys.argv
-    sys.argv = ["ovrange", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """Run the console entry point in-process (tests.console.run, which captures the output itself); (exit code,
+    stdout, stderr). ``capsys`` is the caller's fixture, emptied so that later reads see only what follows."""
+    capsys.readouterr()
+    return run(*args)
 
 
 def test_compare_campaign_writes_json_markdown_plots_and_fault_list(workspace, capsys):
