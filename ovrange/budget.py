@@ -10,11 +10,12 @@ checks) that fits the budget:
    nearest guards downstream, shared equally), so a guard's benefit is the part of the full protection's SDC
    reduction it delivers (the vulnerability map's per-site SDC share, restricted to what guards actually stop).
 2. *Cost*, by construction from the compiled graph (:func:`ovrange.bench.benchmark.compiled_fusion`, no timing):
-   a guard the plugin fuses into a kernel that runs the same model layers as a kernel of the original model (a
-   post-op of a Convolution or FullyConnected, one more op in an eltwise chain), one it folds into a weight
-   constant and one it removes cost nothing and are always kept; a standalone guard, a fused guard whose kernel
-   differs from all of the original's (it split or broke a fusion: a guard inside attention stops the fused
-   attention kernel) and a Checksum check cost a pass over their tensor, in proportion to its elements. Only
+   a guard the plugin fuses into a kernel that runs the same model layers as a kernel of the original model, with
+   the same implementation (a post-op of a Convolution or FullyConnected, one more op in an eltwise chain), one it
+   folds into a weight constant and one it removes cost nothing and are always kept; a standalone guard, a fused
+   guard whose kernel differs from all of the original's (it split or broke a fusion: a guard inside attention
+   stops the fused attention kernel; or it changed the implementation: MLAS to brgemm) and a Checksum check cost a
+   pass over their tensor, in proportion to its elements. Only
    these are priced by timing: the full protection against its free guards alone gives the price of an element.
 3. *Greedy by benefit / cost*, then *vet*: the priced candidates are taken in benefit/cost order while their
    predicted overhead fits. The chosen set is replayed on the benefit campaign's faults and every guard that

@@ -226,3 +226,29 @@ def test_a_guard_set_worse_than_no_guard_is_cut_until_it_is_not():
     final = replays[("relu1",)]  # no worse than no guard on the same faults, in SDC and in SDC+DUE
     assert records[-1].sdc == np.sum(final == SDC) <= np.sum(original == SDC)
     assert records[-1].failed == np.sum(final != MASKED) <= np.sum(original != MASKED)
+
+
+def _projection(guarded: bool) -> ov.Model:
+    """x @ W + b (a FullyConnected, as a transformer's qkv projection), with or without a guard (a Clamp)."""
+    x = ops.parameter([1, 50, 64], np.float32, name="x")
+    weight = ops.constant(np.random.default_rng(0).normal(size=(192, 64)).astype(np.float32))
+    y = ops.add(ops.matmul(x, weight, False, True, name="proj"), ops.constant(np.zeros(192, np.float32)),
+                name="proj/Add")
+    if guarded:
+        y = ops.clamp(y, -1.0, 1.0, name="proj/Add/min_max_Clamp")
+    model = ov.Model([ops.reshape(y, ops.constant(np.array([1, 50, 3, 64])), False, name="heads")], [x], "proj")
+    if guarded:
+        from ovrange.graph import record_inserted
+        record_inserted(model, {"proj/Add/min_max_Clamp": "guard"})
+    return model
+
+
+def test_a_guard_that_changes_its_kernels_implementation_is_priced_not_free():
+    """On f32 the CPU plugin runs a FullyConnected by MLAS, and by oneDNN's brgemm once it has a post-op: the guard is
+    fused, in a kernel that runs the same layers as the original's, and still not free (docs/llm.md)."""
+    from ovrange.bench.benchmark import compiled_fusion
+
+    original = compiled_fusion(_projection(True), _projection(False))
+    (guard,) = original.clamps
+    assert guard.layer_type == "FullyConnected" and guard.status == "changed", guard
+    assert "mlas" not in guard.primitive, guard

@@ -25,7 +25,7 @@ HOSTS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "MVN", "
 class ClampFusion:
     """Where one inserted guard (a Clamp, or the Minimum/Maximum pair of a per-channel bound) ended up at run time.
 
-    ``status``: ``fused`` (it runs inside ``runtime_node`` together with the model layers ``fused_with``),
+    ``status``: ``fused`` (it runs inside ``runtime_node``, a ``primitive`` kernel, with the layers ``fused_with``),
     ``standalone`` (a kernel of its own, or shared only with other guards), ``not found`` (the plugin removed it,
     or moved and renamed it, and no runtime node lists its consumer either) or ``unknown`` (the device's runtime
     model has no ``originalLayersNames``).
@@ -36,6 +36,7 @@ class ClampFusion:
     runtime_node: str | None = None
     layer_type: str | None = None
     fused_with: tuple[str, ...] = ()
+    primitive: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,12 @@ def fusion_report(compiled: ov.CompiledModel, model: ov.Model, device: str = "")
     groups = guards(model)
     member_of = {member: guard for guard, members in groups.items() for member in members}
     layers = {n.get_friendly_name() for n in model.get_ops() if n.get_type_name() != "Constant"} - set(member_of)
-    hosts: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {guard: [] for guard in groups}
+    hosts: dict[str, list[tuple[str, str, tuple[str, ...], str]]] = {guard: [] for guard in groups}
     # A plugin transformation can rewrite a guard together with its consumer into a node it names itself (the CPU
     # plugin's attention fusion on PP-OCRv4 rec: Clamp -> MatMul -> Softmax becomes "MatMul_123, Softmax_127,
     # ..."); the guard then still runs (a [0, 0] bound there changes the output), inside its consumer's node.
     consumers = _consumers(model, groups)
-    absorbed: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {guard: [] for guard in groups}
+    absorbed: dict[str, list[tuple[str, str, tuple[str, ...], str]]] = {guard: [] for guard in groups}
     has_names = False
     for node in compiled.get_runtime_model().get_ordered_ops():
         rt = node.get_rt_info()
@@ -98,11 +99,13 @@ def fusion_report(compiled: ov.CompiledModel, model: ov.Model, device: str = "")
         originals = tuple(n for n in rt["originalLayersNames"].astype(str).split(",") if n)
         layer_type = rt["layerType"].astype(str) if "layerType" in rt else node.get_type_name()
         real = tuple(n for n in originals if n in layers)  # names the plugin made up are not model layers
+        primitive = _primitive(rt)
         for guard in {member_of[n] for n in originals if n in member_of}:
-            hosts[guard].append((node.get_friendly_name(), layer_type, real))
+            hosts[guard].append((node.get_friendly_name(), layer_type, real, primitive))
         for guard, names in consumers.items():
             if names & set(real):
-                absorbed[guard].append((node.get_friendly_name(), layer_type, tuple(sorted(names & set(real)))))
+                absorbed[guard].append((node.get_friendly_name(), layer_type, tuple(sorted(names & set(real))),
+                                        primitive))
     results = []
     for guard in groups:
         found = hosts[guard] or absorbed[guard]
@@ -111,9 +114,9 @@ def fusion_report(compiled: ov.CompiledModel, model: ov.Model, device: str = "")
         elif not found:
             results.append(ClampFusion(guard, "not found"))
         else:
-            node, layer_type, real = max(found, key=lambda host: len(host[2]))
+            node, layer_type, real, primitive = max(found, key=lambda host: len(host[2]))
             fused = bool(real) or layer_type in HOSTS  # a conv renamed after a folded op still runs the guard inside
-            results.append(ClampFusion(guard, "fused" if fused else "standalone", node, layer_type, real))
+            results.append(ClampFusion(guard, "fused" if fused else "standalone", node, layer_type, real, primitive))
     return FusionReport(device, tuple(results))
 
 
@@ -127,22 +130,30 @@ def _consumers(model: ov.Model, groups: dict[str, set[str]]) -> dict[str, set[st
     return found
 
 
-def kernels(compiled: ov.CompiledModel, model: ov.Model) -> set[frozenset[str]]:
-    """The model layers each runtime kernel of ``compiled`` (compiled from ``model``) executes, one set per kernel
-    (names the plugin made up are left out)."""
+def _primitive(rt: Any) -> str:
+    """The implementation the plugin chose for a runtime node (``primitiveType``: ``gemm_mlas``, ``brgemm_avx2``...)."""
+    return rt["primitiveType"].astype(str) if "primitiveType" in rt else ""
+
+
+def kernels(compiled: ov.CompiledModel, model: ov.Model) -> set[tuple[frozenset[str], str]]:
+    """The model layers each runtime kernel of ``compiled`` (compiled from ``model``) executes, with the kernel's
+    implementation, one pair per kernel (names the plugin made up are left out)."""
     layers = {n.get_friendly_name() for n in model.get_ops() if n.get_type_name() != "Constant"}
     found = set()
     for node in compiled.get_runtime_model().get_ordered_ops():
         rt = node.get_rt_info()
         if "originalLayersNames" in rt:
-            found.add(frozenset(n for n in rt["originalLayersNames"].astype(str).split(",") if n in layers))
+            found.add((frozenset(n for n in rt["originalLayersNames"].astype(str).split(",") if n in layers),
+                       _primitive(rt)))
     return found
 
 
-def against_original(report: FusionReport, original: set[frozenset[str]]) -> FusionReport:
-    """``report`` with each fused guard whose kernel runs other model layers than any kernel of the original model
-    (``kernels`` of its compilation) marked ``changed``: the guard split or broke a fusion the original had (a
-    guard inside attention stops the plugin's fused attention kernel), so it is not free although it is fused."""
+def against_original(report: FusionReport, original: set[tuple[frozenset[str], str]]) -> FusionReport:
+    """``report`` with each fused guard whose kernel runs other model layers, or the same layers with another
+    implementation, than every kernel of the original model (``kernels`` of its compilation) marked ``changed``:
+    the guard split or broke a fusion the original had (a guard inside attention stops the plugin's fused attention
+    kernel), or its post-op made the plugin choose a slower implementation (on f32, a FullyConnected with a post-op
+    runs as oneDNN brgemm instead of MLAS: docs/llm.md), so it is not free although it is fused."""
     return FusionReport(report.device, tuple(
-        replace(c, status="changed") if c.status == "fused" and frozenset(c.fused_with) not in original else c
-        for c in report.clamps))
+        replace(c, status="changed") if c.status == "fused" and (frozenset(c.fused_with), c.primitive or "")
+        not in original else c for c in report.clamps))
