@@ -129,7 +129,9 @@ class BudgetResult:
         """SDCs left with the chosen set on the benefit faults: counted by its replay (the last vetting), or, for a
         set that was not replayed, the original's minus the chosen guards' credited removals."""
         last = self.vetting[-1] if self.vetting else None
-        if self.chosen and last is not None and last.guards == len(self.chosen) and not last.dropped:
+        folded = {c.key for c in self.candidates if c.fusion == "folded"}
+        vetted = [k for k in self.chosen if k not in folded]  # a replay counts the activation guards it vetted
+        if vetted and last is not None and last.guards == len(vetted) and not last.dropped:
             return last.sdc
         return self.sdc_original - self.removed
 
@@ -219,11 +221,16 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
         again = inject(with_guards(keys), dataset, replay=faults, **criterion, output=output)
         return again.models[0].outcome
 
+    folded = {c.key for c in candidates if c.fusion == "folded"}
+
     def vetted(keys: list[str]) -> list[str]:
-        kept, done = vet(keys, replay, campaign.models[0].outcome, trial_nodes(campaign),
-                         lambda chosen: _coverage(model, chosen))
+        # the guards of stored weights clamp constants the clean model never exceeds (identity on activation
+        # faults, folded at compile time): always kept, only the activation guards are vetted
+        weights = [k for k in keys if k in folded]
+        kept, done = vet([k for k in keys if k not in folded], lambda chosen: replay(chosen + weights),
+                         campaign.models[0].outcome, trial_nodes(campaign), lambda chosen: _coverage(model, chosen))
         records.extend(done)
-        return kept
+        return [k for k in keys if k in folded or k in set(kept)]
 
     chosen, timings = choose(candidates, max_overhead, timed, vetted)
     result = BudgetResult(max_overhead, campaign.trials, seed, str(campaign.spec.sdc),

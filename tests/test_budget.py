@@ -57,18 +57,22 @@ def check_budget(budget: dict, kept: set[str]) -> None:
     assert all(t["against"] == "original" for t in timings)
     for timing in budget["timings"]:
         assert timing["low"] <= timing["median"] <= timing["high"] and timing["sessions"] >= 4
+    folded = {c["key"] for c in budget["candidates"] if c["fusion"] == "folded"}
+    assert folded <= set(chosen)  # weight guards: folded at compile time, identity on activation faults, kept
+    active = [k for k in chosen if k not in folded]  # what the vetting replays
     if chosen:
         assert budget["overhead"]["guards"] == len(chosen) == timings[-1]["guards"]
         assert budget["overhead"]["median"] <= budget["max_overhead"]  # never kept when measured over it
         assert budget["verified"] == (budget["overhead"]["high"] <= budget["max_overhead"])
+    if active:
         vetted = budget["vetting"][-1]  # the kept set, replayed on the benefit faults: no worse than no guard
-        assert vetted["guards"] == len(chosen) and vetted["dropped"] == []
+        assert vetted["guards"] == len(active) and vetted["dropped"] == []
         assert vetted["sdc"] <= vetted["sdc_original"] == budget["sdc_original"]
         assert vetted["failed"] <= vetted["failed_original"]
     dropped = {k for v in budget["vetting"] for k in v["dropped"]}  # worse than no guard on the benefit faults
     assert free <= set(chosen) | dropped or len(timings) > 1  # free guards go only when measured to cost or harmful
     # the expected reduction and kept share are counted on the benefit faults: the kept set's replay, or nothing
-    left = budget["vetting"][-1]["sdc"] if chosen else budget["sdc_original"]
+    left = budget["vetting"][-1]["sdc"] if active else budget["sdc_original"]
     gain = budget["sdc_original"] - budget["sdc_full"]
     assert budget["sdc_kept"] == left
     assert budget["kept_share"] == (pytest.approx((budget["sdc_original"] - left) / gain) if gain > 0 else None)
