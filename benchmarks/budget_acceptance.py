@@ -10,7 +10,7 @@ guard removes comes from), the share of the full protection's SDC reduction each
 paired-bootstrap interval over faults.
 
     PYTHONPATH=. python benchmarks/budget_acceptance.py [--trials 1500] [--bits 23-30] [--time 8] [--steps 4]
-        [--models vit ppocr_rec face_landmark ppocr_cls] [--json out.json]
+        [--models vit ppocr_rec face_landmark ppocr_cls] [--param per_channel=false] [--json out.json]
 """
 
 from __future__ import annotations
@@ -67,10 +67,13 @@ def run(name: str, args: argparse.Namespace) -> dict:
     model = read_model(path)
     calib_ds = data_mod.load(calib, model).dataset
     start = time.time()
-    full = protect(model, calib_ds, algorithm=args.algorithm, subset_size=64 if ZOO in path else 300, sdc=sdc)
+    params = dict(p.split("=", 1) for p in args.param)
+    params = {k: {"true": True, "false": False}.get(v, v) for k, v in params.items()}
+    full = protect(model, calib_ds, algorithm=args.algorithm, subset_size=64 if ZOO in path else 300, sdc=sdc,
+                   **params)
     timing = {"seconds": args.time, "sessions": 4, "steps": args.steps, "shapes": shapes}
     ratio, _ = overhead_until(model, full, min(BUDGETS), **timing)
-    out = {"model": name, "algorithm": args.algorithm, "sdc": sdc, "load": os.getloadavg(),
+    out = {"model": name, "algorithm": args.algorithm, "params": args.param, "sdc": sdc, "load": os.getloadavg(),
            "full_overhead": {"median": ratio.median - 1, "low": ratio.low - 1, "high": ratio.high - 1,
                              "sessions": ratio.rounds}, "budgets": []}
     cuts = []
@@ -129,6 +132,8 @@ def main() -> None:
     parser.add_argument("--time", type=float, default=8.0, help="seconds of one timing step")
     parser.add_argument("--steps", type=int, default=4, help="timing steps at most per timed set")
     parser.add_argument("--algorithm", default="GlobalClipper")
+    parser.add_argument("--param", action="append", default=[], help="NAME=VALUE: a parameter of the algorithm "
+                        "(per_channel=false), as protect's -p")
     parser.add_argument("--bits", default="23-30", help="of the evaluation campaign (all: every bit)")
     parser.add_argument("--json")
     args = parser.parse_args()

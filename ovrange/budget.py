@@ -184,6 +184,7 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
     ``max_overhead`` (a fraction: 0.01 for 1%), and how they were chosen. ``sdc`` and ``output``: the criterion
     and judged output of the benefit campaign; ``seconds``, ``sessions``, ``steps``, ``shapes``: of each timing."""
     from ovrange.bench.benchmark import compiled_fusion, overhead_until
+    from ovrange.bench.shapes import sample_shapes
     from ovrange.faults.campaign import inject
     from ovrange.faults.faultlist import FaultList
     from ovrange.faults.report import FAULTS_FILE
@@ -199,6 +200,7 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
         campaign = inject(model, dataset, compare=protected, target="activations", trials=trials, seed=seed,
                           bits=BITS, **criterion, output=output, progress=progress, checkpoint_dir=folder)
         faults = FaultList.load(f"{folder}/{FAULTS_FILE}")
+    shapes = shapes or sample_shapes(dataset, model)  # a dynamic input is timed at the data's shape
     fusion = compiled_fusion(protected, model, device=device, shapes=shapes)
     candidates = rank(_candidates(model, protected, plan.guards, campaign, fusion, plan.algorithm == "Checksum"))
 
@@ -323,7 +325,8 @@ def describe(budget: dict[str, Any]) -> list[str]:
     free = sum(1 for c in budget["candidates"] if c["cost"] == 0)
     lines = [f"budget {budget['max_overhead']:.2%}: {len(budget['chosen'])} of {total} guards kept",
              f"  {free} of {total} cost nothing by the compiled graph, {total - free} were priced by timing"]
-    dropped = [k for v in budget.get("vetting", ()) for k in v["dropped"]]
+    chosen = set(budget["chosen"])
+    dropped = list(dict.fromkeys(k for v in budget.get("vetting", ()) for k in v["dropped"] if k not in chosen))
     if dropped:
         lines.append(f"  {len(dropped)} guards dropped as worse than no guard on the benefit faults (without the "
                      "guards upstream of them they turned faults into SDCs or DUEs): " + ", ".join(dropped))

@@ -27,7 +27,7 @@ from ovrange.faults.metrics import MASKED, SDC
 from ovrange.graph import inserted_nodes, node_ids
 
 FREE = ("fused", "folded", "not found")  # cost nothing by the compiled graph: post-ops, folded weights, removed
-VET_ROUNDS = 4  # replays of the benefit faults per chosen set at most; a set still worse after them keeps no guard
+VET_ROUNDS = 4  # replays of the benefit faults per chosen set at most; then the best sound one is kept
 
 
 @dataclass(frozen=True)
@@ -180,10 +180,13 @@ def vet(keys: list[str], replay: Callable[[list[str]], np.ndarray], original: np
         covers_of: Callable[[set[str]], dict[str, tuple[str, ...]]]) -> tuple[list[str], list[Vetting]]:
     """``keys`` cut to a set no worse than no guard on the benefit faults: ``replay(keys)`` gives the set's
     outcome per trial (``original``: the unguarded model's). Guards with a negative net (:func:`blame`) are
-    dropped; a set worse in total with none to blame loses its guard of least net benefit. Returns the kept keys
-    (in their order) and a record per replay."""
+    dropped; a set worse in total with none to blame loses its guard of least net benefit. When the rounds run
+    out, the replayed set with the fewest SDCs (then SDC+DUE) among those no worse than no guard is kept (the
+    blame of one guard is counted on a few faults: a set far better than no guard is not thrown away for it).
+    Returns the kept keys (in their order) and a record per replay, the kept set's last."""
     sdc_original, failed_original = int(np.sum(original == SDC)), int(np.sum(original != MASKED))
     records: list[Vetting] = []
+    sound: list[tuple[int, int, list[str]]] = []  # replayed sets no worse than no guard
     for _ in range(VET_ROUNDS):
         if not keys:
             break
@@ -191,14 +194,20 @@ def vet(keys: list[str], replay: Callable[[list[str]], np.ndarray], original: np
         sdc, failed = int(np.sum(cut == SDC)), int(np.sum(cut != MASKED))
         nets = blame(keys, covers_of(set(keys)), trial_nodes, original, cut)
         worse = [k for k in keys if min(nets[k]) < 0]
-        if not worse and sdc <= sdc_original and failed <= failed_original:
-            records.append(Vetting(len(keys), sdc, failed, sdc_original, failed_original, ()))
-            return keys, records
+        if sdc <= sdc_original and failed <= failed_original:
+            if not worse:
+                records.append(Vetting(len(keys), sdc, failed, sdc_original, failed_original, ()))
+                return keys, records
+            sound.append((sdc, failed, keys))
         if not worse:
             worse = [min(keys, key=lambda k: (min(nets[k]), sum(nets[k])))]
         records.append(Vetting(len(keys), sdc, failed, sdc_original, failed_original, tuple(worse)))
         keys = [k for k in keys if k not in set(worse)]
-    return [], records
+    if not sound:
+        return [], records
+    sdc, failed, keys = min(sound, key=lambda s: (s[0], s[1], -len(s[2])))
+    records.append(Vetting(len(keys), sdc, failed, sdc_original, failed_original, ()))
+    return keys, records
 
 
 def trial_nodes(campaign) -> list[str]:

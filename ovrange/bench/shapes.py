@@ -13,6 +13,16 @@ from ovrange.errors import DataError
 from ovrange.runtime import last_line
 
 
+def sample_shapes(dataset: object, model: ov.Model) -> dict[str, list[int]]:
+    """The shape of each input of ``model`` in the first sample of ``dataset`` (a batch of one)."""
+    from ovrange import data as data_mod
+
+    samples, count = data_mod.subset(dataset, 1)
+    if not count:
+        raise DataError("no samples in the data")
+    arrays = data_mod.sample_arrays(next(samples), model)
+    return {_input_name(port, i): list(array.shape) for i, (port, array) in enumerate(zip(model.inputs, arrays))}
+
 
 def parse_shape(spec: str, model: ov.Model) -> dict[str, list[int]]:
     """benchmark_app's ``-shape`` syntax: ``[1,3,48,320]`` (one input) or ``x[1,3,48,320],y[1,4]``."""

@@ -11,7 +11,7 @@ import typer
 
 from ovrange.cli.app import app
 from ovrange.cli.options import Device, Force, JsonOut, Seconds, Shape, Verbose, finite_json, opt, static_shapes
-from ovrange.errors import ConfigError, DataError
+from ovrange.errors import ConfigError
 
 Opt = typer.Option
 ModelArg = typer.Argument
@@ -159,12 +159,9 @@ def _print_llm(result) -> None:
 def _first_sample_shapes(data: Path, model) -> dict[str, list[int]]:
     """The shape of each input in the first sample of ``data`` (a batch of one)."""
     from ovrange import data as data_mod
+    from ovrange.bench.shapes import sample_shapes
 
-    samples, count = data_mod.subset(data_mod.load(data, model).dataset, 1)
-    if not count:
-        raise DataError(f"no samples in {data}")
-    arrays = data_mod.sample_arrays(next(samples), model)
-    return {port.get_any_name(): list(array.shape) for port, array in zip(model.inputs, arrays)}
+    return sample_shapes(data_mod.load(data, model).dataset, model)
 
 
 def warn_mixed_formats(original: Path, protected: Path) -> None:
