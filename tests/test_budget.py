@@ -256,3 +256,12 @@ def test_a_guard_that_changes_its_kernels_implementation_is_priced_not_free():
     (guard,) = original.clamps
     assert guard.layer_type == "FullyConnected" and guard.status == "changed", guard
     assert "mlas" not in guard.primitive, guard
+
+
+def test_a_dynamic_input_is_timed_at_the_datas_shape():
+    """PP-OCR's inputs are [?, 3, ?, ?]: the budget's timings take the first sample's shape (a batch of one)."""
+    from ovrange.bench.shapes import sample_shapes
+
+    x = ops.parameter(ov.PartialShape([-1, 3, -1, -1]), np.float32, name="x")
+    model = ov.Model([ops.relu(x)], [x], "dynamic")
+    assert sample_shapes(np.zeros((5, 3, 48, 320), np.float32), model) == {"x": [1, 3, 48, 320]}
