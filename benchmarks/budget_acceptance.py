@@ -86,7 +86,8 @@ def run(name: str, args: argparse.Namespace) -> dict:
         out["budgets"].append({"max_overhead": budget, "chosen": len(result.chosen), "verified": result.verified,
                                "overhead": record["overhead"], "timings": record["timings"],
                                "expected_kept_share": result.kept_share, "benefit_sdc": result.sdc_original,
-                               "dropped_as_harmful": [k for v in record["vetting"] for k in v["dropped"]]})
+                               "dropped_as_harmful": sorted({k for v in record["vetting"] for k in v["dropped"]}
+                                                             - set(result.chosen))})
         print(name, budget, json.dumps(out["budgets"][-1]), flush=True)
     heldout_ds = data_mod.load(heldout, model).dataset
     campaign = inject(model, heldout_ds, compare=[full, *cuts], target="activations", trials=args.trials, seed=1,
