@@ -2,8 +2,8 @@
 
 For the fp32 export (or ``--export int8``): the original and GlobalClipper variants (``--variants``): ``default``
 (its default roles), ``clamp`` (the default roles with ``beyond: clamp``: a far value cut to the bound),
-``no_final_norm`` (without the final norm's guard), ``layer_norm`` and ``qkv`` (the default roles plus the decoder
-layers' RMSNorm outputs, or the q/k/v projection outputs), and ``only_<role>`` (one role alone, e.g.
+``final_norm``, ``layer_norm`` and ``qkv`` (the default roles plus the final RMSNorm's output, the decoder layers'
+RMSNorm outputs, or the q/k/v projection outputs), and ``only_<role>`` (one role alone, e.g.
 ``only_linear``: a guard on every linear layer's output, a post-op of each ``FullyConnected``), each protected from
 the calibration prompts. For each model it prints the
 compiled runtime graph (layer count, eltwise kernels) and the implementation the CPU plugin ran each
@@ -14,7 +14,7 @@ the original of the prefill time and of the mean decode step time, with a 95% in
 original is timed as a control.
 
 Usage: python benchmarks/llm_roles_cost.py [--rounds 200] [--export fp32] [--threads 0]
-       [--variants default,clamp,no_final_norm,layer_norm,qkv,only_weights,only_activation,only_residual,only_norm,only_linear]
+       [--variants default,clamp,final_norm,layer_norm,qkv,only_weights,only_activation,only_residual,only_linear]
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ from ovrange import generate, text
 from ovrange.timing import paired_ratio
 
 LLM = Path(__file__).resolve().parent.parent / "build" / "llm"
-DEFAULT = ["activation", "norm", "residual", "weights"]  # what GlobalClipper's default roles place on a decoder LM
-VARIANTS = {"default": {}, "clamp": {"beyond": "clamp"},
-            "no_final_norm": {"targets": ["activation", "residual", "weights"]},
+DEFAULT = ["activation", "residual", "weights"]  # what GlobalClipper's default roles place on a decoder LM
+VARIANTS = {"default": {}, "clamp": {"beyond": "clamp"}, "final_norm": {"targets": [*DEFAULT, "final_norm"]},
             "layer_norm": {"targets": [*DEFAULT, "layer_norm"]}, "qkv": {"targets": [*DEFAULT, "qkv"]}}
 
 
@@ -86,8 +85,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--export", default="fp32")
     parser.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS (0: the plugin's default)")
-    parser.add_argument("--variants", default="default,clamp,no_final_norm,layer_norm,qkv,only_weights,"
-                        "only_activation,only_residual,only_norm,only_linear")
+    parser.add_argument("--variants", default="default,clamp,final_norm,layer_norm,qkv,only_weights,"
+                        "only_activation,only_residual,only_linear")
     args = parser.parse_args()
     xml = LLM / args.export / "openvino_model.xml"
     original = ov.Core().read_model(xml)
