@@ -72,7 +72,8 @@ PARAMS: dict[str, Param] = {
     "beyond": Param(str, "zero", lambda v: None if v in BEYOND else f"must be one of {', '.join(BEYOND)}",
                     "a value beyond a fused per-channel NCHW guard's bound: clamp (cut to the bound) or zero (folded "
                     "back into the bounds, and 0, or the bound nearest 0, once it is more than two widths beyond: "
-                    "a flipped exponent lands at 0 however wide the bound is); scalar bounds clamp; fold: scalar "
+                    "a flipped exponent lands at 0 however wide the bound is); scalar bounds clamp, but on a decoder "
+                    "LM (the llm placement) they fold to 0 too and turn a NaN into +Inf (a DUE); fold: scalar "
                     "bounds reflect a value beyond back and land a far one on the bound nearest 0, per-channel "
                     "bounds clamp"),
     "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
