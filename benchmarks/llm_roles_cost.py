@@ -1,8 +1,11 @@
 """What each GlobalClipper role costs on the bundled language model, and why: compiled kernels and timings.
 
-For the fp32 export (or ``--export int8``): the original, GlobalClipper with its default roles, and GlobalClipper
-with one role at a time (``targets: [role]``), including ``linear`` (a guard on every linear layer's output: a
-post-op of each ``FullyConnected``), each protected from the calibration prompts. For each model it prints the
+For the fp32 export (or ``--export int8``): the original and GlobalClipper variants (``--variants``): ``default``
+(its default roles), ``clamp`` (the default roles with ``beyond: clamp``: a far value cut to the bound),
+``final_norm``, ``layer_norm`` and ``qkv`` (the default roles plus the final RMSNorm's output, the decoder layers'
+RMSNorm outputs, or the q/k/v projection outputs), and ``only_<role>`` (one role alone, e.g.
+``only_linear``: a guard on every linear layer's output, a post-op of each ``FullyConnected``), each protected from
+the calibration prompts. For each model it prints the
 compiled runtime graph (layer count, eltwise kernels) and the implementation the CPU plugin ran each
 ``FullyConnected`` with (the profiler's exec type, after a prefill and a decode step). Then it times all of them
 with OpenVINO directly, interleaved round after round (the order reversed every other round): a prefill of a random
@@ -11,6 +14,7 @@ the original of the prefill time and of the mean decode step time, with a 95% in
 original is timed as a control.
 
 Usage: python benchmarks/llm_roles_cost.py [--rounds 200] [--export fp32] [--threads 0]
+       [--variants default,clamp,final_norm,layer_norm,qkv,only_weights,only_activation,only_residual,only_linear]
 """
 
 from __future__ import annotations
@@ -28,7 +32,18 @@ from ovrange import generate, text
 from ovrange.timing import paired_ratio
 
 LLM = Path(__file__).resolve().parent.parent / "build" / "llm"
-ROLES = ("weights", "activation", "residual", "norm", "linear")
+DEFAULT = ["activation", "residual", "weights"]  # what GlobalClipper's default roles place on a decoder LM
+VARIANTS = {"default": {}, "clamp": {"beyond": "clamp"}, "final_norm": {"targets": [*DEFAULT, "final_norm"]},
+            "layer_norm": {"targets": [*DEFAULT, "layer_norm"]}, "qkv": {"targets": [*DEFAULT, "qkv"]}}
+
+
+def variant(name: str) -> dict:
+    """GlobalClipper parameters of a variant: one of VARIANTS, or ``only_<role>``."""
+    if name.startswith("only_"):
+        return {"targets": [name[len("only_"):]]}
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}: {', '.join(VARIANTS)} or only_<role>")
+    return VARIANTS[name]
 
 
 def kernels(model: ov.Model, config: dict) -> tuple[int, int, Counter]:
@@ -70,14 +85,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--export", default="fp32")
     parser.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS (0: the plugin's default)")
+    parser.add_argument("--variants", default="default,clamp,final_norm,layer_norm,qkv,only_weights,"
+                        "only_activation,only_residual,only_linear")
     args = parser.parse_args()
     xml = LLM / args.export / "openvino_model.xml"
     original = ov.Core().read_model(xml)
     calibration = text.load(LLM / "calib_prompts.txt", original, xml)
-    models = {"original": original, "control (original)": ov.Core().read_model(xml),
-              "GlobalClipper": ovrange.protect(original, calibration, algorithm="GlobalClipper")}
-    for role in ROLES:
-        models[f"only {role}"] = ovrange.protect(original, calibration, algorithm="GlobalClipper", targets=[role])
+    models = {"original": original, "control (original)": ov.Core().read_model(xml)}
+    for name in args.variants.split(","):
+        models[name] = ovrange.protect(original, calibration, algorithm="GlobalClipper", **variant(name))
     config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": args.threads} if args.threads else {})}
     for key, model in models.items():
         layers, eltwise, kinds = kernels(model, config)

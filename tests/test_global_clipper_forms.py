@@ -121,6 +121,26 @@ def test_beyond_zero_keeps_the_range_and_sends_far_values_to_zero_or_the_nearest
     assert all(c.status == "fused" for c in report.clamps) and report.clamps
 
 
+@pytest.mark.parametrize("low,high,far", [(-7.0, 5.0, 0.0), (0.5, 5.0, 0.5)])
+def test_scalar_beyond_zero_sends_far_values_to_zero_and_keeps_nan_detectable(low, high, far):
+    """The ``[N, T, C]`` form of a decoder LM's guards (one bound per tensor, ``nan: inf``): identity inside the
+    bounds, a far value (a flipped exponent, +-Inf) to 0 (or the bound nearest 0), a NaN to +Inf (a DUE, not a
+    plausible value); fused into the producer's eltwise kernel like a Clamp."""
+    a, b = (ops.parameter([1, -1, 8], np.float32, name=n) for n in "ab")
+    model = ov.Model([ops.result(ops.add(a, b, name="add"))], [a, b])
+    entry = {"node": "add", "type": "Add", "role": "residual", "edge": None, "axis": None, "rank": 3, "low": low,
+             "high": high, "samples": 1, "method": "max", "form": "fused", "beyond": "zero", "nan": "inf"}
+    guarded = protected_copy(model, {"add": entry}, "bound")
+    compiled = compile_model(guarded, "CPU", precision="f32")
+    inside = np.random.default_rng(0).uniform(low, high, (1, 64, 8)).astype(np.float32)
+    np.testing.assert_allclose(compiled([inside, np.zeros_like(inside)])[0], inside, atol=(high - low) * 1e-6)
+    for value, expected in ((1e6, far), (-3e38, far), (np.inf, far), (-np.inf, far), (np.nan, np.inf)):
+        x = np.full((1, 2, 8), value, np.float32)
+        assert np.all(compiled([x, np.zeros_like(x)])[0] == expected), value
+    assert fusion_report(compiled, guarded).counts["fused"] == 1
+    assert len(compiled.get_runtime_model().get_ops()) == 4  # two inputs, the Add with its guard, the result
+
+
 def test_logits_entering_softmax_get_a_standalone_min_max(protected):
     """A fused post-op on a classifier's logits moves an MLAS FullyConnected to oneDNN (docs/transformers.md)."""
     entry = ovrange.protection_info(protected).nodes["logits>probs:0"]

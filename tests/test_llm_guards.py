@@ -1,6 +1,6 @@
-"""GlobalClipper on a decoder language model: the Llama-style roles (gated MLP, residual stream, final RMSNorm) placed
-where the CPU plugin keeps its fused SDPA, RMS, RoPE and FullyConnected kernels and their implementations, on the
-bundled model's stateful exports, with real compilation and inference."""
+"""GlobalClipper on a decoder language model: the Llama-style roles (gated MLP, residual stream; the RMSNorm outputs
+and q/k/v projections opt-in) placed where the CPU plugin keeps its fused SDPA, RMS, RoPE and FullyConnected kernels
+and their implementations, on the bundled model's stateful exports, with real compilation and inference."""
 
 from __future__ import annotations
 
@@ -34,15 +34,25 @@ def test_llm_roles_guard_the_llama_blocks_and_no_fused_kernel_input(llm, export)
     targets = global_clipper.select(model, _defaults()).targets
     roles = Counter(t.role for t in targets)
     # Swish and the gated product per layer; both residual Adds per layer but the last (read by the final RMSNorm
-    # only); the final RMSNorm (read by lm_head). No projection output (a post-op would change the FC kernel), no
-    # per-layer norm or embedding (a kernel each)
-    assert roles == {"norm": 1, "activation": 2 * LAYERS, "residual": 2 * LAYERS - 1}
+    # only). No projection output (a post-op would change the FC kernel), no norm or embedding (a kernel each)
+    assert roles == {"activation": 2 * LAYERS, "residual": 2 * LAYERS - 1}
     by_role = {role: Counter(t.op for t in targets if t.role == role) for role in roles}
     assert by_role["activation"] == {"Swish": LAYERS, "Multiply": LAYERS}
     assert by_role["residual"] == {"Add": 2 * LAYERS - 1}
-    assert [t.name for t in targets if t.role == "norm"] == ["__module.model.norm/aten::mul/Multiply_1"]
     assert all(t.edge is None and t.feature_axis == 2 for t in targets)  # [N, T, C]: never a per-head tensor
     assert not [t for t in targets if "self_attn" in t.name]  # no projection, rotary or attention tensor
+
+
+def test_opt_in_llm_roles_guard_the_layer_norms_and_the_qkv_projections(llm):  # noqa: F811
+    model = ov.Core().read_model(llm["fp32"] / "openvino_model.xml")
+    targets = global_clipper.select(model, _defaults(targets=["final_norm", "layer_norm", "qkv"])).targets
+    assert Counter(t.role for t in targets) == {"final_norm": 1, "layer_norm": 2 * LAYERS, "qkv": 3 * LAYERS}
+    assert [t.name for t in targets if t.role == "final_norm"] == ["__module.model.norm/aten::mul/Multiply_1"]
+    assert {t.name.split(".")[-1].split("/")[0] for t in targets if t.role == "qkv"} == {"q_proj", "k_proj", "v_proj"}
+    assert all("layernorm/" in t.name for t in targets if t.role == "layer_norm")  # not the final norm
+    plan = global_clipper.make_plan(targets, [-1.0] * len(targets), [1.0] * len(targets), 1, beyond="zero",
+                                   scalar_zero=True)
+    assert {(e["beyond"], e["nan"], e["axis"]) for e in plan.values()} == {("zero", "inf", None)}
 
 
 def test_llm_roles_are_off_on_other_models_and_on_request(llm):  # noqa: F811
@@ -82,9 +92,9 @@ def test_protected_llm_keeps_every_fused_kernel_its_implementation_and_the_greed
         "ScaledDotProductAttention": LAYERS, "RMS": 2 * LAYERS + 1, "RoPE": 2 * LAYERS, "FullyConnected": 29}
     # every FullyConnected runs with the original's implementation (a post-op moves an f32 FC from MLAS to brgemm)
     assert kinds == original_kinds and sum(kinds.values()) == 2 * 29
-    # one kernel more than the original's: the final norm's guard, after the RMS kernel (which takes no post-ops)
-    assert sum(layers.values()) == sum(original.values()) + 1
+    # the original's runtime graph, layer for layer: every guard runs inside a kernel the original has
+    assert layers == original
     report = fusion_report(compiled, protected)
-    assert report.counts["standalone"] == 1 and report.counts["fused"] == 2 * LAYERS + 2 * LAYERS - 1
+    assert report.counts["standalone"] == 0 and report.counts["fused"] == 2 * LAYERS + 2 * LAYERS - 1
     clean = generate.generations(model, prompts, 8).argmax(-1)
     assert np.array_equal(generate.generations(protected, prompts, 8).argmax(-1), clean)

@@ -55,29 +55,55 @@ def zero_target(entry: dict[str, Any]) -> np.ndarray:
 
 
 def _unit_fold(x: ov.Output, centre: np.ndarray, half: np.ndarray, target: np.ndarray, shape: list[int],
-               name: str) -> tuple[ov.Node, float]:
+               name: str) -> tuple[ov.Node, float, float]:
     """``beyond: zero`` in the unit domain ``u = x/h - c/h``: identity on ``[-1, 1]``; a value beyond folds back
     into the bounds (``1 - |u - 1|``), and one more than ``2 + d`` half-widths beyond (``d = z + 1``, ``z`` the
     target) becomes ``z``. Piecewise linear, continuous, always inside ``[-1, 1]``; Abs, scale-shift and a scalar
     Clamp only, so the CPU plugin fuses the chain into the producer's post-ops like a Clamp. Returns the node,
-    which is ``r + 1`` (the unit value plus one, folded into the unscaling), and the offset ``-1``."""
+    which is ``r + 1`` (the unit value plus one, folded into the unscaling), the offset ``-1`` and the scale 1."""
     d = target + 1.0
     below = ops.add(ops.multiply(x, _const(1 / half, shape), name=f"{name}/scale_Multiply"),
                     _const(-centre / half - 1, shape), name=f"{name}/shift_Add")  # u - 1
     folded = ops.add(ops.multiply(ops.abs(below, name=f"{name}/fold_Abs"), ops.constant(np.float32(-1))),
                      _const(1 + d, shape), name=f"{name}/fold_Add")  # (1 - |u - 1|) + d
     floor = ops.clamp(folded, -1.0, 3.0, name=f"{name}/unit_Clamp")  # max(t, -1 - d) + d
-    return ops.abs(ops.add(floor, _const(1 - d, shape)), name=f"{name}/zero_Abs"), -1.0  # |t' + 1| = r + 1
+    return ops.abs(ops.add(floor, _const(1 - d, shape)), name=f"{name}/zero_Abs"), -1.0, 1.0  # |t' + 1| = r + 1
+
+
+NAN_MARK = 2.0 ** 100  # a NaN becomes -NAN_MARK at the Clamp, a value no finite input reaches there
+NAN_SCALE = 2.0 ** 40  # NAN_MARK * NAN_SCALE overflows to Inf; a power of two: finite values scale exactly
+
+
+def _unit_fold_nan(x: ov.Output, centre: np.ndarray, half: np.ndarray, target: np.ndarray, shape: list[int],
+                   name: str) -> tuple[ov.Node, float, float]:
+    """:func:`_unit_fold`, the same function of a finite input, but a NaN comes out as +Inf (a DUE a runtime check
+    sees, where :func:`_unit_fold` makes it ``z``, as the CPU's Clamp maps NaN to its low bound). The Clamp here
+    works on ``|u - 1| - 1 - d`` (never below ``-1 - d`` for a finite input) with the low bound ``-NAN_MARK``: only
+    a NaN lands there, and the next scale-shift, by the power of two ``NAN_SCALE``, sends it to -Inf, where a finite
+    value scales exactly. +-Inf (a value overflowed upstream) folds to ``z`` like any far value. Scale-shift, Abs
+    and one scalar Clamp, as :func:`_unit_fold`. Returns ``(r + 1) * NAN_SCALE``, the offset ``-1`` and the scale
+    ``1 / NAN_SCALE``."""
+    d = target + 1.0
+    below = ops.add(ops.multiply(x, _const(1 / half, shape), name=f"{name}/scale_Multiply"),
+                    _const(-centre / half - 1, shape), name=f"{name}/shift_Add")  # u - 1
+    over = ops.add(ops.abs(below, name=f"{name}/fold_Abs"), _const(-1 - d, shape),
+                   name=f"{name}/fold_Add")  # |u - 1| - 1 - d = -((1 - |u - 1|) + d)
+    ceiling = ops.clamp(over, -NAN_MARK, 1.0, name=f"{name}/unit_Clamp")  # min(., 1); NaN -> -NAN_MARK
+    marked = ops.multiply(ops.add(ceiling, _const(d - 1, shape), name=f"{name}/zero_Add"),
+                          ops.constant(np.float32(-NAN_SCALE)), name=f"{name}/mark_Multiply")
+    return ops.abs(marked, name=f"{name}/zero_Abs"), -1.0, 1.0 / NAN_SCALE  # |t' + 1| * NAN_SCALE
 
 
 def _unit(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> tuple[ov.Node, np.ndarray,
-                                                                                      np.ndarray, float]:
-    """The bounded value in the unit domain (plus an offset), its centre and half-width, the offset to add."""
+                                                                                      np.ndarray, float, float]:
+    """The bounded value in the unit domain (times a scale, plus an offset), its centre and half-width, the offset
+    to add and the scale to multiply by (``nan: inf``: :func:`_unit_fold_nan`)."""
     centre, half = unit_scale(entry)
     if entry.get("beyond", "clamp") == "zero":
-        node, offset = _unit_fold(x, centre, half, zero_target(entry), shape, name)
-        return node, centre, half, offset
-    return _unit_clamp(x, centre, half, shape, name), centre, half, 0.0
+        fold = _unit_fold_nan if entry.get("nan") == "inf" else _unit_fold
+        node, offset, scale = fold(x, centre, half, zero_target(entry), shape, name)
+        return node, centre, half, offset, scale
+    return _unit_clamp(x, centre, half, shape, name), centre, half, 0.0, 1.0
 
 
 def fold_clamp(x: ov.Output, low: float, high: float, name: str) -> ov.Node:
@@ -96,15 +122,17 @@ def fold_clamp(x: ov.Output, low: float, high: float, name: str) -> ov.Node:
 
 def affine_clamp(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> ov.Node:
     """``Clamp(x * (1/h) - c/h, -1, 1) * h + c`` (``beyond: zero``: the folded unit value, :func:`_unit_fold`)."""
-    clamped, centre, half, offset = _unit(x, entry, shape, name)
-    return ops.add(ops.multiply(clamped, _const(half, shape), name=f"{name}/unscale_Multiply"),
+    clamped, centre, half, offset, scale = _unit(x, entry, shape, name)
+    return ops.add(ops.multiply(clamped, _const(half * scale, shape), name=f"{name}/unscale_Multiply"),
                    _const(centre + offset * half, shape))
 
 
 def folded_clamp(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> tuple[ov.Node, np.ndarray]:
     """``Clamp(x * (1/h) - c/h, -1, 1) + c/h`` (the bounded value divided by ``h``) and ``h``, which every consumer
     of this node must multiply back in: :func:`fold_into_weight`, or ``* h`` (:func:`unscale`)."""
-    clamped, centre, half, offset = _unit(x, entry, shape, name)
+    clamped, centre, half, offset, scale = _unit(x, entry, shape, name)
+    if scale != 1.0:
+        clamped = ops.multiply(clamped, ops.constant(np.float32(scale)), name=f"{name}/mark_unscale")
     return ops.add(clamped, _const(centre / half + offset, shape)), half
 
 

@@ -48,7 +48,7 @@ from ovrange.passes.channel_guards import (affine_clamp, fold_clamp, fold_into_w
                                           unscale)
 from ovrange.passes.guards import (CLAMP_SUFFIX, NONFINITE, NONFINITE_PARAM, Insertion, clamp_guard, nonfinite_input,
                                    nonfinite_output, reset_guard)
-from ovrange.passes.llm_roles import is_decoder_lm, llm_targets
+from ovrange.passes.llm_roles import LLM_ONLY_ROLES, is_decoder_lm, llm_targets
 from ovrange.passes.placement import describe, place
 from ovrange.passes.roles import ROLES as TENSOR_ROLES
 from ovrange.passes.roles import targets_by_role
@@ -57,7 +57,7 @@ from ovrange.targets import (ACTIVATIONS, POOLING, Target, check_activations, la
                              outputs_by_id, weight_layers as weighted_layers, weight_output)
 
 WEIGHTS = "weights"  # not a tensor: the stored weights of Convolution/MatMul layers, bounded per output channel
-ROLES = (*TENSOR_ROLES, WEIGHTS)
+ROLES = (*TENSOR_ROLES, *LLM_ONLY_ROLES, WEIGHTS)  # LLM_ONLY_ROLES: placed on decoder LMs only
 BEYOND = ("clamp", "zero", "fold")
 DEFAULT_ROLES = ["activation", "norm", "residual", "attention", "pooling", "probabilities", WEIGHTS]
 
@@ -72,7 +72,8 @@ PARAMS: dict[str, Param] = {
     "beyond": Param(str, "zero", lambda v: None if v in BEYOND else f"must be one of {', '.join(BEYOND)}",
                     "a value beyond a fused per-channel NCHW guard's bound: clamp (cut to the bound) or zero (folded "
                     "back into the bounds, and 0, or the bound nearest 0, once it is more than two widths beyond: "
-                    "a flipped exponent lands at 0 however wide the bound is); scalar bounds clamp; fold: scalar "
+                    "a flipped exponent lands at 0 however wide the bound is); scalar bounds clamp, but on a decoder "
+                    "LM (the llm placement) they fold to 0 too and turn a NaN into +Inf (a DUE); fold: scalar "
                     "bounds reflect a value beyond back and land a far one on the bound nearest 0, per-channel "
                     "bounds clamp"),
     "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
@@ -108,7 +109,7 @@ def select(model: ov.Model, params: dict[str, Any]) -> Selection:
         raise ModelError(f"model {model.get_friendly_name()!r} has no target of role(s) "
                          f"{', '.join(params['targets'])}; nothing to protect")
     check_targets(targets, params["per_channel"] is True)
-    return Selection(targets, {"layers": layers, "graph": describe(model)})
+    return Selection(targets, {"layers": layers, "graph": describe(model), "llm": bool(llm)})
 
 
 def requests(selection: Selection, params: dict[str, Any]) -> list[StatRequest]:
@@ -120,7 +121,8 @@ def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
     """Observed min/max per target (widened by ``margin``) and each bounded layer's weight range, as JSON guards."""
     found = [stats[StatRequest(t.node, "minmax", _axis(t, params["per_channel"]))] for t in selection.targets]
     guards = make_plan(selection.targets, [f.low for f in found], [f.high for f in found],
-                       stats.samples if found else 0, params["margin"], params["beyond"])
+                       stats.samples if found else 0, params["margin"], params["beyond"],
+                       scalar_zero=selection.facts.get("llm", False))
     guards, record = place(guards, selection.facts["graph"]) if "graph" in selection.facts else (guards, {})
     guards.update(weight_plan(selection.facts["layers"]))
     counts = {role: sum(e["role"] == role for e in guards.values()) for role in params["targets"]}
@@ -226,9 +228,11 @@ def _axis(target: Target, per_channel: bool | str) -> int | None:
 
 
 def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarray], samples: int,
-              margin: float = 0.0, beyond: str = "clamp") -> dict[str, dict[str, Any]]:
+              margin: float = 0.0, beyond: str = "clamp", scalar_zero: bool = False) -> dict[str, dict[str, Any]]:
     """Target id -> its guard: role, op, feature axis (None: one bound), low/high (floats or per-channel lists),
-    form (``fused`` into the producer's post-ops, a ``standalone`` kernel, or ``reset`` for probabilities)."""
+    form (``fused`` into the producer's post-ops, a ``standalone`` kernel, or ``reset`` for probabilities).
+    ``scalar_zero`` (the LLM placement): ``beyond: zero`` applies to one bound per tensor too, in the form that
+    keeps a NaN detectable (``nan: inf``, :func:`ovrange.passes.channel_guards._unit_fold_nan`)."""
     plan = {}
     for target, lo, hi in zip(targets, low, high):
         lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
@@ -253,6 +257,8 @@ def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarra
         }
         if beyond == "zero" and not scalar and target.feature_axis == 1 and not standalone(target):
             plan[target.id]["beyond"] = beyond  # per-channel NCHW guards (a unit domain already); others clamp
+        if beyond == "zero" and scalar and scalar_zero and not standalone(target):
+            plan[target.id].update(beyond=beyond, nan="inf")  # [N, T, C] of a decoder LM: scalar post-ops
         if beyond == "fold" and scalar and not standalone(target):
             plan[target.id]["beyond"] = beyond  # one bound per tensor: scalar post-ops
     return plan

@@ -12,13 +12,16 @@ rotary kernels. On a decoder LM (:func:`is_decoder_lm`) GlobalClipper selects it
 - ``residual``: each ``Add`` of a sublayer's output projection to the residual stream (the guard joins the Add's
   eltwise kernel). An Add read by the final RMSNorm only is left unguarded: a guard there makes the plugin split
   that RMS kernel (measured);
-- ``norm``: the final RMSNorm's output, read by ``lm_head`` (nothing downstream bounds it): a small eltwise kernel
-  of its own after the fused ``RMS`` kernel (which takes no post-ops);
+- ``norm``: no tensor guard. A guard on an RMSNorm output is an eltwise kernel of its own after the fused ``RMS``
+  kernel (which takes no post-ops), and on the bundled model it caught no SDC the other guards let through
+  (docs/llm.md): the opt-in roles ``final_norm`` (the final RMSNorm's output, read by ``lm_head``) and
+  ``layer_norm`` (the decoder layers' RMSNorm outputs) place them;
 - ``attention``: no tensor guard. A guard on a q/k/v/o projection's output is a post-op of its ``FullyConnected``,
   which makes the CPU plugin run that layer with oneDNN's brgemm kernel instead of MLAS on f32, at a cost far above
   the clamp's (docs/llm.md, "What the guards cost, and why"); the rotary tensors and the KV cache are inside the
   fused RoPE and SDPA kernels. Their faults stay bounded downstream: the attention output is a softmax-weighted mean
   of the values, and the output projection's result is bounded by the residual Add's guard;
+- ``qkv`` (opt-in): the q, k and v projection outputs (a post-op of each ``FullyConnected``);
 - ``linear``, ``pooling``, ``probabilities``: as :func:`targets_by_role` (every constant-weight MatMul output...).
 
 The decoder layers' RMSNorm outputs and the token embedding are not guarded either (each would be an eltwise kernel
@@ -37,6 +40,12 @@ from ovrange.passes.roles import _behind_affine, _consumers, _follow_affine, tar
 from ovrange.targets import ACTIVATIONS, DATA_MOVEMENT, SDPA, Target, make_target
 
 LLM_ROLES = ("activation", "norm", "residual", "attention")  # the roles this module places differently
+# Opt-in roles of the LLM placement only (not defaults: each costs a kernel or a FullyConnected implementation for
+# no SDC caught on the bundled model, docs/llm.md): the final and the decoder layers' RMSNorm outputs (an eltwise
+# kernel each after the fused RMS kernel), and the q, k, v projection outputs (a post-op of each FullyConnected:
+# brgemm instead of MLAS on f32)
+LLM_ONLY_ROLES = ("final_norm", "layer_norm", "qkv")
+ROTARY = ("Multiply", "Add", "Subtract", "Negative", "Convert", "Broadcast", *DATA_MOVEMENT)  # q/k/v to SDPA
 
 
 def is_decoder_lm(model: ov.Model) -> bool:
@@ -89,10 +98,15 @@ def llm_targets(model: ov.Model, roles: Iterable[str], activations: Iterable[str
                 add(_follow_affine(node, live), "activation")
             elif node.get_type_name() == "Multiply" and _gated(node, activations, live):
                 add(_follow_affine(node, live), "activation")
-    if "norm" in roles:
+    if "final_norm" in roles or "layer_norm" in roles:
         for node in rms_norms(model):
-            if _read_by_head(_follow_affine(node, live), live):
-                add(_follow_affine(node, live), "norm")
+            final = _read_by_head(_follow_affine(node, live), live)
+            if final and "final_norm" in roles or not final and "layer_norm" in roles:
+                add(_follow_affine(node, live), "final_norm" if final else "layer_norm")
+    if "qkv" in roles:
+        for node in ops:
+            if _linear(node, live) and _feeds_attention(node):
+                add(node, "qkv")
     if "residual" in roles:
         norm_inputs = {v.get_node().get_name() for n in rms_norms(model) for v in n.input_values()}
         for node in ops:
@@ -100,7 +114,8 @@ def llm_targets(model: ov.Model, roles: Iterable[str], activations: Iterable[str
                     node.get_name() not in norm_inputs or any(c.get_type_name() == "Add" for c in _consumers(node))):
                 add(node, "residual")
     targets = [make_target(id_of[n.get_name()], id_of[n.get_name()], n, 0, role) for n, role in found.values()]
-    others = targets_by_role(model, roles - set(LLM_ROLES), activations) if roles - set(LLM_ROLES) else []
+    rest = roles - set(LLM_ROLES) - set(LLM_ONLY_ROLES)
+    others = targets_by_role(model, rest, activations) if rest else []
     taken = {t.id for t in targets}
     targets += [t for t in others if t.id not in taken]
     index = {key: order[node.get_name()] for key, node in node_ids(model)}
@@ -136,6 +151,17 @@ def _projection_added(node: ov.Node, live: set[str]) -> bool:
     """An Add of two computed tensors, one of which a linear layer computed (a sublayer's output projection)."""
     inputs = [v.get_node() for v in node.input_values() if v.get_node().get_name() in live]
     return len(inputs) == 2 and any(_linear(_behind_affine(n, live), live) for n in inputs)
+
+
+def _feeds_attention(node: ov.Node, depth: int = 12) -> bool:
+    """Whether ``node``'s output reaches a ``ScaledDotProductAttention`` through rotary and data-movement ops only
+    (a q, k or v projection)."""
+    for user in _consumers(node):
+        if user.get_type_name() in SDPA:
+            return True
+        if depth and user.get_type_name() in ROTARY and _feeds_attention(user, depth - 1):
+            return True
+    return False
 
 
 def _read_by_head(node: ov.Node, live: set[str], depth: int = 4) -> bool:
