@@ -49,6 +49,7 @@ from ovrange.passes.channel_guards import (affine_clamp, fold_clamp, fold_into_w
 from ovrange.passes.guards import (CLAMP_SUFFIX, NONFINITE, NONFINITE_PARAM, Insertion, clamp_guard, nonfinite_input,
                                    nonfinite_output, reset_guard)
 from ovrange.passes.llm_roles import is_decoder_lm, llm_targets
+from ovrange.passes import streams
 from ovrange.passes.placement import describe, place
 from ovrange.passes.roles import ROLES as TENSOR_ROLES
 from ovrange.passes.roles import targets_by_role
@@ -75,6 +76,11 @@ PARAMS: dict[str, Param] = {
                     "a flipped exponent lands at 0 however wide the bound is); scalar bounds clamp; fold: scalar "
                     "bounds reflect a value beyond back and land a far one on the bound nearest 0, per-channel "
                     "bounds clamp"),
+    "scaled": Param(bool, False, None,
+                    "per-channel clamps (beyond: clamp) on convolution outputs as one scalar Clamp on the tensor "
+                    "divided by a per-channel scale folded into the weights of the convolutions computing and "
+                    "reading it (ovrange.passes.streams: exact; bounds widened to a profile shared through "
+                    "residual Adds); elsewhere the per-channel form"),
     "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
                     "widen each bound by this fraction of its range on both sides"),
     "activations": Param(list, list(ACTIVATIONS), None, "activation op types of the activation role"),
@@ -133,7 +139,8 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
     weights = {k: e for k, e in plan.guards.items() if e["role"] == WEIGHTS}
     bound_weights(model, weights)  # first: the tensor guards' ids stay those of the original nodes
     tensors = {k: e for k, e in plan.guards.items() if e["role"] != WEIGHTS}
-    return PassResult(model, insert(model, tensors, plan.params.get("nonfinite", "bound")) or bool(weights))
+    return PassResult(model, insert(model, tensors, plan.params.get("nonfinite", "bound"),
+                                    plan.params.get("scaled", False)) or bool(weights))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -269,13 +276,16 @@ def protected_copy(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: 
     return clone
 
 
-def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "keep") -> bool:
-    """Insert a guard on every tensor of ``plan`` into ``model`` (edited) and record the inserted nodes."""
+def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "keep", scaled: bool = False) -> bool:
+    """Insert a guard on every tensor of ``plan`` into ``model`` (edited) and record the inserted nodes; with
+    ``scaled``, per-channel clamps in scalable streams become scalar Clamps (:func:`scale_streams`)."""
     if nonfinite not in NONFINITE:
         raise ConfigError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
+    insertion = Insertion(model)
+    if scaled:
+        plan = scale_streams(model, plan, insertion)
     nodes = dict(node_ids(model))
     position = {node.get_name(): k for k, node in enumerate(nodes.values())}
-    insertion = Insertion(model)
     for key, entry in plan.items():
         source = nodes[entry["node"]].output(0)
         name = key.replace(">", "/to/")
@@ -297,6 +307,45 @@ def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "k
         # the tensor names move only where the guard's output is the bounded value itself (not it divided by h)
         insertion.after(source, make, others, names=not entry["edge"] and bool(others))
     return insertion.done()
+
+
+def _streamable(entry: dict[str, Any]) -> bool:
+    """A per-channel clamp on a convolution-sized NCHW tensor, or a scalar clamp (both guard values of the tensor)."""
+    return (not entry.get("edge") and entry.get("form", "fused") in ("fused", "standalone")
+            and entry.get("beyond", "clamp") == "clamp" and entry["axis"] in (1, None) and "high" in entry)
+
+
+def scale_streams(model: ov.Model, plan: dict[str, dict[str, Any]], insertion: Insertion
+                  ) -> dict[str, dict[str, Any]]:
+    """``plan`` with the guards of every scalable stream (:func:`streams.find_streams`) as one scalar bound on the
+    scaled tensor (``scaled``: the scale's widening); the scales folded into ``model``'s weights."""
+    plan = dict(plan)
+    per_channel = [e["node"] for e in plan.values() if _streamable(e) and e["axis"] == 1 and e["rank"] == 4]
+    by_node: dict[str, list[str]] = {}
+    for key, entry in plan.items():
+        by_node.setdefault(entry.get("node", key), []).append(key)
+    for k, stream in enumerate(streams.find_streams(model, per_channel)):
+        keys = [key for member in stream.members for key in by_node.get(member, [])]
+        if not all(_streamable(plan[key]) for key in keys):
+            continue  # a guard of another form would see the scaled values
+        bounds = [_channel_bounds(plan[key], stream.channels) for key in keys]
+        scale = streams.stream_scale(stream, bounds)
+        for name in streams.apply_stream(model, stream, scale, f"stream{k}"):
+            insertion.mark(name, "decode")
+        widening = streams.summary(stream, bounds, scale)["widening"]
+        for key, (low, high) in zip(keys, bounds):
+            lo, hi = streams.scaled_bound(low, high, scale)
+            plan[key] = {**plan[key], "axis": None, "low": lo, "high": hi, "form": "fused",
+                         "scaled": round(widening, 3)}
+    return plan
+
+
+def _channel_bounds(entry: dict[str, Any], channels: int) -> tuple[np.ndarray, np.ndarray]:
+    low, high = np.asarray(entry["low"], np.float64).reshape(-1), np.asarray(entry["high"], np.float64).reshape(-1)
+    if high.size == 1:  # a scalar bound holds for every channel of the tensor
+        size = channels if entry["axis"] is None else high.size
+        low, high = np.full(size, low[0]), np.full(size, high[0])
+    return low, high
 
 
 def _folds(entry: dict[str, Any], nonfinite: str) -> bool:
