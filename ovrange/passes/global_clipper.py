@@ -19,7 +19,9 @@ Guards: a scalar bound is one ``Clamp``; a per-channel bound is a Clamp in a per
 the producer as post-ops, its scale folded into consuming convolutions where there are some
 (:mod:`ovrange.passes.channel_guards`); a guard that runs as a kernel of its own (after pooling, or on a linear
 layer's logits entering Softmax: :func:`standalone`) is per-channel ``Minimum``/``Maximum``. ``per_channel: nchw``
-(default) bounds per channel NCHW tensors only.
+(default) bounds per channel NCHW tensors only. With ``scaled``, per-channel clamps on a residual stream of
+convolutions are one scalar Clamp on the tensor divided by a per-channel scale that the convolutions' weights absorb
+(:mod:`ovrange.passes.streams`): the cost of a per-tensor bound.
 The probabilities a model returns (``probabilities`` role: a Softmax output) have known bounds ``[0, 1]``; their
 guard resets a value outside (or NaN) to 0 (:func:`ovrange.passes.guards.reset_guard`): 0 is what
 almost every probability is, where a clamp would make a flipped one a confident 1 (a wrong class).
@@ -278,12 +280,12 @@ def protected_copy(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: 
 
 def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "keep", scaled: bool = False) -> bool:
     """Insert a guard on every tensor of ``plan`` into ``model`` (edited) and record the inserted nodes; with
-    ``scaled``, per-channel clamps in scalable streams become scalar Clamps (:func:`scale_streams`)."""
+    ``scaled``, per-channel clamps in scalable streams become scalar Clamps (:func:`streams.scale_streams`)."""
     if nonfinite not in NONFINITE:
         raise ConfigError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
     insertion = Insertion(model)
     if scaled:
-        plan = scale_streams(model, plan, insertion)
+        plan = streams.scale_streams(model, plan, insertion)
     nodes = dict(node_ids(model))
     position = {node.get_name(): k for k, node in enumerate(nodes.values())}
     for key, entry in plan.items():
@@ -307,45 +309,6 @@ def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "k
         # the tensor names move only where the guard's output is the bounded value itself (not it divided by h)
         insertion.after(source, make, others, names=not entry["edge"] and bool(others))
     return insertion.done()
-
-
-def _streamable(entry: dict[str, Any]) -> bool:
-    """A per-channel clamp on a convolution-sized NCHW tensor, or a scalar clamp (both guard values of the tensor)."""
-    return (not entry.get("edge") and entry.get("form", "fused") in ("fused", "standalone")
-            and entry.get("beyond", "clamp") == "clamp" and entry["axis"] in (1, None) and "high" in entry)
-
-
-def scale_streams(model: ov.Model, plan: dict[str, dict[str, Any]], insertion: Insertion
-                  ) -> dict[str, dict[str, Any]]:
-    """``plan`` with the guards of every scalable stream (:func:`streams.find_streams`) as one scalar bound on the
-    scaled tensor (``scaled``: the scale's widening); the scales folded into ``model``'s weights."""
-    plan = dict(plan)
-    per_channel = [e["node"] for e in plan.values() if _streamable(e) and e["axis"] == 1 and e["rank"] == 4]
-    by_node: dict[str, list[str]] = {}
-    for key, entry in plan.items():
-        by_node.setdefault(entry.get("node", key), []).append(key)
-    for k, stream in enumerate(streams.find_streams(model, per_channel)):
-        keys = [key for member in stream.members for key in by_node.get(member, [])]
-        if not all(_streamable(plan[key]) for key in keys):
-            continue  # a guard of another form would see the scaled values
-        bounds = [_channel_bounds(plan[key], stream.channels) for key in keys]
-        scale = streams.stream_scale(stream, bounds)
-        for name in streams.apply_stream(model, stream, scale, f"stream{k}"):
-            insertion.mark(name, "decode")
-        widening = streams.summary(stream, bounds, scale)["widening"]
-        for key, (low, high) in zip(keys, bounds):
-            lo, hi = streams.scaled_bound(low, high, scale)
-            plan[key] = {**plan[key], "axis": None, "low": lo, "high": hi, "form": "fused",
-                         "scaled": round(widening, 3)}
-    return plan
-
-
-def _channel_bounds(entry: dict[str, Any], channels: int) -> tuple[np.ndarray, np.ndarray]:
-    low, high = np.asarray(entry["low"], np.float64).reshape(-1), np.asarray(entry["high"], np.float64).reshape(-1)
-    if high.size == 1:  # a scalar bound holds for every channel of the tensor
-        size = channels if entry["axis"] is None else high.size
-        low, high = np.full(size, low[0]), np.full(size, high[0])
-    return low, high
 
 
 def _folds(entry: dict[str, Any], nonfinite: str) -> bool:

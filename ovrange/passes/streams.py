@@ -34,6 +34,7 @@ import openvino.opset13 as ops
 
 from ovrange.graph import node_ids
 from ovrange.passes.channel_guards import fold_into_weight
+from ovrange.passes.guards import Insertion
 from ovrange.targets import CONVOLUTIONS
 
 HOMOGENEOUS = ("PRelu", "Relu")  # f(x / s) = f(x) / s for s > 0
@@ -263,3 +264,46 @@ def summary(stream: Stream, bounds: list[tuple[np.ndarray, np.ndarray]], scale: 
         worst = max(worst, float(np.max((hi - lo) * s / np.maximum(high - low, 1e-30))))
     return {"tensors": len(stream.members), "guards": len(bounds), "producers": len(stream.roots),
             "readers": len(stream.readers), "widening": worst}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GlobalClipper plan entries
+
+
+def streamable(entry: dict[str, Any]) -> bool:
+    """A per-channel clamp on a convolution-sized NCHW tensor, or a scalar clamp (both guard values of the tensor)."""
+    return (not entry.get("edge") and entry.get("form", "fused") in ("fused", "standalone")
+            and entry.get("beyond", "clamp") == "clamp" and entry["axis"] in (1, None) and "high" in entry)
+
+
+def scale_streams(model: ov.Model, plan: dict[str, dict[str, Any]], insertion: Insertion
+                  ) -> dict[str, dict[str, Any]]:
+    """``plan`` with the guards of every scalable stream (:func:`find_streams`) as one scalar bound on the
+    scaled tensor (``scaled``: the scale's widening); the scales folded into ``model``'s weights."""
+    plan = dict(plan)
+    per_channel = [e["node"] for e in plan.values() if streamable(e) and e["axis"] == 1 and e["rank"] == 4]
+    by_node: dict[str, list[str]] = {}
+    for key, entry in plan.items():
+        by_node.setdefault(entry.get("node", key), []).append(key)
+    for k, stream in enumerate(find_streams(model, per_channel)):
+        keys = [key for member in stream.members for key in by_node.get(member, [])]
+        if not all(streamable(plan[key]) for key in keys):
+            continue  # a guard of another form would see the scaled values
+        bounds = [channel_bounds(plan[key], stream.channels) for key in keys]
+        scale = stream_scale(stream, bounds)
+        for name in apply_stream(model, stream, scale, f"stream{k}"):
+            insertion.mark(name, "decode")
+        widening = summary(stream, bounds, scale)["widening"]
+        for key, (low, high) in zip(keys, bounds):
+            lo, hi = scaled_bound(low, high, scale)
+            plan[key] = {**plan[key], "axis": None, "low": lo, "high": hi, "form": "fused",
+                         "scaled": round(widening, 3)}
+    return plan
+
+
+def channel_bounds(entry: dict[str, Any], channels: int) -> tuple[np.ndarray, np.ndarray]:
+    low, high = np.asarray(entry["low"], np.float64).reshape(-1), np.asarray(entry["high"], np.float64).reshape(-1)
+    if high.size == 1:  # a scalar bound holds for every channel of the tensor
+        size = channels if entry["axis"] is None else high.size
+        low, high = np.full(size, low[0]), np.full(size, high[0])
+    return low, high
