@@ -102,8 +102,8 @@ def guard_margin(guard: dict[str, Any], margin: float | None = None) -> float:
 
 
 def with_margin(guards: dict[str, dict[str, Any]], margin: float | None = None) -> dict[str, dict[str, Any]]:
-    """Every widenable bound grown by its margin (:func:`guard_margin`) times its range on each side (a ``fold``
-    bound that is on one side of 0 only up to 0)."""
+    """Every widenable bound grown by its margin (:func:`guard_margin`) times its range on each side; a bound on
+    one side of 0 only up to 0."""
     out = {}
     for key, guard in guards.items():
         grow = guard_margin(guard, margin)
@@ -111,9 +111,10 @@ def with_margin(guards: dict[str, dict[str, Any]], margin: float | None = None) 
             low, high = _arrays(guard)
             unit = _unit(low, high)
             new_low, new_high = low - grow * unit, high + grow * unit
-            if guard.get("beyond") == "fold":  # a bound on one side of 0 stays there: its fold is two post-ops
-                new_low, new_high = np.where(low >= 0, np.maximum(new_low, 0), new_low), np.where(
-                    high <= 0, np.minimum(new_high, 0), new_high)  # shorter, and 0 is where far values land
+            # a bound on one side of 0 keeps 0 as its end: a ReLU's output is never negative, so the margin must
+            # not let a flipped sign through (and a fold on one side of 0 is two post-ops shorter)
+            new_low, new_high = np.where(low >= 0, np.maximum(new_low, 0), new_low), np.where(
+                high <= 0, np.minimum(new_high, 0), new_high)
             guard = _store(guard, new_low, new_high, f"{guard.get('method', 'max')}+margin:{grow:g}")
         out[key] = guard
     return out
