@@ -39,6 +39,7 @@ ZERO_MARGIN = 3.0  # the margin of a guard that sends far values to 0 (GlobalCli
 # exponent lands at 0 however wide the bound is, so a width that covers unseen inputs costs little protection; held-out
 # images exceed calibration bounds by up to 2.2 ranges on the zoo (docs/zoo.md)
 FAR_TO_ZERO = ("zero", "fold")  # GlobalClipper's guard forms that land a far value at 0, not on the bound
+NONNEGATIVE = ("Relu", "Clamp", "Sigmoid", "HSigmoid", "HardSigmoid", "SoftPlus")  # outputs >= 0 (Clamp: ReLU6)
 WIDEN = 1.0  # a bound that fires on a held-out value: cover it, plus this many times the range
 ROUNDS = 3  # widen-and-check rounds at most
 LINF = "linf:0.01"  # the fixed clean-output criterion, beside the model's own
@@ -102,8 +103,8 @@ def guard_margin(guard: dict[str, Any], margin: float | None = None) -> float:
 
 
 def with_margin(guards: dict[str, dict[str, Any]], margin: float | None = None) -> dict[str, dict[str, Any]]:
-    """Every widenable bound grown by its margin (:func:`guard_margin`) times its range on each side; a bound on
-    one side of 0 only up to 0."""
+    """Every widenable bound grown by its margin (:func:`guard_margin`) times its range on each side; the low end
+    of a non-negative op's bound (ReLU, ReLU6...) only down to 0."""
     out = {}
     for key, guard in guards.items():
         grow = guard_margin(guard, margin)
@@ -111,10 +112,8 @@ def with_margin(guards: dict[str, dict[str, Any]], margin: float | None = None) 
             low, high = _arrays(guard)
             unit = _unit(low, high)
             new_low, new_high = low - grow * unit, high + grow * unit
-            # a bound on one side of 0 keeps 0 as its end: a ReLU's output is never negative, so the margin must
-            # not let a flipped sign through (and a fold on one side of 0 is two post-ops shorter)
-            new_low, new_high = np.where(low >= 0, np.maximum(new_low, 0), new_low), np.where(
-                high <= 0, np.minimum(new_high, 0), new_high)
+            if guard.get("type") in NONNEGATIVE:  # never negative: the margin must not let a flipped sign through
+                new_low = np.where(low >= 0, np.maximum(new_low, 0), new_low)  # (and a fold there is shorter)
             guard = _store(guard, new_low, new_high, f"{guard.get('method', 'max')}+margin:{grow:g}")
         out[key] = guard
     return out
