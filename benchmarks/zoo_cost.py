@@ -15,7 +15,7 @@ Eltwise). Usage::
 
     python benchmarks/zoo_cost.py --models face_landmark,ppocr_cls --cpu --variant default=- \
         --variant clamp='beyond=clamp' --variant scalar='per_channel=false' \
-        --variant fold='per_channel=false;beyond=fold'
+        --variant fold='per_channel=false;beyond=fold' --variant scaled='beyond=clamp;scaled=true'
     python benchmarks/zoo_cost.py --models face_landmark --layers --variant default=-
 """
 

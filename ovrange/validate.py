@@ -5,8 +5,8 @@ protected model answers differently from the original on clean data. ``protect``
 
 1. holds out part of the calibration subset (:data:`DEFAULT_HOLDOUT`, seeded) and observes the bounds on the rest;
 2. widens every range bound by ``margin`` times its range on both sides. By default the margin follows the guard's
-   form: :data:`ZERO_MARGIN` (three ranges) where the guard sends far values to 0 (GlobalClipper's ``beyond: zero``:
-   a flipped exponent lands at 0 however wide the bound), :data:`MARGIN` (none) where it clips to its bound (a wider
+   form: :data:`ZERO_MARGIN` (three ranges) where the guard sends far values to 0 (GlobalClipper's ``beyond: zero``
+   and ``fold``: a flipped exponent lands at 0 however wide the bound), :data:`MARGIN` (none) where it clips to its bound (a wider
    bound there lets more faults through and clips the rest further from the clean value: docs/zoo.md);
 3. runs the original model on the held-out part, watching every guarded value: a guard *fires* when a held-out
    value falls outside its bound; each firing bound is widened to cover the held-out values plus :data:`WIDEN`
@@ -38,6 +38,8 @@ MARGIN = 0.0  # every range bound grows by this many times its range on each sid
 ZERO_MARGIN = 3.0  # the margin of a guard that sends far values to 0 (GlobalClipper's ``beyond: zero``): a flipped
 # exponent lands at 0 however wide the bound is, so a width that covers unseen inputs costs little protection; held-out
 # images exceed calibration bounds by up to 2.2 ranges on the zoo (docs/zoo.md)
+FAR_TO_ZERO = ("zero", "fold")  # GlobalClipper's guard forms that land a far value at 0, not on the bound
+NONNEGATIVE = ("Relu", "Clamp", "Sigmoid", "HSigmoid", "HardSigmoid", "SoftPlus")  # outputs >= 0 (Clamp: ReLU6)
 WIDEN = 1.0  # a bound that fires on a held-out value: cover it, plus this many times the range
 ROUNDS = 3  # widen-and-check rounds at most
 LINF = "linf:0.01"  # the fixed clean-output criterion, beside the model's own
@@ -97,19 +99,22 @@ def guard_margin(guard: dict[str, Any], margin: float | None = None) -> float:
     to 0 and :data:`MARGIN` for one that clips to its bound."""
     if margin is not None:
         return margin
-    return ZERO_MARGIN if guard.get("beyond") == "zero" else MARGIN
+    return ZERO_MARGIN if guard.get("beyond") in FAR_TO_ZERO else MARGIN
 
 
 def with_margin(guards: dict[str, dict[str, Any]], margin: float | None = None) -> dict[str, dict[str, Any]]:
-    """Every widenable bound grown by its margin (:func:`guard_margin`) times its range on each side."""
+    """Every widenable bound grown by its margin (:func:`guard_margin`) times its range on each side; the low end
+    of a non-negative op's bound (ReLU, ReLU6...) only down to 0."""
     out = {}
     for key, guard in guards.items():
         grow = guard_margin(guard, margin)
         if widenable(guard) and grow > 0:
             low, high = _arrays(guard)
             unit = _unit(low, high)
-            guard = _store(guard, low - grow * unit, high + grow * unit, f"{guard.get('method', 'max')}"
-                           f"+margin:{grow:g}")
+            new_low, new_high = low - grow * unit, high + grow * unit
+            if guard.get("type") in NONNEGATIVE:  # never negative: the margin must not let a flipped sign through
+                new_low = np.where(low >= 0, np.maximum(new_low, 0), new_low)  # (and a fold there is shorter)
+            guard = _store(guard, new_low, new_high, f"{guard.get('method', 'max')}+margin:{grow:g}")
         out[key] = guard
     return out
 

@@ -12,6 +12,7 @@ import openvino.opset13 as ops
 import pytest
 
 import ovrange
+from ovrange import validate
 from ovrange.bench.fusion import fusion_report
 from ovrange.errors import ConfigError
 from ovrange.passes.global_clipper import protected_copy
@@ -167,7 +168,7 @@ def test_cli_rejects_a_bad_nonfinite_value_in_one_line(tmp_path: Path):
     assert not (tmp_path / "out").exists()
 
 
-def test_fold_guard_is_the_identity_in_range_lands_far_values_near_zero_and_fuses():
+def test_fold_guard_is_the_identity_in_range_lands_far_values_at_zero_and_fuses():
     model = residual_model("PRelu")
     data = np.random.default_rng(0).standard_normal((16, 1, 4, 8, 8)).astype(np.float32)
     folded = ovrange.protect(model, data, algorithm="GlobalClipper", subset_size=16, holdout=0, per_channel=False,
@@ -175,18 +176,26 @@ def test_fold_guard_is_the_identity_in_range_lands_far_values_near_zero_and_fuse
     entry = ovrange.protection_info(folded).nodes["act"]
     assert entry["beyond"] == "fold" and entry["axis"] is None and entry["low"] < 0 < entry["high"]
     probe = protected_copy(residual_model("PRelu"), {"act": {**entry, "node": "bias"}}, "bound")
-    near = min(entry["low"], entry["high"], key=abs)  # where a far value lands: the bound nearest 0
     x = np.zeros((1, 4, 8, 8), np.float32)
     inside = np.linspace(entry["low"], entry["high"], 64, dtype=np.float32).reshape(1, 1, 8, 8)
     far = np.array([1e30, -1e30, 2.0 ** 40, np.inf, -np.inf, np.nan], np.float32)
     x[0, 0], x[0, 1, 0, :6] = inside[0, 0], far
+    near = np.linspace(entry["high"], 2 * entry["high"], 8, dtype=np.float32)  # just beyond: reflected back
+    x[0, 2, 0] = near
     eye = protected_copy(_identity(), {"bias": {**entry, "node": "bias"}}, "bound")  # the guard on x + 0
     out = run(eye, x[None])[0]
     np.testing.assert_allclose(out[0], inside[0, 0], atol=1e-5 * max(abs(entry["high"]), abs(entry["low"])))
-    np.testing.assert_array_equal(out[1, 0, :5], np.full(5, near, np.float32))
-    assert out[1, 0, 5] == np.float32(entry["low"])  # NaN: the CPU's Clamp gives the low bound
+    np.testing.assert_array_equal(out[1, 0, :6], np.zeros(6, np.float32))  # far, +-Inf and NaN land at 0
+    assert np.all(out[2, 0] >= entry["low"]) and np.all(out[2, 0] <= entry["high"])
     status = guard_status(probe)
-    assert status and set(status.values()) == {"fused"}  # Add, Abs, Multiply-Add and Clamp: the conv's post-ops
+    assert status and set(status.values()) == {"fused"}  # scale-shifts, Abs and Clamp: the conv's post-ops
+
+
+def test_fold_bounds_on_one_side_of_zero_keep_it_under_the_margin():
+    """A fold bound of a ReLU output gets the wide margin upwards only: 0 stays its low end (the shorter fold)."""
+    relu = {"node": "a", "type": "Relu", "low": 0.0, "high": 2.0, "method": "max", "beyond": "fold"}
+    grown = validate.with_margin({"a": relu})["a"]
+    assert grown["low"] == 0.0 and grown["high"] == 2.0 + 2.0 * validate.ZERO_MARGIN
 
 
 def _identity() -> ov.Model:

@@ -11,7 +11,7 @@ def test_a_guard_that_sends_far_values_to_zero_gets_the_wide_margin_a_clipping_g
     weights = {"node": "c", "type": "Convolution", "role": "weights", "low": [-1.0], "high": [1.0], "beyond": "zero"}
     grown = validate.with_margin({"a": zero, "b": clamp, "c": weights})
     m = validate.ZERO_MARGIN
-    assert (grown["a"]["low"], grown["a"]["high"]) == (-2.0 * m, 2.0 + 2.0 * m)
+    assert (grown["a"]["low"], grown["a"]["high"]) == (0.0, 2.0 + 2.0 * m)  # a ReLU's bound keeps 0 as its end
     assert grown["a"]["method"] == f"max+margin:{m:g}" and grown["a"]["beyond"] == "zero"
     assert grown["b"] == clamp and validate.MARGIN == 0.0  # clipping guards: no blanket margin
     assert grown["c"] == weights  # stored-weight bounds are never widened

@@ -107,17 +107,33 @@ def _unit(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> t
 
 
 def fold_clamp(x: ov.Output, low: float, high: float, name: str) -> ov.Node:
-    """``beyond: fold`` for one bound per tensor: ``Clamp(high - |x - high|, low, high)`` when ``|low| <= |high|``
-    (else mirrored at ``low``). Identity on ``[low, high]`` (to f32 rounding of ``high``); a value beyond the far
-    bound is reflected back and, once it is a range beyond, lands on the bound nearest 0 (``low``; 0 itself after a
-    Relu), as does any value beyond the near bound and +-Inf (NaN: the low bound, the CPU's Clamp). Four scalar
-    element-wise post-ops (scale-shift, Abs, scale-shift, Clamp): five vector instructions per output vector against
-    the Clamp's two, where the per-channel forms load a vector of constants per post-op (docs/zoo.md#cost)."""
+    """``beyond: fold`` for one bound per tensor: identity on ``[low, high]`` (to f32 rounding); a value beyond is
+    reflected back into the bound and, once it is far beyond (a flipped exponent, +-Inf, NaN), lands at 0, or at
+    the bound nearest 0 when 0 is outside ``[low, high]``.
+
+    The value is reflected at the bound farther from 0 (``pivot``): ``t = pivot - |x - pivot|`` (mirrored when the
+    far bound is ``low``) is the identity on the bound's side and runs off towards the near bound for every value
+    beyond either bound. With ``low < 0 < high`` a second reflection sends the run-off to 0: with
+    ``w = (high - low) - |x - pivot|`` (``|t - near|`` on the bound), the guard is ``near -+ |Clamp(w, -|near|,
+    high - low)|``, which is ``x`` on the bound and 0 where the Clamp stops ``w``. Otherwise the Clamp to
+    ``[low, high]`` lands it on the near bound. Scalar element-wise post-ops only (scale-shift, Abs, Clamp): four
+    (bound on one side of 0) or six of them, against the Clamp's one (docs/zoo.md#cost); NaN goes where the CPU's
+    Clamp sends it, the Clamp's low end, which is 0 or the near bound as well."""
     pivot, sign = (high, -1.0) if abs(low) <= abs(high) else (low, 1.0)
-    shifted = ops.add(x, ops.constant(np.float32(-pivot)), name=f"{name}/fold_shift")
-    back = ops.add(ops.multiply(ops.abs(shifted, name=f"{name}/fold_Abs"), ops.constant(np.float32(sign))),
-                   ops.constant(np.float32(pivot)), name=f"{name}/fold_back")
-    return ops.clamp(back, float(low), float(high))
+    near = low if sign < 0 else high
+    shifted = ops.abs(ops.add(x, ops.constant(np.float32(-pivot)), name=f"{name}/fold_shift"),
+                      name=f"{name}/fold_Abs")
+    if not low < 0 < high:
+        back = ops.add(ops.multiply(shifted, ops.constant(np.float32(sign))), ops.constant(np.float32(pivot)),
+                       name=f"{name}/fold_back")
+        return ops.clamp(back, float(low), float(high))
+    # w = (high - low) - |x - pivot|: in [0, high - low] on the bound (where near - sign * |w| is x), running to
+    # -inf beyond either bound; the Clamp stops it at -|near|, where near - sign * |w| is 0 (NaN lands there too)
+    width = ops.add(ops.multiply(shifted, ops.constant(np.float32(-1))), ops.constant(np.float32(high - low)),
+                    name=f"{name}/fold_back")
+    clamped = ops.clamp(width, -abs(float(near)), float(high - low), name=f"{name}/fold_Clamp")
+    return ops.add(ops.multiply(ops.abs(clamped, name=f"{name}/zero_Abs"), ops.constant(np.float32(-sign))),
+                   ops.constant(np.float32(near)), name=f"{name}/zero_Add")
 
 
 def affine_clamp(x: ov.Output, entry: dict[str, Any], shape: list[int], name: str) -> ov.Node:

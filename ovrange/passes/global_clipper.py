@@ -19,7 +19,9 @@ Guards: a scalar bound is one ``Clamp``; a per-channel bound is a Clamp in a per
 the producer as post-ops, its scale folded into consuming convolutions where there are some
 (:mod:`ovrange.passes.channel_guards`); a guard that runs as a kernel of its own (after pooling, or on a linear
 layer's logits entering Softmax: :func:`standalone`) is per-channel ``Minimum``/``Maximum``. ``per_channel: nchw``
-(default) bounds per channel NCHW tensors only.
+(default) bounds per channel NCHW tensors only. With ``scaled``, per-channel clamps on a residual stream of
+convolutions are one scalar Clamp on the tensor divided by a per-channel scale that the convolutions' weights absorb
+(:mod:`ovrange.passes.streams`): the cost of a per-tensor bound.
 The probabilities a model returns (``probabilities`` role: a Softmax output) have known bounds ``[0, 1]``; their
 guard resets a value outside (or NaN) to 0 (:func:`ovrange.passes.guards.reset_guard`): 0 is what
 almost every probability is, where a clamp would make a flipped one a confident 1 (a wrong class).
@@ -48,6 +50,7 @@ from ovrange.passes.channel_guards import (affine_clamp, fold_clamp, fold_into_w
                                           unscale)
 from ovrange.passes.guards import (CLAMP_SUFFIX, NONFINITE, NONFINITE_PARAM, Insertion, clamp_guard, nonfinite_input,
                                    nonfinite_output, reset_guard)
+from ovrange.passes import streams
 from ovrange.passes.llm_roles import LLM_ONLY_ROLES, is_decoder_lm, llm_targets
 from ovrange.passes.placement import describe, place
 from ovrange.passes.roles import ROLES as TENSOR_ROLES
@@ -76,6 +79,11 @@ PARAMS: dict[str, Param] = {
                     "LM (the llm placement) they fold to 0 too and turn a NaN into +Inf (a DUE); fold: scalar "
                     "bounds reflect a value beyond back and land a far one on the bound nearest 0, per-channel "
                     "bounds clamp"),
+    "scaled": Param(bool, False, None,
+                    "per-channel clamps (beyond: clamp) on convolution outputs as one scalar Clamp on the tensor "
+                    "divided by a per-channel scale folded into the weights of the convolutions computing and "
+                    "reading it (ovrange.passes.streams: exact; bounds widened to a profile shared through "
+                    "residual Adds); elsewhere the per-channel form"),
     "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
                     "widen each bound by this fraction of its range on both sides"),
     "activations": Param(list, list(ACTIVATIONS), None, "activation op types of the activation role"),
@@ -135,7 +143,8 @@ def apply(model: ov.Model, plan: Any) -> PassResult:
     weights = {k: e for k, e in plan.guards.items() if e["role"] == WEIGHTS}
     bound_weights(model, weights)  # first: the tensor guards' ids stay those of the original nodes
     tensors = {k: e for k, e in plan.guards.items() if e["role"] != WEIGHTS}
-    return PassResult(model, insert(model, tensors, plan.params.get("nonfinite", "bound")) or bool(weights))
+    return PassResult(model, insert(model, tensors, plan.params.get("nonfinite", "bound"),
+                                    plan.params.get("scaled", False)) or bool(weights))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,13 +284,16 @@ def protected_copy(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: 
     return clone
 
 
-def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "keep") -> bool:
-    """Insert a guard on every tensor of ``plan`` into ``model`` (edited) and record the inserted nodes."""
+def insert(model: ov.Model, plan: dict[str, dict[str, Any]], nonfinite: str = "keep", scaled: bool = False) -> bool:
+    """Insert a guard on every tensor of ``plan`` into ``model`` (edited) and record the inserted nodes; with
+    ``scaled``, per-channel clamps in scalable streams become scalar Clamps (:func:`streams.scale_streams`)."""
     if nonfinite not in NONFINITE:
         raise ConfigError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
+    insertion = Insertion(model)
+    if scaled:
+        plan = streams.scale_streams(model, plan, insertion)
     nodes = dict(node_ids(model))
     position = {node.get_name(): k for k, node in enumerate(nodes.values())}
-    insertion = Insertion(model)
     for key, entry in plan.items():
         source = nodes[entry["node"]].output(0)
         name = key.replace(">", "/to/")
