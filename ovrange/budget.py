@@ -15,8 +15,8 @@ checks) that fits the budget:
    folds into a weight constant and one it removes cost nothing and are always kept; a standalone guard, a fused
    guard whose kernel differs from all of the original's (it split or broke a fusion: a guard inside attention
    stops the fused attention kernel; or it changed the implementation: MLAS to brgemm) and a Checksum check cost a
-   pass over their tensor, in proportion to its elements. Only
-   these are priced by timing: the full protection against its free guards alone gives the price of an element.
+   pass over their tensor, in proportion to its elements. Only these are priced by timing: the full protection
+   against its free guards alone gives the price of an element.
 3. *Greedy by benefit / cost*, then *vet*: the priced candidates are taken in benefit/cost order while their
    predicted overhead fits. The chosen set is replayed on the benefit campaign's faults and every guard that
    leaves it worse than no guard is dropped (:func:`ovrange.budget_credit.vet`: a lone guard after a layer that
