@@ -232,7 +232,8 @@ def within_budget(model: ov.Model, protected: ov.Model, dataset: Any, max_overhe
         kept, done = vet([k for k in keys if k not in folded], lambda chosen: replay(chosen + weights),
                          campaign.models[0].outcome, trial_nodes(campaign), lambda chosen: _coverage(model, chosen))
         records.extend(done)
-        return [k for k in keys if k in folded or k in set(kept)]
+        kept_set = folded | set(kept)
+        return [k for k in keys if k in kept_set]
 
     chosen, timings = choose(candidates, max_overhead, timed, vetted)
     result = BudgetResult(max_overhead, campaign.trials, seed, str(campaign.spec.sdc),

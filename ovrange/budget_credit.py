@@ -48,7 +48,6 @@ class Candidate:
         return self.removed / self.cost if self.cost > 0 else math.inf if self.removed > 0 else 0.0
 
 
-
 def _candidates(model: ov.Model, protected: ov.Model, guards: dict[str, dict], campaign, fusion,
                 checks: bool = False) -> list[Candidate]:
     """Each guard with the SDCs it is credited with and its estimated cost; ``checks``: Checksum checks, each a

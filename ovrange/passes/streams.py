@@ -110,7 +110,7 @@ def _zero_pad(node: ov.Node) -> bool:
     """A constant-mode Pad with value 0 (or none) and no channels added before the input's."""
     if node.get_attributes().get("pad_mode") != "constant":
         return False
-    values = [v for v in node.input_values()[1:]]
+    values = node.input_values()[1:]
     if not all(v.get_node().get_type_name() == "Constant" for v in values):
         return False
     begin = values[0].get_node().get_data().reshape(-1)
@@ -138,8 +138,8 @@ def _bias_root(node: ov.Node) -> ov.Node | None:
 def find_streams(model: ov.Model, guarded: list[str]) -> list[Stream]:
     """The streams holding the guarded node ids ``guarded`` (output 0 of each), each complete and safe to scale;
     guarded tensors whose stream is not (the model's input, a Concat, a reshape towards an output) are in none."""
-    ids = {node.get_name(): node_id for node_id, node in node_ids(model)}
-    nodes = {node_id: node for node_id, node in node_ids(model)}
+    nodes = dict(node_ids(model))
+    ids = {node.get_name(): node_id for node_id, node in nodes.items()}
     found, done = [], set()
     for start in guarded:
         if start in done or start not in nodes:
@@ -247,9 +247,7 @@ def _scale_bias(add: ov.Node, factor: np.ndarray, name: str) -> str:
     """Multiply the constant operand of the bias Add by ``factor`` per channel (axis 1 of the rank-4 sum)."""
     port = next(k for k, v in enumerate(add.input_values()) if _constant(v))
     bias = add.input_value(port)
-    rank = bias.get_partial_shape().rank.get_length()
-    shape = [len(factor)] + [1] * 2 if rank >= 3 else [len(factor), 1, 1]
-    scaled = ops.multiply(bias, ops.constant(factor.astype(np.float32).reshape(shape)), name=name + SCALE_SUFFIX)
+    scaled = ops.multiply(bias, ops.constant(factor.astype(np.float32).reshape(-1, 1, 1)), name=name + SCALE_SUFFIX)
     add.input(port).replace_source_output(scaled.output(0))
     return scaled.get_friendly_name()
 
