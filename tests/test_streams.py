@@ -10,7 +10,7 @@ import ovrange
 from ovrange.graph import inserted_nodes
 from ovrange.passes import streams
 from ovrange.runtime import compile_model
-from tests.test_zoo import ZOO_DIR
+from tests.test_zoo import zoo  # noqa: F401  (the session fixture building build/zoo)
 
 
 def run(model, x: np.ndarray) -> np.ndarray:
@@ -19,10 +19,8 @@ def run(model, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def face():
-    folder = ZOO_DIR / "face_landmark"
-    if not (folder / "face_landmark.xml").exists():
-        pytest.skip("zoo not built")
+def face(zoo):
+    folder = zoo[0] / "face_landmark"
     data = np.load(folder / "calib.npz")["input_1"][:8]
     held = np.load(folder / "heldout.npz")["input_1"][:3]
     return ov.Core().read_model(str(folder / "face_landmark.xml")), data, held
