@@ -25,7 +25,9 @@ pytest.importorskip("ray")
 GONE_WITHIN = 30.0  # seconds after the command ends
 CAMPAIGN = ["--trials", "12000", "--seed", "5", "--num-samples", "40", "--bits", "20-31", "--batch-size", "8",
             "--shard-size", "400", "--workers", "2", "--no-plots", "-q"]
-LONG = ["--trials", "40000"]  # the signal, sent once both workers run their first shard, lands mid-campaign
+# The signal, sent once both workers run a shard, lands mid-campaign: 400,000 trials of FashionLeNet last about 15 s
+# on two cores (40,000 took 1.3 s and could end before the sampling saw both workers at work)
+LONG = {"--trials": "400000", "--shard-size": "4000"}
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +35,12 @@ def lenet(bundled) -> dict[str, Path]:
     return bundled["lenet"]
 
 
-def command(lenet, report: Path, *extra: str) -> list[str]:
+def command(lenet, report: Path, overrides: dict[str, str] | None = None) -> list[str]:
+    campaign = list(CAMPAIGN)
+    for option, value in (overrides or {}).items():
+        campaign[campaign.index(option) + 1] = value
     return [sys.executable, "-m", "ovrange", "inject", str(lenet["xml"]), "--data", str(lenet["test_npz"]),
-            *CAMPAIGN, *extra, "--report", str(report)]
+            *campaign, "--report", str(report)]
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -252,7 +257,7 @@ main()
 @pytest.mark.parametrize("ending", ["ctrl-c", "sigterm", "sigkill"])
 def test_an_interrupted_or_killed_command_leaves_no_ray_process(lenet, tmp_path, ending):
     report = tmp_path / "run"
-    argv = command(lenet, report, *LONG)
+    argv = command(lenet, report, LONG)
     if ending == "sigterm" and not cli_maps_sigterm():
         argv[1:3] = ["-c", TERMINATING_CLI]
     process = subprocess.Popen(argv, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -261,7 +266,12 @@ def test_an_interrupted_or_killed_command_leaves_no_ray_process(lenet, tmp_path,
     try:
         known, _ = watch(process, workers_running, sockets=False)
         print(f"\nworkers running after {time.monotonic() - begun:.1f} s", end="")
-        assert workers_running(known), "the campaign's Ray workers did not start"
+        if not workers_running(known):
+            if process.poll() is None:
+                process.kill()
+            out, err = process.communicate(timeout=60)
+            raise AssertionError(f"the campaign's Ray workers were not seen at work (exit {process.returncode}): "
+                                 f"{out}{err}")
         if ending == "ctrl-c":  # a terminal sends SIGINT to the whole foreground group, Ray's processes included
             os.killpg(process.pid, signal.SIGINT)
         else:
