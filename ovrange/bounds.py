@@ -8,7 +8,7 @@ Estimators (Ranger, Section V-A: the accuracy/resilience trade-off):
   from streaming histograms (tighter, so more protective, at some risk to clean accuracy).
 
 Either can be per channel (one bound per channel of the target's feature axis). Bounded activations (Tanh,
-Sigmoid, HSigmoid) have inherent bounds that need no statistics.
+Sigmoid, HSigmoid, HardSigmoid) have inherent bounds that need no statistics.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 from ovrange.stats import Histogram, MinMax
 
 # The ranges these activations cannot leave (fault-free); Ranger uses them without profiling.
-INHERENT_BOUNDS: dict[str, tuple[float, float]] = {"Tanh": (-1.0, 1.0), "Sigmoid": (0.0, 1.0), "HSigmoid": (0.0, 1.0)}
+INHERENT_BOUNDS: dict[str, tuple[float, float]] = {"Tanh": (-1.0, 1.0), "Sigmoid": (0.0, 1.0), "HSigmoid": (0.0, 1.0),
+                                                   "HardSigmoid": (0.0, 1.0)}
 
 
 @dataclass(frozen=True)

@@ -366,3 +366,33 @@ def test_one_target_one_role_vocabulary_for_both_selectors():
         assert (target.node, target.op, target.role, target.rank, target.feature_axis, target.channels) == (
             every[key].node, every[key].op, every[key].role, every[key].rank, every[key].feature_axis,
             every[key].channels)
+
+
+def se_gate() -> ov.Model:
+    """Conv -> HardSigmoid (an SE block's gate, as ONNX exports it) on ``[N, 4, 4, 4]``: the gate's calibration
+    values fill a narrow part of [0, 1] when the inputs are small."""
+    w = ops.constant((np.random.default_rng(0).standard_normal((4, 3, 1, 1)) * 0.3).astype(np.float32))
+    conv = ops.convolution(ops.parameter([-1, 3, 4, 4], np.float32, name="image"), w, [1, 1], [0, 0], [0, 0],
+                           [1, 1], name="conv")
+    gate = ops.hard_sigmoid(conv, ops.constant(np.float32(0.2)), ops.constant(np.float32(0.5)), name="gate")
+    return ov.Model([ops.result(gate)], [conv.input_value(0).get_node()], "se_gate")
+
+
+@pytest.mark.parametrize("per_channel", [False, "nchw"])
+def test_a_saturating_activation_is_bounded_by_its_own_range(per_channel):
+    """A HardSigmoid can only answer in [0, 1]: its guard is that range, so an input larger than every calibration
+    input passes unchanged; a bound learned from data (``inherent_bounds: false``) clips it."""
+    model = se_gate()
+    rng = np.random.default_rng(1)
+    calib = (0.5 * rng.standard_normal((16, 3, 4, 4))).astype(np.float32)
+    unseen = 8 * calib[:2]  # the gate reaches 0 and 1 here
+    kwargs = dict(algorithm="GlobalClipper", subset_size=16, holdout=0, per_channel=per_channel, nonfinite="bound")
+    protected = ovrange.protect(model, calib, **kwargs)
+    entry = ovrange.protection_info(protected).nodes["gate"]
+    assert (entry["low"], entry["high"], entry["method"]) == (0.0, 1.0, "inherent")
+    original = run_model(model, unseen)
+    assert original.min() == 0 and original.max() == 1
+    np.testing.assert_array_equal(run_model(protected, unseen), original)
+    learned = ovrange.protect(model, calib, inherent_bounds=False, **kwargs)
+    assert ovrange.protection_info(learned).nodes["gate"]["method"] != "inherent"
+    assert not np.array_equal(run_model(learned, unseen), original)

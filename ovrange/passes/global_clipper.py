@@ -45,7 +45,7 @@ from ovrange.errors import ConfigError, ModelError
 from ovrange.graph import node_ids, stored_copy
 from ovrange.params import Param
 from ovrange.passes import PassResult, Selection
-from ovrange.bounds import Bound
+from ovrange.bounds import Bound, inherent_bound
 from ovrange.passes.channel_guards import (affine_clamp, fold_clamp, fold_into_weight, foldable, folded_clamp,
                                           unscale)
 from ovrange.passes.guards import (CLAMP_SUFFIX, NONFINITE, NONFINITE_PARAM, Insertion, clamp_guard, nonfinite_input,
@@ -84,6 +84,9 @@ PARAMS: dict[str, Param] = {
                     "divided by a per-channel scale folded into the weights of the convolutions computing and "
                     "reading it (ovrange.passes.streams: exact; bounds widened to a profile shared through "
                     "residual Adds); elsewhere the per-channel form"),
+    "inherent_bounds": Param(bool, True, None,
+                             "use (-1,1)/(0,1) for Tanh/Sigmoid/HSigmoid/HardSigmoid: a bound learned from data "
+                             "clips held-out values that the op's own range allows"),
     "margin": Param(float, 0.0, lambda m: None if m >= 0 else "must be >= 0",
                     "widen each bound by this fraction of its range on both sides"),
     "activations": Param(list, list(ACTIVATIONS), None, "activation op types of the activation role"),
@@ -130,7 +133,7 @@ def plan(selection: Selection, stats: Statistics, params: dict[str, Any]
     found = [stats[StatRequest(t.node, "minmax", _axis(t, params["per_channel"]))] for t in selection.targets]
     guards = make_plan(selection.targets, [f.low for f in found], [f.high for f in found],
                        stats.samples if found else 0, params["margin"], params["beyond"],
-                       scalar_zero=selection.facts.get("llm", False))
+                       scalar_zero=selection.facts.get("llm", False), inherent=params["inherent_bounds"])
     guards, record = place(guards, selection.facts["graph"]) if "graph" in selection.facts else (guards, {})
     guards.update(weight_plan(selection.facts["layers"]))
     counts = {role: sum(e["role"] == role for e in guards.values()) for role in params["targets"]}
@@ -237,11 +240,13 @@ def _axis(target: Target, per_channel: bool | str) -> int | None:
 
 
 def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarray], samples: int,
-              margin: float = 0.0, beyond: str = "clamp", scalar_zero: bool = False) -> dict[str, dict[str, Any]]:
+              margin: float = 0.0, beyond: str = "clamp", scalar_zero: bool = False, inherent: bool = False
+              ) -> dict[str, dict[str, Any]]:
     """Target id -> its guard: role, op, feature axis (None: one bound), low/high (floats or per-channel lists),
     form (``fused`` into the producer's post-ops, a ``standalone`` kernel, or ``reset`` for probabilities).
     ``scalar_zero`` (the LLM placement): ``beyond: zero`` applies to one bound per tensor too, in the form that
-    keeps a NaN detectable (``nan: inf``, :func:`ovrange.passes.channel_guards._unit_fold_nan`)."""
+    keeps a NaN detectable (``nan: inf``, :func:`ovrange.passes.channel_guards._unit_fold_nan`). ``inherent``:
+    a saturating activation (Sigmoid, HardSigmoid...) gets its own range, one bound, never widened."""
     plan = {}
     for target, lo, hi in zip(targets, low, high):
         lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
@@ -250,7 +255,10 @@ def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarra
                                "axis": None, "rank": _rank(target), "low": 0.0, "high": 1.0, "samples": samples,
                                "method": "distribution", "form": "reset"}
             continue
-        if margin:
+        own = inherent_bound(target.id, target.op) if inherent else None
+        if own:
+            lo, hi = np.float64(own.low), np.float64(own.high)
+        elif margin:
             lo, hi = lo - margin * (hi - lo), hi + margin * (hi - lo)
         lo, hi = lo.astype(np.float32), hi.astype(np.float32)
         if standalone(target) and lo.size == 1:  # C equal values: ClampFusion would turn scalars into a fused Clamp
@@ -261,7 +269,7 @@ def make_plan(targets: list[Target], low: list[np.ndarray], high: list[np.ndarra
             "axis": None if scalar else target.feature_axis, "rank": _rank(target),
             "low": float(lo.reshape(-1)[0]) if scalar else [float(v) for v in lo],
             "high": float(hi.reshape(-1)[0]) if scalar else [float(v) for v in hi],
-            "samples": samples, "method": "max" if not margin else f"max+{margin:g}",
+            "samples": samples, "method": "inherent" if own else "max" if not margin else f"max+{margin:g}",
             "form": "standalone" if standalone(target) else "fused",
         }
         if beyond == "zero" and not scalar and target.feature_axis == 1 and not standalone(target):

@@ -3,7 +3,7 @@ of its Section V): the steps shared by the Ranger pass (every option, :mod:`ovra
 RangeSupervision (a preset, :mod:`ovrange.passes.range_supervision`).
 
 - Every supported activation is restricted to its bound (observed max, or a percentile; global or per channel of
-  the target's feature axis); bounded activations (Tanh, Sigmoid, HSigmoid) use their inherent range.
+  the target's feature axis); bounded activations (Tanh, Sigmoid, HSigmoid, HardSigmoid) use their inherent range.
 - The bound is carried through the value-preserving ops that follow: MaxPool and AvgPool (values stay within the
   input's range), Reshape/Squeeze/Unsqueeze/Transpose (values only move), and a Concat whose inputs are all
   bounded gets the union of their bounds. A fault in one of these ops is then caught too (the paper's example:
@@ -48,7 +48,8 @@ PARAMS: dict[str, Param] = {
     "per_channel": Param(bool, False, None, "one bound per channel (the feature axis) instead of one per tensor"),
     "correction": Param(str, "clamp", one_of("clamp", "zero"), "clamp to the bound, or reset to 0"),
     "propagate": Param(bool, True, None, "carry bounds through pooling, reshape-like ops and Concat"),
-    "inherent_bounds": Param(bool, True, None, "use (-1,1)/(0,1) for Tanh/Sigmoid/HSigmoid without statistics"),
+    "inherent_bounds": Param(bool, True, None,
+                             "use (-1,1)/(0,1) for Tanh/Sigmoid/HSigmoid/HardSigmoid without statistics"),
     "tighten_clamps": Param(bool, False, None, "guard existing Clamps (ReLU6) even when activations leaves Clamp out"),
     "skip_last": Param(int, 0, lambda n: None if n >= 0 else "must be >= 0", "leave the last N activations alone"),
     "histogram_bins": Param(int, 2048, lambda n: None if 16 <= n <= 1 << 20 else "must be from 16 to 1048576 (the "
