@@ -26,7 +26,6 @@ from ovrange.outputs import write_dir_atomically
 from ovrange.params import COMMON_PARAMS, validate
 from ovrange.plan import ProtectionPlan
 from ovrange.data import Dataset, as_dataset, select_indices
-from ovrange.runtime import is_stateful
 from ovrange.stats import collect
 from ovrange.validate import DEFAULT_HOLDOUT, WIDENED, check_fraction, split
 from ovrange.validate import validate as validate_heldout
@@ -87,7 +86,7 @@ def protect(
     if wanted:
         if dataset is None:
             raise ConfigError(f"{algorithm} needs calibration data (or a saved plan)")
-        if holdout and algorithm in WIDENED and not is_stateful(model):
+        if holdout and algorithm in WIDENED:
             dataset, held = holdout_split(dataset, subset_size, shuffle, seed, holdout)
             subset_size, shuffle = None, False
         stats = collect(model, dataset, wanted, subset_size=subset_size, batch_size=batch_size, shuffle=shuffle,

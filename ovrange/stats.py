@@ -326,21 +326,42 @@ def histogram(tensor: np.ndarray, low, high, bins: int, axis: int | None) -> np.
     return np.bincount(flat, minlength=channels * bins).reshape(channels, bins)
 
 
-def observe(model: ov.Model, samples: Iterable, requests: Iterable[StatRequest], *, device: str = "CPU"
-            ) -> tuple[dict[StatRequest, MinMax], list[np.ndarray]]:
+def observe(model: ov.Model, samples: Iterable, requests: Iterable[StatRequest], *, device: str = "CPU",
+            decode_steps: int = generate.CALIBRATION_STEPS) -> tuple[dict[StatRequest, MinMax], list[np.ndarray]]:
     """Min/max ``requests`` over ``samples`` and the model's own outputs (one array per output: the per-sample
     outputs stacked on a new axis 0, so a model whose batch axis is not 0 still gives one row per sample), from one
-    pass of one statistics model, one sample at a time (held-out validation: a few samples, any model)."""
+    pass of one statistics model, one sample at a time (held-out validation: a few samples, any model).
+
+    A stateful language model runs each sample as :func:`collect` does (the state reset, a prefill and
+    ``decode_steps`` greedy decode steps); its outputs are each step's last position, ``[samples, steps, ...]``: the
+    logits of the tokens a user reads."""
     wanted = list(dict.fromkeys(r for r in requests if r.kind == "minmax"))
+    stateful = is_stateful(model)
     stats_model, layout = statistics_model(model, wanted, keep_outputs=True)
-    runner = Runner(stats_model, device=device, batch_size=1, batched_outputs=False, command="protect")
+    runner = Runner(stats_model, device=device, batch_size=1, batched_outputs=False, stateful=stateful,
+                    command="protect")
     fold = _Fold(layout, {})
     own = len(model.outputs)
     collected: list[list[np.ndarray]] = [[] for _ in range(own)]
-    for outputs, _ in runner.run(data_mod.batches(samples, model, 1)):
-        if wanted:
+    for steps, values in _observed(runner, model, samples, len(stats_model.outputs) - own, decode_steps):
+        for outputs in steps if wanted else ():
             fold.add(outputs)
-        for index, value in enumerate(outputs[len(outputs) - own:]):
+        for index, value in enumerate(values):
             collected[index].append(np.array(value, copy=True))
     found = fold.results() if wanted and fold.vector is not None else {}
     return found, [np.stack(parts) for parts in collected]
+
+
+def _observed(runner: Runner, model: ov.Model, samples: Iterable, logits: int, decode_steps: int
+              ) -> Iterable[tuple[list[tuple], list[np.ndarray]]]:
+    """Per sample: the statistics model's outputs of each inference, and the model's own outputs (of a stateful
+    model: each output's last position at every step, stacked). Views, valid until the next one."""
+    own = len(model.outputs)
+    if not is_stateful(model):
+        for outputs, _ in runner.run(data_mod.batches(samples, model, 1)):
+            yield [outputs], list(outputs[len(outputs) - own:])
+        return
+    for sample in samples:
+        steps = [outputs for _, outputs in generate.steps(runner, model, sample, decode_steps, logits)]
+        yield steps, [np.stack([np.asarray(step[i])[0, -1] for step in steps])
+                      for i in range(len(steps[0]) - own, len(steps[0]))]

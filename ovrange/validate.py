@@ -30,6 +30,8 @@ import openvino as ov
 from ovrange.compare import MASKED, Judge, SdcCriterion
 from ovrange.errors import ConfigError
 from ovrange.faults.metrics import wilson
+from ovrange.generate import CALIBRATION_STEPS
+from ovrange.runtime import is_stateful
 from ovrange.stats import MinMax, StatRequest, observe
 
 DEFAULT_HOLDOUT = 0.2  # share of the calibration subset held out
@@ -166,9 +168,19 @@ class Agreement:
                 "ci95": [low, high]}
 
 
+def decode_steps(model: ov.Model, sdc: str | None) -> int:
+    """The greedy decode steps after each held-out prompt of a stateful language model: ``generation:N``'s N new
+    tokens (the prefill gives the first), else :data:`ovrange.generate.CALIBRATION_STEPS`."""
+    criterion = SdcCriterion.parse(sdc) if sdc else None
+    return criterion.new_tokens - 1 if criterion and criterion.new_tokens else CALIBRATION_STEPS
+
+
 def judges(model: ov.Model, sdc: str | None) -> list[Judge]:
     """``linf:0.01`` on every output, and the model's criterion on output 0 as ``evaluate`` and ``check`` judge it:
-    ``sdc``, else ``auto`` where output 0's shape resolves it (a classifier's top-1)."""
+    ``sdc``, else ``auto`` where output 0's shape resolves it (a classifier's top-1); for a stateful language model
+    ``generation`` of the tokens :func:`decode_steps` observes."""
+    if sdc is None and is_stateful(model):
+        sdc = f"generation:{CALIBRATION_STEPS + 1}"
     found = [Judge(SdcCriterion.parse(LINF), index) for index in range(len(model.outputs))]
     try:
         own = Judge.for_model(model, SdcCriterion.parse(sdc or "auto"))
@@ -230,8 +242,9 @@ def validate(model: ov.Model, guards: dict[str, dict[str, Any]], build: Callable
     guards = with_margin(guards, margin) if widen_bounds else dict(guards)
     margins = sorted({guard_margin(g, margin) for g in guards.values() if widenable(g)}) or [MARGIN]
     watched = [key for key, guard in guards.items() if widenable(guard)] if widen_bounds else []
-    seen, reference = observe(model, samples, [request(guards[key]) for key in watched], device=device)
-    found_judges = judges(model, sdc)
+    found_judges, steps = judges(model, sdc), decode_steps(model, sdc)
+    seen, reference = observe(model, samples, [request(guards[key]) for key in watched], device=device,
+                              decode_steps=steps)
     widened: list[str] = []
     protected, found, rounds = None, [], 0
     for round_ in range(1, ROUNDS + 1):
@@ -242,7 +255,7 @@ def validate(model: ov.Model, guards: dict[str, dict[str, Any]], build: Callable
             guards[key] = widen(guards[key], seen[request(guards[key])], WIDEN * 2 ** (round_ - 1))
         widened += [key for key in firing if key not in widened]
         protected, rounds = build(guards), round_
-        _, outputs = observe(protected, samples, [], device=device)
+        _, outputs = observe(protected, samples, [], device=device, decode_steps=steps)
         found = agreements(reference, outputs, found_judges)
         if all(a.agree == a.total for a in found):
             break

@@ -170,3 +170,27 @@ def test_token_ids_outside_the_vocabulary_are_one_data_error(llm, tmp_path):  # 
     assert result.stderr.strip().splitlines() == [
         "error: token ids 5000..5000 are outside the model's vocabulary of 4096 tokens (a tokenizer of another model?)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_held_out_prompts_check_the_greedy_text_and_give_the_bounds_their_margin(llm):  # noqa: F811
+    """Held-out validation on a stateful model: 2 of 8 calibration prompts held out, each run as a prefill and 8
+    greedy steps; the report judges the 9 generated tokens; the zero form's bounds get their three-range margin
+    (the calibration extremes alone changed the greedy text of other prompts)."""
+    import ovrange as api
+
+    xml = llm["fp32"] / "openvino_model.xml"
+    model = ov.Core().read_model(xml)
+    calibration = text.load(llm["calib_prompts"], model, xml)[:8]
+    protected = api.protect(model, calibration, algorithm="GlobalClipper")
+    info = api.protection_info(protected)
+    heldout = info.report["heldout"]
+    assert heldout["samples"] == 2 and heldout["margin"] == 3 and not heldout["changes_outputs"]
+    assert {a["criterion"] for a in heldout["agreement"]} == {"linf:0.01", "generation:9"}
+    assert info.samples == 8 and all(e["method"].startswith("max+margin:3") for e in info.nodes.values()
+                                     if e["role"] not in ("weights",))
+    prompts = text.load(llm["prompts"], model, xml)[:HELD_OUT]
+    clean = generate.generations(model, prompts, 8).argmax(-1)
+    assert np.array_equal(generate.generations(protected, prompts, 8).argmax(-1), clean)
+    bare = api.protection_info(api.protect(model, calibration, algorithm="GlobalClipper", holdout=0))
+    assert "heldout" not in bare.report and {e["method"] for e in bare.nodes.values() if e["role"] != "weights"} == \
+        {"max"}
