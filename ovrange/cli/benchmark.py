@@ -72,6 +72,8 @@ def benchmark(
     Stateful language models (optimum-intel exports, or their folders) are timed through openvino-genai's
     LLMPipeline: time to first token and time per output token of greedy generations of the --data prompts."""
     from ovrange import bench
+    from ovrange.bench.shapes import sample_shapes
+    from ovrange.data import load
     from ovrange.modelio import model_files, read_model
     from ovrange.outputs import check_output_file, write_file_atomically
     from ovrange.runtime import is_stateful
@@ -87,7 +89,7 @@ def benchmark(
     warn_mixed_formats(original, protected)
     if shape and data:
         raise ConfigError("give the input shapes once: --shape or --data")
-    shapes = static_shapes(shape, models[0]) if not data else _first_sample_shapes(data, models[0])
+    shapes = static_shapes(shape, models[0]) if not data else sample_shapes(load(data, models[0]).dataset, models[0])
     inputs = [*model_files(original), *model_files(protected), *([data] if data else [])]
     if json_out:
         check_output_file(json_out, force=force, inputs=inputs)
@@ -154,14 +156,6 @@ def _print_llm(result) -> None:
     counts = ", ".join(f"{kinds[k]} {k}" for k in kinds)
     typer.echo(f"fused kernels in the {result.device} runtime model: original {counts}; protected "
                + ("the same" if same else ", ".join(f"{v} {k}" for k, v in result.kernels["protected"].items())))
-
-
-def _first_sample_shapes(data: Path, model) -> dict[str, list[int]]:
-    """The shape of each input in the first sample of ``data`` (a batch of one)."""
-    from ovrange import data as data_mod
-    from ovrange.bench.shapes import sample_shapes
-
-    return sample_shapes(data_mod.load(data, model).dataset, model)
 
 
 def warn_mixed_formats(original: Path, protected: Path) -> None:

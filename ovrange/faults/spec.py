@@ -7,7 +7,6 @@ A config file holds the same settings as the command line (``model``, ``compare`
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any

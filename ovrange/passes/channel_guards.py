@@ -54,6 +54,12 @@ def zero_target(entry: dict[str, Any]) -> np.ndarray:
     return np.clip((np.clip(0.0, low, high) - centre) / half, -1.0, 1.0)
 
 
+def _unit_minus_one(x: ov.Output, centre: np.ndarray, half: np.ndarray, shape: list[int], name: str) -> ov.Node:
+    """``u - 1 = x/h - c/h - 1``: the value in the unit domain, measured from its upper bound (one scale-shift)."""
+    return ops.add(ops.multiply(x, _const(1 / half, shape), name=f"{name}/scale_Multiply"),
+                   _const(-centre / half - 1, shape), name=f"{name}/shift_Add")
+
+
 def _unit_fold(x: ov.Output, centre: np.ndarray, half: np.ndarray, target: np.ndarray, shape: list[int],
                name: str) -> tuple[ov.Node, float, float]:
     """``beyond: zero`` in the unit domain ``u = x/h - c/h``: identity on ``[-1, 1]``; a value beyond folds back
@@ -62,8 +68,7 @@ def _unit_fold(x: ov.Output, centre: np.ndarray, half: np.ndarray, target: np.nd
     Clamp only, so the CPU plugin fuses the chain into the producer's post-ops like a Clamp. Returns the node,
     which is ``r + 1`` (the unit value plus one, folded into the unscaling), the offset ``-1`` and the scale 1."""
     d = target + 1.0
-    below = ops.add(ops.multiply(x, _const(1 / half, shape), name=f"{name}/scale_Multiply"),
-                    _const(-centre / half - 1, shape), name=f"{name}/shift_Add")  # u - 1
+    below = _unit_minus_one(x, centre, half, shape, name)
     folded = ops.add(ops.multiply(ops.abs(below, name=f"{name}/fold_Abs"), ops.constant(np.float32(-1))),
                      _const(1 + d, shape), name=f"{name}/fold_Add")  # (1 - |u - 1|) + d
     floor = ops.clamp(folded, -1.0, 3.0, name=f"{name}/unit_Clamp")  # max(t, -1 - d) + d
@@ -84,8 +89,7 @@ def _unit_fold_nan(x: ov.Output, centre: np.ndarray, half: np.ndarray, target: n
     and one scalar Clamp, as :func:`_unit_fold`. Returns ``(r + 1) * NAN_SCALE``, the offset ``-1`` and the scale
     ``1 / NAN_SCALE``."""
     d = target + 1.0
-    below = ops.add(ops.multiply(x, _const(1 / half, shape), name=f"{name}/scale_Multiply"),
-                    _const(-centre / half - 1, shape), name=f"{name}/shift_Add")  # u - 1
+    below = _unit_minus_one(x, centre, half, shape, name)
     over = ops.add(ops.abs(below, name=f"{name}/fold_Abs"), _const(-1 - d, shape),
                    name=f"{name}/fold_Add")  # |u - 1| - 1 - d = -((1 - |u - 1|) + d)
     ceiling = ops.clamp(over, -NAN_MARK, 1.0, name=f"{name}/unit_Clamp")  # min(., 1); NaN -> -NAN_MARK
