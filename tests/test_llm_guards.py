@@ -43,11 +43,13 @@ def test_llm_roles_guard_the_llama_blocks_and_no_fused_kernel_input(llm, export)
     assert not [t for t in targets if "self_attn" in t.name]  # no projection, rotary or attention tensor
 
 
-def test_opt_in_llm_roles_guard_the_layer_norms_and_the_qkv_projections(llm):  # noqa: F811
+def test_opt_in_llm_roles_guard_the_layer_norms_the_qkv_projections_and_the_logits(llm):  # noqa: F811
     model = ov.Core().read_model(llm["fp32"] / "openvino_model.xml")
-    targets = global_clipper.select(model, _defaults(targets=["final_norm", "layer_norm", "qkv"])).targets
-    assert Counter(t.role for t in targets) == {"final_norm": 1, "layer_norm": 2 * LAYERS, "qkv": 3 * LAYERS}
+    targets = global_clipper.select(model, _defaults(targets=["final_norm", "layer_norm", "qkv", "logits"])).targets
+    assert Counter(t.role for t in targets) == {"final_norm": 1, "layer_norm": 2 * LAYERS, "qkv": 3 * LAYERS,
+                                                "logits": 1}
     assert [t.name for t in targets if t.role == "final_norm"] == ["__module.model.norm/aten::mul/Multiply_1"]
+    assert [t.name for t in targets if t.role == "logits"] == ["__module.lm_head/aten::linear/MatMul"]
     assert {t.name.split(".")[-1].split("/")[0] for t in targets if t.role == "qkv"} == {"q_proj", "k_proj", "v_proj"}
     assert all("layernorm/" in t.name for t in targets if t.role == "layer_norm")  # not the final norm
     plan = global_clipper.make_plan(targets, [-1.0] * len(targets), [1.0] * len(targets), 1, beyond="zero",

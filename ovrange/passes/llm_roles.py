@@ -22,6 +22,8 @@ rotary kernels. On a decoder LM (:func:`is_decoder_lm`) GlobalClipper selects it
   fused RoPE and SDPA kernels. Their faults stay bounded downstream: the attention output is a softmax-weighted mean
   of the values, and the output projection's result is bounded by the residual Add's guard;
 - ``qkv`` (opt-in): the q, k and v projection outputs (a post-op of each ``FullyConnected``);
+- ``logits`` (opt-in): the ``lm_head`` output, the logits the next token is chosen from (a post-op of its
+  ``FullyConnected``); a far logit goes to 0 instead of winning the arg-max;
 - ``linear``, ``pooling``, ``probabilities``: as :func:`targets_by_role` (every constant-weight MatMul output...).
 
 The decoder layers' RMSNorm outputs and the token embedding are not guarded either (each would be an eltwise kernel
@@ -44,7 +46,7 @@ LLM_ROLES = ("activation", "norm", "residual", "attention")  # the roles this mo
 # no SDC caught on the bundled model, docs/llm.md): the final and the decoder layers' RMSNorm outputs (an eltwise
 # kernel each after the fused RMS kernel), and the q, k, v projection outputs (a post-op of each FullyConnected:
 # brgemm instead of MLAS on f32)
-LLM_ONLY_ROLES = ("final_norm", "layer_norm", "qkv")
+LLM_ONLY_ROLES = ("final_norm", "layer_norm", "qkv", "logits")
 ROTARY = ("Multiply", "Add", "Subtract", "Negative", "Convert", "Broadcast", *DATA_MOVEMENT)  # q/k/v to SDPA
 
 
@@ -107,6 +109,10 @@ def llm_targets(model: ov.Model, roles: Iterable[str], activations: Iterable[str
         for node in ops:
             if _linear(node, live) and _feeds_attention(node):
                 add(node, "qkv")
+    if "logits" in roles:
+        for node in ops:
+            if _linear(node, live) and any(user.get_type_name() == "Result" for user in _consumers(node)):
+                add(node, "logits")
     if "residual" in roles:
         norm_inputs = {v.get_node().get_name() for n in rms_norms(model) for v in n.input_values()}
         for node in ops:
