@@ -196,7 +196,7 @@ def agreements(reference: Sequence[np.ndarray], protected: Sequence[np.ndarray],
     """Per criterion: samples on which every judged output agrees (no SDC, no DUE)."""
     by_criterion: dict[str, np.ndarray] = {}
     for judge in found:
-        codes, _, _ = judge.classify(reference[judge.output], protected[judge.output])
+        codes, _, _ = judge.classify(judge.pick(reference), judge.pick(protected))  # detections: boxes and scores
         key = str(judge.criterion)
         ok = codes == MASKED
         by_criterion[key] = by_criterion[key] & ok if key in by_criterion else ok

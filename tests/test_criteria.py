@@ -266,3 +266,15 @@ def test_a_50_fault_campaign_judged_by_detections(pose, tmp_path):
     for outcome, deviation in zip(run["outcomes"], run["deviation"]):
         assert deviation != 0 or outcome == "m"
         assert outcome != "s" or deviation > 0
+
+
+def test_protect_validates_held_out_images_by_their_detections(pose, tmp_path):
+    """Held-out validation judges boxes and scores together under ``--sdc detections`` (two outputs, one row per
+    image), as evaluate and inject do."""
+    original = pose[0]
+    done = ovrange("protect", original, "--data", original.parent / "calib.npz", "-a", "GlobalClipper", "--sdc",
+                   "detections", "--num-samples", 20, "-o", tmp_path, "-q", "--json", tmp_path / "p.json")
+    assert done.returncode == 0, done.stderr
+    heldout = json.loads((tmp_path / "p.json").read_text())["heldout"]
+    assert heldout["samples"] == 4
+    assert {a["criterion"]: a["total"] for a in heldout["agreement"]} == {"linf:0.01": 4, "detections:0.5": 4}
