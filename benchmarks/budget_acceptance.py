@@ -10,7 +10,7 @@ guard removes comes from), the share of the full protection's SDC reduction each
 paired-bootstrap interval over faults.
 
     PYTHONPATH=. python benchmarks/budget_acceptance.py [--trials 1500] [--bits 23-30] [--time 8] [--steps 4]
-        [--models vit ppocr_rec face_landmark ppocr_cls] [--param per_channel=false] [--json out.json]
+        [--models vit ppocr_rec face_landmark ppocr_cls ppocr_det] [--param per_channel=false] [--json out.json]
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ MODELS = {  # model, calibration, held-out, SDC criterion, judged output, timing
                   "top1", None, {"x": [1, 3, 48, 192]}),
     "iris_landmark": (f"{ZOO}/iris_landmark/iris_landmark.xml", f"{ZOO}/iris_landmark/calib.npz",
                       f"{ZOO}/iris_landmark/heldout.npz", "linf:0.05", "output_eyes_contours_and_brows", None),
+    "ppocr_det": (f"{ZOO}/ppocr_det/ppocr_det.xml", f"{ZOO}/ppocr_det/calib.npz", f"{ZOO}/ppocr_det/heldout.npz",
+                  "boxes", None, {"x": [1, 3, 320, 320]}),
     "palm_detection_full": (f"{ZOO}/palm_detection_full/palm_detection_full.xml",
                             f"{ZOO}/palm_detection_full/calib.npz", f"{ZOO}/palm_detection_full/heldout.npz",
                             "linf:0.01", "Identity", None),
