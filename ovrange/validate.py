@@ -6,8 +6,8 @@ protected model answers differently from the original on clean data. ``protect``
 1. holds out part of the calibration subset (:data:`DEFAULT_HOLDOUT`, seeded) and observes the bounds on the rest;
 2. widens every range bound by ``margin`` times its range on both sides. By default the margin follows the guard's
    form: :data:`ZERO_MARGIN` (three ranges) where the guard sends far values to 0 (GlobalClipper's ``beyond: zero``
-   and ``fold``: a flipped exponent lands at 0 however wide the bound), :data:`MARGIN` (none) where it clips to its bound (a wider
-   bound there lets more faults through and clips the rest further from the clean value: docs/zoo.md);
+   and ``fold``: a flipped exponent lands at 0 however wide the bound), :data:`MARGIN` (none) where it clips to its
+   bound (a wider bound there lets more faults through and clips the rest further from the clean value: docs/zoo.md);
 3. runs the original model on the held-out part, watching every guarded value: a guard *fires* when a held-out
    value falls outside its bound; each firing bound is widened to cover the held-out values plus :data:`WIDEN`
    times the widened range (:func:`widen`);
@@ -168,7 +168,7 @@ class Agreement:
                 "ci95": [low, high]}
 
 
-def decode_steps(model: ov.Model, sdc: str | None) -> int:
+def decode_steps(sdc: str | None) -> int:
     """The greedy decode steps after each held-out prompt of a stateful language model: ``generation:N``'s N new
     tokens (the prefill gives the first), else :data:`ovrange.generate.CALIBRATION_STEPS`."""
     criterion = SdcCriterion.parse(sdc) if sdc else None
@@ -177,10 +177,7 @@ def decode_steps(model: ov.Model, sdc: str | None) -> int:
 
 def judges(model: ov.Model, sdc: str | None) -> list[Judge]:
     """``linf:0.01`` on every output, and the model's criterion on output 0 as ``evaluate`` and ``check`` judge it:
-    ``sdc``, else ``auto`` where output 0's shape resolves it (a classifier's top-1); for a stateful language model
-    ``generation`` of the tokens :func:`decode_steps` observes."""
-    if sdc is None and is_stateful(model):
-        sdc = f"generation:{CALIBRATION_STEPS + 1}"
+    ``sdc``, else ``auto`` where output 0's shape resolves it (a classifier's top-1)."""
     found = [Judge(SdcCriterion.parse(LINF), index) for index in range(len(model.outputs))]
     try:
         own = Judge.for_model(model, SdcCriterion.parse(sdc or "auto"))
@@ -242,7 +239,9 @@ def validate(model: ov.Model, guards: dict[str, dict[str, Any]], build: Callable
     guards = with_margin(guards, margin) if widen_bounds else dict(guards)
     margins = sorted({guard_margin(g, margin) for g in guards.values() if widenable(g)}) or [MARGIN]
     watched = [key for key, guard in guards.items() if widenable(guard)] if widen_bounds else []
-    found_judges, steps = judges(model, sdc), decode_steps(model, sdc)
+    if sdc is None and is_stateful(model):  # a language model's user reads the tokens its held-out prompts generate
+        sdc = f"generation:{CALIBRATION_STEPS + 1}"
+    found_judges, steps = judges(model, sdc), decode_steps(sdc)
     seen, reference = observe(model, samples, [request(guards[key]) for key in watched], device=device,
                               decode_steps=steps)
     widened: list[str] = []

@@ -1,6 +1,6 @@
-"""GlobalClipper on a decoder language model: the Llama-style roles (gated MLP, residual stream; the RMSNorm outputs
-and q/k/v projections opt-in) placed where the CPU plugin keeps its fused SDPA, RMS, RoPE and FullyConnected kernels
-and their implementations, on the bundled model's stateful exports, with real compilation and inference."""
+"""GlobalClipper on a decoder language model: the Llama-style roles (gated MLP, residual stream; the RMSNorm outputs,
+q/k/v projections and logits opt-in) placed where the CPU plugin keeps its fused SDPA, RMS, RoPE and FullyConnected
+kernels and their implementations, on the bundled model's stateful exports, with real compilation and inference."""
 
 from __future__ import annotations
 

@@ -42,10 +42,10 @@ from ovrange.passes.roles import _behind_affine, _consumers, _follow_affine, tar
 from ovrange.targets import ACTIVATIONS, DATA_MOVEMENT, SDPA, Target, make_target
 
 LLM_ROLES = ("activation", "norm", "residual", "attention")  # the roles this module places differently
-# Opt-in roles of the LLM placement only (not defaults: each costs a kernel or a FullyConnected implementation for
-# no SDC caught on the bundled model, docs/llm.md): the final and the decoder layers' RMSNorm outputs (an eltwise
-# kernel each after the fused RMS kernel), and the q, k, v projection outputs (a post-op of each FullyConnected:
-# brgemm instead of MLAS on f32)
+# Opt-in roles of the LLM placement only (not defaults: each costs a kernel or a FullyConnected implementation,
+# docs/llm.md): the final and the decoder layers' RMSNorm outputs (an eltwise kernel each after the fused RMS kernel;
+# no SDC caught on the bundled model), the q, k, v projection outputs and the lm_head output (a post-op of each
+# FullyConnected: brgemm instead of MLAS on f32; logits caught SDCs, at a cost past the 3% the default stays within)
 LLM_ONLY_ROLES = ("final_norm", "layer_norm", "qkv", "logits")
 ROTARY = ("Multiply", "Add", "Subtract", "Negative", "Convert", "Broadcast", *DATA_MOVEMENT)  # q/k/v to SDPA
 

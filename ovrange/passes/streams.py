@@ -59,7 +59,7 @@ class Stream:
 
 def _constant(value: ov.Output, limit: int = 64) -> bool:
     """Whether ``value`` is computed from Constants only (a stored weight, decompressed and bounded: the weights
-    role's ``Select``/``Maximum``/``Minimum`` chain), looking at ``limit`` ops at most."""
+    role's comparisons and ``Select``), looking at ``limit`` ops at most."""
     stack, seen = [value.get_node()], set()
     while stack:
         node = stack.pop()
