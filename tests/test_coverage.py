@@ -23,8 +23,8 @@ from ovrange.cli import main
 from ovrange.coverage import coverage, protection_coverage
 from ovrange.graph import node_ids
 from ovrange.params import COMMON_PARAMS, validate
+from tests.test_zoo import zoo  # noqa: F401  (the session fixture building build/zoo when missing)
 
-ZOO = Path(__file__).resolve().parent.parent / "build" / "zoo"
 
 
 def _small_model() -> ov.Model:
@@ -92,11 +92,8 @@ def _read(xml: Path) -> ov.Model:
     return ov.Core().read_model(xml)  # read once: select() and protect() leave their input model unchanged
 
 
-def _zoo_model(name: str) -> ov.Model:
-    xml = ZOO / name / f"{name}.xml"
-    if not xml.is_file():
-        pytest.skip(f"{xml} missing: make zoo")
-    return _read(xml)
+def _zoo_model(folder: Path, name: str) -> ov.Model:
+    return _read(folder / name / f"{name}.xml")
 
 
 def _ids_of(model: ov.Model, kind: str) -> set[str]:
@@ -104,20 +101,20 @@ def _ids_of(model: ov.Model, kind: str) -> set[str]:
 
 
 @pytest.mark.parametrize("algorithm", ["RangeSupervision", "Ranger", "GlobalClipper"])
-def test_relu6_clamps_prelus_and_hard_sigmoids_are_targets(algorithm):
+def test_relu6_clamps_prelus_and_hard_sigmoids_are_targets(algorithm, zoo):  # noqa: F811
     module = algorithm_module(algorithm)
     values = validate(algorithm, {**COMMON_PARAMS, **module.PARAMS}, {}, "test", module.check_params)
     for name, kind in (("pose_detection", "Clamp"), ("palm_detection_full", "PRelu"), ("ppocr_cls", "HardSigmoid")):
-        model = _zoo_model(name)
+        model = _zoo_model(zoo[0], name)
         wanted = _ids_of(model, kind)
         assert wanted and wanted <= {t.id for t in module.select(model, values).targets}, name
 
 
-def test_range_supervision_guards_every_relu6_clamp_of_pose_detection():
-    model = _zoo_model("pose_detection")
+def test_range_supervision_guards_every_relu6_clamp_of_pose_detection(zoo):  # noqa: F811
+    model = _zoo_model(zoo[0], "pose_detection")
     clamps = _ids_of(model, "Clamp")
     assert len(clamps) == 40
-    calib = np.load(ZOO / "pose_detection" / "calib.npz")
+    calib = np.load(zoo[0] / "pose_detection" / "calib.npz")
     protected = ovrange.protect(model, calib["input_1"][:1], algorithm="RangeSupervision", subset_size=1)
     bounds = ovrange.protection_info(protected).bounds
     assert set(bounds) == clamps

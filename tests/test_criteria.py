@@ -5,10 +5,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import openvino as ov
@@ -21,9 +19,7 @@ from ovrange.data import load
 from ovrange.detections import MEDIAPIPE_SSD, Layout, detections_changed, iou_matrix, mediapipe_anchors, nms
 from ovrange.errors import ConfigError
 from ovrange.evaluate import judged_outputs, predict_outputs
-
-ROOT = Path(__file__).resolve().parent.parent
-ZOO = Path(os.environ.get("OVRANGE_ZOO_DIR", ROOT / "build" / "zoo"))
+from tests.test_zoo import zoo  # noqa: F401  (the session fixture building build/zoo when missing)
 
 
 def codes(criterion: str, golden: np.ndarray, faulty: np.ndarray, **judge) -> list[int]:
@@ -205,12 +201,10 @@ def ovrange(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def pose(tmp_path_factory):
+def pose(zoo, tmp_path_factory):  # noqa: F811
     """pose_detection from the zoo, its held-out inputs (4), and a copy whose score logits are raised by 10 (every
     plausible anchor passes the 0.5 threshold: the detections change, the box regressors do not)."""
-    folder = ZOO / "pose_detection"
-    if not (folder / "pose_detection.xml").is_file():
-        pytest.skip("the zoo is not built (make zoo)")
+    folder = zoo[0] / "pose_detection"
     out = tmp_path_factory.mktemp("pose")
     np.savez(out / "x.npz", x=np.load(folder / "heldout.npz")["input_1"][:4])
     model = ov.Core().read_model(folder / "pose_detection.xml")
